@@ -1,0 +1,501 @@
+#!/usr/bin/env bash
+# A node that really runs pods, for the local Sluice cluster: containerd 1.6 + runc (Debian),
+# CNI bridge on sluice0, kubelet and kube-proxy (same Kubernetes build as the control plane),
+# rancher local-path-provisioner as the default StorageClass, and images imported from
+# archives built by tests/cluster/images.sh (nothing is ever pulled).
+#
+#   node.sh up       start (or repair) the node; idempotent; needs cluster.sh's control plane
+#   node.sh down     stop everything started here and remove every trace (pods' mounts,
+#                    network namespaces, veths, KUBE-*/CNI-* iptables chains, cgroups, state)
+#   node.sh status   what runs, the node's conditions, the pods on it
+#
+# Called by cluster.sh after the control plane and Kafka are ready (SLUICE_NODE=0 skips it).
+# Everything lives in ${SLUICE_STATE}/node; caches (binaries, images) in ${SLUICE_CACHE}.
+# How it works, pitfalls and timings: tests/cluster/NODE.md.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=tests/cluster/versions.sh
+source "${HERE}/versions.sh"
+# shellcheck source=tests/cluster/lib.sh
+source "${HERE}/lib.sh"
+# shellcheck source=tests/cluster/pki.sh
+source "${HERE}/pki.sh"
+
+NODE_NAME="${SLUICE_NODE_NAME:-sluice-node}"
+NODE_DIR="${SLUICE_STATE}/node"
+LOG_DIR="${NODE_DIR}/logs"
+PID_DIR="${NODE_DIR}/pids"
+NODE_PKI="${NODE_DIR}/pki"
+CONTAINERD_DIR="${NODE_DIR}/containerd"
+CONTAINERD_SOCK="${CONTAINERD_DIR}/containerd.sock"
+CNI_CONF_DIR="${NODE_DIR}/cni/net.d"
+CNI_IPAM_DIR="${NODE_DIR}/cni/ipam"
+CNI_BIN_DIR="${SLUICE_CNI_BIN_DIR:-/usr/lib/cni}"
+CNI_NETWORK=sluice
+KUBELET_DIR="${NODE_DIR}/kubelet"
+POD_LOGS_DIR="${NODE_DIR}/pod-logs"
+VOLUMES_DIR="${NODE_DIR}/volumes"
+RUNC="$(command -v runc || echo /usr/sbin/runc)"
+
+LOCAL_PATH_VERSION="${LOCAL_PATH_VERSION:-v0.0.30}"
+LOCAL_PATH_BIN="${SLUICE_CACHE}/bin/local-path-provisioner-${LOCAL_PATH_VERSION}/local-path-provisioner"
+CRICTL_VERSION="${CRICTL_VERSION:-v1.34.0}"
+CRICTL_BIN="${SLUICE_CACHE}/bin/crictl-${CRICTL_VERSION}/crictl"
+
+PAUSE_VERSION="${PAUSE_VERSION:-3.10.1}"
+PAUSE_IMAGE="localhost/sluice-pause:${PAUSE_VERSION}"
+HELPER_IMAGE="localhost/sluice-base:bookworm"
+
+# Deadlines (seconds) for each readiness wait.
+DEADLINE_CONTAINERD=60
+DEADLINE_KUBELET=120
+DEADLINE_NODE_READY=180
+DEADLINE_PROXY=90
+
+
+kube() { "${K8S_BIN_DIR}/kubectl" --kubeconfig "${ADMIN_KUBECONFIG}" --request-timeout=20s "$@"; }
+node_ctr() { ctr --address "${CONTAINERD_SOCK}" --namespace k8s.io "$@"; }
+crictl_node() { "${CRICTL_BIN}" --config /dev/null --runtime-endpoint "unix://${CONTAINERD_SOCK}" --image-endpoint "unix://${CONTAINERD_SOCK}" --timeout 20s "$@"; }
+
+# render TEMPLATE OUT: replaces @VARS@ with the values below; fails on any left unreplaced.
+render() {
+  local template="$1" out="$2"
+  sed -e "s|@BRIDGE@|${SLUICE_BRIDGE}|g" \
+    -e "s|@BRIDGE_IP@|${SLUICE_BRIDGE_IP}|g" \
+    -e "s|@POD_CIDR@|${SLUICE_POD_CIDR}|g" \
+    -e "s|@POD_RANGE_START@|${POD_RANGE_START}|g" \
+    -e "s|@POD_RANGE_END@|${POD_RANGE_END}|g" \
+    -e "s|@CNI_IPAM_DIR@|${CNI_IPAM_DIR}|g" \
+    -e "s|@CNI_BIN_DIR@|${CNI_BIN_DIR}|g" \
+    -e "s|@CNI_CONF_DIR@|${CNI_CONF_DIR}|g" \
+    -e "s|@CONTAINERD_ROOT@|${CONTAINERD_DIR}/root|g" \
+    -e "s|@CONTAINERD_STATE@|${CONTAINERD_DIR}/state|g" \
+    -e "s|@CONTAINERD_SOCK@|${CONTAINERD_SOCK}|g" \
+    -e "s|@PAUSE_IMAGE@|${PAUSE_IMAGE}|g" \
+    -e "s|@RUNC@|${RUNC}|g" \
+    -e "s|@PKI_DIR@|${NODE_PKI}|g" \
+    -e "s|@CLUSTER_CA@|${PKI_DIR}/ca.crt|g" \
+    -e "s|@CLUSTER_DOMAIN@|${SLUICE_CLUSTER_DOMAIN}|g" \
+    -e "s|@NODE_DIR@|${NODE_DIR}|g" \
+    -e "s|@POD_LOGS_DIR@|${POD_LOGS_DIR}|g" \
+    -e "s|@NODE_NAME@|${NODE_NAME}|g" \
+    -e "s|@VOLUMES_DIR@|${VOLUMES_DIR}|g" \
+    -e "s|@HELPER_IMAGE@|${HELPER_IMAGE}|g" \
+    "${template}" >"${out}.tmp"
+  if grep -q '@[A-Z_]*@' "${out}.tmp"; then
+    die "unreplaced placeholder in ${out}: $(grep -o '@[A-Z_]*@' "${out}.tmp" | sort -u | tr '\n' ' ')"
+  fi
+  mv -f "${out}.tmp" "${out}"
+}
+
+POD_RANGE_START="${SLUICE_POD_CIDR%.*}.2"
+POD_RANGE_END="${SLUICE_POD_CIDR%.*}.254"
+
+# ---------------------------------------------------------------------------------------
+# Prerequisites
+
+ensure_packages() {
+  local missing=() cmd pkg
+  for pair in containerd:containerd runc:runc iptables:iptables conntrack:conntrack \
+    buildah:buildah mmdebstrap:mmdebstrap ip:iproute2 nsenter:util-linux gcc:gcc \
+    openssl:openssl; do
+    cmd="${pair%%:*}" pkg="${pair#*:}"
+    command -v "${cmd}" >/dev/null || missing+=("${pkg}")
+  done
+  [[ -x "${CNI_BIN_DIR}/bridge" ]] || missing+=(containernetworking-plugins)
+  [[ -e /usr/lib/x86_64-linux-gnu/libc.a ]] || missing+=(libc6-dev)
+  if ((${#missing[@]})); then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  RUNC="$(command -v runc)"
+}
+
+ensure_control_plane() {
+  [[ -s "${SLUICE_STATE}/env" ]] ||
+    die "${SLUICE_STATE}/env is missing: start the control plane first (bash tests/cluster/cluster.sh up)"
+  ADMIN_KUBECONFIG="$(
+    # shellcheck disable=SC1091
+    source "${SLUICE_STATE}/env"
+    echo "${KUBECONFIG}"
+  )"
+  [[ -s "${ADMIN_KUBECONFIG}" ]] || die "admin kubeconfig ${ADMIN_KUBECONFIG} (from ${SLUICE_STATE}/env) is missing"
+  local bin
+  for bin in kubelet kube-proxy kubectl; do
+    [[ -x "${K8S_BIN_DIR}/${bin}" ]] || die "${K8S_BIN_DIR}/${bin} is missing: cluster.sh builds it (tests/cluster/build.sh)"
+  done
+  [[ -s "${PKI_DIR}/ca.crt" && -s "${PKI_DIR}/ca.key" ]] || die "cluster CA not found in ${PKI_DIR}"
+  kube get --raw /readyz >/dev/null 2>&1 || die "the API server does not answer /readyz (kubeconfig ${ADMIN_KUBECONFIG})"
+}
+
+# A Go build from the module proxy, cached by version under ${SLUICE_CACHE}/bin.
+go_install_cached() {
+  local name="$1" bin="$2" module="$3"
+  shift 3
+  [[ -x "${bin}" ]] && return 0
+  local logfile="${LOG_DIR}/build-${name}.log" tmp
+  tmp="$(mktemp -d)"
+  log "building ${name} (${module}) into $(dirname "${bin}")"
+  (cd "${tmp}" && GOFLAGS=-mod=mod go mod download "${module}" >>"${logfile}" 2>&1) || true
+  (cd "${tmp}" && GOBIN="${tmp}" CGO_ENABLED=0 GOFLAGS=-mod=mod run_with_progress "build ${name}" "${logfile}" 1800 \
+    flock -w 3600 "${SLUICE_BUILD_LOCK}" go install "$@" "${module}")
+  mkdir -p "$(dirname "${bin}")"
+  mv -f "${tmp}/$(basename "${bin}")" "${bin}"
+  rm -rf "${tmp}"
+}
+
+ensure_tools_built() {
+  go_install_cached local-path-provisioner "${LOCAL_PATH_BIN}" \
+    "github.com/rancher/local-path-provisioner@${LOCAL_PATH_VERSION}"
+  go_install_cached crictl "${CRICTL_BIN}" "sigs.k8s.io/cri-tools/cmd/crictl@${CRICTL_VERSION}" \
+    -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=${CRICTL_VERSION}"
+}
+
+ensure_network() {
+  if ! ip link show "${SLUICE_BRIDGE}" >/dev/null 2>&1; then
+    log "bridge ${SLUICE_BRIDGE} is missing (cluster.sh normally creates it): creating it"
+    ip link add "${SLUICE_BRIDGE}" type bridge
+  fi
+  if ! ip -4 addr show dev "${SLUICE_BRIDGE}" | grep -q "inet ${SLUICE_BRIDGE_IP}/"; then
+    ip addr add "${SLUICE_BRIDGE_IP}/${SLUICE_POD_CIDR#*/}" dev "${SLUICE_BRIDGE}"
+  fi
+  ip link set "${SLUICE_BRIDGE}" up
+  # Pods on the bridge reach Services (DNAT by kube-proxy) only if bridged traffic passes
+  # iptables; routing between the bridge and the host needs forwarding.
+  [[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]] || modprobe br_netfilter 2>/dev/null ||
+    die "br_netfilter is not available: pods could not reach ClusterIP Services"
+  sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.ipv4.ip_forward=1
+}
+
+ensure_node_pki() {
+  mkdir -p "${NODE_PKI}"
+  # Client identities (signed by the cluster CA, kept in its PKI dir by pki.sh).
+  pki_client_cert "kubelet-${NODE_NAME}" "system:node:${NODE_NAME}" system:nodes
+  pki_client_cert kube-proxy system:kube-proxy
+  pki_server_cert "kubelet-serving-${NODE_NAME}" "${NODE_NAME}" \
+    "DNS:${NODE_NAME},DNS:localhost,IP:${SLUICE_BRIDGE_IP},IP:127.0.0.1"
+  cp -f "${PKI_DIR}/kubelet-serving-${NODE_NAME}.crt" "${NODE_PKI}/kubelet-serving.crt"
+  cp -f "${PKI_DIR}/kubelet-serving-${NODE_NAME}.key" "${NODE_PKI}/kubelet-serving.key"
+  local server="https://${SLUICE_BRIDGE_IP}:${SLUICE_APISERVER_PORT}"
+  write_kubeconfig "${NODE_PKI}/kubelet.kubeconfig" "${server}" "kubelet-${NODE_NAME}" "system:node:${NODE_NAME}"
+  write_kubeconfig "${NODE_PKI}/kube-proxy.kubeconfig" "${server}" kube-proxy system:kube-proxy
+}
+
+# With --authorization-mode=Node the kubelet's identity is authorized by the Node authorizer;
+# with RBAC alone it needs the system:node role (kubeadm did this before the Node authorizer).
+ensure_node_rbac() {
+  if kube auth can-i get nodes --as="system:node:${NODE_NAME}" --as-group=system:nodes >/dev/null 2>&1; then
+    return 0
+  fi
+  log "the API server does not authorize system:nodes by itself: binding ClusterRole system:node"
+  kube apply -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: sluice:nodes
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:node
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: Group
+  name: system:nodes
+EOF
+}
+
+render_configs() {
+  mkdir -p "${CONTAINERD_DIR}/root" "${CONTAINERD_DIR}/state" "${CNI_CONF_DIR}" "${CNI_IPAM_DIR}" \
+    "${KUBELET_DIR}" "${POD_LOGS_DIR}" "${VOLUMES_DIR}" "${LOG_DIR}" "${PID_DIR}"
+  render "${HERE}/node/containerd.toml.in" "${CONTAINERD_DIR}/config.toml"
+  render "${HERE}/node/10-sluice.conflist.in" "${CNI_CONF_DIR}/10-sluice.conflist"
+  render "${HERE}/node/kubelet-config.yaml.in" "${NODE_DIR}/kubelet-config.yaml"
+  render "${HERE}/node/kube-proxy-config.yaml.in" "${NODE_DIR}/kube-proxy-config.yaml"
+  render "${HERE}/node/local-path.yaml.in" "${NODE_DIR}/local-path.yaml"
+  # No cluster DNS: pods get an empty resolver config and reach the API server (10.96.0.1)
+  # and Kafka (10.244.0.1:9094) by address. Nothing leaves the machine through a pod.
+  printf '# Sluice test node: no cluster DNS; use addresses.\noptions ndots:1\n' >"${NODE_DIR}/resolv.conf"
+}
+
+# ---------------------------------------------------------------------------------------
+# Daemons
+
+start_containerd() {
+  local pidfile="${PID_DIR}/containerd.pid" logfile="${LOG_DIR}/containerd.log"
+  if pid_alive "${pidfile}" && node_ctr version >/dev/null 2>&1; then
+    log "containerd already running (pid $(<"${pidfile}"))"
+    return 0
+  fi
+  stop_daemon containerd "${pidfile}"
+  rm -f "${CONTAINERD_SOCK}"
+  start_daemon containerd "${pidfile}" "${logfile}" \
+    "$(command -v containerd)" --config "${CONTAINERD_DIR}/config.toml"
+  WAIT_PIDFILE="${pidfile}" wait_until containerd "${logfile}" "${DEADLINE_CONTAINERD}" \
+    node_ctr version
+  WAIT_PIDFILE="${pidfile}" wait_until "containerd CRI plugin" "${logfile}" "${DEADLINE_CONTAINERD}" \
+    cri_plugin_ok
+}
+
+cri_plugin_ok() { node_ctr plugins ls 2>/dev/null | grep -qE 'io\.containerd\.grpc\.v1 +cri +[^ ]+ +ok'; }
+
+import_images() {
+  log "building/fetching the node's images (pause, base, kcat) from ${SLUICE_CACHE}/images"
+  bash "${HERE}/images.sh" infra
+  bash "${HERE}/images.sh" import
+  node_ctr images ls -q | grep -qx "${PAUSE_IMAGE}" ||
+    die "pause image ${PAUSE_IMAGE} is not in the node's containerd after import"
+}
+
+start_kubelet() {
+  local pidfile="${PID_DIR}/kubelet.pid" logfile="${LOG_DIR}/kubelet.log"
+  if pid_alive "${pidfile}"; then
+    log "kubelet already running (pid $(<"${pidfile}"))"
+  else
+    start_daemon kubelet "${pidfile}" "${logfile}" \
+      "${K8S_BIN_DIR}/kubelet" \
+      --config="${NODE_DIR}/kubelet-config.yaml" \
+      --kubeconfig="${NODE_PKI}/kubelet.kubeconfig" \
+      --root-dir="${KUBELET_DIR}" \
+      --cert-dir="${NODE_PKI}" \
+      --hostname-override="${NODE_NAME}" \
+      --node-ip="${SLUICE_BRIDGE_IP}" \
+      --node-labels="sluice.dev/test-node=true" \
+      --v=1
+  fi
+  WAIT_PIDFILE="${pidfile}" wait_until "kubelet healthz" "${logfile}" "${DEADLINE_KUBELET}" \
+    curl -fsS --max-time 2 http://127.0.0.1:10248/healthz
+  WAIT_PIDFILE="${pidfile}" wait_until "node ${NODE_NAME} Ready" "${logfile}" "${DEADLINE_NODE_READY}" \
+    node_is_ready
+}
+
+node_is_ready() {
+  [[ "$(kube get node "${NODE_NAME}" \
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == "True" ]]
+}
+
+start_kube_proxy() {
+  local pidfile="${PID_DIR}/kube-proxy.pid" logfile="${LOG_DIR}/kube-proxy.log"
+  if pid_alive "${pidfile}"; then
+    log "kube-proxy already running (pid $(<"${pidfile}"))"
+  else
+    start_daemon kube-proxy "${pidfile}" "${logfile}" \
+      "${K8S_BIN_DIR}/kube-proxy" --config="${NODE_DIR}/kube-proxy-config.yaml" --v=1
+  fi
+  WAIT_PIDFILE="${pidfile}" wait_until "kube-proxy healthz" "${logfile}" "${DEADLINE_PROXY}" \
+    curl -fsS --max-time 2 http://127.0.0.1:10256/healthz
+  WAIT_PIDFILE="${pidfile}" wait_until "kube-proxy rule for Service kubernetes (${SLUICE_KUBERNETES_SERVICE_IP}:443)" \
+    "${logfile}" "${DEADLINE_PROXY}" kubernetes_service_routed
+}
+
+kubernetes_service_routed() {
+  iptables -t nat -S KUBE-SERVICES 2>/dev/null | grep -q -- "-d ${SLUICE_KUBERNETES_SERVICE_IP}/32 .*--dport 443"
+}
+
+start_provisioner() {
+  kube apply -f "${NODE_DIR}/local-path.yaml" >/dev/null
+  local pidfile="${PID_DIR}/local-path-provisioner.pid" logfile="${LOG_DIR}/local-path-provisioner.log"
+  if pid_alive "${pidfile}"; then
+    log "local-path-provisioner already running (pid $(<"${pidfile}"))"
+    return 0
+  fi
+  start_daemon local-path-provisioner "${pidfile}" "${logfile}" \
+    "${LOCAL_PATH_BIN}" --debug start \
+    --kubeconfig "${ADMIN_KUBECONFIG}" \
+    --namespace local-path-storage \
+    --configmap-name local-path-config \
+    --service-account-name local-path-provisioner-service-account \
+    --helper-image "${HELPER_IMAGE}" \
+    --provisioner-name rancher.io/local-path
+  WAIT_PIDFILE="${pidfile}" wait_until local-path-provisioner "${logfile}" 30 \
+    grep -q 'Provisioner started\|Started provisioner controller' "${logfile}"
+}
+
+up() {
+  local t0
+  t0=$(date +%s)
+  log "node ${NODE_NAME}: up (state ${NODE_DIR})"
+  ensure_packages
+  ensure_control_plane
+  mkdir -p "${LOG_DIR}" "${PID_DIR}"
+  ensure_network
+  ensure_tools_built
+  ensure_node_pki
+  ensure_node_rbac
+  render_configs
+  start_containerd
+  import_images
+  start_kubelet
+  start_kube_proxy
+  start_provisioner
+  log "node ${NODE_NAME} is Ready; pods reach the API at ${SLUICE_KUBERNETES_SERVICE_IP}:443 and Kafka at ${SLUICE_BRIDGE_IP}:${SLUICE_KAFKA_POD_PORT} ($(($(date +%s) - t0))s)"
+}
+
+# ---------------------------------------------------------------------------------------
+# down: everything the node created, and nothing else.
+
+leftovers_report() {
+  local label="$1"
+  log "${label}: netns=[$(ip netns list 2>/dev/null | awk '{print $1}' | tr '\n' ' ')]" \
+    "mounts(sluice)=$(mount | grep -c "${SLUICE_STATE}" || true)" \
+    "iptables KUBE=$(iptables-save 2>/dev/null | grep -c KUBE || true)" \
+    "CNI=$(iptables-save 2>/dev/null | grep -c 'CNI-' || true)" \
+    "veths on ${SLUICE_BRIDGE}=$(ip -o link show master "${SLUICE_BRIDGE}" 2>/dev/null | grep -c veth || true)"
+}
+
+remove_pods_via_cri() {
+  [[ -S "${CONTAINERD_SOCK}" && -x "${CRICTL_BIN}" ]] || return 0
+  crictl_node version >/dev/null 2>&1 || return 0
+  local pods
+  pods="$(crictl_node pods -q 2>/dev/null || true)"
+  [[ -n "${pods}" ]] || return 0
+  log "removing $(wc -w <<<"${pods}") pod sandboxes through CRI (runs CNI DEL for each)"
+  # shellcheck disable=SC2086
+  crictl_node stopp ${pods} >/dev/null 2>&1 || true
+  # shellcheck disable=SC2086
+  crictl_node rmp -f ${pods} >/dev/null 2>&1 || true
+}
+
+# Shims started by our containerd carry our socket in their command line.
+kill_our_shims() {
+  local pid cmdline
+  for pid in $(ls /proc | grep -E '^[0-9]+$'); do
+    cmdline="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null || true)"
+    [[ "${cmdline}" == *containerd-shim*"${CONTAINERD_SOCK}"* ]] || continue
+    log "killing leftover shim pid ${pid}"
+    kill -KILL "${pid}" 2>/dev/null || true
+  done
+}
+
+# Network namespaces made by CNI for our pods: named cni-*, holding an address of our subnet.
+remove_our_netns() {
+  local ns prefix="${SLUICE_POD_CIDR%.*}."
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+    [[ "${ns}" == cni-* ]] || continue
+    if ip netns exec "${ns}" ip -4 -o addr 2>/dev/null | grep -q "inet ${prefix}" ||
+      ! ip netns exec "${ns}" ip -o link 2>/dev/null | grep -q 'eth0'; then
+      ip netns delete "${ns}" 2>/dev/null || umount "/run/netns/${ns}" 2>/dev/null || true
+      rm -f "/run/netns/${ns}"
+    fi
+  done
+  # veths whose peer is gone disappear by themselves; any still on our bridge are ours.
+  local veth
+  for veth in $(ip -o link show master "${SLUICE_BRIDGE}" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    [[ "${veth}" == veth* ]] && ip link delete "${veth}" 2>/dev/null || true
+  done
+}
+
+unmount_under() {
+  local dir="$1" m
+  # Deepest first; lazy unmount as a last resort for busy mounts.
+  for m in $(awk -v d="${dir}" '$2 == d || index($2, d "/") == 1 {print $2}' /proc/self/mounts | sort -r); do
+    umount "${m}" 2>/dev/null || umount -l "${m}" 2>/dev/null || log "could not unmount ${m}"
+  done
+}
+
+# iptables chains created by kube-proxy/kubelet (KUBE-*) and CNI plugins (CNI-*).
+flush_iptables() {
+  local tool table chain
+  for tool in iptables ip6tables; do
+    command -v "${tool}" >/dev/null || continue
+    for table in filter nat mangle raw; do
+      "${tool}" -t "${table}" -S >/dev/null 2>&1 || continue
+      # First the jumps from built-in chains into ours, then our chains themselves.
+      "${tool}" -t "${table}" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE-|CNI-)' |
+        grep -vE '^-A (KUBE-|CNI-)' | sed 's/^-A /-D /' | while read -r rule; do
+        eval "${tool} -t ${table} ${rule}" 2>/dev/null || true
+      done
+      for chain in $("${tool}" -t "${table}" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ {print $2}'); do
+        "${tool}" -t "${table}" -F "${chain}" 2>/dev/null || true
+      done
+      for chain in $("${tool}" -t "${table}" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ {print $2}'); do
+        "${tool}" -t "${table}" -X "${chain}" 2>/dev/null || true
+      done
+    done
+  done
+}
+
+remove_cgroups() {
+  local hierarchy
+  for hierarchy in /sys/fs/cgroup/*/; do
+    [[ -d "${hierarchy}kubepods" ]] || continue
+    find "${hierarchy}kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  done
+}
+
+down() {
+  log "node ${NODE_NAME}: down"
+  leftovers_report "before"
+  stop_daemon local-path-provisioner "${PID_DIR}/local-path-provisioner.pid"
+  # The kubelet would restart what we tear down: stop it first, then remove the pods
+  # through CRI while containerd still runs (CNI DEL frees IPs, veths and netns).
+  stop_daemon kubelet "${PID_DIR}/kubelet.pid"
+  remove_pods_via_cri
+  stop_daemon kube-proxy "${PID_DIR}/kube-proxy.pid"
+  if [[ -x "${K8S_BIN_DIR}/kube-proxy" ]]; then
+    "${K8S_BIN_DIR}/kube-proxy" --cleanup >>"${LOG_DIR}/kube-proxy.log" 2>&1 || true
+  fi
+  stop_daemon containerd "${PID_DIR}/containerd.pid"
+  kill_our_shims
+  remove_our_netns
+  unmount_under "${NODE_DIR}"
+  flush_iptables
+  remove_cgroups
+  # Files outside the state dir that kubelet/libcni write at fixed paths.
+  find /var/log/containers -maxdepth 1 -type l -lname "${POD_LOGS_DIR}/*" -delete 2>/dev/null || true
+  rm -f /var/lib/cni/results/"${CNI_NETWORK}"-* 2>/dev/null || true
+  # Keep the logs (for post-mortems); everything else of the node goes.
+  if [[ -d "${NODE_DIR}" ]]; then
+    find "${NODE_DIR}" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
+  fi
+  # Forget the Node object so that its pods are garbage-collected (best effort: the API
+  # server may already be gone when the whole cluster is going down).
+  if [[ -s "${SLUICE_STATE}/env" && -x "${K8S_BIN_DIR}/kubectl" ]]; then
+    ADMIN_KUBECONFIG="$(
+      # shellcheck disable=SC1091
+      source "${SLUICE_STATE}/env"
+      echo "${KUBECONFIG}"
+    )"
+    kube delete node "${NODE_NAME}" --wait=false --ignore-not-found >/dev/null 2>&1 || true
+  fi
+  leftovers_report "after"
+}
+
+status() {
+  local name pidfile rc=0
+  for name in containerd kubelet kube-proxy local-path-provisioner; do
+    pidfile="${PID_DIR}/${name}.pid"
+    if pid_alive "${pidfile}"; then
+      printf '  %-24s running (pid %s)\n' "${name}" "$(<"${pidfile}")"
+    else
+      printf '  %-24s NOT running (log %s)\n' "${name}" "${LOG_DIR}/${name}.log"
+      rc=1
+    fi
+  done
+  if [[ -s "${SLUICE_STATE}/env" && -x "${K8S_BIN_DIR}/kubectl" ]]; then
+    ADMIN_KUBECONFIG="$(
+      # shellcheck disable=SC1091
+      source "${SLUICE_STATE}/env"
+      echo "${KUBECONFIG}"
+    )"
+    if node_is_ready; then
+      printf '  %-24s Ready\n' "node ${NODE_NAME}"
+    else
+      printf '  %-24s NOT Ready\n' "node ${NODE_NAME}"
+      rc=1
+    fi
+    kube get pods -A --field-selector "spec.nodeName=${NODE_NAME}" -o wide 2>/dev/null | sed 's/^/    /' || true
+  fi
+  return "${rc}"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *)
+    echo "usage: $0 up|down|status" >&2
+    exit 2
+    ;;
+esac
