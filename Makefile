@@ -1,0 +1,71 @@
+# Sluice developer commands. Builds share one target directory outside the checkout so
+# RocksDB and librdkafka are compiled once per machine, and every cargo call takes a
+# machine-wide lock so two heavy builds never run at once.
+
+export SLUICE_CACHE ?= /var/cache/sluice
+export CARGO_TARGET_DIR ?= $(SLUICE_CACHE)/target
+BUILD_LOCK ?= /var/tmp/sluice-build.lock
+CARGO := flock $(BUILD_LOCK) cargo
+RELEASE := --release
+CLUSTER := bash tests/cluster/cluster.sh
+
+.PHONY: help demo test deps build fmt fmt-check clippy crd crd-check unit-test e2e-test \
+        cluster-up cluster-down cluster-status images bench doc
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+demo: deps ## run the page-views example in local mode (no cluster, no broker)
+	$(CARGO) build $(RELEASE) -p sluice-worker
+	bash hack/demo.sh
+
+test: deps fmt-check clippy crd-check unit-test cluster-up e2e-test ## everything CI runs
+
+deps: ## install the Debian packages builds need (idempotent)
+	bash hack/install-deps.sh
+
+build: deps ## build every binary
+	$(CARGO) build $(RELEASE) --workspace --all-targets
+
+fmt: ## format the code
+	cargo fmt --all
+
+fmt-check: ## fail when the code is not formatted
+	cargo fmt --all -- --check
+
+clippy: ## lint; warnings are errors
+	$(CARGO) clippy $(RELEASE) --workspace --all-targets -- -D warnings
+
+crd: ## regenerate crds/streamjobs.sluice.dev.yaml and docs/streamjob.md from the Rust types
+	$(CARGO) run $(RELEASE) -q -p sluice-crds --bin crdgen -- --write crds/streamjobs.sluice.dev.yaml
+	$(CARGO) run $(RELEASE) -q -p sluice-crds --bin crdgen -- --reference docs/streamjob.md
+
+crd-check: ## fail when the committed CRD differs from the Rust types
+	$(CARGO) run $(RELEASE) -q -p sluice-crds --bin crdgen > $(SLUICE_CACHE)/crd-generated.yaml
+	@diff -u crds/streamjobs.sluice.dev.yaml $(SLUICE_CACHE)/crd-generated.yaml \
+	  || { echo "crds/streamjobs.sluice.dev.yaml is out of date: run 'make crd' and commit it"; exit 1; }
+
+unit-test: ## tests that need no cluster
+	$(CARGO) test $(RELEASE) --workspace --exclude sluice-e2e
+
+e2e-test: ## tests against the local cluster and broker (run cluster-up first)
+	$(CARGO) test $(RELEASE) -p sluice-e2e -- --test-threads 2
+
+cluster-up: ## start (or reuse) the local Kubernetes control plane, node and Kafka broker
+	$(CLUSTER) up
+
+cluster-down: ## stop everything cluster-up started
+	$(CLUSTER) down
+
+cluster-status: ## show what runs
+	$(CLUSTER) status
+
+images: ## build the controller and worker images and load them into the local node
+	bash tests/cluster/images.sh
+
+bench: ## local-mode throughput and memory (see bench/README.md)
+	$(CARGO) build $(RELEASE) -p sluice-worker
+	bash bench/local-throughput.sh
+
+doc: ## API documentation of the crates
+	$(CARGO) doc $(RELEASE) --no-deps -p sluice-crds

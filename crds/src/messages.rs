@@ -1,0 +1,82 @@
+//! Messages of the rules that both the API server (through `x-kubernetes-validations` in
+//! the CRD) and [`crate::validate`] enforce, written once so a user reads the same words
+//! from `kubectl apply`, from `sluice-worker validate` and in the controller's events.
+//! Each names the field and the fix.
+
+/// `spec.parallelism` above `spec.maxParallelism`.
+pub const PARALLELISM_ABOVE_MAX: &str = "spec.parallelism must not exceed spec.maxParallelism (the number of key groups): lower parallelism, or raise maxParallelism before the job has state";
+
+/// `spec.maxParallelism` changed on an existing StreamJob.
+pub const MAX_PARALLELISM_IMMUTABLE: &str = "spec.maxParallelism is immutable: it fixes how keyed state is split into key groups; create a new StreamJob to change it";
+
+/// `autoscaler.minParallelism` above `autoscaler.maxParallelism`.
+pub const AUTOSCALER_MIN_ABOVE_MAX: &str = "spec.autoscaler.minParallelism must not exceed spec.autoscaler.maxParallelism: lower minParallelism or raise maxParallelism";
+
+/// `autoscaler.maxParallelism` above the number of key groups.
+pub const AUTOSCALER_MAX_ABOVE_KEY_GROUPS: &str = "spec.autoscaler.maxParallelism must not exceed spec.maxParallelism (the number of key groups): lower the autoscaler's maxParallelism";
+
+/// A pipeline step with zero or several operations.
+pub const STEP_EXACTLY_ONE: &str = "each pipeline step must set exactly one of filter, map, keyBy, window or aggregate: split it into one step per operation";
+
+/// A window with zero or several kinds.
+pub const WINDOW_EXACTLY_ONE_KIND: &str =
+    "a window must set exactly one of tumbling, sliding or session";
+
+/// A sliding window whose slide exceeds its size.
+pub const SLIDE_ABOVE_SIZE: &str = "sliding.slide must not exceed sliding.size: events would fall between windows; use a tumbling window or a smaller slide";
+
+/// An aggregation other than count without `of`.
+pub const AGGREGATION_NEEDS_OF: &str = "sum, min, max and avg need 'of', the CEL expression to aggregate (for example of: event.latencyMs); only count works without it";
+
+/// Output names of map and aggregate.
+pub const OUTPUT_NAME_INVALID: &str = "output names must be identifiers (letters, digits and _, not starting with a digit), so later steps can use them as event.<name>";
+
+/// Two keyBy steps.
+pub const PIPELINE_ONE_KEY_BY: &str = "spec.pipeline may contain at most one keyBy step";
+
+/// Two window steps.
+pub const PIPELINE_ONE_WINDOW: &str = "spec.pipeline may contain at most one window step";
+
+/// A window with no keyBy before it.
+pub const PIPELINE_WINDOW_NEEDS_KEY_BY: &str = "a window step must come after a keyBy step: add keyBy before the window, saying what the windows are per";
+
+/// An aggregate not directly after a window.
+pub const PIPELINE_AGGREGATE_NEEDS_WINDOW: &str =
+    "an aggregate step must come directly after a window step: add a window before it";
+
+/// A window not directly followed by an aggregate.
+pub const PIPELINE_WINDOW_NEEDS_AGGREGATE: &str = "a window step must be followed directly by an aggregate step saying what to compute per window";
+
+/// The kind of each step, as a CEL list expression over the pipeline (`self`).
+macro_rules! step_kinds {
+    () => {
+        "self.map(step, has(step.filter) ? 'filter' : has(step.map) ? 'map' : has(step.keyBy) ? 'keyBy' : has(step.window) ? 'window' : 'aggregate')"
+    };
+}
+
+/// CEL: a window comes after a keyBy.
+pub const RULE_WINDOW_AFTER_KEY_BY: &str = concat!(
+    "!self.exists(step, has(step.window)) || (self.exists(step, has(step.keyBy)) && ",
+    step_kinds!(),
+    ".indexOf('keyBy') < ",
+    step_kinds!(),
+    ".indexOf('window'))"
+);
+
+/// CEL: an aggregate comes directly after a window.
+pub const RULE_AGGREGATE_AFTER_WINDOW: &str = concat!(
+    "!self.exists(step, has(step.aggregate)) || (self.exists(step, has(step.window)) && ",
+    step_kinds!(),
+    ".indexOf('aggregate') == ",
+    step_kinds!(),
+    ".indexOf('window') + 1)"
+);
+
+/// CEL: a window is directly followed by an aggregate.
+pub const RULE_WINDOW_BEFORE_AGGREGATE: &str = concat!(
+    "!self.exists(step, has(step.window)) || ",
+    step_kinds!(),
+    ".lastIndexOf('aggregate') == ",
+    step_kinds!(),
+    ".indexOf('window') + 1"
+);

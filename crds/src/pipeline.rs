@@ -1,0 +1,252 @@
+//! Pipeline steps: the form a user writes ([`PipelineStep`]) and the checked form the
+//! worker compiles ([`Step`]), produced by [`crate::validate`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::messages;
+
+/// One step of a pipeline: exactly one of `filter`, `map`, `keyBy`, `window`, `aggregate`.
+/// Expressions are CEL (the language of Kubernetes validation rules) over the variable
+/// `event`, the decoded event, or the output of the latest `map` or `aggregate` before it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.filter) ? 1 : 0) + (has(self.map) ? 1 : 0) + (has(self.keyBy) ? 1 : 0) + (has(self.window) ? 1 : 0) + (has(self.aggregate) ? 1 : 0) == 1",
+        "message": messages::STEP_EXACTLY_ONE,
+    },
+]))]
+pub struct PipelineStep {
+    /// Keep only events for which this CEL expression is true, for example
+    /// `event.status == 200`. An expression that fails or is not a bool sends the event
+    /// to the dead-letter output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub filter: Option<String>,
+
+    /// Replace each event by a new one with these fields, each a CEL expression over the
+    /// incoming event, for example `page: event.url.split('?')[0]`. The event-time
+    /// field is carried over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64, "x-kubernetes-validations" = [
+        { "rule": "self.all(name, name.matches('^[A-Za-z_][A-Za-z0-9_]*$'))", "message": messages::OUTPUT_NAME_INVALID },
+    ]))]
+    #[schemars(inner(length(min = 1, max = 4096)))]
+    pub map: Option<BTreeMap<String, String>>,
+
+    /// The key of each event, a CEL expression such as `event.page`: windows and
+    /// aggregates are per key, and keyed state is partitioned by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub key_by: Option<String>,
+
+    /// Group the events of each key into event-time windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
+
+    /// Named results computed over each window, for example
+    /// `views: {function: count}` or `avgLatency: {function: avg, of: event.latencyMs}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 64, "x-kubernetes-validations" = [
+        { "rule": "self.all(name, name.matches('^[A-Za-z_][A-Za-z0-9_]*$'))", "message": messages::OUTPUT_NAME_INVALID },
+    ]))]
+    pub aggregate: Option<BTreeMap<String, Aggregation>>,
+}
+
+/// An event-time window: exactly one of `tumbling`, `sliding`, `session`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.tumbling) ? 1 : 0) + (has(self.sliding) ? 1 : 0) + (has(self.session) ? 1 : 0) == 1",
+        "message": messages::WINDOW_EXACTLY_ONE_KIND,
+    },
+]))]
+pub struct WindowSpec {
+    /// Fixed, non-overlapping windows of `size`, aligned to the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tumbling: Option<TumblingWindow>,
+
+    /// Overlapping windows of `size` starting every `slide`; an event is in size/slide
+    /// windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding: Option<SlidingWindow>,
+
+    /// Per-key windows of activity that close after `gap` without events; sessions that
+    /// an event bridges merge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionWindow>,
+
+    /// How long after a window's end (in event time) its state is kept: an event that
+    /// arrives within it updates the window and emits an updated result; a later one goes
+    /// to the late-data output. Unset: no lateness, a window is final when it fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_lateness: Option<Duration>,
+}
+
+/// Fixed windows.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct TumblingWindow {
+    /// Length of each window.
+    pub size: Duration,
+}
+
+/// Overlapping windows.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    { "rule": "duration(self.slide) <= duration(self.size)", "message": messages::SLIDE_ABOVE_SIZE },
+]))]
+pub struct SlidingWindow {
+    /// Length of each window.
+    pub size: Duration,
+    /// Time between the starts of consecutive windows.
+    pub slide: Duration,
+}
+
+/// Session windows.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SessionWindow {
+    /// A session closes when a key has no event for this long.
+    pub gap: Duration,
+}
+
+/// One named result of an aggregate step.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    // `function` is a CEL reserved word: Kubernetes exposes it as `__function__`.
+    { "rule": "self.__function__ == 'count' || has(self.of)", "message": messages::AGGREGATION_NEEDS_OF },
+]))]
+pub struct Aggregation {
+    /// What to compute.
+    pub function: AggregateFunction,
+    /// The CEL expression to aggregate, a number (not needed for count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub of: Option<String>,
+}
+
+/// An aggregate function.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AggregateFunction {
+    /// Number of events.
+    Count,
+    /// Sum of `of`.
+    Sum,
+    /// Least `of`.
+    Min,
+    /// Greatest `of`.
+    Max,
+    /// Mean of `of`.
+    Avg,
+}
+
+impl AggregateFunction {
+    /// The name as written in a manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Count => "count",
+            Self::Sum => "sum",
+            Self::Min => "min",
+            Self::Max => "max",
+            Self::Avg => "avg",
+        }
+    }
+}
+
+/// A CEL expression that parsed, with what it reads of the event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expression {
+    /// The expression as written.
+    pub source: String,
+    /// The top-level fields of `event` that the expression selects (`event.page` gives
+    /// `page`). `None` when it uses `event` as a whole (for example `size(event)`), so
+    /// all fields must be passed.
+    pub event_fields: Option<BTreeSet<String>>,
+}
+
+/// A checked pipeline step: what the worker compiles into an operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Keep events for which the expression is true.
+    Filter(Expression),
+    /// Replace the event by these named fields.
+    Map(Vec<(String, Expression)>),
+    /// Key the events.
+    KeyBy(Expression),
+    /// Assign events to windows.
+    Window(Window),
+    /// Compute these named results per key and window.
+    Aggregate(Vec<AggregateOutput>),
+}
+
+/// A checked window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Tumbling, sliding or session.
+    pub kind: WindowKind,
+    /// How long after its end a window's state is kept (zero: none).
+    pub allowed_lateness: std::time::Duration,
+}
+
+/// The kind of a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowKind {
+    /// Fixed windows of `size`.
+    Tumbling {
+        /// Length of each window.
+        size: std::time::Duration,
+    },
+    /// Windows of `size` every `slide`.
+    Sliding {
+        /// Length of each window.
+        size: std::time::Duration,
+        /// Distance between window starts.
+        slide: std::time::Duration,
+    },
+    /// Sessions closed by a `gap` without events.
+    Session {
+        /// Inactivity that closes a session.
+        gap: std::time::Duration,
+    },
+}
+
+/// One named result of an aggregate step, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AggregateOutput {
+    /// The output field name.
+    pub name: String,
+    /// What is computed.
+    pub function: AggregateFunction,
+    /// The aggregated expression (`None` for count).
+    pub of: Option<Expression>,
+}
+
+/// A pipeline whose steps passed [`crate::validate`], in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckedPipeline {
+    /// The steps in order.
+    pub steps: Vec<Step>,
+}
+
+impl CheckedPipeline {
+    /// The keyBy expression, if the pipeline is keyed.
+    pub fn key_by(&self) -> Option<&Expression> {
+        self.steps.iter().find_map(|step| match step {
+            Step::KeyBy(expression) => Some(expression),
+            _ => None,
+        })
+    }
+
+    /// The window, if the pipeline has one.
+    pub fn window(&self) -> Option<&Window> {
+        self.steps.iter().find_map(|step| match step {
+            Step::Window(window) => Some(window),
+            _ => None,
+        })
+    }
+}

@@ -1,0 +1,755 @@
+//! What the API server cannot check, and everything it can, for places with no API server.
+//!
+//! The CRD's OpenAPI schema and CEL rules reject most bad manifests at `kubectl apply`.
+//! [`validate`] repeats those rules (with the same messages, from [`crate::messages`]) and
+//! adds what needs a real CEL parser: every expression of the pipeline parses, uses only
+//! the variable `event`, and reads only fields that the step before it produces. The
+//! controller runs it before building anything, and `sluice-worker validate` runs it on
+//! files, so a GitOps pre-commit check gives the same answer as the cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
+
+use crate::messages;
+use crate::pipeline::{
+    AggregateFunction, AggregateOutput, Aggregation, CheckedPipeline, Expression, PipelineStep,
+    Step, Window, WindowKind, WindowSpec,
+};
+use crate::streamjob::{StreamJob, StreamJobSpec};
+
+/// The variable an expression reads the event from.
+pub const EVENT_VARIABLE: &str = "event";
+
+/// The fields of a result that an aggregate step adds besides its named outputs.
+pub const RESULT_FIELDS: [&str; 4] = ["key", "windowStart", "windowEnd", "isUpdate"];
+
+/// Identifiers that name CEL types, as in `type(event.count) == int`.
+const CEL_TYPE_NAMES: [&str; 10] = [
+    "bool",
+    "bytes",
+    "double",
+    "int",
+    "list",
+    "map",
+    "null_type",
+    "string",
+    "type",
+    "uint",
+];
+
+/// The most steps a pipeline may have (also in the CRD).
+pub const MAX_PIPELINE_STEPS: usize = 32;
+
+/// One problem with a manifest: the field, and what is wrong with it and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, for example `spec.pipeline[2].filter`.
+    pub field: String,
+    /// What is wrong, and the fix.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found in a manifest (never empty).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationErrors {
+    /// The problems, in the order of the fields.
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "invalid StreamJob:")?;
+        for error in &self.errors {
+            write!(formatter, "\n  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A spec that passed [`validate`], with its pipeline in checked form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckedJob {
+    /// The spec as written.
+    pub spec: StreamJobSpec,
+    /// The pipeline, checked.
+    pub pipeline: CheckedPipeline,
+    /// The sink's key expression, checked.
+    pub sink_key: Option<Expression>,
+}
+
+/// Why a manifest file could not be read as a StreamJob.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Not YAML.
+    #[error("failed to read the manifest as YAML: {0}")]
+    Yaml(#[from] serde_yaml_ng::Error),
+    /// A field of the wrong shape.
+    #[error("failed to read the manifest as a StreamJob: {field}: {message}")]
+    Field {
+        /// Path of the field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Another kind of object.
+    #[error(
+        "the manifest is apiVersion {api_version:?} kind {kind:?}, expected apiVersion \"sluice.dev/v1alpha1\" kind \"StreamJob\""
+    )]
+    WrongKind {
+        /// The apiVersion found.
+        api_version: String,
+        /// The kind found.
+        kind: String,
+    },
+    /// It is a StreamJob, with problems.
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+}
+
+/// Reads a StreamJob manifest (YAML or JSON) and validates it.
+pub fn load_manifest(text: &str) -> Result<(StreamJob, CheckedJob), ManifestError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct TypeMeta {
+        #[serde(default)]
+        api_version: String,
+        #[serde(default)]
+        kind: String,
+    }
+    let type_meta: TypeMeta = serde_yaml_ng::from_str(text)?;
+    if type_meta.api_version != "sluice.dev/v1alpha1" || type_meta.kind != "StreamJob" {
+        return Err(ManifestError::WrongKind {
+            api_version: type_meta.api_version,
+            kind: type_meta.kind,
+        });
+    }
+    let job: StreamJob = serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(
+        text,
+    ))
+    .map_err(|error| ManifestError::Field {
+        field: error.path().to_string(),
+        message: error.into_inner().to_string(),
+    })?;
+    let checked = validate(&job.spec)?;
+    Ok((job, checked))
+}
+
+/// Checks a spec: the rules of the CRD and the pipeline's CEL expressions.
+pub fn validate(spec: &StreamJobSpec) -> Result<CheckedJob, ValidationErrors> {
+    let mut errors = Errors::default();
+    check_parallelism(spec, &mut errors);
+    check_connections(spec, &mut errors);
+    let (pipeline, fields_after_pipeline) = check_pipeline(&spec.pipeline, &mut errors);
+    let sink_key = spec.sink.key.as_deref().and_then(|source| {
+        check_expression(
+            source,
+            "spec.sink.key",
+            fields_after_pipeline.as_ref(),
+            &mut errors,
+        )
+    });
+    if errors.0.is_empty() {
+        Ok(CheckedJob {
+            spec: spec.clone(),
+            pipeline,
+            sink_key,
+        })
+    } else {
+        Err(ValidationErrors { errors: errors.0 })
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn check_parallelism(spec: &StreamJobSpec, errors: &mut Errors) {
+    const LIMIT: i32 = 32768;
+    if !(1..=LIMIT).contains(&spec.max_parallelism) {
+        errors.add(
+            "spec.maxParallelism",
+            format!(
+                "must be between 1 and {LIMIT}, got {}",
+                spec.max_parallelism
+            ),
+        );
+    }
+    if spec.parallelism < 1 {
+        errors.add(
+            "spec.parallelism",
+            format!("must be at least 1, got {}", spec.parallelism),
+        );
+    } else if spec.parallelism > spec.max_parallelism {
+        errors.add("spec.parallelism", messages::PARALLELISM_ABOVE_MAX);
+    }
+    if let Some(autoscaler) = &spec.autoscaler {
+        if autoscaler.min_parallelism < 1 {
+            errors.add(
+                "spec.autoscaler.minParallelism",
+                format!("must be at least 1, got {}", autoscaler.min_parallelism),
+            );
+        }
+        if autoscaler.min_parallelism > autoscaler.max_parallelism {
+            errors.add(
+                "spec.autoscaler.minParallelism",
+                messages::AUTOSCALER_MIN_ABOVE_MAX,
+            );
+        }
+        if autoscaler.max_parallelism > spec.max_parallelism {
+            errors.add(
+                "spec.autoscaler.maxParallelism",
+                messages::AUTOSCALER_MAX_ABOVE_KEY_GROUPS,
+            );
+        }
+        if !(1..=100).contains(&autoscaler.target_utilization_percent) {
+            errors.add(
+                "spec.autoscaler.targetUtilizationPercent",
+                format!(
+                    "must be a percentage between 1 and 100, got {}",
+                    autoscaler.target_utilization_percent
+                ),
+            );
+        }
+    }
+}
+
+fn check_connections(spec: &StreamJobSpec, errors: &mut Errors) {
+    if spec.kafka.bootstrap_servers.trim().is_empty() {
+        errors.add(
+            "spec.kafka.bootstrapServers",
+            "must list at least one broker as host:port, for example kafka:9092",
+        );
+    }
+    if spec.source.topics.is_empty() {
+        errors.add("spec.source.topics", "must name at least one topic to read");
+    }
+    for (index, topic) in spec.source.topics.iter().enumerate() {
+        check_topic_name(topic, &format!("spec.source.topics[{index}]"), errors);
+    }
+    if spec.source.event_time.field.trim().is_empty() {
+        errors.add(
+            "spec.source.eventTime.field",
+            "must name the event field that holds the event time, for example timestamp",
+        );
+    }
+    let sink = &spec.sink;
+    check_topic_name(&sink.topic, "spec.sink.topic", errors);
+    for (field, topic) in [
+        ("spec.sink.deadLetterTopic", &sink.dead_letter_topic),
+        ("spec.sink.lateDataTopic", &sink.late_data_topic),
+    ] {
+        let Some(topic) = topic else { continue };
+        check_topic_name(topic, field, errors);
+        if *topic == sink.topic {
+            errors.add(
+                field,
+                "must differ from spec.sink.topic, so results and rejected events stay apart",
+            );
+        }
+        if spec.source.topics.contains(topic) {
+            errors.add(
+                field,
+                "must not be one of spec.source.topics, or rejected events would be read again",
+            );
+        }
+    }
+    if spec.source.topics.contains(&sink.topic) {
+        errors.add(
+            "spec.sink.topic",
+            "must not be one of spec.source.topics, or results would be read again as input",
+        );
+    }
+    if let Some(savepoints) = &spec.savepoints {
+        let known = ["file://", "s3://", "gs://", "az://"];
+        if !known.iter().any(|scheme| {
+            savepoints.location.starts_with(scheme) && savepoints.location.len() > scheme.len()
+        }) {
+            errors.add(
+                "spec.savepoints.location",
+                "must be a URL of a mounted path (file:///savepoints) or an object store (s3://bucket/prefix, gs://, az://)",
+            );
+        }
+        if savepoints.retention.max_count < 1 {
+            errors.add(
+                "spec.savepoints.retention.maxCount",
+                "must keep at least 1 savepoint",
+            );
+        }
+    }
+}
+
+/// Kafka's own rule for topic names.
+fn check_topic_name(topic: &str, field: &str, errors: &mut Errors) {
+    let valid_characters = topic
+        .chars()
+        .all(|character| character.is_ascii_alphanumeric() || matches!(character, '.' | '_' | '-'));
+    if topic.is_empty() || topic.len() > 249 || !valid_characters || topic == "." || topic == ".." {
+        errors.add(
+            field,
+            format!("{topic:?} is not a valid Kafka topic name: use 1 to 249 letters, digits, '.', '_' or '-'"),
+        );
+    }
+}
+
+/// The fields an event has after a step: `None` while it is the decoded input, whose
+/// fields are not known in advance.
+type KnownFields = Option<BTreeSet<String>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StepKind {
+    Filter,
+    Map,
+    KeyBy,
+    Window,
+    Aggregate,
+}
+
+fn step_kind(step: &PipelineStep) -> Result<StepKind, usize> {
+    let kinds = [
+        (step.filter.is_some(), StepKind::Filter),
+        (step.map.is_some(), StepKind::Map),
+        (step.key_by.is_some(), StepKind::KeyBy),
+        (step.window.is_some(), StepKind::Window),
+        (step.aggregate.is_some(), StepKind::Aggregate),
+    ];
+    let set: Vec<StepKind> = kinds
+        .iter()
+        .filter(|(present, _)| *present)
+        .map(|(_, kind)| *kind)
+        .collect();
+    match set.as_slice() {
+        [kind] => Ok(*kind),
+        other => Err(other.len()),
+    }
+}
+
+fn check_pipeline(
+    pipeline: &[PipelineStep],
+    errors: &mut Errors,
+) -> (CheckedPipeline, KnownFields) {
+    if pipeline.is_empty() {
+        errors.add(
+            "spec.pipeline",
+            "must have at least one step, for example - filter: \"true\"",
+        );
+    }
+    if pipeline.len() > MAX_PIPELINE_STEPS {
+        errors.add(
+            "spec.pipeline",
+            format!(
+                "may have at most {MAX_PIPELINE_STEPS} steps, has {}",
+                pipeline.len()
+            ),
+        );
+    }
+    let mut kinds = Vec::new();
+    for (index, step) in pipeline.iter().enumerate() {
+        match step_kind(step) {
+            Ok(kind) => kinds.push(Some(kind)),
+            Err(_) => {
+                errors.add(
+                    format!("spec.pipeline[{index}]"),
+                    messages::STEP_EXACTLY_ONE,
+                );
+                kinds.push(None);
+            }
+        }
+    }
+    check_step_order(&kinds, errors);
+
+    let mut steps = Vec::new();
+    let mut fields: KnownFields = None;
+    for (index, step) in pipeline.iter().enumerate() {
+        let path = format!("spec.pipeline[{index}]");
+        if let Some(source) = &step.filter {
+            if let Some(expression) =
+                check_expression(source, &format!("{path}.filter"), fields.as_ref(), errors)
+            {
+                steps.push(Step::Filter(expression));
+            }
+        } else if let Some(outputs) = &step.map {
+            steps.push(Step::Map(check_map(
+                outputs,
+                &path,
+                fields.as_ref(),
+                errors,
+            )));
+            fields = Some(outputs.keys().cloned().collect());
+        } else if let Some(source) = &step.key_by {
+            if let Some(expression) =
+                check_expression(source, &format!("{path}.keyBy"), fields.as_ref(), errors)
+            {
+                steps.push(Step::KeyBy(expression));
+            }
+        } else if let Some(window) = &step.window {
+            if let Some(window) = check_window(window, &format!("{path}.window"), errors) {
+                steps.push(Step::Window(window));
+            }
+        } else if let Some(aggregations) = &step.aggregate {
+            steps.push(Step::Aggregate(check_aggregate(
+                aggregations,
+                &path,
+                fields.as_ref(),
+                errors,
+            )));
+            let mut result_fields: BTreeSet<String> =
+                RESULT_FIELDS.iter().map(|name| name.to_string()).collect();
+            result_fields.extend(aggregations.keys().cloned());
+            fields = Some(result_fields);
+        }
+    }
+    (CheckedPipeline { steps }, fields)
+}
+
+/// The ordering rules of the CRD, on the step kinds (a step with no single kind is `None`).
+fn check_step_order(kinds: &[Option<StepKind>], errors: &mut Errors) {
+    let positions = |wanted: StepKind| -> Vec<usize> {
+        kinds
+            .iter()
+            .enumerate()
+            .filter(|(_, kind)| **kind == Some(wanted))
+            .map(|(index, _)| index)
+            .collect()
+    };
+    let key_bys = positions(StepKind::KeyBy);
+    let windows = positions(StepKind::Window);
+    let aggregates = positions(StepKind::Aggregate);
+    if key_bys.len() > 1 {
+        errors.add(
+            format!("spec.pipeline[{}]", key_bys[1]),
+            messages::PIPELINE_ONE_KEY_BY,
+        );
+    }
+    if windows.len() > 1 {
+        errors.add(
+            format!("spec.pipeline[{}]", windows[1]),
+            messages::PIPELINE_ONE_WINDOW,
+        );
+    }
+    if let Some(&window) = windows.first() {
+        if key_bys.first().is_none_or(|&key_by| key_by > window) {
+            errors.add(
+                format!("spec.pipeline[{window}]"),
+                messages::PIPELINE_WINDOW_NEEDS_KEY_BY,
+            );
+        }
+        if kinds.get(window + 1) != Some(&Some(StepKind::Aggregate)) {
+            errors.add(
+                format!("spec.pipeline[{window}]"),
+                messages::PIPELINE_WINDOW_NEEDS_AGGREGATE,
+            );
+        }
+    }
+    for &aggregate in &aggregates {
+        let after_window = aggregate > 0 && kinds[aggregate - 1] == Some(StepKind::Window);
+        if !after_window {
+            errors.add(
+                format!("spec.pipeline[{aggregate}]"),
+                messages::PIPELINE_AGGREGATE_NEEDS_WINDOW,
+            );
+        }
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut characters = name.chars();
+    characters
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && characters.all(|character| character.is_ascii_alphanumeric() || character == '_')
+}
+
+fn check_map(
+    outputs: &BTreeMap<String, String>,
+    path: &str,
+    fields: Option<&BTreeSet<String>>,
+    errors: &mut Errors,
+) -> Vec<(String, Expression)> {
+    if outputs.is_empty() {
+        errors.add(
+            format!("{path}.map"),
+            "must name at least one output field, for example page: event.url",
+        );
+    }
+    let mut checked = Vec::new();
+    for (name, source) in outputs {
+        let field = format!("{path}.map.{name}");
+        if !is_identifier(name) {
+            errors.add(&field, messages::OUTPUT_NAME_INVALID);
+        }
+        if let Some(expression) = check_expression(source, &field, fields, errors) {
+            checked.push((name.clone(), expression));
+        }
+    }
+    checked
+}
+
+fn check_window(window: &WindowSpec, path: &str, errors: &mut Errors) -> Option<Window> {
+    let kinds = [
+        window
+            .tumbling
+            .as_ref()
+            .map(|tumbling| WindowKind::Tumbling {
+                size: tumbling.size.get(),
+            }),
+        window.sliding.as_ref().map(|sliding| WindowKind::Sliding {
+            size: sliding.size.get(),
+            slide: sliding.slide.get(),
+        }),
+        window.session.as_ref().map(|session| WindowKind::Session {
+            gap: session.gap.get(),
+        }),
+    ];
+    let set: Vec<WindowKind> = kinds.into_iter().flatten().collect();
+    let [kind] = set.as_slice() else {
+        errors.add(path, messages::WINDOW_EXACTLY_ONE_KIND);
+        return None;
+    };
+    if let WindowKind::Sliding { size, slide } = kind
+        && slide > size
+    {
+        errors.add(format!("{path}.sliding.slide"), messages::SLIDE_ABOVE_SIZE);
+        return None;
+    }
+    Some(Window {
+        kind: *kind,
+        allowed_lateness: window
+            .allowed_lateness
+            .map(|lateness| lateness.get())
+            .unwrap_or_default(),
+    })
+}
+
+fn check_aggregate(
+    aggregations: &BTreeMap<String, Aggregation>,
+    path: &str,
+    fields: Option<&BTreeSet<String>>,
+    errors: &mut Errors,
+) -> Vec<AggregateOutput> {
+    if aggregations.is_empty() {
+        errors.add(
+            format!("{path}.aggregate"),
+            "must name at least one result, for example count: {function: count}",
+        );
+    }
+    let mut checked = Vec::new();
+    for (name, aggregation) in aggregations {
+        let field = format!("{path}.aggregate.{name}");
+        if !is_identifier(name) {
+            errors.add(&field, messages::OUTPUT_NAME_INVALID);
+        }
+        if RESULT_FIELDS.contains(&name.as_str()) {
+            errors.add(
+                &field,
+                format!(
+                    "{name:?} is a field every result has ({}): choose another name",
+                    RESULT_FIELDS.join(", ")
+                ),
+            );
+        }
+        let of = match (&aggregation.of, aggregation.function) {
+            (None, AggregateFunction::Count) => None,
+            (None, _) => {
+                errors.add(&field, messages::AGGREGATION_NEEDS_OF);
+                continue;
+            }
+            (Some(source), _) => {
+                match check_expression(source, &format!("{field}.of"), fields, errors) {
+                    Some(expression) => Some(expression),
+                    None => continue,
+                }
+            }
+        };
+        checked.push(AggregateOutput {
+            name: name.clone(),
+            function: aggregation.function,
+            of,
+        });
+    }
+    checked
+}
+
+/// Parses a CEL expression and checks what it reads: only `event` (and variables bound
+/// by macros such as `exists`), and, once a `map` or `aggregate` fixed the event's
+/// fields, only those fields.
+fn check_expression(
+    source: &str,
+    field: &str,
+    known_fields: Option<&BTreeSet<String>>,
+    errors: &mut Errors,
+) -> Option<Expression> {
+    let program = match cel::Program::compile(source) {
+        Ok(program) => program,
+        Err(parse_errors) => {
+            let detail = parse_errors.to_string().replace('\n', " ");
+            errors.add(
+                field,
+                format!("failed to parse the CEL expression {source:?}: {detail}"),
+            );
+            return None;
+        }
+    };
+    let mut usage = Usage::default();
+    usage.visit(program.expression(), &mut Vec::new());
+    let mut failed = false;
+    for variable in &usage.unknown_variables {
+        errors.add(
+            field,
+            format!(
+                "the CEL expression {source:?} uses the unknown variable {variable:?}: expressions see one variable, event (for example event.{variable})"
+            ),
+        );
+        failed = true;
+    }
+    if let (Some(known), Some(read)) = (known_fields, &usage.event_fields) {
+        for missing in read.difference(known) {
+            let available: Vec<&str> = known.iter().map(String::as_str).collect();
+            errors.add(
+                field,
+                format!(
+                    "the CEL expression {source:?} reads event.{missing}, but the step before produces only {}: use one of them or add {missing} to that step",
+                    available.join(", ")
+                ),
+            );
+            failed = true;
+        }
+    }
+    if failed {
+        return None;
+    }
+    Some(Expression {
+        source: source.to_string(),
+        event_fields: usage.event_fields,
+    })
+}
+
+/// What an expression reads.
+struct Usage {
+    /// Top-level event fields selected; `None` once the whole event is used.
+    event_fields: Option<BTreeSet<String>>,
+    unknown_variables: BTreeSet<String>,
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Self {
+            event_fields: Some(BTreeSet::new()),
+            unknown_variables: BTreeSet::new(),
+        }
+    }
+}
+
+impl Usage {
+    fn visit(&mut self, expression: &IdedExpr, bound: &mut Vec<String>) {
+        match &expression.expr {
+            Expr::Unspecified | Expr::Literal(_) => {}
+            Expr::Ident(name) => self.identifier(name, bound),
+            Expr::Select(select) => match &select.operand.expr {
+                Expr::Ident(name) if name == EVENT_VARIABLE && !bound.contains(name) => {
+                    self.event_field(&select.field);
+                }
+                _ => self.visit(&select.operand, bound),
+            },
+            Expr::Call(call) => {
+                // event['field'] reads one field, like event.field.
+                if call.func_name == "_[_]"
+                    && let [
+                        target,
+                        IdedExpr {
+                            expr: Expr::Literal(LiteralValue::String(key)),
+                            ..
+                        },
+                    ] = call.args.as_slice()
+                    && matches!(&target.expr, Expr::Ident(name) if name == EVENT_VARIABLE && !bound.contains(name))
+                {
+                    self.event_field(key);
+                    return;
+                }
+                if let Some(target) = &call.target {
+                    self.visit(target, bound);
+                }
+                for argument in &call.args {
+                    self.visit(argument, bound);
+                }
+            }
+            Expr::List(list) => {
+                for element in &list.elements {
+                    self.visit(element, bound);
+                }
+            }
+            Expr::Map(map) => {
+                for entry in &map.entries {
+                    match &entry.expr {
+                        EntryExpr::MapEntry(map_entry) => {
+                            self.visit(&map_entry.key, bound);
+                            self.visit(&map_entry.value, bound);
+                        }
+                        EntryExpr::StructField(struct_field) => {
+                            self.visit(&struct_field.value, bound);
+                        }
+                    }
+                }
+            }
+            Expr::Struct(structure) => {
+                for entry in &structure.entries {
+                    if let EntryExpr::StructField(struct_field) = &entry.expr {
+                        self.visit(&struct_field.value, bound);
+                    }
+                }
+            }
+            Expr::Comprehension(comprehension) => {
+                self.visit(&comprehension.iter_range, bound);
+                self.visit(&comprehension.accu_init, bound);
+                let before = bound.len();
+                bound.push(comprehension.iter_var.clone());
+                if let Some(second) = &comprehension.iter_var2 {
+                    bound.push(second.clone());
+                }
+                bound.push(comprehension.accu_var.clone());
+                self.visit(&comprehension.loop_cond, bound);
+                self.visit(&comprehension.loop_step, bound);
+                self.visit(&comprehension.result, bound);
+                bound.truncate(before);
+            }
+        }
+    }
+
+    fn identifier(&mut self, name: &str, bound: &[String]) {
+        if bound.iter().any(|variable| variable == name)
+            || name.starts_with('@')
+            || CEL_TYPE_NAMES.contains(&name)
+        {
+            return;
+        }
+        if name == EVENT_VARIABLE {
+            self.event_fields = None;
+        } else {
+            self.unknown_variables.insert(name.to_string());
+        }
+    }
+
+    fn event_field(&mut self, field: &str) {
+        if let Some(fields) = &mut self.event_fields {
+            fields.insert(field.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+use super::*;
+
+/// A valid spec: page views per page per minute.
+const PAGE_VIEWS: &str = r#"
+parallelism: 2
+maxParallelism: 16
+kafka:
+  bootstrapServers: kafka:9092
+source:
+  topics: [page-views]
+  eventTime:
+    field: timestamp
+  watermark:
+    maxOutOfOrderness: 5s
+pipeline:
+  - filter: "event.status == 200"
+  - map:
+      page: "event.url"
+      latency: "event.latencyMs"
+  - keyBy: "event.page"
+  - window:
+      tumbling: {size: 1m}
+      allowedLateness: 30s
+  - aggregate:
+      views: {function: count}
+      slowest: {function: max, of: "event.latency"}
+sink:
+  topic: page-view-counts
+  key: "event.key"
+  deadLetterTopic: page-views-dlq
+"#;
+
+fn spec_with(change: impl FnOnce(&mut serde_json::Value)) -> StreamJobSpec {
+    let mut value: serde_json::Value = serde_yaml_ng::from_str(PAGE_VIEWS).unwrap();
+    change(&mut value);
+    serde_json::from_value(value).unwrap()
+}
+
+fn step(yaml: &str) -> serde_json::Value {
+    serde_yaml_ng::from_str(yaml).unwrap()
+}
+
+#[test]
+fn the_base_spec_is_valid_and_checked() {
+    let checked = validate(&spec_with(|_| {})).unwrap();
+    assert_eq!(checked.pipeline.steps.len(), 5);
+    let key_by = checked.pipeline.key_by().unwrap();
+    assert_eq!(key_by.event_fields, Some(["page".to_string()].into()));
+    let window = checked.pipeline.window().unwrap();
+    assert_eq!(
+        window.kind,
+        WindowKind::Tumbling {
+            size: std::time::Duration::from_secs(60)
+        }
+    );
+    assert_eq!(window.allowed_lateness, std::time::Duration::from_secs(30));
+    assert_eq!(checked.sink_key.unwrap().source, "event.key");
+}
+
+#[test]
+fn invalid_specs_name_the_field_and_the_fix() {
+    type Change = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Change, &str, &str)> = vec![
+        (
+            "parallelism above key groups",
+            Box::new(|spec| spec["parallelism"] = 17.into()),
+            "spec.parallelism",
+            messages::PARALLELISM_ABOVE_MAX,
+        ),
+        (
+            "autoscaler min above max",
+            Box::new(|spec| {
+                spec["autoscaler"] = step("{enabled: true, minParallelism: 4, maxParallelism: 2}")
+            }),
+            "spec.autoscaler.minParallelism",
+            messages::AUTOSCALER_MIN_ABOVE_MAX,
+        ),
+        (
+            "autoscaler max above key groups",
+            Box::new(|spec| spec["autoscaler"] = step("{enabled: true, maxParallelism: 32}")),
+            "spec.autoscaler.maxParallelism",
+            messages::AUTOSCALER_MAX_ABOVE_KEY_GROUPS,
+        ),
+        (
+            "step with two operations",
+            Box::new(|spec| spec["pipeline"][0] = step("{filter: 'true', keyBy: 'event.page'}")),
+            "spec.pipeline[0]",
+            messages::STEP_EXACTLY_ONE,
+        ),
+        (
+            "window without keyBy",
+            Box::new(|spec| {
+                spec["pipeline"].as_array_mut().unwrap().remove(2);
+            }),
+            "spec.pipeline[2]",
+            messages::PIPELINE_WINDOW_NEEDS_KEY_BY,
+        ),
+        (
+            "aggregate without window",
+            Box::new(|spec| {
+                spec["pipeline"].as_array_mut().unwrap().remove(3);
+            }),
+            "spec.pipeline[3]",
+            messages::PIPELINE_AGGREGATE_NEEDS_WINDOW,
+        ),
+        (
+            "window without aggregate",
+            Box::new(|spec| {
+                spec["pipeline"].as_array_mut().unwrap().remove(4);
+            }),
+            "spec.pipeline[3]",
+            messages::PIPELINE_WINDOW_NEEDS_AGGREGATE,
+        ),
+        (
+            "two window kinds",
+            Box::new(|spec| {
+                spec["pipeline"][3] = step("{window: {tumbling: {size: 1m}, session: {gap: 5m}}}")
+            }),
+            "spec.pipeline[3].window",
+            messages::WINDOW_EXACTLY_ONE_KIND,
+        ),
+        (
+            "slide larger than size",
+            Box::new(|spec| {
+                spec["pipeline"][3] = step("{window: {sliding: {size: 1m, slide: 2m}}}")
+            }),
+            "spec.pipeline[3].window.sliding.slide",
+            messages::SLIDE_ABOVE_SIZE,
+        ),
+        (
+            "sum without of",
+            Box::new(|spec| spec["pipeline"][4] = step("{aggregate: {total: {function: sum}}}")),
+            "spec.pipeline[4].aggregate.total",
+            messages::AGGREGATION_NEEDS_OF,
+        ),
+        (
+            "filter that does not parse",
+            Box::new(|spec| spec["pipeline"][0] = step("{filter: 'event.status =='}")),
+            "spec.pipeline[0].filter",
+            "failed to parse the CEL expression",
+        ),
+        (
+            "unknown variable",
+            Box::new(|spec| spec["pipeline"][0] = step("{filter: 'evnt.status == 200'}")),
+            "spec.pipeline[0].filter",
+            "unknown variable \"evnt\"",
+        ),
+        (
+            "field the map does not produce",
+            Box::new(|spec| spec["pipeline"][2] = step("{keyBy: 'event.url'}")),
+            "spec.pipeline[2].keyBy",
+            "reads event.url, but the step before produces only latency, page",
+        ),
+        (
+            "sink key reads a field results lack",
+            Box::new(|spec| spec["sink"]["key"] = "event.page".into()),
+            "spec.sink.key",
+            "reads event.page, but the step before produces only isUpdate, key, slowest, views, windowEnd, windowStart",
+        ),
+        (
+            "map output name not an identifier",
+            Box::new(|spec| spec["pipeline"][1] = step("{map: {'page-name': 'event.url'}}")),
+            "spec.pipeline[1].map.page-name",
+            messages::OUTPUT_NAME_INVALID,
+        ),
+        (
+            "aggregate output shadows a result field",
+            Box::new(|spec| spec["pipeline"][4] = step("{aggregate: {key: {function: count}}}")),
+            "spec.pipeline[4].aggregate.key",
+            "is a field every result has",
+        ),
+        (
+            "dead letters to the sink topic",
+            Box::new(|spec| spec["sink"]["deadLetterTopic"] = "page-view-counts".into()),
+            "spec.sink.deadLetterTopic",
+            "must differ from spec.sink.topic",
+        ),
+        (
+            "sink topic read as source",
+            Box::new(|spec| spec["sink"]["topic"] = "page-views".into()),
+            "spec.sink.topic",
+            "must not be one of spec.source.topics",
+        ),
+        (
+            "invalid topic name",
+            Box::new(|spec| spec["source"]["topics"][0] = "page views".into()),
+            "spec.source.topics[0]",
+            "is not a valid Kafka topic name",
+        ),
+        (
+            "empty pipeline",
+            Box::new(|spec| spec["pipeline"] = serde_json::json!([])),
+            "spec.pipeline",
+            "must have at least one step",
+        ),
+        (
+            "savepoint location without a scheme",
+            Box::new(|spec| spec["savepoints"] = step("{location: /savepoints}")),
+            "spec.savepoints.location",
+            "must be a URL",
+        ),
+    ];
+    for (name, change, field, message) in cases {
+        let errors = validate(&spec_with(change)).unwrap_err().errors;
+        assert!(
+            errors
+                .iter()
+                .any(|error| error.field == field && error.message.contains(message)),
+            "{name}: expected {field}: {message}, got {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn expressions_may_use_macros_and_index_syntax() {
+    let spec = spec_with(|spec| {
+        spec["pipeline"][0] = step(
+            r#"{filter: "event.tags.exists(tag, tag == 'checkout') && has(event.user) && event['status'] == 200 && type(event.status) == int"}"#,
+        );
+    });
+    let checked = validate(&spec).unwrap();
+    let Step::Filter(filter) = &checked.pipeline.steps[0] else {
+        panic!("first step is the filter")
+    };
+    assert_eq!(
+        filter.event_fields,
+        Some(["status", "tags", "user"].map(String::from).into())
+    );
+}
+
+#[test]
+fn using_the_whole_event_means_every_field_is_needed() {
+    let spec = spec_with(|spec| spec["pipeline"][0] = step("{filter: 'size(event) > 2'}"));
+    let checked = validate(&spec).unwrap();
+    let Step::Filter(filter) = &checked.pipeline.steps[0] else {
+        panic!("first step is the filter")
+    };
+    assert_eq!(filter.event_fields, None);
+}
+
+#[test]
+fn manifests_of_another_kind_are_refused() {
+    let error = load_manifest("apiVersion: v1\nkind: ConfigMap\n").unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("expected apiVersion \"sluice.dev/v1alpha1\" kind \"StreamJob\""),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_bad_duration_names_its_field() {
+    let manifest = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: x}}\nspec:\n{}",
+        PAGE_VIEWS
+            .replace("5s", "5 seconds")
+            .lines()
+            .map(|line| format!("  {line}\n"))
+            .collect::<String>()
+    );
+    let error = load_manifest(&manifest).unwrap_err().to_string();
+    assert!(
+        error.contains("spec.source.watermark.maxOutOfOrderness"),
+        "{error}"
+    );
+    assert!(error.contains("positive duration"), "{error}");
+}
