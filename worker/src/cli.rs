@@ -1,0 +1,210 @@
+//! The command line: `sluice-worker local` and `sluice-worker validate`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sluice_crds::validate::ManifestError;
+
+use crate::engine::EngineOptions;
+use crate::io::file::{FileSink, LineSource};
+use crate::local::{LocalOptions, Summary};
+
+/// The Sluice worker: runs a StreamJob's pipeline on Kafka (in the cluster) or on local
+/// files (`local`), and checks manifests (`validate`).
+#[derive(Debug, Parser)]
+#[command(name = "sluice-worker", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true, env = "SLUICE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing's env-filter syntax), for example `info` or `sluice_worker=debug`.
+    #[arg(long, default_value = "info", global = true, env = "SLUICE_LOG")]
+    pub log: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a StreamJob on a file of JSON lines, with no cluster and no broker.
+    Local(LocalArgs),
+    /// Check a StreamJob manifest the way the controller does; exit non-zero on error.
+    Validate(ValidateArgs),
+}
+
+/// `sluice-worker local`.
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// The StreamJob manifest.
+    #[arg(long)]
+    pub job: PathBuf,
+    /// Events, one JSON object per line; `-` or absent: stdin.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Where results go, one JSON object per line; `-` or absent: stdout.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Where dead letters go (JSON lines of {reason, detail, line, original}); absent:
+    /// counted only.
+    #[arg(long)]
+    pub dead_letter: Option<PathBuf>,
+    /// Where late events go (same envelope, reason "late"); absent: counted only.
+    #[arg(long)]
+    pub late: Option<PathBuf>,
+    /// Directory for the RocksDB state; absent: a temporary directory, removed at the end.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// About how many windows the in-memory state cache holds before evicting to RocksDB.
+    #[arg(long, default_value_t = EngineOptions::default().state_cache_entries)]
+    pub state_cache_entries: usize,
+    /// How often to log progress on long runs.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub progress_interval: Duration,
+    /// Print no summary at the end.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `sluice-worker validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The StreamJob manifest (YAML or JSON).
+    #[arg(long)]
+    pub job: PathBuf,
+}
+
+/// Sets up logging on stderr.
+pub fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs a command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Local(args) => run_local(&args, cli.log_format),
+        Command::Validate(args) => Ok(run_validate(&args)),
+    }
+}
+
+fn read_job(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read the StreamJob {}", path.display()))
+}
+
+fn run_validate(args: &ValidateArgs) -> ExitCode {
+    let text = match read_job(&args.job) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match sluice_crds::load_manifest(&text) {
+        Ok((job, checked)) => {
+            let name = job.metadata.name.as_deref().unwrap_or("(unnamed)");
+            println!(
+                "{}: StreamJob {name} is valid ({} pipeline steps)",
+                args.job.display(),
+                checked.pipeline.steps.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(ManifestError::Invalid(errors)) => {
+            eprintln!(
+                "{}: invalid StreamJob, {} problem(s):",
+                args.job.display(),
+                errors.errors.len()
+            );
+            for error in &errors.errors {
+                eprintln!("  {}: {}", error.field, error.message);
+            }
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("{}: {error}", args.job.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_local(args: &LocalArgs, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    let text = read_job(&args.job)?;
+    let (_, checked) =
+        sluice_crds::load_manifest(&text).map_err(|error| anyhow::anyhow!("{error}"))?;
+    let mut source = LineSource::open(args.input.as_deref())?;
+    let mut sink = FileSink::create(
+        args.output.as_deref(),
+        args.dead_letter.as_deref(),
+        args.late.as_deref(),
+    )?;
+    let temporary;
+    let state_directory = match &args.state_dir {
+        Some(directory) => {
+            std::fs::create_dir_all(directory).with_context(|| {
+                format!(
+                    "failed to create the state directory {}",
+                    directory.display()
+                )
+            })?;
+            directory.clone()
+        }
+        None => {
+            temporary = tempfile::Builder::new()
+                .prefix("sluice-local-state-")
+                .tempdir()
+                .context("failed to create a temporary state directory")?;
+            temporary.path().to_path_buf()
+        }
+    };
+    let options = LocalOptions {
+        engine: EngineOptions {
+            state_cache_entries: args.state_cache_entries,
+        },
+        progress_interval: Some(args.progress_interval),
+    };
+    let summary = crate::local::run(&checked, &mut source, &mut sink, &state_directory, &options)?;
+    if !args.quiet && log_format == LogFormat::Human {
+        eprint!("{}", format_summary(&summary));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The end-of-run summary for people.
+pub fn format_summary(summary: &Summary) -> String {
+    let mut text = format!(
+        "events in: {}\nresults out: {}\nfiltered out: {}\nlate: {}\ndead letters: {}\n",
+        summary.events_in,
+        summary.results_out,
+        summary.filtered,
+        summary.late,
+        summary.dead_letters_total()
+    );
+    for (reason, count) in &summary.dead_letters {
+        text.push_str(&format!("  {reason}: {count}\n"));
+    }
+    text
+}

@@ -1,0 +1,292 @@
+//! The keyed window operator: assigns events to windows, keeps their accumulators in
+//! keyed state, fires windows when the watermark passes their end, emits updates for
+//! events within the allowed lateness, expires state after it, and says which events
+//! are late.
+
+use serde_json::Value;
+
+use crate::pipeline::aggregate::{Accumulator, Number128};
+use crate::state::key_group::KeyGroup;
+use crate::state::{KeyedWindowState, StateError, TimerKind, WindowState, key_group};
+use crate::time::Millis;
+use crate::time::window::{WindowAssigner, WindowRange, merge_session};
+use sluice_crds::pipeline::AggregateFunction;
+
+/// A window result ready to emit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowResult {
+    /// The key's canonical bytes (its compact JSON).
+    pub key: Vec<u8>,
+    /// The window.
+    pub range: WindowRange,
+    /// Whether a result for this window was emitted before.
+    pub is_update: bool,
+    /// One value per aggregate output.
+    pub values: Vec<Value>,
+}
+
+/// Whether an event was taken into its windows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Counted (and any updates it caused were emitted).
+    Accepted,
+    /// Every window it belongs to has expired: it goes to the late-data output.
+    Late {
+        /// The last window it belonged to.
+        window: WindowRange,
+    },
+}
+
+/// The window operator and its keyed state.
+pub struct WindowOperator {
+    assigner: WindowAssigner,
+    allowed_lateness: Millis,
+    functions: Vec<AggregateFunction>,
+    max_parallelism: u32,
+    state: KeyedWindowState,
+    assigned: Vec<WindowRange>,
+}
+
+impl WindowOperator {
+    /// An operator over `state`.
+    pub fn new(
+        assigner: WindowAssigner,
+        allowed_lateness: Millis,
+        functions: Vec<AggregateFunction>,
+        max_parallelism: u32,
+        state: KeyedWindowState,
+    ) -> Self {
+        Self {
+            assigner,
+            allowed_lateness,
+            functions,
+            max_parallelism,
+            state,
+            assigned: Vec::new(),
+        }
+    }
+
+    /// Windows with state.
+    pub fn open_windows(&self) -> u64 {
+        self.state.open_windows()
+    }
+
+    /// The keyed state.
+    pub fn state(&mut self) -> &mut KeyedWindowState {
+        &mut self.state
+    }
+
+    fn expired(&self, range: WindowRange, watermark: Millis) -> bool {
+        range.end.saturating_add(self.allowed_lateness) <= watermark
+    }
+
+    fn new_window(&self, range: WindowRange) -> WindowState {
+        WindowState {
+            range,
+            fired: false,
+            accumulators: self
+                .functions
+                .iter()
+                .map(|function| Accumulator::new(*function))
+                .collect(),
+        }
+    }
+
+    /// Adds an event of `key` at `time` with one input per output (`None` for count),
+    /// at operator watermark `watermark`. Results that must be emitted now (updates of
+    /// fired windows) are appended to `results`.
+    pub fn add(
+        &mut self,
+        key: &[u8],
+        time: Millis,
+        inputs: &[Option<Number128>],
+        watermark: Millis,
+        results: &mut Vec<WindowResult>,
+    ) -> Result<Admission, StateError> {
+        let group = key_group(key, self.max_parallelism);
+        if self.assigner.is_merging() {
+            return self.add_to_session(group, key, time, inputs, watermark, results);
+        }
+        let mut assigned = std::mem::take(&mut self.assigned);
+        self.assigner.assign(time, &mut assigned);
+        let last = *assigned.last().unwrap_or(&WindowRange {
+            start: time,
+            end: time,
+        });
+        assigned.retain(|range| !self.expired(*range, watermark));
+        if assigned.is_empty() {
+            self.assigned = assigned;
+            return Ok(Admission::Late { window: last });
+        }
+        let mut created = 0;
+        let mut timers = Vec::new();
+        let new_windows: Vec<WindowState> = assigned
+            .iter()
+            .map(|range| self.new_window(*range))
+            .collect();
+        let windows = self.state.windows_mut(group, key)?;
+        for (range, fresh) in assigned.iter().zip(new_windows) {
+            let index = match windows.iter().position(|window| window.range == *range) {
+                Some(index) => index,
+                None => {
+                    windows.push(fresh);
+                    created += 1;
+                    if range.end > watermark {
+                        timers.push((range.end, TimerKind::Fire, *range));
+                    } else {
+                        // Created past its end, within the allowed lateness: it is
+                        // emitted now and expires later.
+                        timers.push((
+                            range.end.saturating_add(self.allowed_lateness),
+                            TimerKind::Expire,
+                            *range,
+                        ));
+                    }
+                    windows.len() - 1
+                }
+            };
+            let window = &mut windows[index];
+            for (accumulator, input) in window.accumulators.iter_mut().zip(inputs) {
+                accumulator.add(*input);
+            }
+            if range.end <= watermark {
+                results.push(WindowResult {
+                    key: key.to_vec(),
+                    range: *range,
+                    is_update: window.fired,
+                    values: window
+                        .accumulators
+                        .iter()
+                        .map(Accumulator::result)
+                        .collect(),
+                });
+                window.fired = true;
+            }
+        }
+        self.state.windows_changed(key, created, &[]);
+        for (time, kind, range) in timers {
+            self.state.add_timer(time, kind, range, group, key);
+        }
+        self.assigned = assigned;
+        Ok(Admission::Accepted)
+    }
+
+    fn add_to_session(
+        &mut self,
+        group: KeyGroup,
+        key: &[u8],
+        time: Millis,
+        inputs: &[Option<Number128>],
+        watermark: Millis,
+        results: &mut Vec<WindowResult>,
+    ) -> Result<Admission, StateError> {
+        let mut assigned = std::mem::take(&mut self.assigned);
+        self.assigner.assign(time, &mut assigned);
+        let new = assigned[0];
+        self.assigned = assigned;
+        let allowed_lateness = self.allowed_lateness;
+        let mut merged_state = self.new_window(new);
+        let windows = self.state.windows_mut(group, key)?;
+        let ranges: Vec<WindowRange> = windows.iter().map(|window| window.range).collect();
+        let (merged, absorbed) = merge_session(&ranges, new);
+        if merged.end.saturating_add(allowed_lateness) <= watermark {
+            return Ok(Admission::Late { window: merged });
+        }
+        merged_state.range = merged;
+        let mut removed = Vec::with_capacity(absorbed.len());
+        for index in absorbed.iter().rev() {
+            let old = windows.swap_remove(*index);
+            merged_state.fired |= old.fired;
+            for (accumulator, other) in merged_state.accumulators.iter_mut().zip(&old.accumulators)
+            {
+                accumulator.merge(other);
+            }
+            removed.push(old.range);
+        }
+        for (accumulator, input) in merged_state.accumulators.iter_mut().zip(inputs) {
+            accumulator.add(*input);
+        }
+        let timer = if merged.end > watermark {
+            (merged.end, TimerKind::Fire)
+        } else {
+            results.push(WindowResult {
+                key: key.to_vec(),
+                range: merged,
+                is_update: merged_state.fired,
+                values: merged_state
+                    .accumulators
+                    .iter()
+                    .map(Accumulator::result)
+                    .collect(),
+            });
+            merged_state.fired = true;
+            (
+                merged.end.saturating_add(allowed_lateness),
+                TimerKind::Expire,
+            )
+        };
+        windows.push(merged_state);
+        self.state.windows_changed(key, 1, &removed);
+        self.state.add_timer(timer.0, timer.1, merged, group, key);
+        Ok(Admission::Accepted)
+    }
+
+    /// The watermark advanced to `watermark`: fires windows whose end it passed (results
+    /// appended in order of window end, window start, key) and expires windows past
+    /// their allowed lateness.
+    pub fn advance(
+        &mut self,
+        watermark: Millis,
+        results: &mut Vec<WindowResult>,
+    ) -> Result<(), StateError> {
+        loop {
+            let timers = self.state.due_timers(watermark)?;
+            if timers.is_empty() {
+                return Ok(());
+            }
+            for timer in timers {
+                let allowed_lateness = self.allowed_lateness;
+                let windows = self.state.windows_mut(timer.key_group, &timer.key)?;
+                // A timer of a window merged away or already expired is stale: skip it.
+                let Some(index) = windows
+                    .iter()
+                    .position(|window| window.range == timer.range)
+                else {
+                    continue;
+                };
+                match timer.kind {
+                    TimerKind::Fire => {
+                        let window = &mut windows[index];
+                        results.push(WindowResult {
+                            key: timer.key.clone(),
+                            range: window.range,
+                            is_update: window.fired,
+                            values: window
+                                .accumulators
+                                .iter()
+                                .map(Accumulator::result)
+                                .collect(),
+                        });
+                        window.fired = true;
+                        if allowed_lateness == 0 {
+                            windows.swap_remove(index);
+                            self.state.windows_changed(&timer.key, 0, &[timer.range]);
+                        } else {
+                            self.state.add_timer(
+                                timer.range.end.saturating_add(allowed_lateness),
+                                TimerKind::Expire,
+                                timer.range,
+                                timer.key_group,
+                                &timer.key,
+                            );
+                        }
+                    }
+                    TimerKind::Expire => {
+                        windows.swap_remove(index);
+                        self.state.windows_changed(&timer.key, 0, &[timer.range]);
+                    }
+                }
+            }
+        }
+    }
+}

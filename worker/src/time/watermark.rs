@@ -1,0 +1,169 @@
+//! Watermarks: how far event time has certainly progressed.
+//!
+//! Each source partition's watermark is the greatest event time seen on it minus the
+//! maximum out-of-orderness. The operator watermark is the least over the active
+//! partitions; a partition that has received nothing for longer than the idle timeout
+//! (in processing time, handed in by the caller) stops holding it back. The operator
+//! watermark never goes backwards.
+
+use std::collections::BTreeMap;
+
+use super::Millis;
+
+/// The watermark before any event: nothing has happened yet.
+pub const NO_WATERMARK: Millis = Millis::MIN;
+/// The watermark at the end of a bounded input: every window can fire.
+pub const END_OF_INPUT: Millis = Millis::MAX;
+
+/// A source partition (a Kafka partition; the input file in local mode).
+pub type PartitionId = u32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PartitionClock {
+    /// Greatest event time seen, or `None` before the first event with a valid time.
+    max_event_time: Option<Millis>,
+    /// Processing time of the latest record, valid or not.
+    last_activity: Millis,
+}
+
+/// Tracks the watermark of each partition and of the operator.
+#[derive(Clone, Debug)]
+pub struct WatermarkTracker {
+    max_out_of_orderness: Millis,
+    idle_timeout: Option<Millis>,
+    partitions: BTreeMap<PartitionId, PartitionClock>,
+    current: Millis,
+}
+
+impl WatermarkTracker {
+    /// A tracker with no partitions yet.
+    pub fn new(max_out_of_orderness: Millis, idle_timeout: Option<Millis>) -> Self {
+        Self {
+            max_out_of_orderness,
+            idle_timeout,
+            partitions: BTreeMap::new(),
+            current: NO_WATERMARK,
+        }
+    }
+
+    /// The operator watermark.
+    pub fn current(&self) -> Millis {
+        self.current
+    }
+
+    /// A record arrived on `partition` at processing time `now`, with a valid event time
+    /// (`Some`) or not (`None`: it still shows the partition is active).
+    pub fn observe(&mut self, partition: PartitionId, event_time: Option<Millis>, now: Millis) {
+        let clock = self.partitions.entry(partition).or_insert(PartitionClock {
+            max_event_time: None,
+            last_activity: now,
+        });
+        clock.last_activity = clock.last_activity.max(now);
+        if let Some(event_time) = event_time {
+            clock.max_event_time = Some(
+                clock
+                    .max_event_time
+                    .map_or(event_time, |max| max.max(event_time)),
+            );
+        }
+    }
+
+    /// Recomputes the operator watermark at processing time `now`; returns it when it
+    /// advanced.
+    pub fn advance(&mut self, now: Millis) -> Option<Millis> {
+        let candidate = self
+            .partitions
+            .values()
+            .filter(|clock| !self.is_idle(clock, now))
+            .map(|clock| match clock.max_event_time {
+                Some(max) => max.saturating_sub(self.max_out_of_orderness),
+                None => NO_WATERMARK,
+            })
+            .min()?;
+        if candidate > self.current {
+            self.current = candidate;
+            Some(candidate)
+        } else {
+            None
+        }
+    }
+
+    /// The input ended: every window may fire.
+    pub fn end_of_input(&mut self) -> Millis {
+        self.current = END_OF_INPUT;
+        END_OF_INPUT
+    }
+
+    fn is_idle(&self, clock: &PartitionClock, now: Millis) -> bool {
+        self.idle_timeout
+            .is_some_and(|timeout| now.saturating_sub(clock.last_activity) > timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (partition, event time, processing time) then the expected operator watermark.
+    type Step = (PartitionId, Option<Millis>, Millis, Millis);
+
+    fn run(idle_timeout: Option<Millis>, steps: &[Step]) {
+        let mut tracker = WatermarkTracker::new(5, idle_timeout);
+        for (index, &(partition, event_time, now, expected)) in steps.iter().enumerate() {
+            tracker.observe(partition, event_time, now);
+            tracker.advance(now);
+            assert_eq!(tracker.current(), expected, "step {index}");
+        }
+    }
+
+    #[test]
+    fn one_partition_follows_the_max_event_time_minus_out_of_orderness() {
+        run(
+            None,
+            &[
+                (0, Some(100), 0, 95),
+                (0, Some(90), 1, 95),
+                (0, Some(120), 2, 115),
+                (0, None, 3, 115),
+            ],
+        );
+    }
+
+    #[test]
+    fn the_slowest_partition_holds_the_watermark_back() {
+        run(
+            None,
+            &[
+                (0, Some(100), 0, 95),
+                (1, None, 0, 95),
+                (1, Some(50), 1, 95),
+                (1, Some(200), 2, 95),
+                (0, Some(300), 3, 195),
+            ],
+        );
+    }
+
+    #[test]
+    fn an_idle_partition_stops_holding_it_back_and_never_lowers_it() {
+        run(
+            Some(10),
+            &[
+                (0, Some(100), 0, 95),
+                (1, Some(20), 0, 95),
+                (0, Some(200), 5, 95),
+                (0, Some(300), 11, 295),
+                // partition 1 wakes up far behind: the watermark stays
+                (1, Some(30), 12, 295),
+            ],
+        );
+    }
+
+    #[test]
+    fn end_of_input_releases_every_window() {
+        let mut tracker = WatermarkTracker::new(5, None);
+        tracker.observe(0, Some(10), 0);
+        tracker.advance(0);
+        assert_eq!(tracker.end_of_input(), END_OF_INPUT);
+        assert_eq!(tracker.current(), END_OF_INPUT);
+    }
+}

@@ -1,0 +1,178 @@
+//! Every kind of bad event lands on the dead-letter output with its reason, its original
+//! bytes and its line, is counted, and processing goes on.
+
+mod common;
+
+use common::run_text;
+use serde_json::json;
+use sluice_worker::io::Position;
+
+const MANIFEST: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: bad-events
+spec:
+  kafka:
+    bootstrapServers: kafka:9092
+  source:
+    topics: [in]
+    eventTime:
+      field: ts
+      format: unixMillis
+    watermark:
+      maxOutOfOrderness: 1s
+  pipeline:
+    - filter: "event.kind != 'skip'"
+    - filter: "event.flag"
+    - keyBy: "event.page"
+    - map:
+        size: "event.size"
+    - window:
+        tumbling:
+          size: 10s
+    - aggregate:
+        a_total:
+          function: sum
+          of: "event.size"
+        b_scaled:
+          function: max
+          of: "event.size * 2"
+        count:
+          function: count
+  sink:
+    topic: out
+    key: "event.key + '-out'"
+    deadLetterTopic: dead
+"#;
+
+/// (input line, the reason it must get; empty: no dead letter).
+const EVENTS: [(&str, &str); 17] = [
+    (
+        r#"{"ts":1000,"kind":"a","flag":true,"page":"home","size":3}"#,
+        "",
+    ),
+    (r#"{"ts":"#, "decode-invalid-json"),
+    (r#"[1,2]"#, "decode-not-an-object"),
+    (
+        r#"{"kind":"a","flag":true,"page":"home","size":1}"#,
+        "event-time-missing",
+    ),
+    (
+        r#"{"ts":"soon","kind":"a","flag":true,"page":"home","size":1}"#,
+        "event-time-invalid",
+    ),
+    (
+        r#"{"ts":99999999999999999,"kind":"a","flag":true,"page":"home","size":1}"#,
+        "event-time-out-of-range",
+    ),
+    (
+        r#"{"ts":2000,"flag":true,"page":"home","size":1}"#,
+        "filter-error",
+    ),
+    (
+        r#"{"ts":2000,"kind":"a","flag":"yes","page":"home","size":1}"#,
+        "filter-not-bool",
+    ),
+    (
+        r#"{"ts":2000,"kind":"a","flag":true,"size":1}"#,
+        "key-error",
+    ),
+    (
+        r#"{"ts":2000,"kind":"a","flag":true,"page":[1],"size":1}"#,
+        "key-unsupported-type",
+    ),
+    (
+        r#"{"ts":2000,"kind":"a","flag":true,"page":"home"}"#,
+        "map-error",
+    ),
+    (
+        r#"{"ts":2000,"kind":"a","flag":true,"page":"home","size":"big"}"#,
+        "aggregate-not-number",
+    ),
+    (
+        r#"{"ts":2000,"kind":"a","flag":true,"page":"home","size":2.5}"#,
+        "aggregate-error",
+    ),
+    (
+        r#"{"ts":3000,"kind":"a","flag":true,"page":7,"size":1}"#,
+        "",
+    ),
+    (
+        r#"{"ts":3500,"kind":"skip","flag":true,"page":"home","size":100}"#,
+        "",
+    ),
+    (
+        r#"{"ts":4000,"kind":"a","flag":true,"page":"home","size":4}"#,
+        "",
+    ),
+    (r#""just a string""#, "decode-not-an-object"),
+];
+
+#[test]
+fn every_kind_of_bad_event_is_a_dead_letter_and_processing_continues() {
+    let input: String = EVENTS.iter().map(|(line, _)| format!("{line}\n")).collect();
+    let (sink, summary) = run_text(MANIFEST, &input, 100);
+
+    let from_input: Vec<(u64, String, Vec<u8>)> = sink
+        .dead_letters
+        .iter()
+        .filter_map(|rejected| match &rejected.position {
+            Some(Position::Line(line)) => {
+                Some((*line, rejected.reason.clone(), rejected.original.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<(u64, String, Vec<u8>)> = EVENTS
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, reason))| !reason.is_empty())
+        .map(|(index, (line, reason))| {
+            (
+                index as u64 + 1,
+                reason.to_string(),
+                line.as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(from_input, expected);
+
+    // The result of key 7 fails the sink key (int + string): a dead letter of the result.
+    let sink_key_failures: Vec<_> = sink
+        .dead_letters
+        .iter()
+        .filter(|rejected| rejected.position.is_none())
+        .collect();
+    assert_eq!(sink_key_failures.len(), 1);
+    assert_eq!(sink_key_failures[0].reason, "sink-key-error");
+    let original: serde_json::Value =
+        serde_json::from_slice(&sink_key_failures[0].original).unwrap();
+    assert_eq!(original["key"], json!(7));
+
+    // Processing went on: the good events of "home" are counted, the bad ones not at all.
+    let results = sink.result_values();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0]["key"], json!("home"));
+    assert_eq!(results[0]["a_total"], json!(7));
+    assert_eq!(results[0]["b_scaled"], json!(8));
+    assert_eq!(results[0]["count"], json!(2));
+    assert_eq!(sink.results[0].key.as_deref(), Some(&b"home-out"[..]));
+
+    let mut reasons: Vec<&str> = sink
+        .dead_letters
+        .iter()
+        .map(|rejected| rejected.reason.as_str())
+        .collect();
+    reasons.sort_unstable();
+    reasons.dedup();
+    assert!(reasons.len() >= 10, "{reasons:?}");
+    assert_eq!(summary.dead_letters_total(), sink.dead_letters.len() as u64);
+    assert_eq!(summary.dead_letters.get("decode-not-an-object"), Some(&2));
+    assert_eq!(summary.dead_letters.get("sink-key-error"), Some(&1));
+    assert_eq!(summary.filtered, 1);
+    assert_eq!(summary.events_in, EVENTS.len() as u64);
+    for rejected in &sink.dead_letters {
+        assert!(!rejected.detail.is_empty(), "{rejected:?}");
+    }
+}

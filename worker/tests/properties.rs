@@ -1,0 +1,378 @@
+//! Property tests of the engine against a naive batch computation.
+//!
+//! Streams are generated in event time, then each event is delayed by a random amount;
+//! arrival order is the order of event time plus delay. With delays within the maximum
+//! out-of-orderness nothing is late and every window's final result equals the batch
+//! result over all events; with longer delays, exactly the events the watermark rule
+//! calls late go to the late output, and the rest are counted once.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+const OUT_OF_ORDERNESS: i64 = 3_000;
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Tumbling,
+    Sliding,
+    Session,
+}
+
+fn manifest(kind: Kind, allowed_lateness_seconds: u64) -> String {
+    let window = match kind {
+        Kind::Tumbling => "tumbling:\n          size: 10s".to_string(),
+        Kind::Sliding => "sliding:\n          size: 10s\n          slide: 5s".to_string(),
+        Kind::Session => "session:\n          gap: 4s".to_string(),
+    };
+    let lateness = if allowed_lateness_seconds > 0 {
+        format!("\n        allowedLateness: {allowed_lateness_seconds}s")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: property
+spec:
+  kafka:
+    bootstrapServers: kafka:9092
+  source:
+    topics: [in]
+    eventTime:
+      field: ts
+      format: unixMillis
+    watermark:
+      maxOutOfOrderness: 3s
+  pipeline:
+    - keyBy: "event.user"
+    - window:
+        {window}{lateness}
+    - aggregate:
+        n:
+          function: count
+        total:
+          function: sum
+          of: "event.value"
+        low:
+          function: min
+          of: "event.value"
+        high:
+          function: max
+          of: "event.value"
+  sink:
+    topic: out
+"#
+    )
+}
+
+#[derive(Clone, Debug)]
+struct Generated {
+    user: u8,
+    time: i64,
+    value: i64,
+    delay: i64,
+}
+
+fn events(max_delay: i64) -> impl Strategy<Value = Vec<Generated>> {
+    prop::collection::vec((0u8..4, 0i64..60_000, -50i64..50, 0..=max_delay), 1..120).prop_map(
+        |raw| {
+            raw.into_iter()
+                .map(|(user, time, value, delay)| Generated {
+                    user,
+                    time,
+                    value,
+                    delay,
+                })
+                .collect()
+        },
+    )
+}
+
+/// Arrival order: by event time plus delay (stable on ties).
+fn arrival(events: &[Generated]) -> Vec<Generated> {
+    let mut ordered = events.to_vec();
+    ordered.sort_by_key(|event| event.time + event.delay);
+    ordered
+}
+
+fn input(events: &[Generated]) -> String {
+    events
+        .iter()
+        .map(|event| {
+            format!(
+                "{{\"user\":\"u{}\",\"ts\":{},\"value\":{}}}\n",
+                event.user, event.time, event.value
+            )
+        })
+        .collect()
+}
+
+type WindowKey = (String, i64, i64);
+
+/// The batch result of each (key, window) over `events`.
+fn batch(kind: Kind, events: &[&Generated]) -> BTreeMap<WindowKey, Value> {
+    let mut groups: BTreeMap<WindowKey, Vec<i64>> = BTreeMap::new();
+    match kind {
+        Kind::Tumbling | Kind::Sliding => {
+            let (size, slide) = if matches!(kind, Kind::Tumbling) {
+                (10_000, 10_000)
+            } else {
+                (10_000, 5_000)
+            };
+            for event in events {
+                let mut start = event.time.div_euclid(slide) * slide;
+                while start + size > event.time {
+                    groups
+                        .entry((format!("u{}", event.user), start, start + size))
+                        .or_default()
+                        .push(event.value);
+                    start -= slide;
+                }
+            }
+        }
+        Kind::Session => {
+            let mut by_user: BTreeMap<u8, Vec<&Generated>> = BTreeMap::new();
+            for event in events {
+                by_user.entry(event.user).or_default().push(event);
+            }
+            for (user, mut list) in by_user {
+                list.sort_by_key(|event| event.time);
+                let mut current: Option<(i64, i64, Vec<i64>)> = None;
+                for event in list {
+                    match &mut current {
+                        Some((_, end, values)) if event.time < *end => {
+                            *end = (*end).max(event.time + 4_000);
+                            values.push(event.value);
+                        }
+                        _ => {
+                            if let Some((start, end, values)) = current.take() {
+                                groups.insert((format!("u{user}"), start, end), values);
+                            }
+                            current = Some((event.time, event.time + 4_000, vec![event.value]));
+                        }
+                    }
+                }
+                if let Some((start, end, values)) = current {
+                    groups.insert((format!("u{user}"), start, end), values);
+                }
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(key, values)| {
+            let result = json!({
+                "n": values.len(),
+                "total": values.iter().sum::<i64>(),
+                "low": values.iter().min(),
+                "high": values.iter().max(),
+            });
+            (key, result)
+        })
+        .collect()
+}
+
+fn millis(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .timestamp_millis()
+}
+
+/// The last result of each (key, window), checking that the first emission of a window
+/// is not an update and every later one is.
+fn final_results(results: &[Value]) -> BTreeMap<WindowKey, Value> {
+    let mut finals = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for result in results {
+        let key = (
+            result["key"].as_str().unwrap().to_string(),
+            millis(result["windowStart"].as_str().unwrap()),
+            millis(result["windowEnd"].as_str().unwrap()),
+        );
+        let first = seen.insert(key.clone());
+        assert_eq!(result["isUpdate"], json!(!first), "isUpdate of {result}");
+        finals.insert(
+            key,
+            json!({"n": result["n"], "total": result["total"], "low": result["low"], "high": result["high"]}),
+        );
+    }
+    finals
+}
+
+/// Which arriving events are late by the watermark rule (tumbling and sliding windows).
+fn late_by_rule(kind: Kind, arrivals: &[Generated], allowed_lateness: i64) -> Vec<bool> {
+    let (size, slide) = if matches!(kind, Kind::Tumbling) {
+        (10_000, 10_000)
+    } else {
+        (10_000, 5_000)
+    };
+    let mut max_seen: Option<i64> = None;
+    arrivals
+        .iter()
+        .map(|event| {
+            let watermark = max_seen.map_or(i64::MIN, |max| max - OUT_OF_ORDERNESS);
+            // The last window containing the event ends last: the event is late when even
+            // that one expired.
+            let last_end = event.time.div_euclid(slide) * slide + size;
+            let late = last_end + allowed_lateness <= watermark;
+            max_seen = Some(max_seen.map_or(event.time, |max| max.max(event.time)));
+            late
+        })
+        .collect()
+}
+
+fn kinds() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        Just(Kind::Tumbling),
+        Just(Kind::Sliding),
+        Just(Kind::Session)
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn within_the_bound_final_results_equal_the_batch(
+        kind in kinds(),
+        generated in events(OUT_OF_ORDERNESS),
+        cache in prop_oneof![Just(2usize), Just(1000usize)],
+    ) {
+        let arrivals = arrival(&generated);
+        let (sink, summary) = common::run_text(&manifest(kind, 0), &input(&arrivals), cache);
+        prop_assert!(sink.late.is_empty());
+        prop_assert!(sink.dead_letters.is_empty());
+        let everything: Vec<&Generated> = generated.iter().collect();
+        prop_assert_eq!(final_results(&sink.result_values()), batch(kind, &everything));
+        prop_assert_eq!(summary.open_windows, 0);
+    }
+
+    #[test]
+    fn arrival_order_within_the_bound_does_not_change_results(
+        kind in kinds(),
+        generated in events(OUT_OF_ORDERNESS),
+        other_delays in prop::collection::vec(0..=OUT_OF_ORDERNESS, 120),
+    ) {
+        let first = arrival(&generated);
+        let mut reordered = generated.clone();
+        for (event, delay) in reordered.iter_mut().zip(other_delays) {
+            event.delay = delay;
+        }
+        let second = arrival(&reordered);
+        let (first_sink, _) = common::run_text(&manifest(kind, 0), &input(&first), 1000);
+        let (second_sink, _) = common::run_text(&manifest(kind, 0), &input(&second), 3);
+        prop_assert_eq!(final_results(&first_sink.result_values()), final_results(&second_sink.result_values()));
+    }
+
+    #[test]
+    fn events_beyond_the_lateness_are_late_and_nowhere_else(
+        kind in prop_oneof![Just(Kind::Tumbling), Just(Kind::Sliding)],
+        allowed_lateness_seconds in 0u64..6,
+        generated in events(20_000),
+        cache in prop_oneof![Just(2usize), Just(1000usize)],
+    ) {
+        let allowed_lateness = i64::try_from(allowed_lateness_seconds).unwrap() * 1000;
+        let arrivals = arrival(&generated);
+        let late = late_by_rule(kind, &arrivals, allowed_lateness);
+        let (sink, summary) = common::run_text(&manifest(kind, allowed_lateness_seconds), &input(&arrivals), cache);
+        let expected_late_lines: Vec<u64> = late.iter().enumerate().filter(|(_, late)| **late).map(|(index, _)| index as u64 + 1).collect();
+        let late_lines: Vec<u64> = sink.late.iter().map(|rejected| match rejected.position {
+            Some(sluice_worker::io::Position::Line(line)) => line,
+            _ => 0,
+        }).collect();
+        prop_assert_eq!(late_lines, expected_late_lines);
+        // The other events are counted exactly once, in windows that were still open:
+        // the final result of each window is the batch over the on-time events.
+        let on_time: Vec<&Generated> = arrivals.iter().zip(&late).filter(|(_, late)| !**late).map(|(event, _)| event).collect();
+        let finals = final_results(&sink.result_values());
+        let expected = batch(kind, &on_time);
+        // A window only late events would have created never exists; every other
+        // window's final result matches the batch over on-time events of windows not
+        // expired when they arrived.
+        for (window, result) in &finals {
+            let contributing: Vec<&Generated> = contributing_events(kind, &arrivals, &late, window, allowed_lateness);
+            let expected_window = batch(kind, &contributing).remove(window);
+            prop_assert_eq!(Some(result.clone()), expected_window, "window {:?}", window);
+        }
+        for window in expected.keys() {
+            let contributing = contributing_events(kind, &arrivals, &late, window, allowed_lateness);
+            prop_assert_eq!(finals.contains_key(window), !contributing.is_empty(), "window {:?}", window);
+        }
+        prop_assert_eq!(summary.late, late.iter().filter(|late| **late).count() as u64);
+        prop_assert_eq!(summary.open_windows, 0);
+    }
+}
+
+/// The on-time events that reach `window`: those in it that arrived while it had not
+/// expired (an event can be on time for a later window and too late for an earlier one).
+fn contributing_events<'a>(
+    kind: Kind,
+    arrivals: &'a [Generated],
+    late: &[bool],
+    window: &WindowKey,
+    allowed_lateness: i64,
+) -> Vec<&'a Generated> {
+    let _ = kind;
+    let mut max_seen: Option<i64> = None;
+    let mut contributing = Vec::new();
+    for (event, is_late) in arrivals.iter().zip(late) {
+        let watermark = max_seen.map_or(i64::MIN, |max| max - OUT_OF_ORDERNESS);
+        let user = format!("u{}", event.user);
+        if !is_late
+            && user == window.0
+            && window.1 <= event.time
+            && event.time < window.2
+            && window.2 + allowed_lateness > watermark
+        {
+            contributing.push(event);
+        }
+        max_seen = Some(max_seen.map_or(event.time, |max| max.max(event.time)));
+    }
+    contributing
+}
+
+#[test]
+fn a_late_event_bridging_two_fired_sessions_merges_them_into_an_update() {
+    let manifest =
+        manifest(Kind::Session, 30).replace("maxOutOfOrderness: 3s", "maxOutOfOrderness: 1s");
+    // Two sessions of u1: [0, 4s) and [6s, 10s). An event at 20s moves the watermark to
+    // 19s: both fire. Then an event at 3s (session [3s, 7s)) arrives within the allowed
+    // lateness and overlaps both: the merged session [0, 10s) is emitted as an update.
+    let lines = [
+        r#"{"user":"u1","ts":0,"value":1}"#,
+        r#"{"user":"u1","ts":6000,"value":2}"#,
+        r#"{"user":"u2","ts":20000,"value":100}"#,
+        r#"{"user":"u1","ts":3000,"value":4}"#,
+    ];
+    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    let (sink, _) = common::run_text(&manifest, &input, 1000);
+    let results: Vec<(String, bool, i64, i64, Value)> = sink
+        .result_values()
+        .iter()
+        .map(|result| {
+            (
+                result["key"].as_str().unwrap().to_string(),
+                result["isUpdate"].as_bool().unwrap(),
+                millis(result["windowStart"].as_str().unwrap()),
+                millis(result["windowEnd"].as_str().unwrap()),
+                result["total"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        vec![
+            ("u1".to_string(), false, 0, 4_000, json!(1)),
+            ("u1".to_string(), false, 6_000, 10_000, json!(2)),
+            ("u1".to_string(), true, 0, 10_000, json!(7)),
+            ("u2".to_string(), false, 20_000, 24_000, json!(100)),
+        ]
+    );
+    assert!(sink.late.is_empty());
+}
