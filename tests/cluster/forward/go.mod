@@ -1,0 +1,3 @@
+module sluice.local/forward
+
+go 1.22
