@@ -39,11 +39,14 @@ clippy: ## lint; warnings are errors
 crd: ## regenerate crds/streamjobs.sluice.dev.yaml and docs/streamjob.md from the Rust types
 	$(CARGO) run $(RELEASE) -q -p sluice-crds --bin crdgen -- --write crds/streamjobs.sluice.dev.yaml
 	$(CARGO) run $(RELEASE) -q -p sluice-crds --bin crdgen -- --reference docs/streamjob.md
+	cp crds/streamjobs.sluice.dev.yaml charts/sluice/crds/streamjobs.sluice.dev.yaml
 
 crd-check: ## fail when the committed CRD differs from the Rust types
 	$(CARGO) run $(RELEASE) -q -p sluice-crds --bin crdgen > $(SLUICE_CACHE)/crd-generated.yaml
 	@diff -u crds/streamjobs.sluice.dev.yaml $(SLUICE_CACHE)/crd-generated.yaml \
 	  || { echo "crds/streamjobs.sluice.dev.yaml is out of date: run 'make crd' and commit it"; exit 1; }
+	@cmp -s crds/streamjobs.sluice.dev.yaml charts/sluice/crds/streamjobs.sluice.dev.yaml \
+	  || { echo "charts/sluice/crds/ differs from crds/: run 'make crd' and commit it"; exit 1; }
 
 unit-test: ## tests that need no cluster
 	$(CARGO) test $(RELEASE) --workspace --exclude sluice-e2e

@@ -84,6 +84,20 @@ fn committed_crd_matches_the_rust_types() {
 }
 
 #[test]
+fn the_chart_ships_the_same_crd() {
+    let chart = repository_root()
+        .join("charts/sluice/crds")
+        .join(crd::COMMITTED_PATH);
+    let shipped = std::fs::read_to_string(&chart)
+        .unwrap_or_else(|error| panic!("failed to read {}: {error}", chart.display()));
+    assert!(
+        shipped == crd::yaml(),
+        "{} differs from the Rust types: run `make crd` and commit the result",
+        chart.display()
+    );
+}
+
+#[test]
 fn every_rule_of_the_crd_compiles() {
     let compiled = kube_cel::compile_schema(&schema());
     let errors: Vec<String> = compiled
