@@ -203,6 +203,9 @@ build_sluice_image() {
   local ctx
   ctx="$(mktemp -d)"
   install -D -m 0755 "${bin}" "${ctx}/prebuilt/sluice-${comp}"
+  # The release profile keeps line tables (hundreds of MB with RocksDB); the image keeps
+  # the symbols (backtraces name functions) but not the debug info, as the cargo stage does.
+  strip --strip-debug "${ctx}/prebuilt/sluice-${comp}"
   log "sluice-${comp} image: buildah bud -f ${comp}/Containerfile (BINARIES=prebuilt, BASE_IMAGE=${BASE_IMAGE_REF})"
   : >"${logfile}"
   run_with_progress "sluice-${comp} image" "${logfile}" 900 locked \

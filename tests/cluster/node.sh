@@ -169,6 +169,25 @@ ensure_network() {
   sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.ipv4.ip_forward=1
 }
 
+# The API server reaches the kubelet (logs, exec) at the node's first address of the type
+# order --kubelet-preferred-address-types, whose default starts with Hostname: "sluice-node".
+# Without an entry it would ask the host's DNS resolver (off-machine) and fail, so the node
+# name resolves to the bridge address here. Removed by down.
+HOSTS_MARKER="# sluice test node (tests/cluster/node.sh)"
+ensure_hosts_entry() {
+  if ! grep -qF "${HOSTS_MARKER}" /etc/hosts; then
+    printf '%s %s %s\n' "${SLUICE_BRIDGE_IP}" "${NODE_NAME}" "${HOSTS_MARKER}" >>/etc/hosts
+  fi
+}
+remove_hosts_entry() {
+  if grep -qF "${HOSTS_MARKER}" /etc/hosts 2>/dev/null; then
+    # In place (not a rename): /etc/hosts may be a bind mount.
+    local kept
+    kept="$(grep -vF "${HOSTS_MARKER}" /etc/hosts)"
+    printf '%s\n' "${kept}" >/etc/hosts
+  fi
+}
+
 ensure_node_pki() {
   mkdir -p "${NODE_PKI}"
   # Client identities (signed by the cluster CA, kept in its PKI dir by pki.sh).
@@ -320,6 +339,7 @@ up() {
   ensure_control_plane
   mkdir -p "${LOG_DIR}" "${PID_DIR}"
   ensure_network
+  ensure_hosts_entry
   ensure_tools_built
   ensure_node_pki
   ensure_node_rbac
@@ -361,7 +381,7 @@ remove_pods_via_cri() {
 kill_our_shims() {
   local pid cmdline
   for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-    cmdline="$(tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null || true)"
+    cmdline="$({ tr '\0' ' ' <"/proc/${pid}/cmdline"; } 2>/dev/null || true)"
     [[ "${cmdline}" == *containerd-shim*"${CONTAINERD_SOCK}"* ]] || continue
     log "killing leftover shim pid ${pid}"
     kill -KILL "${pid}" 2>/dev/null || true
@@ -402,10 +422,13 @@ flush_iptables() {
     for table in filter nat mangle raw; do
       "${tool}" -t "${table}" -S >/dev/null 2>&1 || continue
       # First the jumps from built-in chains into ours, then our chains themselves.
-      "${tool}" -t "${table}" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE-|CNI-)' |
-        grep -vE '^-A (KUBE-|CNI-)' | sed 's/^-A /-D /' | while read -r rule; do
+      local jumps rule
+      jumps="$("${tool}" -t "${table}" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE-|CNI-)' |
+        grep -vE '^-A (KUBE-|CNI-)' | sed 's/^-A /-D /' || true)"
+      while read -r rule; do
+        [[ -n "${rule}" ]] || continue
         eval "${tool} -t ${table} ${rule}" 2>/dev/null || true
-      done
+      done <<<"${jumps}"
       for chain in $("${tool}" -t "${table}" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ {print $2}'); do
         "${tool}" -t "${table}" -F "${chain}" 2>/dev/null || true
       done
@@ -445,6 +468,11 @@ down() {
   # Files outside the state dir that kubelet/libcni write at fixed paths.
   find /var/log/containers -maxdepth 1 -type l -lname "${POD_LOGS_DIR}/*" -delete 2>/dev/null || true
   rm -f /var/lib/cni/results/"${CNI_NETWORK}"-* 2>/dev/null || true
+  # containerd 1.6 and ctr keep shim sockets and fifos under /run/containerd whatever the
+  # configured state dir is; drop the directories if they are empty (no other containerd).
+  rmdir /run/containerd/s /run/containerd/fifo /run/containerd/runc/k8s.io /run/containerd/runc \
+    /run/containerd 2>/dev/null || true
+  remove_hosts_entry
   # Keep the logs (for post-mortems); everything else of the node goes.
   if [[ -d "${NODE_DIR}" ]]; then
     find "${NODE_DIR}" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
