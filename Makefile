@@ -19,7 +19,7 @@ demo: deps ## run the page-views example in local mode (no cluster, no broker)
 	$(CARGO) build $(RELEASE) -p sluice-worker
 	bash hack/demo.sh
 
-test: deps fmt-check clippy crd-check unit-test cluster-up e2e-test ## everything CI runs
+test: deps fmt-check clippy crd-check doc unit-test cluster-up e2e-test ## everything CI runs
 
 deps: ## install the Debian packages builds need (idempotent)
 	bash hack/install-deps.sh
@@ -70,5 +70,5 @@ bench: ## local-mode throughput and memory (see bench/README.md)
 	$(CARGO) build $(RELEASE) -p sluice-worker
 	bash bench/local-throughput.sh
 
-doc: ## API documentation of the crates
-	$(CARGO) doc $(RELEASE) --no-deps -p sluice-crds
+doc: ## API documentation of the API crate; broken links and missing docs fail
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc $(RELEASE) --no-deps -p sluice-crds

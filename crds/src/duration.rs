@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// It is the subset of Go's `time.ParseDuration` that CEL's `duration()` understands too.
 pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
 
-/// The message for a duration that is zero or malformed, in the CRD and in [`crate::validate`].
+/// The message for a duration that is zero or malformed, in the CRD and in [`crate::validate()`].
 pub const DURATION_MESSAGE: &str =
     "must be a positive duration such as 500ms, 30s, 5m or 1h30m (units: ms, s, m, h)";
 

@@ -8,6 +8,8 @@
 //!   the worker CLI.
 //! - [`crd`]: the CustomResourceDefinition, as committed in `crds/streamjobs.sluice.dev.yaml`.
 
+#![warn(missing_docs)]
+
 pub mod duration;
 pub mod messages;
 pub mod pipeline;

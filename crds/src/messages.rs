@@ -1,5 +1,5 @@
 //! Messages of the rules that both the API server (through `x-kubernetes-validations` in
-//! the CRD) and [`crate::validate`] enforce, written once so a user reads the same words
+//! the CRD) and [`crate::validate()`] enforce, written once so a user reads the same words
 //! from `kubectl apply`, from `sluice-worker validate` and in the controller's events.
 //! Each names the field and the fix.
 

@@ -1,5 +1,5 @@
 //! Pipeline steps: the form a user writes ([`PipelineStep`]) and the checked form the
-//! worker compiles ([`Step`]), produced by [`crate::validate`].
+//! worker compiles ([`Step`]), produced by [`crate::validate()`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -226,7 +226,7 @@ pub struct AggregateOutput {
     pub of: Option<Expression>,
 }
 
-/// A pipeline whose steps passed [`crate::validate`], in order.
+/// A pipeline whose steps passed [`crate::validate()`], in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckedPipeline {
     /// The steps in order.
