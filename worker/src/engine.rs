@@ -123,10 +123,10 @@ impl Engine {
         }
     }
 
-    /// Timers in the store after a checkpoint.
-    pub fn count_stored_timers(&mut self) -> anyhow::Result<u64> {
+    /// Pending timers, in memory and in the store.
+    pub fn count_timers(&mut self) -> anyhow::Result<u64> {
         match &mut self.windows {
-            Some(windows) => Ok(windows.state().count_stored_timers()?),
+            Some(windows) => Ok(windows.state().count_timers()?),
             None => Ok(0),
         }
     }

@@ -120,16 +120,20 @@ impl WindowOperator {
         }
         let mut created = 0;
         let mut timers = Vec::new();
-        let new_windows: Vec<WindowState> = assigned
-            .iter()
-            .map(|range| self.new_window(*range))
-            .collect();
+        let functions = &self.functions;
         let windows = self.state.windows_mut(group, key)?;
-        for (range, fresh) in assigned.iter().zip(new_windows) {
+        for range in &assigned {
             let index = match windows.iter().position(|window| window.range == *range) {
                 Some(index) => index,
                 None => {
-                    windows.push(fresh);
+                    windows.push(WindowState {
+                        range: *range,
+                        fired: false,
+                        accumulators: functions
+                            .iter()
+                            .map(|function| Accumulator::new(*function))
+                            .collect(),
+                    });
                     created += 1;
                     if range.end > watermark {
                         timers.push((range.end, TimerKind::Fire, *range));
@@ -246,19 +250,19 @@ impl WindowOperator {
             }
             for timer in timers {
                 let allowed_lateness = self.allowed_lateness;
+                let range = timer.range();
                 let windows = self.state.windows_mut(timer.key_group, &timer.key)?;
                 // A timer of a window merged away or already expired is stale: skip it.
-                let Some(index) = windows
-                    .iter()
-                    .position(|window| window.range == timer.range)
-                else {
+                let Some(index) = windows.iter().position(|window| window.range == range) else {
+                    // (lets the cache drop the key if it has nothing left)
+                    self.state.windows_changed(&timer.key, 0, &[]);
                     continue;
                 };
                 match timer.kind {
                     TimerKind::Fire => {
                         let window = &mut windows[index];
                         results.push(WindowResult {
-                            key: timer.key.clone(),
+                            key: timer.key.to_vec(),
                             range: window.range,
                             is_update: window.fired,
                             values: window
@@ -270,12 +274,12 @@ impl WindowOperator {
                         window.fired = true;
                         if allowed_lateness == 0 {
                             windows.swap_remove(index);
-                            self.state.windows_changed(&timer.key, 0, &[timer.range]);
+                            self.state.windows_changed(&timer.key, 0, &[range]);
                         } else {
                             self.state.add_timer(
-                                timer.range.end.saturating_add(allowed_lateness),
+                                range.end.saturating_add(allowed_lateness),
                                 TimerKind::Expire,
-                                timer.range,
+                                range,
                                 timer.key_group,
                                 &timer.key,
                             );
@@ -283,7 +287,7 @@ impl WindowOperator {
                     }
                     TimerKind::Expire => {
                         windows.swap_remove(index);
-                        self.state.windows_changed(&timer.key, 0, &[timer.range]);
+                        self.state.windows_changed(&timer.key, 0, &[range]);
                     }
                 }
             }

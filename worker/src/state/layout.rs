@@ -3,12 +3,13 @@
 //!
 //! - window state key: `key group (u16 BE) | key length (u32 BE) | key | start | end`
 //! - window state value: `fired (u8) | accumulators...` (see `Accumulator::encode`)
-//! - timer key: `time | kind (u8) | start | end | key group (u16 BE) | key`
+//! - timer key: `time | kind (u8) | start | end | key | 0x00 | key group (u16 BE)`
 //!
 //! Times are order-preserving: an `i64` with its sign bit flipped, big-endian, so byte
 //! order is time order. Window keys sort by key group first, so a range of key groups is
-//! a range of keys; timer keys sort by time, then kind, then window, then key group and
-//! key.
+//! a range of keys; timer keys sort by time, then kind, then window, then key (its JSON
+//! text, which never contains a 0x00 byte, so the terminator keeps text order), which is
+//! the order results are emitted in.
 
 use crate::pipeline::aggregate::Accumulator;
 use crate::time::Millis;
@@ -86,13 +87,14 @@ pub fn timer_key(
     key_group: KeyGroup,
     key: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(27 + key.len());
+    let mut out = Vec::with_capacity(28 + key.len());
     out.extend_from_slice(&time_bytes(time));
     out.push(kind);
     out.extend_from_slice(&time_bytes(range.start));
     out.extend_from_slice(&time_bytes(range.end));
-    out.extend_from_slice(&key_group.to_be_bytes());
     out.extend_from_slice(key);
+    out.push(0);
+    out.extend_from_slice(&key_group.to_be_bytes());
     out
 }
 
@@ -102,7 +104,11 @@ pub fn decode_timer_key(bytes: &[u8]) -> Option<(Millis, u8, WindowRange, KeyGro
     let (&kind, rest) = rest.split_first()?;
     let (start, rest) = rest.split_first_chunk::<8>()?;
     let (end, rest) = rest.split_first_chunk::<8>()?;
-    let (group, key) = rest.split_first_chunk::<2>()?;
+    let (rest, group) = rest.split_last_chunk::<2>()?;
+    let (&terminator, key) = rest.split_last()?;
+    if terminator != 0 {
+        return None;
+    }
     Some((
         time_from_bytes(*time),
         kind,

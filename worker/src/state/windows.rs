@@ -7,7 +7,10 @@
 //! A checkpoint writes every changed key. Timers are written to the store (batched) and
 //! read back in time order when the watermark passes them.
 
-use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::pipeline::aggregate::Accumulator;
 use crate::time::Millis;
@@ -29,12 +32,12 @@ pub struct WindowState {
 }
 
 /// What a timer does when the watermark passes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TimerKind {
-    /// Emit the window's result (at its end).
-    Fire,
     /// Delete the window's state (at its end plus the allowed lateness).
     Expire,
+    /// Emit the window's result (at its end).
+    Fire,
 }
 
 impl TimerKind {
@@ -54,26 +57,166 @@ impl TimerKind {
     }
 }
 
-/// A due timer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A due timer. Timers order by time, kind, window start, window end, key (its JSON
+/// text), key group: the order of their store keys, and the order results are emitted in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timer {
     /// When it is due.
     pub time: Millis,
     /// What it does.
     pub kind: TimerKind,
-    /// The window.
-    pub range: WindowRange,
+    /// The window's start.
+    pub start: Millis,
+    /// The window's end.
+    pub end: Millis,
+    /// The key's canonical bytes.
+    pub key: Arc<[u8]>,
     /// The key's group.
     pub key_group: KeyGroup,
-    /// The key's canonical bytes.
-    pub key: Vec<u8>,
+}
+
+/// The timers due at the same time for the same window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TimerSlot {
+    time: Millis,
+    kind: TimerKind,
+    start: Millis,
+    end: Millis,
+}
+
+impl TimerSlot {
+    fn of(timer: &Timer) -> Self {
+        Self {
+            time: timer.time,
+            kind: timer.kind,
+            start: timer.start,
+            end: timer.end,
+        }
+    }
+}
+
+/// The keys of a slot: key bytes and key group.
+type SlotMembers = FxHashSet<(Arc<[u8]>, KeyGroup)>;
+
+/// Timers in memory, grouped by slot: all keys of a window fire at once, so a slot holds
+/// many keys and adding one costs a hash insert.
+#[derive(Default)]
+struct MemoryTimers {
+    slots: BTreeMap<TimerSlot, SlotMembers>,
+    count: usize,
+}
+
+impl MemoryTimers {
+    fn insert(&mut self, timer: Timer) {
+        if self
+            .slots
+            .entry(TimerSlot::of(&timer))
+            .or_default()
+            .insert((timer.key, timer.key_group))
+        {
+            self.count += 1;
+        }
+    }
+
+    fn remove(&mut self, timer: &Timer) {
+        let slot = TimerSlot::of(timer);
+        if let Some(members) = self.slots.get_mut(&slot) {
+            if members.remove(&(timer.key.clone(), timer.key_group)) {
+                self.count -= 1;
+            }
+            if members.is_empty() {
+                self.slots.remove(&slot);
+            }
+        }
+    }
+
+    /// Removes and returns, in order, the timers due at or before `watermark` and not
+    /// after `cutoff`.
+    fn pop_due(&mut self, watermark: Millis, cutoff: Option<&Timer>) -> Vec<Timer> {
+        let mut due = Vec::new();
+        while let Some(entry) = self.slots.first_entry() {
+            let slot = *entry.key();
+            if slot.time > watermark || cutoff.is_some_and(|cutoff| slot > TimerSlot::of(cutoff)) {
+                break;
+            }
+            let partial = cutoff.filter(|cutoff| slot == TimerSlot::of(cutoff));
+            let members = match partial {
+                None => entry.remove(),
+                Some(cutoff) => {
+                    let members = entry.into_mut();
+                    let taken: SlotMembers = members
+                        .iter()
+                        .filter(|(key, group)| (key, group) <= (&cutoff.key, &cutoff.key_group))
+                        .cloned()
+                        .collect();
+                    members.retain(|member| !taken.contains(member));
+                    if members.is_empty() {
+                        self.slots.remove(&slot);
+                    }
+                    taken
+                }
+            };
+            self.count -= members.len();
+            let start = due.len();
+            due.extend(members.into_iter().map(|(key, key_group)| Timer {
+                time: slot.time,
+                kind: slot.kind,
+                start: slot.start,
+                end: slot.end,
+                key,
+                key_group,
+            }));
+            due[start..].sort_unstable();
+            if partial.is_some() {
+                break;
+            }
+        }
+        due
+    }
+}
+
+impl Timer {
+    /// The window.
+    pub fn range(&self) -> WindowRange {
+        WindowRange {
+            start: self.start,
+            end: self.end,
+        }
+    }
+
+    fn store_key(&self) -> Vec<u8> {
+        layout::timer_key(
+            self.time,
+            self.kind.byte(),
+            self.range(),
+            self.key_group,
+            &self.key,
+        )
+    }
+
+    fn from_store_key(bytes: &[u8]) -> Option<Self> {
+        let (time, kind, range, key_group, key) = layout::decode_timer_key(bytes)?;
+        Some(Self {
+            time,
+            kind: TimerKind::from_byte(kind)?,
+            start: range.start,
+            end: range.end,
+            key: key.into(),
+            key_group,
+        })
+    }
 }
 
 struct CachedKey {
+    key: Arc<[u8]>,
     key_group: KeyGroup,
     windows: Vec<WindowState>,
-    /// Windows to delete from the store when this key is written.
+    /// Windows of this key that have an entry in the store.
+    stored: Vec<WindowRange>,
+    /// Stored windows to delete from the store when this key is written.
     removed: Vec<WindowRange>,
+    /// Pending timers of this key held in memory (`timers` of the state).
+    timers: Vec<(Millis, TimerKind, WindowRange)>,
     dirty: bool,
     last_used: u64,
 }
@@ -82,19 +225,27 @@ struct CachedKey {
 const TIMER_SCAN_LIMIT: usize = 4096;
 
 /// The windows of every key, cached, with their timers.
+///
+/// Timers of cached keys are held in memory; when a key is evicted its timers go to
+/// the store with its windows, and come due from there. So memory is bounded by the
+/// cache, and the store is only touched for keys that did not fit.
 pub struct KeyedWindowState {
     store: Box<dyn StateStore>,
-    cache: FxHashMap<Box<[u8]>, CachedKey>,
+    cache: FxHashMap<Arc<[u8]>, CachedKey>,
     cached_windows: usize,
     cache_capacity: usize,
     epoch: u64,
-    pending_timers: StateBatch,
-    /// Timers below this key were processed (and deleted).
+    /// Timers of cached keys.
+    timers: MemoryTimers,
+    /// Deletes of processed store timers, written with the next batch.
+    pending_timer_deletes: StateBatch,
+    /// Store timers below this key were processed (and deleted).
     timers_from: Vec<u8>,
-    /// The earliest timer not yet processed, when known; `None` means none (or unknown
-    /// after a scan, see `next_timer_known`).
-    next_timer: Option<Millis>,
-    next_timer_known: bool,
+    /// The earliest timer in the store not yet processed (`None`: none).
+    next_store_timer: Option<Millis>,
+    /// Windows with an entry in the store (exact): when zero, a key missing from the
+    /// cache is new and the store is not read.
+    stored_windows: u64,
     open_windows: u64,
     scratch: Vec<u8>,
 }
@@ -108,10 +259,11 @@ impl KeyedWindowState {
             cached_windows: 0,
             cache_capacity: cache_capacity.max(1),
             epoch: 0,
-            pending_timers: StateBatch::default(),
+            timers: MemoryTimers::default(),
+            pending_timer_deletes: StateBatch::default(),
             timers_from: Vec::new(),
-            next_timer: None,
-            next_timer_known: true,
+            next_store_timer: None,
+            stored_windows: 0,
             open_windows: 0,
             scratch: Vec::new(),
         }
@@ -138,14 +290,22 @@ impl KeyedWindowState {
             if self.cached_windows >= self.cache_capacity {
                 self.evict()?;
             }
-            let windows = self.load(key_group, key)?;
+            let windows = if self.stored_windows == 0 {
+                Vec::new()
+            } else {
+                self.load(key_group, key)?
+            };
             self.cached_windows += windows.len();
+            let key: Arc<[u8]> = key.into();
             self.cache.insert(
-                key.into(),
+                key.clone(),
                 CachedKey {
+                    key,
                     key_group,
+                    stored: windows.iter().map(|window| window.range).collect(),
                     windows,
                     removed: Vec::new(),
+                    timers: Vec::new(),
                     dirty: false,
                     last_used: self.epoch,
                 },
@@ -160,15 +320,40 @@ impl KeyedWindowState {
         Ok(&mut entry.windows)
     }
 
-    /// Records that a key gained `added` windows and lost `removed` ones (whose store
-    /// entries must be deleted).
+    /// Records that a key gained `added` windows and lost the `removed` ones (their
+    /// timers are dropped and their store entries deleted).
     pub fn windows_changed(&mut self, key: &[u8], added: usize, removed: &[WindowRange]) {
         self.open_windows += added as u64;
         self.open_windows -= removed.len() as u64;
         self.cached_windows += added;
         self.cached_windows -= removed.len();
-        if let Some(entry) = self.cache.get_mut(key) {
-            entry.removed.extend_from_slice(removed);
+        let Some(entry) = self.cache.get_mut(key) else {
+            return;
+        };
+        for range in removed {
+            if let Some(index) = entry.stored.iter().position(|stored| stored == range) {
+                entry.stored.swap_remove(index);
+                entry.removed.push(*range);
+            }
+            let timers = &mut self.timers;
+            entry.timers.retain(|(time, kind, timer_range)| {
+                if timer_range == range {
+                    timers.remove(&Timer {
+                        time: *time,
+                        kind: *kind,
+                        start: range.start,
+                        end: range.end,
+                        key: entry.key.clone(),
+                        key_group: entry.key_group,
+                    });
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        if entry.windows.is_empty() && entry.removed.is_empty() && entry.timers.is_empty() {
+            self.cache.remove(key);
         }
     }
 
@@ -193,34 +378,73 @@ impl KeyedWindowState {
         Ok(windows)
     }
 
-    /// Writes the changes of the cached keys chosen by `evict` (all changed keys when
-    /// `evict` keeps everything), dropping the evicted ones from the cache.
+    /// Writes the changes of the cached keys to the store; the keys `evict` chooses are
+    /// dropped from the cache, their in-memory timers written to the store.
     fn write_back(&mut self, mut evict: impl FnMut(&CachedKey) -> bool) -> Result<(), StateError> {
-        let mut batch = StateBatch::default();
+        let mut batch = std::mem::take(&mut self.pending_timer_deletes);
         let mut value = Vec::new();
         let mut evicted_windows = 0;
+        let mut stored_windows = self.stored_windows;
+        let mut earliest_timer = self.next_store_timer;
+        let mut earliest_timer_key: Option<Vec<u8>> = None;
+        let timers = &mut self.timers;
         self.cache.retain(|key, entry| {
             if entry.dirty {
                 for range in entry.removed.drain(..) {
                     let mut state_key = Vec::new();
                     layout::window_key(entry.key_group, key, range, &mut state_key);
                     batch.delete(Column::Windows, state_key);
+                    stored_windows -= 1;
                 }
                 for window in &entry.windows {
                     let mut state_key = Vec::new();
                     layout::window_key(entry.key_group, key, window.range, &mut state_key);
                     layout::window_value(window.fired, &window.accumulators, &mut value);
                     batch.put(Column::Windows, state_key, value.clone());
+                    if !entry.stored.contains(&window.range) {
+                        entry.stored.push(window.range);
+                        stored_windows += 1;
+                    }
                 }
                 entry.dirty = false;
             }
             let keep = !evict(entry);
             if !keep {
                 evicted_windows += entry.windows.len();
+                for (time, kind, range) in entry.timers.drain(..) {
+                    let timer = Timer {
+                        time,
+                        kind,
+                        start: range.start,
+                        end: range.end,
+                        key: entry.key.clone(),
+                        key_group: entry.key_group,
+                    };
+                    let store_key = timer.store_key();
+                    if earliest_timer_key
+                        .as_ref()
+                        .is_none_or(|earliest| store_key < *earliest)
+                    {
+                        earliest_timer_key = Some(store_key.clone());
+                    }
+                    earliest_timer =
+                        Some(earliest_timer.map_or(time, |earliest| earliest.min(time)));
+                    timers.remove(&timer);
+                    batch.put(Column::Timers, store_key, Vec::new());
+                }
             }
             keep
         });
         self.cached_windows -= evicted_windows;
+        self.stored_windows = stored_windows;
+        self.next_store_timer = earliest_timer;
+        if let Some(earliest) = earliest_timer_key
+            && earliest < self.timers_from
+        {
+            // An expiry scheduled while firing can be earlier than the last store timer
+            // fired: scan again from there (the processed ones are deleted by then).
+            self.timers_from = earliest;
+        }
         if !batch.is_empty() {
             self.store.write(batch)?;
         }
@@ -256,7 +480,8 @@ impl KeyedWindowState {
         Ok(())
     }
 
-    /// Schedules a timer.
+    /// Schedules a timer for a window of a cached key (one just returned by
+    /// [`Self::windows_mut`]).
     pub fn add_timer(
         &mut self,
         time: Millis,
@@ -265,101 +490,126 @@ impl KeyedWindowState {
         key_group: KeyGroup,
         key: &[u8],
     ) {
-        let timer = layout::timer_key(time, kind.byte(), range, key_group, key);
-        // Firing a chunk of timers can schedule expiries earlier than the chunk's last
-        // timer: scan again from there (the processed timers are deleted by then).
-        if timer < self.timers_from {
-            self.timers_from.clone_from(&timer);
-        }
-        self.pending_timers.put(Column::Timers, timer, Vec::new());
-        if self.next_timer_known {
-            self.next_timer = Some(self.next_timer.map_or(time, |next| next.min(time)));
-        }
+        let Some(entry) = self.cache.get_mut(key) else {
+            return;
+        };
+        entry.timers.push((time, kind, range));
+        self.timers.insert(Timer {
+            time,
+            kind,
+            start: range.start,
+            end: range.end,
+            key: entry.key.clone(),
+            key_group,
+        });
     }
 
-    /// The next timers due at or before `watermark`, in order (time, kind, window, key
-    /// group, key), at most a few thousand at a time; empty when none is due. They are
-    /// deleted from the store.
+    /// The next timers due at or before `watermark`, in order, from memory and from the
+    /// store; empty when none is due. They are removed.
     pub fn due_timers(&mut self, watermark: Millis) -> Result<Vec<Timer>, StateError> {
-        if self.next_timer_known && self.next_timer.is_none_or(|next| next > watermark) {
-            return Ok(Vec::new());
-        }
-        self.flush_timers()?;
-        let upper = watermark
-            .checked_add(1)
-            .map(|after| layout::time_bytes(after).to_vec());
-        let keys = self.store.scan_keys(
-            Column::Timers,
-            &self.timers_from,
-            upper.as_deref(),
-            TIMER_SCAN_LIMIT,
-        )?;
-        let mut timers = Vec::with_capacity(keys.len());
-        for timer_key in &keys {
-            let (time, kind, range, key_group, key) = layout::decode_timer_key(timer_key)
-                .and_then(|(time, kind, range, group, key)| {
-                    Some((time, TimerKind::from_byte(kind)?, range, group, key))
-                })
-                .ok_or_else(|| StateError {
+        let mut from_store = Vec::new();
+        let mut store_exhausted = true;
+        if self.next_store_timer.is_some_and(|next| next <= watermark) {
+            self.flush_timer_deletes()?;
+            let upper = watermark
+                .checked_add(1)
+                .map(|after| layout::time_bytes(after).to_vec());
+            let keys = self.store.scan_keys(
+                Column::Timers,
+                &self.timers_from,
+                upper.as_deref(),
+                TIMER_SCAN_LIMIT,
+            )?;
+            store_exhausted = keys.len() < TIMER_SCAN_LIMIT;
+            for timer_key in &keys {
+                let timer = Timer::from_store_key(timer_key).ok_or_else(|| StateError {
                     action: "decode a timer",
                     message: format!("malformed timer of {} bytes", timer_key.len()),
                 })?;
-            timers.push(Timer {
-                time,
-                kind,
-                range,
-                key_group,
-                key: key.to_vec(),
-            });
-            self.pending_timers
-                .delete(Column::Timers, timer_key.clone());
+                from_store.push(timer);
+                self.pending_timer_deletes
+                    .delete(Column::Timers, timer_key.clone());
+            }
+            if let Some(last) = keys.last() {
+                self.timers_from.clone_from(last);
+                self.timers_from.push(0);
+            }
+            if store_exhausted {
+                self.flush_timer_deletes()?;
+                let next = self
+                    .store
+                    .scan_keys(Column::Timers, &self.timers_from, None, 1)?;
+                self.next_store_timer = next
+                    .first()
+                    .and_then(|key| key.first_chunk::<8>())
+                    .map(|bytes| layout::time_from_bytes(*bytes));
+            }
         }
-        if let Some(last) = keys.last() {
-            self.timers_from = last.clone();
-            self.timers_from.push(0);
-        }
-        if keys.len() < TIMER_SCAN_LIMIT {
-            // Everything due was returned: find the next timer once.
-            self.flush_timers()?;
-            let next = self
-                .store
-                .scan_keys(Column::Timers, &self.timers_from, None, 1)?;
-            self.next_timer = next
-                .first()
-                .and_then(|key| key.first_chunk::<8>())
-                .map(|bytes| layout::time_from_bytes(*bytes));
-            self.next_timer_known = true;
+        // Memory timers up to the watermark, and not past the last store timer when the
+        // store has more: the two lists then merge in order.
+        let cutoff = if store_exhausted {
+            None
         } else {
-            self.next_timer_known = false;
+            from_store.last().cloned()
+        };
+        let from_memory = self.timers.pop_due(watermark, cutoff.as_ref());
+        for timer in &from_memory {
+            if let Some(entry) = self.cache.get_mut(&timer.key) {
+                let range = timer.range();
+                if let Some(index) = entry.timers.iter().position(|(time, kind, timer_range)| {
+                    *time == timer.time && *kind == timer.kind && *timer_range == range
+                }) {
+                    entry.timers.swap_remove(index);
+                }
+            }
         }
-        Ok(timers)
+        if from_store.is_empty() {
+            return Ok(from_memory);
+        }
+        let mut merged = Vec::with_capacity(from_store.len() + from_memory.len());
+        let mut memory = from_memory.into_iter().peekable();
+        for timer in from_store {
+            while memory.peek().is_some_and(|first| *first < timer) {
+                merged.extend(memory.next());
+            }
+            merged.push(timer);
+        }
+        merged.extend(memory);
+        Ok(merged)
     }
 
-    fn flush_timers(&mut self) -> Result<(), StateError> {
-        if !self.pending_timers.is_empty() {
-            let batch = std::mem::take(&mut self.pending_timers);
+    fn flush_timer_deletes(&mut self) -> Result<(), StateError> {
+        if !self.pending_timer_deletes.is_empty() {
+            let batch = std::mem::take(&mut self.pending_timer_deletes);
             self.store.write(batch)?;
         }
         Ok(())
     }
 
-    /// Writes every change to the store (cache and timers), keeping the cache.
+    /// Writes every change of the cached keys to the store, keeping the cache (timers of
+    /// cached keys stay in memory: a checkpoint also records them, in the next issue).
     pub fn checkpoint(&mut self) -> Result<(), StateError> {
         self.write_back(|_| false)?;
-        self.flush_timers()
+        self.flush_timer_deletes()
     }
 
-    /// Window entries in the store after a checkpoint: equals [`Self::open_windows`] when
-    /// no state leaks.
+    /// Writes everything back and empties the cache, so the store holds all state.
+    pub fn evict_all(&mut self) -> Result<(), StateError> {
+        self.write_back(|_| true)?;
+        self.flush_timer_deletes()
+    }
+
+    /// Window entries in the store once the cache is written back: equals
+    /// [`Self::open_windows`] when no state leaks.
     pub fn count_stored_windows(&mut self) -> Result<u64, StateError> {
         self.checkpoint()?;
         self.store.count(Column::Windows)
     }
 
-    /// Timers in the store after a checkpoint.
-    pub fn count_stored_timers(&mut self) -> Result<u64, StateError> {
-        self.checkpoint()?;
-        self.store.count(Column::Timers)
+    /// Timers pending, in memory and in the store.
+    pub fn count_timers(&mut self) -> Result<u64, StateError> {
+        self.flush_timer_deletes()?;
+        Ok(self.timers.count as u64 + self.store.count(Column::Timers)?)
     }
 }
 
@@ -407,49 +657,50 @@ mod tests {
     }
 
     #[test]
-    fn timers_come_due_in_order_and_once() {
-        let mut state = KeyedWindowState::new(Box::new(MemoryStore::default()), 10);
-        let range = |end| WindowRange {
-            start: end - 10,
-            end,
-        };
-        state.add_timer(30, TimerKind::Fire, range(30), 0, b"b");
-        state.add_timer(10, TimerKind::Fire, range(10), 0, b"b");
-        state.add_timer(10, TimerKind::Fire, range(10), 0, b"a");
-        state.add_timer(20, TimerKind::Expire, range(10), 0, b"a");
+    fn timers_come_due_in_order_and_once_from_memory_and_store() {
+        // A cache of 4 windows: most keys are evicted with their timers to the store.
+        let mut state = KeyedWindowState::new(Box::new(MemoryStore::default()), 4);
+        let mut expected = Vec::new();
+        for index in 0..20i64 {
+            let key = format!("k{index:02}").into_bytes();
+            let end = (index * 7) % 50 + 10;
+            let range = WindowRange {
+                start: end - 10,
+                end,
+            };
+            state
+                .windows_mut(0, &key)
+                .unwrap()
+                .push(window(range.start, range.end));
+            state.windows_changed(&key, 1, &[]);
+            state.add_timer(end, TimerKind::Fire, range, 0, &key);
+            expected.push((end, key));
+        }
+        expected.sort();
+        assert_eq!(state.count_timers().unwrap(), 20);
         assert!(state.due_timers(9).unwrap().is_empty());
         let due: Vec<(Millis, Vec<u8>)> = state
-            .due_timers(20)
-            .unwrap()
-            .into_iter()
-            .map(|t| (t.time, t.key))
-            .collect();
-        assert_eq!(
-            due,
-            vec![
-                (10, b"a".to_vec()),
-                (10, b"b".to_vec()),
-                (20, b"a".to_vec())
-            ]
-        );
-        assert!(state.due_timers(20).unwrap().is_empty());
-        state.add_timer(25, TimerKind::Fire, range(25), 0, b"c");
-        let due: Vec<Millis> = state
             .due_timers(Millis::MAX)
             .unwrap()
             .into_iter()
-            .map(|t| t.time)
+            .map(|timer| (timer.time, timer.key.to_vec()))
             .collect();
-        assert_eq!(due, vec![25, 30]);
-        // A timer scheduled while firing, earlier than the last one fired, still comes due.
-        state.add_timer(26, TimerKind::Expire, range(25), 0, b"c");
-        let due: Vec<Millis> = state
-            .due_timers(Millis::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|t| t.time)
-            .collect();
-        assert_eq!(due, vec![26]);
-        assert_eq!(state.count_stored_timers().unwrap(), 0);
+        assert_eq!(due, expected);
+        assert!(state.due_timers(Millis::MAX).unwrap().is_empty());
+        assert_eq!(state.count_timers().unwrap(), 0);
+    }
+
+    #[test]
+    fn removing_a_window_drops_its_timers() {
+        let mut state = KeyedWindowState::new(Box::new(MemoryStore::default()), 100);
+        let range = WindowRange { start: 0, end: 10 };
+        state.windows_mut(0, b"a").unwrap().push(window(0, 10));
+        state.windows_changed(b"a", 1, &[]);
+        state.add_timer(10, TimerKind::Fire, range, 0, b"a");
+        state.windows_mut(0, b"a").unwrap().clear();
+        state.windows_changed(b"a", 0, &[range]);
+        assert!(state.due_timers(Millis::MAX).unwrap().is_empty());
+        assert_eq!(state.open_windows(), 0);
+        assert_eq!(state.count_timers().unwrap(), 0);
     }
 }
