@@ -3,7 +3,7 @@
 # imports them into the node's containerd (k8s.io namespace) when the node is up.
 #
 #   images.sh [all]     infra + sluice, then import (what `make images` runs)
-#   images.sh infra     pause, Debian base, kcat test image (no Rust needed; node.sh up runs it)
+#   images.sh infra     pause, Debian base, test-tools image (kcat, netcat) (no Rust needed; node.sh up runs it)
 #   images.sh sluice    localhost/sluice-worker:dev and localhost/sluice-controller:dev from
 #                       worker/Containerfile and controller/Containerfile, with the release
 #                       binaries from ${CARGO_TARGET_DIR:-/var/cache/sluice/target}/release
@@ -36,12 +36,12 @@ DEBIAN_SECURITY_MIRROR="${SLUICE_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/d
 # What the runtime base carries beyond minbase (glibc, libstdc++, libgcc come with minbase):
 # libssl3 for rdkafka's TLS, ca-certificates for brokers behind TLS.
 BASE_PACKAGES="libssl3,ca-certificates"
-KCAT_PACKAGES="${BASE_PACKAGES},kcat"
+TOOLS_PACKAGES="${BASE_PACKAGES},kcat,netcat-openbsd"
 
 export PAUSE_VERSION="${PAUSE_VERSION:-3.10.1}"
 export PAUSE_IMAGE="localhost/sluice-pause:${PAUSE_VERSION}"
 export BASE_IMAGE_REF="localhost/sluice-base:${DEBIAN_SUITE}"
-export KCAT_IMAGE="localhost/sluice-kcat:dev"
+export TOOLS_IMAGE="localhost/sluice-testtools:dev"
 export WORKER_IMAGE="localhost/sluice-worker:dev"
 export CONTROLLER_IMAGE="localhost/sluice-controller:dev"
 
@@ -180,7 +180,7 @@ build_infra() {
   ensure_tools
   build_pause
   build_rootfs_image sluice-base "${BASE_IMAGE_REF}" "${BASE_PACKAGES}"
-  build_rootfs_image sluice-kcat "${KCAT_IMAGE}" "${KCAT_PACKAGES}"
+  build_rootfs_image sluice-testtools "${TOOLS_IMAGE}" "${TOOLS_PACKAGES}"
 }
 
 # ---------------------------------------------------------------------------------------

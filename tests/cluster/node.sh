@@ -188,6 +188,19 @@ remove_hosts_entry() {
   fi
 }
 
+# Safety net for the machine's network rule: pods may talk to each other and to this host
+# (the API server, Kafka), never be routed anywhere else. Forwarded packets from the pod
+# subnet to outside it are rejected. (Pods have no DNS server either, see resolv.conf.)
+EGRESS_CHAIN=SLUICE-NODE-EGRESS
+ensure_egress_guard() {
+  iptables -N "${EGRESS_CHAIN}" 2>/dev/null || true
+  iptables -F "${EGRESS_CHAIN}"
+  iptables -A "${EGRESS_CHAIN}" -d "${SLUICE_POD_CIDR}" -j RETURN
+  iptables -A "${EGRESS_CHAIN}" -j REJECT --reject-with icmp-net-prohibited
+  iptables -C FORWARD -s "${SLUICE_POD_CIDR}" -j "${EGRESS_CHAIN}" 2>/dev/null ||
+    iptables -I FORWARD 1 -s "${SLUICE_POD_CIDR}" -j "${EGRESS_CHAIN}"
+}
+
 ensure_node_pki() {
   mkdir -p "${NODE_PKI}"
   # Client identities (signed by the cluster CA, kept in its PKI dir by pki.sh).
@@ -260,7 +273,7 @@ start_containerd() {
 cri_plugin_ok() { node_ctr plugins ls 2>/dev/null | grep -qE 'io\.containerd\.grpc\.v1 +cri +[^ ]+ +ok'; }
 
 import_images() {
-  log "building/fetching the node's images (pause, base, kcat) from ${SLUICE_CACHE}/images"
+  log "building/fetching the node's images (pause, base, test tools) from ${SLUICE_CACHE}/images"
   bash "${HERE}/images.sh" infra
   bash "${HERE}/images.sh" import
   node_ctr images ls -q | grep -qx "${PAUSE_IMAGE}" ||
@@ -340,6 +353,7 @@ up() {
   mkdir -p "${LOG_DIR}" "${PID_DIR}"
   ensure_network
   ensure_hosts_entry
+  ensure_egress_guard
   ensure_tools_built
   ensure_node_pki
   ensure_node_rbac
@@ -414,7 +428,8 @@ unmount_under() {
   done
 }
 
-# iptables chains created by kube-proxy/kubelet (KUBE-*) and CNI plugins (CNI-*).
+# iptables chains created by kube-proxy/kubelet (KUBE-*), CNI plugins (CNI-*) and this
+# script (SLUICE-NODE-*).
 flush_iptables() {
   local tool table chain
   for tool in iptables ip6tables; do
@@ -423,16 +438,16 @@ flush_iptables() {
       "${tool}" -t "${table}" -S >/dev/null 2>&1 || continue
       # First the jumps from built-in chains into ours, then our chains themselves.
       local jumps rule
-      jumps="$("${tool}" -t "${table}" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE-|CNI-)' |
-        grep -vE '^-A (KUBE-|CNI-)' | sed 's/^-A /-D /' || true)"
+      jumps="$("${tool}" -t "${table}" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE-|CNI-|SLUICE-NODE-)' |
+        grep -vE '^-A (KUBE-|CNI-|SLUICE-NODE-)' | sed 's/^-A /-D /' || true)"
       while read -r rule; do
         [[ -n "${rule}" ]] || continue
         eval "${tool} -t ${table} ${rule}" 2>/dev/null || true
       done <<<"${jumps}"
-      for chain in $("${tool}" -t "${table}" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ {print $2}'); do
+      for chain in $("${tool}" -t "${table}" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-|SLUICE-NODE-)/ {print $2}'); do
         "${tool}" -t "${table}" -F "${chain}" 2>/dev/null || true
       done
-      for chain in $("${tool}" -t "${table}" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/ {print $2}'); do
+      for chain in $("${tool}" -t "${table}" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-|SLUICE-NODE-)/ {print $2}'); do
         "${tool}" -t "${table}" -X "${chain}" 2>/dev/null || true
       done
     done

@@ -266,6 +266,103 @@ async fn pods_reach_the_api_server_through_the_kubernetes_service() -> Result<()
     Ok(())
 }
 
+#[tokio::test]
+async fn pods_reach_each_other_through_a_cluster_ip_service() -> Result<()> {
+    let env = node_env().await?;
+    let ns = "e2e-node-pod-service";
+    fresh_namespace(&env.client, ns).await?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), ns);
+    // A one-line TCP server (the way the controller reaches workers: pod -> Service -> pod).
+    let server =
+        r#"while true; do printf 'pong from %s\n' "$HOSTNAME" | nc -N -l 8080 || sleep 0.2; done"#;
+    let pod: Pod = from_json(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "echo", "labels": { "app": "echo" } },
+        "spec": {
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": { "runAsUser": 65532, "runAsGroup": 65532, "runAsNonRoot": true },
+            "containers": [{
+                "name": "echo",
+                "image": env.tools_image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["/bin/sh", "-c", server],
+                "ports": [{ "containerPort": 8080 }],
+                "readinessProbe": { "tcpSocket": { "port": 8080 }, "periodSeconds": 1 },
+            }],
+        },
+    }))?;
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .context("creating pod echo")?;
+    let services: Api<Service> = Api::namespaced(env.client.clone(), ns);
+    let service = apply(
+        &services,
+        &from_json(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": { "name": "echo" },
+            "spec": {
+                "selector": { "app": "echo" },
+                "ports": [{ "port": 80, "targetPort": 8080 }],
+            },
+        }))?,
+    )
+    .await?;
+    let cluster_ip = service
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("Service echo has no ClusterIP")?;
+    let waited = wait_for("pod echo to be Ready", POD_START, || async {
+        let pod = pods.get("echo").await?;
+        if pod_is_ready(&pod) {
+            Ok(Some(()))
+        } else {
+            bail!("phase {}", common_node::pod_phase(&pod))
+        }
+    })
+    .await;
+    if let Err(err) = waited {
+        bail!("{err:#}\n{}", describe_pod(&env.client, ns, "echo").await);
+    }
+
+    let client = r#"for i in $(seq 1 30); do
+  out=$(nc -N -w 3 "$SERVICE_IP" 80 </dev/null || true)
+  case "$out" in "pong from echo") echo "$out"; exit 0;; esac
+  sleep 1
+done
+echo "no answer from $SERVICE_IP:80"; exit 1
+"#;
+    let pod: Pod = from_json(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": "client" },
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": { "runAsUser": 65532, "runAsGroup": 65532, "runAsNonRoot": true },
+            "containers": [{
+                "name": "client",
+                "image": env.tools_image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["/bin/sh", "-c", client],
+                "env": [{ "name": "SERVICE_IP", "value": cluster_ip }],
+            }],
+        },
+    }))?;
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .context("creating pod client")?;
+    let log = wait_pod_succeeded(&env.client, ns, "client", POD_START).await?;
+    ensure!(
+        log.contains("pong from echo"),
+        "unexpected answer through Service {cluster_ip}:80: {log:?}"
+    );
+    delete_namespace(&env.client, ns).await;
+    Ok(())
+}
+
 /// Installs the StreamJob CRD from `crds/streamjobs.sluice.dev.yaml` (idempotently) and
 /// waits until it is Established.
 async fn install_streamjob_crd(client: &Client) -> Result<()> {
@@ -447,7 +544,7 @@ echo "produced to $TOPIC via $BOOTSTRAP"
             "securityContext": { "runAsUser": 65532, "runAsGroup": 65532, "runAsNonRoot": true },
             "containers": [{
                 "name": "kcat",
-                "image": env.kcat_image,
+                "image": env.tools_image,
                 "imagePullPolicy": "IfNotPresent",
                 "command": ["timeout", "60", "/bin/sh", "-c", script],
                 "env": [

@@ -33,8 +33,8 @@ pub struct NodeEnv {
     pub controller_image: String,
     /// Debian base image with a shell (bash) and coreutils.
     pub base_image: String,
-    /// Debian base image with kcat.
-    pub kcat_image: String,
+    /// Debian base image with kcat and netcat (test tools).
+    pub tools_image: String,
 }
 
 /// Reads `export NAME=value` lines from the cluster's env file
@@ -92,7 +92,11 @@ pub async fn node_env() -> Result<NodeEnv> {
             "localhost/sluice-controller:dev",
         ),
         base_image: setting("SLUICE_BASE_IMAGE", &file, "localhost/sluice-base:bookworm"),
-        kcat_image: setting("SLUICE_KCAT_IMAGE", &file, "localhost/sluice-kcat:dev"),
+        tools_image: setting(
+            "SLUICE_TESTTOOLS_IMAGE",
+            &file,
+            "localhost/sluice-testtools:dev",
+        ),
     })
 }
 
