@@ -103,6 +103,8 @@ ensure_etcd() {
       --cert-file="${PKI_DIR}/etcd-server.crt" --key-file="${PKI_DIR}/etcd-server.key" \
       --trusted-ca-file="${PKI_DIR}/ca.crt" --client-cert-auth=true \
       --unsafe-no-fsync=true --log-level=warn
+  else
+    log "etcd already running (pid $(<"${pidfile}"))"
   fi
   WAIT_PIDFILE="${pidfile}" wait_until etcd "${logfile}" "${ETCD_DEADLINE}" etcd_healthy
 }
@@ -141,6 +143,8 @@ ensure_apiserver() {
       --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
       --enable-bootstrap-token-auth=true --allow-privileged=true \
       --endpoint-reconciler-type=lease --profiling=false
+  else
+    log "kube-apiserver already running (pid $(<"${pidfile}"))"
   fi
   WAIT_PIDFILE="${pidfile}" wait_until kube-apiserver "${logfile}" "${APISERVER_DEADLINE}" \
     apiserver_ready "${APISERVER_BRIDGE_URL}"
@@ -155,6 +159,8 @@ ensure_apiserver_relay() {
     start_daemon apiserver-relay "${pidfile}" "${logfile}" "$(forwarder_path)" \
       --listen="127.0.0.1:${SLUICE_APISERVER_PORT}" \
       --target="${SLUICE_BRIDGE_IP}:${SLUICE_APISERVER_PORT}"
+  else
+    log "apiserver-relay already running (pid $(<"${pidfile}"))"
   fi
   WAIT_PIDFILE="${pidfile}" wait_until "kube-apiserver on 127.0.0.1" "${logfile}" 20 \
     apiserver_ready "${APISERVER_LOOPBACK_URL}"
@@ -189,6 +195,8 @@ ensure_controller_manager() {
       --service-account-private-key-file="${PKI_DIR}/sa.key" --root-ca-file="${PKI_DIR}/ca.crt" \
       --cluster-signing-cert-file="${PKI_DIR}/ca.crt" --cluster-signing-key-file="${PKI_DIR}/ca.key" \
       --service-cluster-ip-range="${SLUICE_SERVICE_CIDR}" --cluster-name=sluice --profiling=false
+  else
+    log "kube-controller-manager already running (pid $(<"${pidfile}"))"
   fi
   WAIT_PIDFILE="${pidfile}" wait_until kube-controller-manager "${logfile}" \
     "${CONTROLLERS_DEADLINE}" component_healthy 10257
@@ -204,6 +212,8 @@ ensure_scheduler() {
       --kubeconfig="${kubeconfig}" --authentication-kubeconfig="${kubeconfig}" \
       --authorization-kubeconfig="${kubeconfig}" \
       --bind-address=127.0.0.1 --secure-port=10259 --leader-elect=false --profiling=false
+  else
+    log "kube-scheduler already running (pid $(<"${pidfile}"))"
   fi
   WAIT_PIDFILE="${pidfile}" wait_until kube-scheduler "${logfile}" "${CONTROLLERS_DEADLINE}" \
     component_healthy 10259
@@ -287,6 +297,8 @@ ensure_kafka() {
     start_daemon kafka "${pidfile}" "${logfile}" java -Xmx512m -Xms512m -XX:+UseG1GC \
       -Djava.awt.headless=true -Djava.net.preferIPv4Stack=true -Dlog4j2.configurationFile="file:${KAFKA_DIR}/log4j2.properties" \
       -cp "${KAFKA_HOME}/libs/*" kafka.Kafka "${KAFKA_DIR}/server.properties"
+  else
+    log "kafka already running (pid $(<"${pidfile}"))"
   fi
   WAIT_PIDFILE="${pidfile}" wait_until "kafka on 127.0.0.1:${SLUICE_KAFKA_HOST_PORT}" "${logfile}" \
     "${KAFKA_DEADLINE}" kafka_answers 127.0.0.1 "${SLUICE_KAFKA_HOST_PORT}"
