@@ -7,6 +7,7 @@
 #   images.sh sluice    localhost/sluice-worker:dev and localhost/sluice-controller:dev from
 #                       worker/Containerfile and controller/Containerfile, with the release
 #                       binaries from ${CARGO_TARGET_DIR:-/var/cache/sluice/target}/release
+#   images.sh sluice-if-built   the same, but only a note when the binaries are missing
 #   images.sh import    imports every cached image archive into the running node
 #   images.sh list      shows the cached archives and what the node's containerd has
 #
@@ -223,8 +224,7 @@ build_sluice() {
   build_rootfs_image sluice-base "${BASE_IMAGE_REF}" "${BASE_PACKAGES}"
   build_sluice_image worker "${WORKER_IMAGE}"
   build_sluice_image controller "${CONTROLLER_IMAGE}"
-  # vfs keeps a full copy per layer: drop intermediate images, keep the tagged ones.
-  bh rmi --prune >/dev/null 2>&1 || true
+  prune_storage
 }
 
 # ---------------------------------------------------------------------------------------
@@ -252,6 +252,16 @@ list_images() {
   fi
 }
 
+# vfs keeps a full copy of the rootfs per layer: once the OCI archives (the cache that
+# matters) are written, keep only the base image (the FROM of the sluice images).
+prune_storage() {
+  local base_id id
+  base_id="$(bh images --noheading --no-trunc --format '{{.ID}}' "${BASE_IMAGE_REF}" 2>/dev/null | head -n 1)"
+  for id in $(bh images --all --noheading --no-trunc --format '{{.ID}}' 2>/dev/null | sort -u); do
+    [[ "${id}" == "${base_id}" ]] || bh rmi --force "${id}" >/dev/null 2>&1 || true
+  done
+}
+
 main() {
   local cmd="${1:-all}"
   case "${cmd}" in
@@ -260,12 +270,24 @@ main() {
       build_sluice
       import_all
       ;;
-    infra) build_infra ;;
+    infra)
+      build_infra
+      prune_storage
+      ;;
     sluice) build_sluice ;;
+    sluice-if-built)
+      # For node.sh up: the sluice images when the release binaries exist, else a note.
+      if [[ -x "${TARGET_DIR}/release/sluice-worker" && -x "${TARGET_DIR}/release/sluice-controller" ]]; then
+        build_sluice
+      else
+        log "no release binaries in ${TARGET_DIR}/release: sluice-worker/controller images not built"
+        log "  build them (cargo build --release) and run 'bash tests/cluster/images.sh'"
+      fi
+      ;;
     import) import_all ;;
     list) list_images ;;
     *)
-      echo "usage: $0 [all|infra|sluice|import|list]" >&2
+      echo "usage: $0 [all|infra|sluice|sluice-if-built|import|list]" >&2
       exit 2
       ;;
   esac

@@ -273,8 +273,11 @@ start_containerd() {
 cri_plugin_ok() { node_ctr plugins ls 2>/dev/null | grep -qE 'io\.containerd\.grpc\.v1 +cri +[^ ]+ +ok'; }
 
 import_images() {
-  log "building/fetching the node's images (pause, base, test tools) from ${SLUICE_CACHE}/images"
+  log "building/fetching the node's images from ${SLUICE_CACHE}/images"
   bash "${HERE}/images.sh" infra
+  # The worker and controller images too, when cargo has built the release binaries (cached
+  # by the binaries' hash: seconds when nothing changed).
+  bash "${HERE}/images.sh" sluice-if-built
   bash "${HERE}/images.sh" import
   node_ctr images ls -q | grep -qx "${PAUSE_IMAGE}" ||
     die "pause image ${PAUSE_IMAGE} is not in the node's containerd after import"
