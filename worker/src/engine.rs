@@ -36,7 +36,7 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
-            state_cache_entries: 100_000,
+            state_cache_entries: 500_000,
         }
     }
 }

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Local-mode throughput and memory: events per second on one core and peak RSS, for the
+# page-views pipeline and for a decode-only pipeline (the cost floor), on a generated
+# input of BENCH_EVENTS events (default 10 million, about 1.2 million distinct pages) and
+# a shorter one (BENCH_SHORT_EVENTS, default 2 million) to show that memory does not grow
+# with the input. See bench/README.md.
+#
+# Run through `make bench` (which builds the release binaries first), or directly after
+# `cargo build --release -p sluice-worker`.
+set -euo pipefail
+
+repository="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${SLUICE_CACHE:-/var/cache/sluice}"
+target="${CARGO_TARGET_DIR:-$cache/target}"
+worker="$target/release/sluice-worker"
+generator="$target/release/sluice-bench-generate"
+data="$cache/bench"
+events="${BENCH_EVENTS:-10000000}"
+short_events="${BENCH_SHORT_EVENTS:-2000000}"
+cache_entries="${BENCH_STATE_CACHE_ENTRIES:-500000}"
+small_cache_entries="${BENCH_SMALL_STATE_CACHE_ENTRIES:-100000}"
+core="${BENCH_CORE:-0}"
+
+for binary in "$worker" "$generator"; do
+  [[ -x "$binary" ]] || { echo "missing $binary: run 'make bench' or 'cargo build --release -p sluice-worker'" >&2; exit 1; }
+done
+mkdir -p "$data"
+
+input_for() {
+  local count="$1" file="$data/page-views-$1.jsonl"
+  if [[ ! -s "$file" ]]; then
+    echo "generating $count events into $file" >&2
+    "$generator" --events "$count" --seed 42 --output "$file.tmp" >&2
+    mv "$file.tmp" "$file"
+  fi
+  echo "$file"
+}
+
+# run <label> <job> <input> <events> <cache entries>: one line of the table.
+run() {
+  local label="$1" job="$2" input="$3" count="$4" entries="$5"
+  local report="$data/time-$label.txt"
+  taskset -c "$core" /usr/bin/time -v "$worker" local --quiet --progress-interval 1h \
+    --job "$job" --input "$input" --output /dev/null --dead-letter /dev/null --late /dev/null \
+    --state-cache-entries "$entries" 2> "$report"
+  local wall rss seconds rate
+  wall="$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$report")"
+  rss="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$report")"
+  seconds="$(awk -F: '{ if (NF == 3) print $1 * 3600 + $2 * 60 + $3; else print $1 * 60 + $2 }' <<< "$wall")"
+  rate="$(awk -v n="$count" -v s="$seconds" 'BEGIN { printf "%.0f", n / s }')"
+  printf '| %-28s | %11s | %14s | %9s | %11s | %8s |\n' "$label" "$count" "$entries" "$seconds" "$rate" "$((rss / 1024))"
+}
+
+long="$(input_for "$events")"
+short="$(input_for "$short_events")"
+page_views="$repository/examples/page-views/streamjob.yaml"
+decode_only="$repository/bench/decode-only.yaml"
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1); pinned to core $core"
+echo
+printf '| %-28s | %11s | %14s | %9s | %11s | %8s |\n' pipeline events "cache entries" seconds "events/s" "RSS MiB"
+printf '|%s|%s|%s|%s|%s|%s|\n' ------------------------------ ------------- ---------------- ----------- ------------- ----------
+run decode-only "$decode_only" "$long" "$events" "$cache_entries"
+run page-views "$page_views" "$long" "$events" "$cache_entries"
+run page-views-short "$page_views" "$short" "$short_events" "$cache_entries"
+run page-views-small-cache "$page_views" "$long" "$events" "$small_cache_entries"
+run page-views-small-cache-short "$page_views" "$short" "$short_events" "$small_cache_entries"
