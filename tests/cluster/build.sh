@@ -73,6 +73,7 @@ k8s_ldflags() {
 
 resolve_k8s() {
   [[ -f "${K8S_BIN_DIR}/.complete" ]] && return 0
+  [[ -f "${WRAP_DIR}/k8s-${K8S_VERSION}/.resolved" ]] && return 0
   require_go
   local logfile="${BUILD_LOG_DIR}/k8s-${K8S_VERSION}.log"
   log "kubernetes ${K8S_VERSION}: resolving modules (log ${logfile})"
@@ -114,7 +115,7 @@ resolve_etcd() {
   (
     cd "${dir}"
     rm -f go.mod go.sum
-    run_with_progress "resolve etcd modules" "${logfile}" 900 go mod init sluice.local/etcd-build
+    go mod init sluice.local/etcd-build >>"${logfile}" 2>&1
     run_with_progress "resolve etcd modules" "${logfile}" 900 go get "go.etcd.io/etcd/server/v3@${ETCD_VERSION}"
     touch .resolved
   )
@@ -148,7 +149,7 @@ resolve_helm() {
   (
     cd "${dir}"
     rm -f go.mod go.sum
-    run_with_progress "resolve helm modules" "${logfile}" 900 go mod init sluice.local/helm-build
+    go mod init sluice.local/helm-build >>"${logfile}" 2>&1
     run_with_progress "resolve helm modules" "${logfile}" 900 go get "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
     touch .resolved
   )
