@@ -221,6 +221,11 @@ struct CachedKey {
     last_used: u64,
 }
 
+/// The hash of a key for [`KeyedWindowState::stored_keys`] (in memory only).
+fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
 /// How many timers one store scan returns.
 const TIMER_SCAN_LIMIT: usize = 4096;
 
@@ -243,9 +248,10 @@ pub struct KeyedWindowState {
     timers_from: Vec<u8>,
     /// The earliest timer in the store not yet processed (`None`: none).
     next_store_timer: Option<Millis>,
-    /// Windows with an entry in the store (exact): when zero, a key missing from the
-    /// cache is new and the store is not read.
-    stored_windows: u64,
+    /// Windows with an entry in the store, per 64-bit hash of their key (keys sharing a
+    /// hash share a count): a key missing from the cache whose hash has none is new, and
+    /// the store is not read. Proportional to the open windows in the store, not history.
+    stored_keys: FxHashMap<u64, u32>,
     open_windows: u64,
     scratch: Vec<u8>,
 }
@@ -263,7 +269,7 @@ impl KeyedWindowState {
             pending_timer_deletes: StateBatch::default(),
             timers_from: Vec::new(),
             next_store_timer: None,
-            stored_windows: 0,
+            stored_keys: FxHashMap::default(),
             open_windows: 0,
             scratch: Vec::new(),
         }
@@ -290,7 +296,7 @@ impl KeyedWindowState {
             if self.cached_windows >= self.cache_capacity {
                 self.evict()?;
             }
-            let windows = if self.stored_windows == 0 {
+            let windows = if !self.stored_keys.contains_key(&key_hash(key)) {
                 Vec::new()
             } else {
                 self.load(key_group, key)?
@@ -378,23 +384,35 @@ impl KeyedWindowState {
         Ok(windows)
     }
 
-    /// Writes the changes of the cached keys to the store; the keys `evict` chooses are
-    /// dropped from the cache, their in-memory timers written to the store.
-    fn write_back(&mut self, mut evict: impl FnMut(&CachedKey) -> bool) -> Result<(), StateError> {
+    /// Drops the keys `evict` chooses from the cache, writing their changes and their
+    /// in-memory timers to the store; with `write_all`, also writes the changes of the
+    /// keys kept (a checkpoint).
+    fn write_back(
+        &mut self,
+        write_all: bool,
+        mut evict: impl FnMut(&CachedKey) -> bool,
+    ) -> Result<(), StateError> {
         let mut batch = std::mem::take(&mut self.pending_timer_deletes);
         let mut value = Vec::new();
         let mut evicted_windows = 0;
-        let mut stored_windows = self.stored_windows;
+        let stored_keys = &mut self.stored_keys;
         let mut earliest_timer = self.next_store_timer;
         let mut earliest_timer_key: Option<Vec<u8>> = None;
         let timers = &mut self.timers;
         self.cache.retain(|key, entry| {
-            if entry.dirty {
+            let evicted = evict(entry);
+            if entry.dirty && (evicted || write_all) {
                 for range in entry.removed.drain(..) {
                     let mut state_key = Vec::new();
                     layout::window_key(entry.key_group, key, range, &mut state_key);
                     batch.delete(Column::Windows, state_key);
-                    stored_windows -= 1;
+                    let hash = key_hash(key);
+                    if let Some(count) = stored_keys.get_mut(&hash) {
+                        *count -= 1;
+                        if *count == 0 {
+                            stored_keys.remove(&hash);
+                        }
+                    }
                 }
                 for window in &entry.windows {
                     let mut state_key = Vec::new();
@@ -403,13 +421,12 @@ impl KeyedWindowState {
                     batch.put(Column::Windows, state_key, value.clone());
                     if !entry.stored.contains(&window.range) {
                         entry.stored.push(window.range);
-                        stored_windows += 1;
+                        *stored_keys.entry(key_hash(key)).or_default() += 1;
                     }
                 }
                 entry.dirty = false;
             }
-            let keep = !evict(entry);
-            if !keep {
+            if evicted {
                 evicted_windows += entry.windows.len();
                 for (time, kind, range) in entry.timers.drain(..) {
                     let timer = Timer {
@@ -433,10 +450,9 @@ impl KeyedWindowState {
                     batch.put(Column::Timers, store_key, Vec::new());
                 }
             }
-            keep
+            !evicted
         });
         self.cached_windows -= evicted_windows;
-        self.stored_windows = stored_windows;
         self.next_store_timer = earliest_timer;
         if let Some(earliest) = earliest_timer_key
             && earliest < self.timers_from
@@ -457,7 +473,7 @@ impl KeyedWindowState {
         let target = self.cache_capacity / 5 * 4;
         let epoch = self.epoch;
         let mut excess = self.cached_windows.saturating_sub(target);
-        self.write_back(|entry| {
+        self.write_back(false, |entry| {
             if excess > 0 && entry.last_used < epoch {
                 excess = excess.saturating_sub(entry.windows.len().max(1));
                 true
@@ -467,7 +483,7 @@ impl KeyedWindowState {
         })?;
         let mut excess = self.cached_windows.saturating_sub(target);
         if excess > 0 {
-            self.write_back(|entry| {
+            self.write_back(false, |entry| {
                 if excess > 0 {
                     excess = excess.saturating_sub(entry.windows.len().max(1));
                     true
@@ -589,13 +605,13 @@ impl KeyedWindowState {
     /// Writes every change of the cached keys to the store, keeping the cache (timers of
     /// cached keys stay in memory: a checkpoint also records them, in the next issue).
     pub fn checkpoint(&mut self) -> Result<(), StateError> {
-        self.write_back(|_| false)?;
+        self.write_back(true, |_| false)?;
         self.flush_timer_deletes()
     }
 
     /// Writes everything back and empties the cache, so the store holds all state.
     pub fn evict_all(&mut self) -> Result<(), StateError> {
-        self.write_back(|_| true)?;
+        self.write_back(true, |_| true)?;
         self.flush_timer_deletes()
     }
 
