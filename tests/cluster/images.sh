@@ -46,6 +46,10 @@ export TOOLS_IMAGE="localhost/sluice-testtools:dev"
 export WORKER_IMAGE="localhost/sluice-worker:dev"
 export CONTROLLER_IMAGE="localhost/sluice-controller:dev"
 
+# Only the Go module proxy (for the pause sources): no fallback to the modules' own hosts.
+GOPROXY_ONLY="$(go env GOPROXY 2>/dev/null | sed -E 's/(^|,|\|)direct($|,|\|)/\1/g; s/[,|]+$//')"
+export GOPROXY="${GOPROXY_ONLY:-https://proxy.golang.org}"
+
 bh() {
   buildah --root "${BUILDAH_ROOT}" --runroot "${BUILDAH_RUNROOT}" --storage-driver vfs "$@"
 }
@@ -123,6 +127,7 @@ build_pause() {
 mmdebstrap_rootfs() {
   local packages="$1" out="$2" logfile="$3"
   # Docs, man pages and locales are dead weight in an image; apt lists are dropped too.
+  # shellcheck disable=SC2016 # "$1" in the hook is expanded by mmdebstrap's hook shell
   locked mmdebstrap --variant=minbase --mode=root --format=tar \
     --include="${packages}" \
     --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -236,13 +241,20 @@ import_all() {
     log "  they are imported by 'bash tests/cluster/node.sh up' or 'images.sh import'"
     return 0
   fi
-  local archive n=0
+  local archive digest present n=0 skipped=0
+  present="$(node_ctr images ls 2>/dev/null || true)"
   for archive in "${IMAGES_DIR}"/*.oci.tar; do
     [[ -s "${archive}" ]] || continue
+    # The manifest digest named by the archive's index: already there means nothing to do.
+    digest="$(tar -xOf "${archive}" index.json 2>/dev/null | grep -o 'sha256:[0-9a-f]\{64\}' | head -n 1 || true)"
+    if [[ -n "${digest}" ]] && grep -qF "${digest}" <<<"${present}"; then
+      skipped=$((skipped + 1))
+      continue
+    fi
     node_ctr images import "${archive}" >/dev/null || die "ctr images import ${archive} failed"
     n=$((n + 1))
   done
-  log "imported ${n} image archives into the node's containerd (namespace k8s.io)"
+  log "imported ${n} image archives into the node's containerd (namespace k8s.io), ${skipped} already there"
 }
 
 list_images() {

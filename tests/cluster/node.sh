@@ -53,7 +53,6 @@ DEADLINE_KUBELET=120
 DEADLINE_NODE_READY=180
 DEADLINE_PROXY=90
 
-
 kube() { "${K8S_BIN_DIR}/kubectl" --kubeconfig "${ADMIN_KUBECONFIG}" --request-timeout=20s "$@"; }
 node_ctr() { ctr --address "${CONTAINERD_SOCK}" --namespace k8s.io "$@"; }
 crictl_node() { "${CRICTL_BIN}" --config /dev/null --runtime-endpoint "unix://${CONTAINERD_SOCK}" --image-endpoint "unix://${CONTAINERD_SOCK}" --timeout 20s "$@"; }
@@ -130,17 +129,24 @@ ensure_control_plane() {
   kube get --raw /readyz >/dev/null 2>&1 || die "the API server does not answer /readyz (kubeconfig ${ADMIN_KUBECONFIG})"
 }
 
-# A Go build from the module proxy, cached by version under ${SLUICE_CACHE}/bin.
+# Only the Go module proxy: never fall back to fetching from the modules' own hosts.
+GOPROXY_ONLY="$(go env GOPROXY 2>/dev/null | sed -E 's/(^|,|\|)direct($|,|\|)/\1/g; s/[,|]+$//')"
+export GOPROXY="${GOPROXY_ONLY:-https://proxy.golang.org}"
+
+# go_install_cached NAME BIN MODULE@VERSION PACKAGE@VERSION [GO FLAGS...]: a Go build from
+# the module proxy, cached by version under ${SLUICE_CACHE}/bin. The download runs first,
+# outside the build lock; the compile under it.
 go_install_cached() {
-  local name="$1" bin="$2" module="$3"
-  shift 3
+  local name="$1" bin="$2" module="$3" package="$4"
+  shift 4
   [[ -x "${bin}" ]] && return 0
   local logfile="${LOG_DIR}/build-${name}.log" tmp
   tmp="$(mktemp -d)"
-  log "building ${name} (${module}) into $(dirname "${bin}")"
-  (cd "${tmp}" && GOFLAGS=-mod=mod go mod download "${module}" >>"${logfile}" 2>&1) || true
+  log "building ${name} (${package}) into $(dirname "${bin}")"
+  (cd "${tmp}" && GOFLAGS=-mod=mod go mod download "${module}" >>"${logfile}" 2>&1) ||
+    fail_component "download ${name}" "${logfile}" "go mod download ${module} failed (GOPROXY=${GOPROXY})"
   (cd "${tmp}" && GOBIN="${tmp}" CGO_ENABLED=0 GOFLAGS=-mod=mod run_with_progress "build ${name}" "${logfile}" 1800 \
-    flock -w 3600 "${SLUICE_BUILD_LOCK}" go install "$@" "${module}")
+    flock -w 3600 "${SLUICE_BUILD_LOCK}" go install "$@" "${package}")
   mkdir -p "$(dirname "${bin}")"
   mv -f "${tmp}/$(basename "${bin}")" "${bin}"
   rm -rf "${tmp}"
@@ -148,8 +154,10 @@ go_install_cached() {
 
 ensure_tools_built() {
   go_install_cached local-path-provisioner "${LOCAL_PATH_BIN}" \
+    "github.com/rancher/local-path-provisioner@${LOCAL_PATH_VERSION}" \
     "github.com/rancher/local-path-provisioner@${LOCAL_PATH_VERSION}"
-  go_install_cached crictl "${CRICTL_BIN}" "sigs.k8s.io/cri-tools/cmd/crictl@${CRICTL_VERSION}" \
+  go_install_cached crictl "${CRICTL_BIN}" "sigs.k8s.io/cri-tools@${CRICTL_VERSION}" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@${CRICTL_VERSION}" \
     -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=${CRICTL_VERSION}"
 }
 
@@ -218,7 +226,7 @@ ensure_node_pki() {
 # With --authorization-mode=Node the kubelet's identity is authorized by the Node authorizer;
 # with RBAC alone it needs the system:node role (kubeadm did this before the Node authorizer).
 ensure_node_rbac() {
-  if kube auth can-i get nodes --as="system:node:${NODE_NAME}" --as-group=system:nodes >/dev/null 2>&1; then
+  if kube auth can-i get "nodes/${NODE_NAME}" --as="system:node:${NODE_NAME}" --as-group=system:nodes >/dev/null 2>&1; then
     return 0
   fi
   log "the API server does not authorize system:nodes by itself: binding ClusterRole system:node"
@@ -396,9 +404,10 @@ remove_pods_via_cri() {
 
 # Shims started by our containerd carry our socket in their command line.
 kill_our_shims() {
-  local pid cmdline
-  for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-    cmdline="$({ tr '\0' ' ' <"/proc/${pid}/cmdline"; } 2>/dev/null || true)"
+  local dir pid cmdline
+  for dir in /proc/[0-9]*; do
+    pid="${dir#/proc/}"
+    cmdline="$({ tr '\0' ' ' <"${dir}/cmdline"; } 2>/dev/null || true)"
     [[ "${cmdline}" == *containerd-shim*"${CONTAINERD_SOCK}"* ]] || continue
     log "killing leftover shim pid ${pid}"
     kill -KILL "${pid}" 2>/dev/null || true
@@ -426,9 +435,10 @@ remove_our_netns() {
 unmount_under() {
   local dir="$1" m
   # Deepest first; lazy unmount as a last resort for busy mounts.
-  for m in $(awk -v d="${dir}" '$2 == d || index($2, d "/") == 1 {print $2}' /proc/self/mounts | sort -r); do
+  while read -r m; do
+    [[ -n "${m}" ]] || continue
     umount "${m}" 2>/dev/null || umount -l "${m}" 2>/dev/null || log "could not unmount ${m}"
-  done
+  done < <(awk -v d="${dir}" '$2 == d || index($2, d "/") == 1 {print $2}' /proc/self/mounts | sort -r)
 }
 
 # iptables chains created by kube-proxy/kubelet (KUBE-*), CNI plugins (CNI-*) and this
@@ -457,8 +467,20 @@ flush_iptables() {
   done
 }
 
+# Container processes left behind (a crashed containerd or shim leaves them running) are
+# found by their cgroup: everything under kubepods is a pod's. Then the cgroups go.
 remove_cgroups() {
-  local hierarchy
+  local hierarchy pids
+  for _ in 1 2 3 4 5; do
+    pids="$(cat /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs \
+      /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs \
+      2>/dev/null | sort -u | tr '\n' ' ' || true)"
+    [[ -n "${pids// /}" ]] || break
+    log "killing leftover pod processes: ${pids}"
+    # shellcheck disable=SC2086
+    kill -KILL ${pids} 2>/dev/null || true
+    sleep 1
+  done
   for hierarchy in /sys/fs/cgroup/*/; do
     [[ -d "${hierarchy}kubepods" ]] || continue
     find "${hierarchy}kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null || true

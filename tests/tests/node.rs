@@ -32,10 +32,13 @@ use rdkafka::message::Message;
 const POD_START: Duration = Duration::from_secs(180);
 const PVC_BOUND: Duration = Duration::from_secs(120);
 
-/// The StatefulSet's container: checks the worker binary starts (its shared libraries are
-/// in the image), then records an identity on the volume once and a line per boot.
+/// The StatefulSet's container: checks the worker binary can be loaded (every shared library
+/// it needs is in the image), then records an identity on the volume once and a line per
+/// boot.
 const WORKER_SCRIPT: &str = r#"set -eu
-/usr/local/bin/sluice-worker --version >/dev/null 2>&1 || { echo "sluice-worker does not run in this image"; exit 1; }
+if ! libs=$(/lib64/ld-linux-x86-64.so.2 --list /usr/local/bin/sluice-worker 2>&1) || echo "$libs" | grep -q 'not found'; then
+  echo "sluice-worker cannot be loaded in this image: $libs"; exit 1
+fi
 d=/var/lib/sluice
 [ -f "$d/identity" ] || echo "$HOSTNAME-$(cat /proc/sys/kernel/random/uuid)" > "$d/identity"
 echo "$HOSTNAME" >> "$d/boots"
