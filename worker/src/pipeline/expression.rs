@@ -496,4 +496,82 @@ mod tests {
             }
         }
     }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            (-3i64..3).prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e3f64..1e3).prop_map(Value::from),
+            prop_oneof![Just(0.0), Just(-0.0), Just(2.0), Just(1e19), Just(-2.5)]
+                .prop_map(Value::from),
+            "[a-c]{0,2}".prop_map(Value::from),
+            any::<bool>().prop_map(Value::from),
+            Just(Value::Null),
+            Just(json!([1, "a"])),
+            Just(json!({"k": 1})),
+        ]
+    }
+
+    fn literal_source() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (-3i64..3).prop_map(|integer| integer.to_string()),
+            any::<i64>().prop_map(|integer| integer.to_string()),
+            (0u64..3).prop_map(|unsigned| format!("{unsigned}u")),
+            Just("18446744073709551615u".to_string()),
+            prop_oneof![
+                Just("0.0"),
+                Just("2.0"),
+                Just("-2.5"),
+                Just("1e19"),
+                Just("150.0")
+            ]
+            .prop_map(String::from),
+            "[a-c]{0,2}".prop_map(|text| format!("'{text}'")),
+            any::<bool>().prop_map(|boolean| boolean.to_string()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The native fast path gives exactly what CEL gives: the same value, or an error
+        /// in both, for every shape it takes over.
+        #[test]
+        fn the_native_path_agrees_with_cel(
+            value in json_value(),
+            operator in proptest::sample::select(vec!["==", "!=", "<", "<=", ">", ">="]),
+            literal in literal_source(),
+            literal_first in proptest::bool::ANY,
+            present in proptest::bool::ANY,
+        ) {
+            let source = if literal_first {
+                format!("{literal} {operator} event.x")
+            } else {
+                format!("event.x {operator} {literal}")
+            };
+            let expression = Expression {
+                source: source.clone(),
+                event_fields: Some(["x".to_string()].into_iter().collect()),
+            };
+            let mut native = CompiledExpression::compile(&expression).unwrap();
+            let mut cel = CompiledExpression::compile_cel_only(&expression).unwrap();
+            proptest::prop_assert!(native.is_native(), "{} is not native", source);
+            let mut event = Map::new();
+            if present {
+                event.insert("x".to_string(), value.clone());
+            }
+            let native_result = native.evaluate(&event).map(Cow::into_owned);
+            let cel_result = cel.evaluate(&event).map(Cow::into_owned);
+            proptest::prop_assert_eq!(
+                native_result.as_ref().ok(),
+                cel_result.as_ref().ok(),
+                "{} with x = {}: native {:?}, CEL {:?}",
+                source,
+                value,
+                native_result,
+                cel_result
+            );
+        }
+    }
 }
