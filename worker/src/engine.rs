@@ -25,6 +25,7 @@ use crate::state::{KeyedWindowState, StateStore};
 use crate::time::Millis;
 use crate::time::event_time::{EventTimeError, format_rfc3339};
 use crate::time::watermark::WatermarkTracker;
+use crate::time::window::WindowRange;
 
 /// Settings of an engine that are not in the StreamJob.
 #[derive(Clone, Copy, Debug)]
@@ -50,6 +51,8 @@ pub struct Engine {
     inputs: Vec<Option<Number128>>,
     results: Vec<WindowResult>,
     output_names: Vec<String>,
+    /// The last window formatted for results, and its formatted bounds.
+    window_bounds: (Option<WindowRange>, String),
 }
 
 impl Engine {
@@ -94,6 +97,7 @@ impl Engine {
             inputs: Vec::new(),
             results: Vec::new(),
             output_names,
+            window_bounds: (None, String::new()),
         })
     }
 
@@ -316,16 +320,22 @@ impl Engine {
     }
 
     /// A result as `{"key", "windowStart", "windowEnd", outputs..., "isUpdate"}`.
-    fn encode_result_directly(&self, result: &WindowResult) -> Vec<u8> {
+    fn encode_result_directly(&mut self, result: &WindowResult) -> Vec<u8> {
+        // Every key of a window fires together: format its bounds once.
+        if self.window_bounds.0 != Some(result.range) {
+            self.window_bounds = (
+                Some(result.range),
+                format!(
+                    ",\"windowStart\":\"{}\",\"windowEnd\":\"{}\"",
+                    format_rfc3339(result.range.start),
+                    format_rfc3339(result.range.end)
+                ),
+            );
+        }
         let mut out = Vec::with_capacity(128 + result.key.len());
         out.extend_from_slice(b"{\"key\":");
         out.extend_from_slice(&result.key);
-        let _ = write!(
-            out,
-            ",\"windowStart\":\"{}\",\"windowEnd\":\"{}\"",
-            format_rfc3339(result.range.start),
-            format_rfc3339(result.range.end)
-        );
+        out.extend_from_slice(self.window_bounds.1.as_bytes());
         for (name, value) in self.output_names.iter().zip(&result.values) {
             out.push(b',');
             let _ = serde_json::to_writer(&mut out, name);
