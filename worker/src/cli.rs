@@ -170,6 +170,15 @@ fn run_local(args: &LocalArgs, log_format: LogFormat) -> anyhow::Result<ExitCode
                     directory.display()
                 )
             })?;
+            let mut entries = std::fs::read_dir(directory).with_context(|| {
+                format!("failed to read the state directory {}", directory.display())
+            })?;
+            if entries.next().is_some() {
+                anyhow::bail!(
+                    "failed to use the state directory {}: it is not empty, and local mode starts from empty state (restoring a checkpoint comes with Kafka mode): remove it or choose another",
+                    directory.display()
+                );
+            }
             directory.clone()
         }
         None => {

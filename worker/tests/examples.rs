@@ -212,3 +212,33 @@ fn every_command_has_help() {
         );
     }
 }
+
+#[test]
+fn a_state_directory_is_used_only_when_empty() {
+    let directory = examples_directory().join("page-views");
+    let state = tempfile::tempdir().unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
+            .args(["local", "--quiet", "--output", "-", "--job"])
+            .arg(directory.join("streamjob.yaml"))
+            .arg("--input")
+            .arg(directory.join("input.jsonl"))
+            .arg("--state-dir")
+            .arg(state.path())
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        std::fs::read_dir(state.path()).unwrap().next().is_some(),
+        "RocksDB files are kept"
+    );
+    let second = run();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("is not empty"));
+}
