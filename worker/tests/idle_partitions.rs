@@ -1,0 +1,86 @@
+//! Watermarks over several partitions through the engine: the slowest partition holds
+//! windows back until it has been idle longer than the idle timeout, measured in the
+//! processing time the caller passes (no clock is read, so this is deterministic).
+
+use serde_json::json;
+use sluice_worker::engine::{Engine, EngineOptions};
+use sluice_worker::io::memory::MemorySink;
+use sluice_worker::io::{Position, SourceRecord};
+use sluice_worker::metrics::Metrics;
+use sluice_worker::state::MemoryStore;
+
+const MANIFEST: &str = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: idle
+spec:
+  kafka:
+    bootstrapServers: kafka:9092
+  source:
+    topics: [in]
+    eventTime:
+      field: ts
+      format: unixMillis
+    watermark:
+      maxOutOfOrderness: 1s
+      idleTimeout: 30s
+  pipeline:
+    - keyBy: "event.user"
+    - window:
+        tumbling:
+          size: 10s
+    - aggregate:
+        n:
+          function: count
+  sink:
+    topic: out
+"#;
+
+fn send(engine: &mut Engine, sink: &mut MemorySink, partition: u32, time: i64, now: i64) {
+    let payload = format!("{{\"user\":\"u\",\"ts\":{time}}}");
+    let position = Position::Kafka {
+        topic: "in".into(),
+        partition: i32::try_from(partition).unwrap(),
+        offset: 0,
+    };
+    let record = SourceRecord {
+        partition,
+        position: &position,
+        payload: payload.as_bytes(),
+    };
+    engine.process(record, now, sink).unwrap();
+}
+
+#[test]
+fn an_idle_partition_stops_holding_windows_back() {
+    let (_, checked) = sluice_crds::load_manifest(MANIFEST).unwrap();
+    let mut engine = Engine::new(
+        &checked,
+        Box::new(MemoryStore::default()),
+        EngineOptions::default(),
+        Metrics::default(),
+    )
+    .unwrap();
+    let mut sink = MemorySink::default();
+    send(&mut engine, &mut sink, 0, 1_000, 0);
+    send(&mut engine, &mut sink, 1, 2_000, 0);
+    // Partition 0 moves on to 25s; partition 1 stays at 2s: the watermark stays at 1s.
+    send(&mut engine, &mut sink, 0, 25_000, 10_000);
+    assert!(sink.results.is_empty());
+    assert_eq!(engine.watermark(), 1_000);
+    // 20s of processing time later partition 1 is not idle yet (timeout 30s).
+    engine.advance(20_000, &mut sink).unwrap();
+    assert!(sink.results.is_empty());
+    // After 30s without records it is idle: the watermark follows partition 0 alone.
+    engine.advance(30_001, &mut sink).unwrap();
+    assert_eq!(engine.watermark(), 24_000);
+    let results = sink.result_values();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["windowEnd"], json!("1970-01-01T00:00:10Z"));
+    assert_eq!(results[0]["n"], json!(2));
+    // Partition 1 comes back behind the watermark: its event is late, nothing else moves.
+    send(&mut engine, &mut sink, 1, 3_000, 31_000);
+    assert_eq!(sink.late.len(), 1);
+    assert_eq!(engine.watermark(), 24_000);
+}
