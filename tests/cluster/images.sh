@@ -268,7 +268,7 @@ list_images() {
 # matters) are written, keep only the base image (the FROM of the sluice images).
 prune_storage() {
   local base_id id
-  base_id="$(bh images --noheading --no-trunc --format '{{.ID}}' "${BASE_IMAGE_REF}" 2>/dev/null | head -n 1)"
+  base_id="$(bh images --noheading --no-trunc --format '{{.ID}}' "${BASE_IMAGE_REF}" 2>/dev/null | head -n 1 || true)"
   for id in $(bh images --all --noheading --no-trunc --format '{{.ID}}' 2>/dev/null | sort -u); do
     [[ "${id}" == "${base_id}" ]] || bh rmi --force "${id}" >/dev/null 2>&1 || true
   done

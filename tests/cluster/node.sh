@@ -91,6 +91,9 @@ render() {
 POD_RANGE_START="${SLUICE_POD_CIDR%.*}.2"
 POD_RANGE_END="${SLUICE_POD_CIDR%.*}.254"
 
+# Note: with pipefail, `cmd | grep -q` fails when grep exits at the first match and cmd
+# then dies of SIGPIPE; pipelines here use `grep ... >/dev/null`, which reads everything.
+
 # ---------------------------------------------------------------------------------------
 # Prerequisites
 
@@ -166,7 +169,7 @@ ensure_network() {
     log "bridge ${SLUICE_BRIDGE} is missing (cluster.sh normally creates it): creating it"
     ip link add "${SLUICE_BRIDGE}" type bridge
   fi
-  if ! ip -4 addr show dev "${SLUICE_BRIDGE}" | grep -q "inet ${SLUICE_BRIDGE_IP}/"; then
+  if ! ip -4 addr show dev "${SLUICE_BRIDGE}" | grep "inet ${SLUICE_BRIDGE_IP}/" >/dev/null; then
     ip addr add "${SLUICE_BRIDGE_IP}/${SLUICE_POD_CIDR#*/}" dev "${SLUICE_BRIDGE}"
   fi
   ip link set "${SLUICE_BRIDGE}" up
@@ -278,7 +281,7 @@ start_containerd() {
     cri_plugin_ok
 }
 
-cri_plugin_ok() { node_ctr plugins ls 2>/dev/null | grep -qE 'io\.containerd\.grpc\.v1 +cri +[^ ]+ +ok'; }
+cri_plugin_ok() { node_ctr plugins ls 2>/dev/null | grep -E 'io\.containerd\.grpc\.v1 +cri +[^ ]+ +ok' >/dev/null; }
 
 import_images() {
   log "building/fetching the node's images from ${SLUICE_CACHE}/images"
@@ -287,7 +290,7 @@ import_images() {
   # by the binaries' hash: seconds when nothing changed).
   bash "${HERE}/images.sh" sluice-if-built
   bash "${HERE}/images.sh" import
-  node_ctr images ls -q | grep -qx "${PAUSE_IMAGE}" ||
+  node_ctr images ls -q | grep -x "${PAUSE_IMAGE}" >/dev/null ||
     die "pause image ${PAUSE_IMAGE} is not in the node's containerd after import"
 }
 
@@ -333,7 +336,8 @@ start_kube_proxy() {
 }
 
 kubernetes_service_routed() {
-  iptables -t nat -S KUBE-SERVICES 2>/dev/null | grep -q -- "-d ${SLUICE_KUBERNETES_SERVICE_IP}/32 .*--dport 443"
+  iptables -t nat -S KUBE-SERVICES 2>/dev/null |
+    grep -- "-d ${SLUICE_KUBERNETES_SERVICE_IP}/32 .*--dport 443" >/dev/null
 }
 
 start_provisioner() {
@@ -419,8 +423,8 @@ remove_our_netns() {
   local ns prefix="${SLUICE_POD_CIDR%.*}."
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
     [[ "${ns}" == cni-* ]] || continue
-    if ip netns exec "${ns}" ip -4 -o addr 2>/dev/null | grep -q "inet ${prefix}" ||
-      ! ip netns exec "${ns}" ip -o link 2>/dev/null | grep -q 'eth0'; then
+    if ip netns exec "${ns}" ip -4 -o addr 2>/dev/null | grep "inet ${prefix}" >/dev/null ||
+      ! ip netns exec "${ns}" ip -o link 2>/dev/null | grep 'eth0' >/dev/null; then
       ip netns delete "${ns}" 2>/dev/null || umount "/run/netns/${ns}" 2>/dev/null || true
       rm -f "/run/netns/${ns}"
     fi
