@@ -241,13 +241,17 @@ import_all() {
     log "  they are imported by 'bash tests/cluster/node.sh up' or 'images.sh import'"
     return 0
   fi
-  local archive digest present n=0 skipped=0
+  local archive index name digest present n=0 skipped=0
   present="$(node_ctr images ls 2>/dev/null || true)"
   for archive in "${IMAGES_DIR}"/*.oci.tar; do
     [[ -s "${archive}" ]] || continue
-    # The manifest digest named by the archive's index: already there means nothing to do.
-    digest="$(tar -xOf "${archive}" index.json 2>/dev/null | grep -o 'sha256:[0-9a-f]\{64\}' | head -n 1 || true)"
-    if [[ -n "${digest}" ]] && grep -qF "${digest}" <<<"${present}"; then
+    # The image name and manifest digest in the archive's index: when containerd has that
+    # name at that digest already, there is nothing to do.
+    index="$(tar -xOf "${archive}" index.json 2>/dev/null || true)"
+    name="$(grep -o '"org.opencontainers.image.ref.name":"[^"]*"' <<<"${index}" | head -n 1 | cut -d'"' -f4 || true)"
+    digest="$(grep -o 'sha256:[0-9a-f]\{64\}' <<<"${index}" | head -n 1 || true)"
+    if [[ -n "${name}" && -n "${digest}" ]] &&
+      awk -v n="${name}" -v d="${digest}" '$1 == n && $3 == d {found = 1} END {exit !found}' <<<"${present}"; then
       skipped=$((skipped + 1))
       continue
     fi

@@ -5,7 +5,8 @@
 //! They run against the local cluster (`bash tests/cluster/cluster.sh up`) or any cluster
 //! named by `KUBECONFIG` whose node has the images loaded (`SLUICE_*_IMAGE` override the
 //! image names, `SLUICE_KAFKA_BOOTSTRAP[_POD]` the broker addresses). Without a Ready node
-//! they fail, they never skip.
+//! they fail, they never skip. Images are never pulled (`imagePullPolicy: Never`): load them
+//! into the node first (`bash tests/cluster/images.sh`, or `kind load` on kind).
 
 mod common_node;
 
@@ -64,7 +65,7 @@ fn worker_statefulset(env: &NodeEnv) -> Result<StatefulSet> {
                     "containers": [{
                         "name": "worker",
                         "image": env.worker_image,
-                        "imagePullPolicy": "IfNotPresent",
+                        "imagePullPolicy": "Never",
                         "command": ["/bin/sh", "-c", WORKER_SCRIPT],
                         "readinessProbe": {
                             "exec": { "command": ["test", "-f", "/tmp/ready"] },
@@ -122,8 +123,11 @@ async fn ready_worker(
             if old_uid == Some(uid.as_str()) {
                 bail!("pod {name} is still the old pod {uid}");
             }
+            if let Some(reason) = common_node::stuck_reason(&pod) {
+                return Ok(Some(Err(reason)));
+            }
             if pod_is_ready(&pod) {
-                Ok(Some(uid))
+                Ok(Some(Ok(uid)))
             } else {
                 bail!(
                     "pod {name} ({uid}) not Ready: phase {}",
@@ -134,7 +138,11 @@ async fn ready_worker(
     )
     .await;
     let uid = match waited {
-        Ok(uid) => uid,
+        Ok(Ok(uid)) => uid,
+        Ok(Err(reason)) => bail!(
+            "pod {ns}/{name} {reason}\n{}",
+            describe_pod(client, ns, name).await
+        ),
         Err(err) => bail!("{err:#}\n{}", describe_pod(client, ns, name).await),
     };
     let log = pods
@@ -252,7 +260,7 @@ async fn pods_reach_the_api_server_through_the_kubernetes_service() -> Result<()
             "containers": [{
                 "name": "probe",
                 "image": env.base_image,
-                "imagePullPolicy": "IfNotPresent",
+                "imagePullPolicy": "Never",
                 "command": ["timeout", "20", "bash", "-c", script],
             }],
         },
@@ -289,7 +297,7 @@ async fn pods_reach_each_other_through_a_cluster_ip_service() -> Result<()> {
             "containers": [{
                 "name": "echo",
                 "image": env.tools_image,
-                "imagePullPolicy": "IfNotPresent",
+                "imagePullPolicy": "Never",
                 "command": ["/bin/sh", "-c", server],
                 "ports": [{ "containerPort": 8080 }],
                 "readinessProbe": { "tcpSocket": { "port": 8080 }, "periodSeconds": 1 },
@@ -319,15 +327,23 @@ async fn pods_reach_each_other_through_a_cluster_ip_service() -> Result<()> {
         .context("Service echo has no ClusterIP")?;
     let waited = wait_for("pod echo to be Ready", POD_START, || async {
         let pod = pods.get("echo").await?;
+        if let Some(reason) = common_node::stuck_reason(&pod) {
+            return Ok(Some(Err(reason)));
+        }
         if pod_is_ready(&pod) {
-            Ok(Some(()))
+            Ok(Some(Ok(())))
         } else {
             bail!("phase {}", common_node::pod_phase(&pod))
         }
     })
     .await;
-    if let Err(err) = waited {
-        bail!("{err:#}\n{}", describe_pod(&env.client, ns, "echo").await);
+    match waited {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => bail!(
+            "pod {ns}/echo {reason}\n{}",
+            describe_pod(&env.client, ns, "echo").await
+        ),
+        Err(err) => bail!("{err:#}\n{}", describe_pod(&env.client, ns, "echo").await),
     }
 
     let client = r#"for i in $(seq 1 30); do
@@ -348,7 +364,7 @@ echo "no answer from $SERVICE_IP:80"; exit 1
             "containers": [{
                 "name": "client",
                 "image": env.tools_image,
-                "imagePullPolicy": "IfNotPresent",
+                "imagePullPolicy": "Never",
                 "command": ["/bin/sh", "-c", client],
                 "env": [{ "name": "SERVICE_IP", "value": cluster_ip }],
             }],
@@ -475,7 +491,7 @@ async fn controller_image_lists_streamjobs_with_in_cluster_config() -> Result<()
             "containers": [{
                 "name": "controller",
                 "image": env.controller_image,
-                "imagePullPolicy": "IfNotPresent",
+                "imagePullPolicy": "Never",
                 "args": ["doctor"],
                 "env": [
                     { "name": "RUST_LOG", "value": "info" },
@@ -548,7 +564,7 @@ echo "produced to $TOPIC via $BOOTSTRAP"
             "containers": [{
                 "name": "kcat",
                 "image": env.tools_image,
-                "imagePullPolicy": "IfNotPresent",
+                "imagePullPolicy": "Never",
                 "command": ["timeout", "60", "/bin/sh", "-c", script],
                 "env": [
                     { "name": "BOOTSTRAP", "value": env.kafka_bootstrap_pod },

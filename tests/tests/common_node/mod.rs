@@ -329,6 +329,31 @@ fn indent(text: &str) -> String {
         .join("\n")
 }
 
+/// Container states that never resolve by waiting (a missing image with pull policy Never,
+/// a bad spec): a wait for the pod fails at once with this reason instead of at its deadline.
+pub fn stuck_reason(pod: &Pod) -> Option<String> {
+    const STUCK: [&str; 5] = [
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    ];
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    statuses.iter().find_map(|cs| {
+        let waiting = cs.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref()?;
+        STUCK.contains(&reason).then(|| {
+            format!(
+                "is stuck: container {} {reason}: {} (images are never pulled: \
+                 `bash tests/cluster/images.sh` builds and imports them)",
+                cs.name,
+                waiting.message.clone().unwrap_or_default()
+            )
+        })
+    })
+}
+
 /// Waits until pod `name` has finished, returning its log; fails with the pod's account if
 /// it failed or did not finish in time.
 pub async fn wait_pod_succeeded(
@@ -343,23 +368,24 @@ pub async fn wait_pod_succeeded(
         timeout,
         || async {
             let pod = pods.get(name).await?;
+            if let Some(reason) = stuck_reason(&pod) {
+                return Ok(Some(Err(reason)));
+            }
             match pod_phase(&pod).as_str() {
-                "Succeeded" => Ok(Some(true)),
-                "Failed" => Ok(Some(false)),
+                "Succeeded" => Ok(Some(Ok(()))),
+                "Failed" => Ok(Some(Err("failed".to_string()))),
                 phase => bail!("phase {phase}"),
             }
         },
     )
     .await;
-    let succeeded = match outcome {
-        Ok(s) => s,
-        Err(err) => bail!("{err:#}\n{}", describe_pod(client, namespace, name).await),
-    };
-    if !succeeded {
-        bail!(
-            "pod {namespace}/{name} failed\n{}",
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => bail!(
+            "pod {namespace}/{name} {reason}\n{}",
             describe_pod(client, namespace, name).await
-        );
+        ),
+        Err(err) => bail!("{err:#}\n{}", describe_pod(client, namespace, name).await),
     }
     pods.logs(name, &LogParams::default())
         .await
