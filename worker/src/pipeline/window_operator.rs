@@ -194,6 +194,8 @@ impl WindowOperator {
         let ranges: Vec<WindowRange> = windows.iter().map(|window| window.range).collect();
         let (merged, absorbed) = merge_session(&ranges, new);
         if merged.end.saturating_add(allowed_lateness) <= watermark {
+            // (lets the cache drop the key again if it has no session)
+            self.state.windows_changed(key, 0, &[]);
             return Ok(Admission::Late { window: merged });
         }
         merged_state.range = merged;
