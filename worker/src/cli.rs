@@ -67,7 +67,8 @@ pub struct LocalArgs {
     /// Where late events go (same envelope, reason "late"); absent: counted only.
     #[arg(long)]
     pub late: Option<PathBuf>,
-    /// Directory for the RocksDB state; absent: a temporary directory, removed at the end.
+    /// Directory for the RocksDB state, which must be empty (local mode starts from empty
+    /// state) and is kept after the run; absent: a temporary directory, removed at the end.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// About how many windows the in-memory state cache holds before evicting to RocksDB.
