@@ -292,13 +292,20 @@ main() {
       ;;
     sluice) build_sluice ;;
     sluice-if-built)
-      # For node.sh up: the sluice images when the release binaries exist, else a note.
-      if [[ -x "${TARGET_DIR}/release/sluice-worker" && -x "${TARGET_DIR}/release/sluice-controller" ]]; then
-        build_sluice
-      else
-        log "no release binaries in ${TARGET_DIR}/release: sluice-worker/controller images not built"
-        log "  build them (cargo build --release) and run 'bash tests/cluster/images.sh'"
-      fi
+      # For node.sh up: each sluice image whose release binary exists, else a note.
+      ensure_tools
+      build_rootfs_image sluice-base "${BASE_IMAGE_REF}" "${BASE_PACKAGES}"
+      local comp ref
+      for comp in worker controller; do
+        ref="localhost/sluice-${comp}:dev"
+        if [[ -x "${TARGET_DIR}/release/sluice-${comp}" ]]; then
+          build_sluice_image "${comp}" "${ref}"
+        else
+          log "no ${TARGET_DIR}/release/sluice-${comp}: image ${ref} not built; after"
+          log "  'cargo build --release -p sluice-${comp}' run 'bash tests/cluster/images.sh' (make images)"
+        fi
+      done
+      prune_storage
       ;;
     import) import_all ;;
     list) list_images ;;
