@@ -94,8 +94,32 @@ pub struct CompiledPipeline {
     pub sink_key: Option<CompiledExpression>,
 }
 
+/// The most windows a sliding window may put one event in (`size / slide`): beyond it a
+/// single event would cost thousands of state updates.
+pub const MAX_WINDOWS_PER_EVENT: i64 = 1000;
+
+/// Why a checked job cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// An expression did not compile.
+    #[error(transparent)]
+    Expression(#[from] CompileError),
+    /// A sliding window whose slide is tiny next to its size.
+    #[error(
+        "failed to compile the window: a sliding window of size {size}ms and slide {slide}ms puts each event in {windows} windows, more than {MAX_WINDOWS_PER_EVENT}: use a larger slide"
+    )]
+    TooManyWindows {
+        /// The size.
+        size: Millis,
+        /// The slide.
+        slide: Millis,
+        /// Windows per event.
+        windows: i64,
+    },
+}
+
 /// Compiles a checked job: every CEL expression is parsed here, once.
-pub fn compile(job: &CheckedJob) -> Result<CompiledPipeline, CompileError> {
+pub fn compile(job: &CheckedJob) -> Result<CompiledPipeline, PipelineError> {
     let spec = &job.spec;
     let mut before_window = Vec::new();
     let mut after_window = Vec::new();
@@ -132,8 +156,19 @@ pub fn compile(job: &CheckedJob) -> Result<CompiledPipeline, CompileError> {
                         },
                         allowed_lateness: std::time::Duration::ZERO,
                     });
+                let assigner: WindowAssigner = checked.kind.into();
+                if let WindowAssigner::Sliding { size, slide } = assigner {
+                    let windows = (size + slide - 1) / slide;
+                    if windows > MAX_WINDOWS_PER_EVENT {
+                        return Err(PipelineError::TooManyWindows {
+                            size,
+                            slide,
+                            windows,
+                        });
+                    }
+                }
                 window = Some(CompiledWindow {
-                    assigner: checked.kind.into(),
+                    assigner,
                     allowed_lateness: duration_millis(checked.allowed_lateness),
                     outputs: outputs
                         .iter()
@@ -295,6 +330,48 @@ pub fn aggregate_inputs(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn refuses_sliding_windows_with_too_many_windows_per_event() {
+        let manifest = |slide: &str| {
+            format!(
+                r#"
+apiVersion: sluice.dev/v1alpha1
+kind: StreamJob
+metadata:
+  name: sliding
+spec:
+  kafka:
+    bootstrapServers: kafka:9092
+  source:
+    topics: [in]
+    eventTime:
+      field: ts
+  pipeline:
+    - keyBy: "event.user"
+    - window:
+        sliding:
+          size: 1h
+          slide: {slide}
+    - aggregate:
+        n:
+          function: count
+  sink:
+    topic: out
+"#
+            )
+        };
+        let cases = [
+            ("4s", true),
+            ("3600ms", true),
+            ("3599ms", false),
+            ("1ms", false),
+        ];
+        for (slide, compiles) in cases {
+            let (_, checked) = sluice_crds::load_manifest(&manifest(slide)).unwrap();
+            assert_eq!(compile(&checked).is_ok(), compiles, "slide {slide}");
+        }
+    }
 
     #[test]
     fn keys_are_canonical_json_of_scalars() {
