@@ -98,10 +98,10 @@ POD_RANGE_END="${SLUICE_POD_CIDR%.*}.254"
 # Prerequisites
 
 ensure_packages() {
-  local missing=() cmd pkg
+  local missing=() cmd pkg pair
   for pair in containerd:containerd runc:runc iptables:iptables conntrack:conntrack \
     buildah:buildah mmdebstrap:mmdebstrap ip:iproute2 nsenter:util-linux gcc:gcc \
-    openssl:openssl; do
+    openssl:openssl curl:curl; do
     cmd="${pair%%:*}" pkg="${pair#*:}"
     command -v "${cmd}" >/dev/null || missing+=("${pkg}")
   done
