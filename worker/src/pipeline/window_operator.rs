@@ -253,6 +253,16 @@ impl WindowOperator {
             for timer in timers {
                 let allowed_lateness = self.allowed_lateness;
                 let range = timer.range();
+                // The expiry of an evicted window deletes it without reading it back. (Not
+                // for sessions: a merged-away session leaves a stale timer.)
+                if timer.kind == TimerKind::Expire
+                    && !self.assigner.is_merging()
+                    && !self.state.is_cached(&timer.key)
+                {
+                    self.state
+                        .delete_stored_window(timer.key_group, &timer.key, range);
+                    continue;
+                }
                 let windows = self.state.windows_mut(timer.key_group, &timer.key)?;
                 // A timer of a window merged away or already expired is stale: skip it.
                 let Some(index) = windows.iter().position(|window| window.range == range) else {
@@ -292,6 +302,7 @@ impl WindowOperator {
                         self.state.windows_changed(&timer.key, 0, &[range]);
                     }
                 }
+                self.state.release(&timer.key);
             }
         }
     }

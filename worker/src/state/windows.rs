@@ -242,8 +242,9 @@ pub struct KeyedWindowState {
     epoch: u64,
     /// Timers of cached keys.
     timers: MemoryTimers,
-    /// Deletes of processed store timers, written with the next batch.
-    pending_timer_deletes: StateBatch,
+    /// Deletes of processed store timers and of windows expired in the store, written
+    /// with the next batch and always before the store is read.
+    pending_deletes: StateBatch,
     /// Store timers below this key were processed (and deleted).
     timers_from: Vec<u8>,
     /// The earliest timer in the store not yet processed (`None`: none).
@@ -266,7 +267,7 @@ impl KeyedWindowState {
             cache_capacity: cache_capacity.max(1),
             epoch: 0,
             timers: MemoryTimers::default(),
-            pending_timer_deletes: StateBatch::default(),
+            pending_deletes: StateBatch::default(),
             timers_from: Vec::new(),
             next_store_timer: None,
             stored_keys: FxHashMap::default(),
@@ -326,6 +327,35 @@ impl KeyedWindowState {
         Ok(&mut entry.windows)
     }
 
+    /// Whether a key is in the cache.
+    pub fn is_cached(&self, key: &[u8]) -> bool {
+        self.cache.contains_key(key)
+    }
+
+    /// Deletes a window of a key that is not cached straight from the store, without
+    /// reading it (an expiry: the window is known to be stored).
+    pub fn delete_stored_window(&mut self, key_group: KeyGroup, key: &[u8], range: WindowRange) {
+        let mut state_key = Vec::new();
+        layout::window_key(key_group, key, range, &mut state_key);
+        self.pending_deletes.delete(Column::Windows, state_key);
+        let hash = key_hash(key);
+        if let Some(count) = self.stored_keys.get_mut(&hash) {
+            *count -= 1;
+            if *count == 0 {
+                self.stored_keys.remove(&hash);
+            }
+        }
+        self.open_windows -= 1;
+    }
+
+    /// Marks a key as the first to evict: it was only loaded to fire or expire a window,
+    /// and is less likely to be needed soon than the keys events touched.
+    pub fn release(&mut self, key: &[u8]) {
+        if let Some(entry) = self.cache.get_mut(key) {
+            entry.last_used = 0;
+        }
+    }
+
     /// Records that a key gained `added` windows and lost the `removed` ones (their
     /// timers are dropped and their store entries deleted).
     pub fn windows_changed(&mut self, key: &[u8], added: usize, removed: &[WindowRange]) {
@@ -364,6 +394,7 @@ impl KeyedWindowState {
     }
 
     fn load(&mut self, key_group: KeyGroup, key: &[u8]) -> Result<Vec<WindowState>, StateError> {
+        self.flush_pending_deletes()?;
         layout::key_prefix(key_group, key, &mut self.scratch);
         let prefix_length = self.scratch.len();
         let entries = self.store.scan_prefix(Column::Windows, &self.scratch)?;
@@ -392,7 +423,7 @@ impl KeyedWindowState {
         write_all: bool,
         mut evict: impl FnMut(&CachedKey) -> bool,
     ) -> Result<(), StateError> {
-        let mut batch = std::mem::take(&mut self.pending_timer_deletes);
+        let mut batch = std::mem::take(&mut self.pending_deletes);
         let mut value = Vec::new();
         let mut evicted_windows = 0;
         let stored_keys = &mut self.stored_keys;
@@ -526,7 +557,7 @@ impl KeyedWindowState {
         let mut from_store = Vec::new();
         let mut store_exhausted = true;
         if self.next_store_timer.is_some_and(|next| next <= watermark) {
-            self.flush_timer_deletes()?;
+            self.flush_pending_deletes()?;
             let upper = watermark
                 .checked_add(1)
                 .map(|after| layout::time_bytes(after).to_vec());
@@ -543,7 +574,7 @@ impl KeyedWindowState {
                     message: format!("malformed timer of {} bytes", timer_key.len()),
                 })?;
                 from_store.push(timer);
-                self.pending_timer_deletes
+                self.pending_deletes
                     .delete(Column::Timers, timer_key.clone());
             }
             if let Some(last) = keys.last() {
@@ -551,7 +582,7 @@ impl KeyedWindowState {
                 self.timers_from.push(0);
             }
             if store_exhausted {
-                self.flush_timer_deletes()?;
+                self.flush_pending_deletes()?;
                 let next = self
                     .store
                     .scan_keys(Column::Timers, &self.timers_from, None, 1)?;
@@ -594,9 +625,9 @@ impl KeyedWindowState {
         Ok(merged)
     }
 
-    fn flush_timer_deletes(&mut self) -> Result<(), StateError> {
-        if !self.pending_timer_deletes.is_empty() {
-            let batch = std::mem::take(&mut self.pending_timer_deletes);
+    fn flush_pending_deletes(&mut self) -> Result<(), StateError> {
+        if !self.pending_deletes.is_empty() {
+            let batch = std::mem::take(&mut self.pending_deletes);
             self.store.write(batch)?;
         }
         Ok(())
@@ -606,13 +637,13 @@ impl KeyedWindowState {
     /// cached keys stay in memory: a checkpoint also records them, in the next issue).
     pub fn checkpoint(&mut self) -> Result<(), StateError> {
         self.write_back(true, |_| false)?;
-        self.flush_timer_deletes()
+        self.flush_pending_deletes()
     }
 
     /// Writes everything back and empties the cache, so the store holds all state.
     pub fn evict_all(&mut self) -> Result<(), StateError> {
         self.write_back(true, |_| true)?;
-        self.flush_timer_deletes()
+        self.flush_pending_deletes()
     }
 
     /// Window entries in the store once the cache is written back: equals
@@ -624,7 +655,7 @@ impl KeyedWindowState {
 
     /// Timers pending, in memory and in the store.
     pub fn count_timers(&mut self) -> Result<u64, StateError> {
-        self.flush_timer_deletes()?;
+        self.flush_pending_deletes()?;
         Ok(self.timers.count as u64 + self.store.count(Column::Timers)?)
     }
 }
