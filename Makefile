@@ -19,7 +19,7 @@ demo: deps ## run the page-views example in local mode (no cluster, no broker)
 	$(CARGO) build $(RELEASE) -p sluice-worker
 	bash hack/demo.sh
 
-test: deps fmt-check clippy crd-check doc unit-test cluster-up e2e-test ## everything CI runs
+test: deps fmt-check clippy crd-check doc unit-test build cluster-up e2e-test ## everything CI runs (the node's images need the built binaries)
 
 deps: ## install the Debian packages builds need (idempotent)
 	bash hack/install-deps.sh

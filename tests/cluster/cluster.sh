@@ -134,6 +134,7 @@ ensure_apiserver() {
       --etcd-keyfile="${PKI_DIR}/apiserver-etcd-client.key" \
       --tls-cert-file="${PKI_DIR}/apiserver.crt" --tls-private-key-file="${PKI_DIR}/apiserver.key" \
       --client-ca-file="${PKI_DIR}/ca.crt" \
+      --kubelet-preferred-address-types=InternalIP \
       --kubelet-client-certificate="${PKI_DIR}/apiserver-kubelet-client.crt" \
       --kubelet-client-key="${PKI_DIR}/apiserver-kubelet-client.key" \
       --service-cluster-ip-range="${SLUICE_SERVICE_CIDR}" \

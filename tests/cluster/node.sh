@@ -180,16 +180,10 @@ ensure_network() {
   sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.ipv4.ip_forward=1
 }
 
-# The API server reaches the kubelet (logs, exec) at the node's first address of the type
-# order --kubelet-preferred-address-types, whose default starts with Hostname: "sluice-node".
-# Without an entry it would ask the host's DNS resolver (off-machine) and fail, so the node
-# name resolves to the bridge address here. Removed by down.
+# The API server reaches the kubelet (logs, exec) by the node's InternalIP
+# (cluster.sh passes --kubelet-preferred-address-types=InternalIP), so the node name needs
+# no DNS. Earlier versions added the name to /etc/hosts; down still removes that line.
 HOSTS_MARKER="# sluice test node (tests/cluster/node.sh)"
-ensure_hosts_entry() {
-  if ! grep -qF "${HOSTS_MARKER}" /etc/hosts; then
-    printf '%s %s %s\n' "${SLUICE_BRIDGE_IP}" "${NODE_NAME}" "${HOSTS_MARKER}" >>/etc/hosts
-  fi
-}
 remove_hosts_entry() {
   if grep -qF "${HOSTS_MARKER}" /etc/hosts 2>/dev/null; then
     # In place (not a rename): /etc/hosts may be a bind mount.
@@ -367,7 +361,6 @@ up() {
   ensure_control_plane
   mkdir -p "${LOG_DIR}" "${PID_DIR}"
   ensure_network
-  ensure_hosts_entry
   ensure_egress_guard
   ensure_tools_built
   ensure_node_pki
