@@ -53,6 +53,8 @@ pub struct Engine {
     output_names: Vec<String>,
     /// The last window formatted for results, and its formatted bounds.
     window_bounds: (Option<WindowRange>, String),
+    /// The result fields the sink key reads (`None`: all).
+    sink_key_fields: Option<Vec<String>>,
 }
 
 impl Engine {
@@ -98,6 +100,11 @@ impl Engine {
             results: Vec::new(),
             output_names,
             window_bounds: (None, String::new()),
+            sink_key_fields: job
+                .sink_key
+                .as_ref()
+                .and_then(|expression| expression.event_fields.as_ref())
+                .map(|fields| fields.iter().cloned().collect()),
         })
     }
 
@@ -276,31 +283,32 @@ impl Engine {
     }
 
     fn emit_result(&mut self, result: &WindowResult, sink: &mut dyn Sink) -> anyhow::Result<()> {
-        if self.pipeline.after_window.is_empty() && self.pipeline.sink_key.is_none() {
+        if self.pipeline.after_window.is_empty() {
+            // The common case: the result is the output. Encode it directly, and give the
+            // sink key only the fields it reads.
             let value = self.encode_result_directly(result);
+            let key = match &mut self.pipeline.sink_key {
+                None => key_bytes_of_canonical(&result.key),
+                Some(expression) => {
+                    let fields =
+                        result_fields(result, &self.output_names, self.sink_key_fields.as_deref());
+                    match expression.evaluate(&fields) {
+                        Ok(key) => key_bytes(&key),
+                        Err(error) => {
+                            let failure =
+                                Failure::new(DeadLetterReason::SinkKeyError, error.to_string());
+                            return self.dead_letter(&failure, None, &value, sink);
+                        }
+                    }
+                }
+            };
             self.metrics.results_out.inc();
             return sink.result(OutputRecord {
-                key: Some(key_bytes_of_canonical(&result.key)),
+                key: Some(key),
                 value,
             });
         }
-        let mut fields = Map::new();
-        fields.insert(
-            "key".into(),
-            serde_json::from_slice(&result.key).unwrap_or(Value::Null),
-        );
-        fields.insert(
-            "windowStart".into(),
-            Value::String(format_rfc3339(result.range.start)),
-        );
-        fields.insert(
-            "windowEnd".into(),
-            Value::String(format_rfc3339(result.range.end)),
-        );
-        for (name, value) in self.output_names.iter().zip(&result.values) {
-            fields.insert(name.clone(), value.clone());
-        }
-        fields.insert("isUpdate".into(), Value::Bool(result.is_update));
+        let fields = result_fields(result, &self.output_names, None);
         let mut event = Event {
             fields,
             time: result.range.end.saturating_sub(1),
@@ -422,6 +430,43 @@ pub fn decode(payload: &[u8]) -> Result<Map<String, Value>, Failure> {
             format!("failed to decode the record as JSON: {error}"),
         )),
     }
+}
+
+/// The fields of a result as an event: all of them, or only `wanted`.
+fn result_fields(
+    result: &WindowResult,
+    output_names: &[String],
+    wanted: Option<&[String]>,
+) -> Map<String, Value> {
+    let wants = |name: &str| wanted.is_none_or(|wanted| wanted.iter().any(|field| field == name));
+    let mut fields = Map::new();
+    if wants("key") {
+        fields.insert(
+            "key".into(),
+            serde_json::from_slice(&result.key).unwrap_or(Value::Null),
+        );
+    }
+    if wants("windowStart") {
+        fields.insert(
+            "windowStart".into(),
+            Value::String(format_rfc3339(result.range.start)),
+        );
+    }
+    if wants("windowEnd") {
+        fields.insert(
+            "windowEnd".into(),
+            Value::String(format_rfc3339(result.range.end)),
+        );
+    }
+    for (name, value) in output_names.iter().zip(&result.values) {
+        if wants(name) {
+            fields.insert(name.clone(), value.clone());
+        }
+    }
+    if wants("isUpdate") {
+        fields.insert("isUpdate".into(), Value::Bool(result.is_update));
+    }
+    fields
 }
 
 fn json_type(value: &Value) -> &'static str {
