@@ -25,6 +25,15 @@ bold "Running it on $(wc -l < "$example/input.jsonl") events from $example/input
   --output "$output/results.jsonl" --dead-letter "$output/dead-letters.jsonl" --late "$output/late.jsonl" \
   --log warn 2>&1
 
+if ! command -v jq > /dev/null || ! command -v column > /dev/null; then
+  # Without jq and column (Debian packages jq, bsdextrautils), show the files as they are.
+  for file in results dead-letters late; do
+    bold "$file.jsonl"
+    cat "$output/$file.jsonl"
+  done
+  exit 0
+fi
+
 bold "Results: page views per page per minute (an update replaces the result above it)"
 {
   printf 'WINDOW\tPAGE\tVIEWS\tAVG LATENCY\t\n'
