@@ -88,6 +88,9 @@ pub struct WindowSpec {
     pub allowed_lateness: Option<Duration>,
 }
 
+/// The most windows of a sliding window one event may belong to (size / slide).
+pub const MAX_WINDOWS_PER_EVENT: u128 = 1000;
+
 /// Fixed windows.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct TumblingWindow {
@@ -99,6 +102,7 @@ pub struct TumblingWindow {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[schemars(extend("x-kubernetes-validations" = [
     { "rule": "duration(self.slide) <= duration(self.size)", "message": messages::SLIDE_ABOVE_SIZE },
+    { "rule": "duration(self.size).getMilliseconds() <= duration(self.slide).getMilliseconds() * 1000", "message": messages::SLIDE_TOO_SMALL },
 ]))]
 pub struct SlidingWindow {
     /// Length of each window.

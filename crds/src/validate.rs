@@ -14,8 +14,8 @@ use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
 
 use crate::messages;
 use crate::pipeline::{
-    AggregateFunction, AggregateOutput, Aggregation, CheckedPipeline, Expression, PipelineStep,
-    Step, Window, WindowKind, WindowSpec,
+    AggregateFunction, AggregateOutput, Aggregation, CheckedPipeline, Expression,
+    MAX_WINDOWS_PER_EVENT, PipelineStep, Step, Window, WindowKind, WindowSpec,
 };
 use crate::streamjob::{StreamJob, StreamJobSpec};
 
@@ -525,6 +525,12 @@ fn check_window(window: &WindowSpec, path: &str, errors: &mut Errors) -> Option<
         && slide > size
     {
         errors.add(format!("{path}.sliding.slide"), messages::SLIDE_ABOVE_SIZE);
+        return None;
+    }
+    if let WindowKind::Sliding { size, slide } = kind
+        && size.as_millis() > slide.as_millis() * MAX_WINDOWS_PER_EVENT
+    {
+        errors.add(format!("{path}.sliding.slide"), messages::SLIDE_TOO_SMALL);
         return None;
     }
     Some(Window {

@@ -128,6 +128,14 @@ fn invalid_specs_name_the_field_and_the_fix() {
             messages::SLIDE_ABOVE_SIZE,
         ),
         (
+            "a slide so small each event is in thousands of windows",
+            Box::new(|spec| {
+                spec["pipeline"][3] = step("{window: {sliding: {size: 1h, slide: 1s}}}")
+            }),
+            "spec.pipeline[3].window.sliding.slide",
+            messages::SLIDE_TOO_SMALL,
+        ),
+        (
             "sum without of",
             Box::new(|spec| spec["pipeline"][4] = step("{aggregate: {total: {function: sum}}}")),
             "spec.pipeline[4].aggregate.total",
