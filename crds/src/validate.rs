@@ -134,9 +134,15 @@ pub fn load_manifest(text: &str) -> Result<(StreamJob, CheckedJob), ManifestErro
     let job: StreamJob = serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(
         text,
     ))
-    .map_err(|error| ManifestError::Field {
-        field: error.path().to_string(),
-        message: error.into_inner().to_string(),
+    .map_err(|error| {
+        let field = error.path().to_string();
+        let message = error.into_inner().to_string();
+        // The YAML error repeats the path of the enclosing map; say it once.
+        let message = match message.split_once(": ") {
+            Some((prefix, rest)) if field.starts_with(prefix) => rest.to_string(),
+            _ => message,
+        };
+        ManifestError::Field { field, message }
     })?;
     let checked = validate(&job.spec)?;
     Ok((job, checked))

@@ -269,7 +269,7 @@ fn a_bad_duration_names_its_field() {
     );
     let error = load_manifest(&manifest).unwrap_err().to_string();
     assert!(
-        error.contains("spec.source.watermark.maxOutOfOrderness"),
+        error.contains("spec.source.watermark.maxOutOfOrderness: \"5 seconds\" must be"),
         "{error}"
     );
     assert!(error.contains("positive duration"), "{error}");
