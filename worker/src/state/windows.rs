@@ -622,6 +622,11 @@ impl KeyedWindowState {
             merged.push(timer);
         }
         merged.extend(memory);
+        // A key evicted with a timer and loaded again can schedule the same timer anew
+        // (an event re-creates or extends a session to the same range): the store copy
+        // and the memory copy are equal, so they sit side by side here. Running both
+        // would fire the window twice.
+        merged.dedup();
         Ok(merged)
     }
 
