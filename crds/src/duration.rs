@@ -15,6 +15,16 @@ pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
 pub const DURATION_MESSAGE: &str =
     "must be a positive duration such as 500ms, 30s, 5m or 1h30m (units: ms, s, m, h)";
 
+/// The longest duration accepted, 2562047h47m16s854ms (about 292 years): the whole
+/// milliseconds Go's `time.Duration` holds. The API server's CEL `duration()` refuses
+/// anything longer, so both accept the same durations; and window arithmetic on event
+/// times (years 0 to 9999) in milliseconds cannot overflow.
+pub const MAX_DURATION_MILLIS: u64 = i64::MAX as u64 / 1_000_000;
+
+/// The message for a duration longer than [`MAX_DURATION_MILLIS`].
+pub const DURATION_TOO_LONG_MESSAGE: &str =
+    "is too long: a duration is at most 2562047h47m16s854ms (about 292 years)";
+
 /// A positive duration written as a human string; serialized in its canonical form
 /// (`90s` reads back as `1m30s`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,9 +54,10 @@ impl Duration {
 
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{text:?} {}", DURATION_MESSAGE)]
+#[error("{text:?} {}", if *.too_long { DURATION_TOO_LONG_MESSAGE } else { DURATION_MESSAGE })]
 pub struct ParseDurationError {
     text: String,
+    too_long: bool,
 }
 
 impl FromStr for Duration {
@@ -55,6 +66,11 @@ impl FromStr for Duration {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let error = || ParseDurationError {
             text: text.to_string(),
+            too_long: false,
+        };
+        let too_long = || ParseDurationError {
+            text: text.to_string(),
+            too_long: true,
         };
         let mut total = std::time::Duration::ZERO;
         let mut rest = text;
@@ -66,7 +82,7 @@ impl FromStr for Duration {
             if digits == 0 {
                 return Err(error());
             }
-            let amount: u64 = rest[..digits].parse().map_err(|_| error())?;
+            let amount: u64 = rest[..digits].parse().map_err(|_| too_long())?;
             rest = &rest[digits..];
             let (unit_millis, unit_len) = if rest.starts_with("ms") {
                 (1, 2)
@@ -80,13 +96,16 @@ impl FromStr for Duration {
                 return Err(error());
             };
             rest = &rest[unit_len..];
-            let millis = amount.checked_mul(unit_millis).ok_or_else(error)?;
+            let millis = amount.checked_mul(unit_millis).ok_or_else(too_long)?;
             total = total
                 .checked_add(std::time::Duration::from_millis(millis))
-                .ok_or_else(error)?;
+                .ok_or_else(too_long)?;
         }
         if total.is_zero() {
             return Err(error());
+        }
+        if total > std::time::Duration::from_millis(MAX_DURATION_MILLIS) {
+            return Err(too_long());
         }
         Ok(Self(total))
     }
@@ -179,6 +198,27 @@ mod tests {
             assert!(
                 error.to_string().contains("positive duration"),
                 "{text}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_durations_beyond_what_kubernetes_parses() {
+        let longest: Duration = "2562047h47m16s854ms".parse().unwrap();
+        assert_eq!(longest.get().as_millis(), u128::from(MAX_DURATION_MILLIS));
+        assert_eq!(longest.to_string(), "2562047h47m16s854ms");
+        for text in [
+            "2562047h47m16s855ms",
+            "2562047h47m17s",
+            "2562048h",
+            "9223372036854775807ms",
+            "99999999999999999999999s",
+            "18446744073709551615h",
+        ] {
+            let error = text.parse::<Duration>().unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("{text:?} {DURATION_TOO_LONG_MESSAGE}"),
             );
         }
     }

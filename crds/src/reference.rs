@@ -15,7 +15,7 @@ pub fn markdown() -> String {
          # StreamJob reference (`sluice.dev/v1alpha1`)\n\n\
          Every field of a StreamJob, generated from the CRD. `kubectl explain streamjob.spec` \
          shows the same descriptions. Durations are strings such as `500ms`, `30s`, `5m` or \
-         `1h30m`. Rules are checked by the API server at `kubectl apply` and by \
+         `1h30m`, at most `2562047h47m16s854ms` (the longest duration Kubernetes parses). Rules are checked by the API server at `kubectl apply` and by \
          `sluice-worker validate`.\n\n",
     );
     for section in ["spec", "status"] {

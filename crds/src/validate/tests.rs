@@ -274,3 +274,22 @@ fn a_bad_duration_names_its_field() {
     );
     assert!(error.contains("positive duration"), "{error}");
 }
+
+#[test]
+fn a_duration_too_long_names_its_field_and_the_limit() {
+    let manifest = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: x}}\nspec:\n{}",
+        PAGE_VIEWS
+            .replace("{size: 1m}", "{size: 2562048h}")
+            .lines()
+            .map(|line| format!("  {line}\n"))
+            .collect::<String>()
+    );
+    let error = load_manifest(&manifest).unwrap_err().to_string();
+    assert!(
+        error.contains(
+            "tumbling.size: \"2562048h\" is too long: a duration is at most 2562047h47m16s854ms"
+        ),
+        "{error}"
+    );
+}
