@@ -154,7 +154,9 @@ impl Engine {
             Ok(fields) => fields,
             Err(failure) => {
                 self.watermarks.observe(record.partition, None, now);
-                return self.dead_letter(&failure, Some(record.position), record.payload, sink);
+                self.dead_letter(&failure, Some(record.position), record.payload, sink)?;
+                // (processing time moved: an idle partition may release the watermark)
+                return self.advance(now, sink);
             }
         };
         let time = match self.pipeline.event_time.extract(&fields) {
@@ -166,12 +168,13 @@ impl Engine {
                     EventTimeError::Invalid { .. } => DeadLetterReason::EventTimeInvalid,
                     EventTimeError::OutOfRange { .. } => DeadLetterReason::EventTimeOutOfRange,
                 };
-                return self.dead_letter(
+                self.dead_letter(
                     &Failure::new(reason, error.to_string()),
                     Some(record.position),
                     record.payload,
                     sink,
-                );
+                )?;
+                return self.advance(now, sink);
             }
         };
         self.watermarks.observe(record.partition, Some(time), now);

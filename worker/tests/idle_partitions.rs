@@ -84,3 +84,44 @@ fn an_idle_partition_stops_holding_windows_back() {
     assert_eq!(sink.late.len(), 1);
     assert_eq!(engine.watermark(), 24_000);
 }
+
+#[test]
+fn a_dead_letter_also_lets_an_idle_partition_release_the_watermark() {
+    let (_, checked) = sluice_crds::load_manifest(MANIFEST).unwrap();
+    let mut engine = Engine::new(
+        &checked,
+        Box::new(MemoryStore::default()),
+        EngineOptions::default(),
+        Metrics::default(),
+    )
+    .unwrap();
+    let mut sink = MemorySink::default();
+    send(&mut engine, &mut sink, 0, 1_000, 0);
+    send(&mut engine, &mut sink, 1, 2_000, 0);
+    send(&mut engine, &mut sink, 0, 25_000, 10_000);
+    assert_eq!(engine.watermark(), 1_000);
+    // Partition 1 has been idle past its timeout when partition 0 delivers records that
+    // go to the dead-letter output (undecodable, then without an event time): processing
+    // them moves the watermark as any record would.
+    let position = Position::Kafka {
+        topic: "in".into(),
+        partition: 0,
+        offset: 3,
+    };
+    for (payload, now) in [
+        (&b"{not json"[..], 30_001),
+        (&b"{\"user\":\"u\"}"[..], 30_002),
+    ] {
+        let record = SourceRecord {
+            partition: 0,
+            position: &position,
+            payload,
+        };
+        engine.process(record, now, &mut sink).unwrap();
+    }
+    assert_eq!(sink.dead_letters.len(), 2);
+    assert_eq!(engine.watermark(), 24_000);
+    let results = sink.result_values();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["windowEnd"], json!("1970-01-01T00:00:10Z"));
+}
