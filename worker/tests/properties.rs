@@ -455,3 +455,41 @@ fn a_session_reloaded_from_the_store_fires_once() {
         );
     }
 }
+
+/// An expired session is forgotten: a later event inside its range that is on time for its
+/// own session starts a new one, overlapping the first (docs/worker.md, "Sessions after
+/// expiry").
+#[test]
+fn an_event_inside_an_expired_session_starts_a_new_one() {
+    let manifest =
+        manifest(Kind::Session, 10).replace("maxOutOfOrderness: 3s", "maxOutOfOrderness: 1s");
+    let lines = [
+        r#"{"user":"a","ts":0,"value":1}"#,
+        r#"{"user":"b","ts":16000,"value":2}"#,
+        r#"{"user":"a","ts":3900,"value":3}"#,
+    ];
+    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    let (sink, _) = common::run_text(&manifest, &input, 1000);
+    let results: Vec<(String, bool, i64, i64, Value)> = sink
+        .result_values()
+        .iter()
+        .map(|result| {
+            (
+                result["key"].as_str().unwrap().to_string(),
+                result["isUpdate"].as_bool().unwrap(),
+                millis(result["windowStart"].as_str().unwrap()),
+                millis(result["windowEnd"].as_str().unwrap()),
+                result["total"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        vec![
+            ("a".to_string(), false, 0, 4_000, json!(1)),
+            ("a".to_string(), false, 3_900, 7_900, json!(3)),
+            ("b".to_string(), false, 16_000, 20_000, json!(2)),
+        ]
+    );
+    assert!(sink.late.is_empty());
+}
