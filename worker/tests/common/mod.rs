@@ -26,50 +26,22 @@ pub fn example_directories() -> Vec<PathBuf> {
     directories
 }
 
-/// JSON equality where numbers compare by value (21 equals 21.0).
-pub fn json_equal(left: &Value, right: &Value) -> bool {
-    match (left, right) {
-        (Value::Number(a), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
-            (Some(a), Some(b)) => a == b,
-            _ => {
-                let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-                a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
-            }
-        },
-        (Value::Object(a), Value::Object(b)) => {
-            a.len() == b.len()
-                && a.iter()
-                    .all(|(key, value)| b.get(key).is_some_and(|other| json_equal(value, other)))
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| json_equal(x, y))
-        }
-        _ => left == right,
-    }
-}
-
-/// Asserts two lists of JSON values are equal, in order, numbers by value.
-pub fn assert_results_equal(actual: &[Value], expected: &[Value], context: &str) {
-    let render = |values: &[Value]| {
-        values
-            .iter()
-            .map(Value::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+/// Asserts that results are exactly the expected lines: the same text, so field order,
+/// number formatting (`300.0` is not `300`) and spacing are checked too.
+pub fn assert_results_equal(actual: &[String], expected: &[String], context: &str) {
     assert!(
-        actual.len() == expected.len()
-            && actual.iter().zip(expected).all(|(a, b)| json_equal(a, b)),
+        actual == expected,
         "{context}: results differ\n--- actual\n{}\n--- expected\n{}",
-        render(actual),
-        render(expected)
+        actual.join("\n"),
+        expected.join("\n")
     );
 }
 
-/// Lines of a file without blank lines and `#` comments.
+/// Lines of a file without blank lines and `#` comments; a missing file fails the test
+/// (an expectation that is not there must not pass as "nothing expected").
 pub fn meaningful_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
-        .unwrap_or_default()
+        .unwrap_or_else(|error| panic!("failed to read {}: {error}", path.display()))
         .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
@@ -77,12 +49,9 @@ pub fn meaningful_lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The expected results of an example.
-pub fn expected_results(directory: &Path) -> Vec<Value> {
+/// The expected results of an example: the exact lines `sluice-worker local` prints.
+pub fn expected_results(directory: &Path) -> Vec<String> {
     meaningful_lines(&directory.join("expected-output.jsonl"))
-        .iter()
-        .map(|line| serde_json::from_str(line).expect("expected output is JSON"))
-        .collect()
 }
 
 /// `(line, reason prefix)` of the expected dead letters.
