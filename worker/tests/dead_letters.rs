@@ -176,3 +176,64 @@ fn every_kind_of_bad_event_is_a_dead_letter_and_processing_continues() {
         assert!(!rejected.detail.is_empty(), "{rejected:?}");
     }
 }
+
+/// Local mode's dead-letter file keeps every byte of a rejected line: a line ending
+/// (`\n` or `\r\n`) is framing and dropped once, anything else stays, and a line that is not
+/// UTF-8 comes back byte for byte as `originalBase64`.
+#[test]
+fn dead_letter_envelopes_keep_the_original_bytes() {
+    use base64::prelude::{BASE64_STANDARD, Engine as _};
+    let directory = tempfile::tempdir().unwrap();
+    let job = directory.path().join("job.yaml");
+    std::fs::write(&job, MANIFEST).unwrap();
+    let input = directory.path().join("input.jsonl");
+    let lines: [&[u8]; 4] = [
+        b"{\"ts\":1000,\"kind\":\"a\",\"flag\":true,\"page\":\"home\",\"size\":3}\r\n",
+        b"{\"ts\": broken\r\r\n",
+        b"{\"ts\":1000,\"page\":\"caf\xe9\"}\n",
+        b"  {\"ts\" \t",
+    ];
+    std::fs::write(&input, lines.concat()).unwrap();
+    let dead_letters = directory.path().join("dead.jsonl");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
+        .args(["local", "--quiet", "--job"])
+        .arg(&job)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(directory.path().join("out.jsonl"))
+        .arg("--dead-letter")
+        .arg(&dead_letters)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let envelopes: Vec<serde_json::Value> = std::fs::read_to_string(&dead_letters)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let originals: Vec<(u64, Vec<u8>)> = envelopes
+        .iter()
+        .filter(|envelope| envelope.get("line").is_some())
+        .map(|envelope| {
+            let bytes = match (envelope.get("original"), envelope.get("originalBase64")) {
+                (Some(text), None) => text.as_str().unwrap().as_bytes().to_vec(),
+                (None, Some(encoded)) => BASE64_STANDARD.decode(encoded.as_str().unwrap()).unwrap(),
+                other => panic!("an envelope with one original: {other:?} in {envelope}"),
+            };
+            (envelope["line"].as_u64().unwrap(), bytes)
+        })
+        .collect();
+    assert_eq!(
+        originals,
+        vec![
+            (2, b"{\"ts\": broken\r".to_vec()),
+            (3, b"{\"ts\":1000,\"page\":\"caf\xe9\"}".to_vec()),
+            (4, b"  {\"ts\" \t".to_vec()),
+        ]
+    );
+}

@@ -3,13 +3,16 @@
 //! - input: one event per line (`-` or no file: stdin); blank lines are skipped.
 //! - output: one result per line.
 //! - dead letters and late events: one envelope per line,
-//!   `{"reason": ..., "detail": ..., "line": N, "original": "<the line, untouched>"}`.
+//!   `{"reason": ..., "detail": ..., "line": N, "original": "<the line, untouched>"}`:
+//!   the line's bytes without its line ending (`\n` or `\r\n`); a line that is not UTF-8
+//!   comes as `"originalBase64"` instead, so no byte is lost.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
 use anyhow::Context as _;
+use base64::prelude::{BASE64_STANDARD, Engine as _};
 use serde::Serialize;
 
 use super::{OutputRecord, Position, Rejected, Sink, Source, SourceRecord};
@@ -59,8 +62,12 @@ impl Source for LineSource {
                 return Ok(None);
             }
             self.line += 1;
-            while matches!(self.buffer.last(), Some(b'\n' | b'\r')) {
+            // The line ending is framing, not the event: `\n` or `\r\n`, once.
+            if self.buffer.last() == Some(&b'\n') {
                 self.buffer.pop();
+                if self.buffer.last() == Some(&b'\r') {
+                    self.buffer.pop();
+                }
             }
             if self.buffer.iter().all(u8::is_ascii_whitespace) {
                 continue;
@@ -82,7 +89,10 @@ struct Envelope<'a> {
     detail: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     line: Option<u64>,
-    original: std::borrow::Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    original: Option<&'a str>,
+    #[serde(rename = "originalBase64", skip_serializing_if = "Option::is_none")]
+    original_base64: Option<String>,
 }
 
 /// Writes JSON lines to files or stdout.
@@ -126,7 +136,10 @@ impl FileSink {
                 Some(Position::Kafka { offset, .. }) => u64::try_from(*offset).ok(),
                 None => None,
             },
-            original: String::from_utf8_lossy(rejected.original),
+            original: std::str::from_utf8(rejected.original).ok(),
+            original_base64: std::str::from_utf8(rejected.original)
+                .is_err()
+                .then(|| BASE64_STANDARD.encode(rejected.original)),
         };
         serde_json::to_writer(&mut *writer, &envelope).context("failed to write an envelope")?;
         writer
