@@ -26,7 +26,7 @@ pub const WINDOW_EXACTLY_ONE_KIND: &str =
 pub const SLIDE_ABOVE_SIZE: &str = "sliding.slide must not exceed sliding.size: events would fall between windows; use a tumbling window or a smaller slide";
 
 /// A sliding window that puts each event in too many windows.
-pub const SLIDE_TOO_SMALL: &str = "sliding.size may be at most 1000 times sliding.slide: each event is counted in size/slide windows; use a larger slide";
+pub const SLIDE_TOO_SMALL: &str = "sliding.size may be at most 1000 times sliding.slide: each event is counted in up to size/slide windows (rounded up); use a larger slide";
 
 /// An aggregation other than count without `of`.
 pub const AGGREGATION_NEEDS_OF: &str = "sum, min, max and avg need 'of', the CEL expression to aggregate (for example of: event.latencyMs); only count works without it";

@@ -72,7 +72,7 @@ pub struct WindowSpec {
     pub tumbling: Option<TumblingWindow>,
 
     /// Overlapping windows of `size` starting every `slide`; an event is in size/slide
-    /// windows.
+    /// windows, rounded down or up depending on its time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding: Option<SlidingWindow>,
 
@@ -88,7 +88,7 @@ pub struct WindowSpec {
     pub allowed_lateness: Option<Duration>,
 }
 
-/// The most windows of a sliding window one event may belong to (size / slide).
+/// The most windows of a sliding window one event may belong to (size / slide, rounded up).
 pub const MAX_WINDOWS_PER_EVENT: u128 = 1000;
 
 /// Fixed windows.

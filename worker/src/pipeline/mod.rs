@@ -94,7 +94,7 @@ pub struct CompiledPipeline {
     pub sink_key: Option<CompiledExpression>,
 }
 
-/// The most windows a sliding window may put one event in (`size / slide`): beyond it a
+/// The most windows a sliding window may put one event in (`size / slide`, rounded up): beyond it a
 /// single event would cost thousands of state updates.
 pub const MAX_WINDOWS_PER_EVENT: i64 = 1000;
 
