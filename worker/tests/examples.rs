@@ -132,8 +132,13 @@ fn examples_through_the_binary() {
         assert_eq!(late_lines, expected_late(&directory), "{name}: late lines");
         let summary = String::from_utf8_lossy(&status.stderr);
         assert!(
-            summary.contains("events in:"),
-            "{name}: no summary in {summary}"
+            summary.contains("events in:") && summary.contains("local run finished"),
+            "{name}: no summary or log in {summary}"
+        );
+        // stderr is a pipe here, not a terminal: the log must be plain text.
+        assert!(
+            !summary.contains('\u{1b}'),
+            "{name}: terminal colour codes in a redirected log: {summary:?}"
         );
     }
 }
