@@ -26,29 +26,35 @@ for binary in "$worker" "$generator"; do
 done
 mkdir -p "$data"
 
+# input_for <events>: the generated input's path; its description (events, distinct
+# pages) is kept next to it in <file>.info and printed.
 input_for() {
   local count="$1" file="$data/page-views-$1.jsonl"
-  if [[ ! -s "$file" ]]; then
+  if [[ ! -s "$file" || ! -s "$file.info" ]]; then
     echo "generating $count events into $file" >&2
-    "$generator" --events "$count" --seed 42 --output "$file.tmp" >&2
+    "$generator" --events "$count" --seed 42 --output "$file.tmp" 2>&1 | sed "s|$file.tmp|$file|" > "$file.info.tmp"
     mv "$file.tmp" "$file"
+    mv "$file.info.tmp" "$file.info"
   fi
+  echo "input: $(cat "$file.info")" >&2
   echo "$file"
 }
 
-# run <label> <job> <input> <events> <cache entries>: one line of the table.
+# run <label> <job> <input> <events> <cache entries>: one line of the table. The worker's
+# progress log (every 2s) gives the most open windows seen.
 run() {
   local label="$1" job="$2" input="$3" count="$4" entries="$5"
   local report="$data/time-$label.txt"
-  taskset -c "$core" /usr/bin/time -v "$worker" local --quiet --progress-interval 1h \
+  taskset -c "$core" /usr/bin/time -v "$worker" local --quiet --progress-interval 2s \
     --job "$job" --input "$input" --output /dev/null --dead-letter /dev/null --late /dev/null \
     --state-cache-entries "$entries" 2> "$report"
-  local wall rss seconds rate
+  local wall rss seconds rate open
   wall="$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$report")"
   rss="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$report")"
   seconds="$(awk -F: '{ if (NF == 3) print $1 * 3600 + $2 * 60 + $3; else print $1 * 60 + $2 }' <<< "$wall")"
   rate="$(awk -v n="$count" -v s="$seconds" 'BEGIN { printf "%.0f", n / s }')"
-  printf '| %-28s | %11s | %14s | %9s | %11s | %8s |\n' "$label" "$count" "$entries" "$seconds" "$rate" "$((rss / 1024))"
+  open="$(grep -o 'open_windows=[0-9]*' "$report" | cut -d= -f2 | sort -n | tail -1)"
+  printf '| %-28s | %11s | %14s | %9s | %11s | %8s | %12s |\n' "$label" "$count" "$entries" "$seconds" "$rate" "$((rss / 1024))" "${open:--}"
 }
 
 long="$(input_for "$events")"
@@ -56,10 +62,12 @@ short="$(input_for "$short_events")"
 page_views="$repository/examples/page-views/streamjob.yaml"
 decode_only="$repository/bench/decode-only.yaml"
 
-echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1); pinned to core $core"
+locked() { awk -v name="$1" '$0 == "name = \"" name "\"" { getline; gsub(/version = |"/, ""); print; exit }' "$repository/Cargo.lock"; }
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), Linux $(uname -r); pinned to core $core; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "build: commit $(git -C "$repository" rev-parse --short HEAD 2>/dev/null || echo unknown), rocksdb crate $(locked rocksdb) (librocksdb-sys $(locked librocksdb-sys)), $("$worker" --version)"
 echo
-printf '| %-28s | %11s | %14s | %9s | %11s | %8s |\n' pipeline events "cache entries" seconds "events/s" "RSS MiB"
-printf '|%s|%s|%s|%s|%s|%s|\n' ------------------------------ ------------- ---------------- ----------- ------------- ----------
+printf '| %-28s | %11s | %14s | %9s | %11s | %8s | %12s |\n' pipeline events "cache entries" seconds "events/s" "RSS MiB" "open windows"
+printf '|%s|%s|%s|%s|%s|%s|%s|\n' ------------------------------ ------------- ---------------- ----------- ------------- ---------- --------------
 run decode-only "$decode_only" "$long" "$events" "$cache_entries"
 run page-views "$page_views" "$long" "$events" "$cache_entries"
 run page-views-short "$page_views" "$short" "$short_events" "$cache_entries"
