@@ -494,6 +494,7 @@ down() {
   remove_pods_via_cri
   stop_daemon kube-proxy "${PID_DIR}/kube-proxy.pid"
   if [[ -x "${K8S_BIN_DIR}/kube-proxy" ]]; then
+    mkdir -p "${LOG_DIR}"
     "${K8S_BIN_DIR}/kube-proxy" --cleanup >>"${LOG_DIR}/kube-proxy.log" 2>&1 || true
   fi
   stop_daemon containerd "${PID_DIR}/containerd.pid"

@@ -4,7 +4,6 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
 use sluice_worker::engine::EngineOptions;
 use sluice_worker::io::file::LineSource;
 use sluice_worker::io::memory::MemorySink;
