@@ -24,7 +24,7 @@ use crate::pipeline::{
 use crate::state::{KeyedWindowState, StateStore};
 use crate::time::Millis;
 use crate::time::event_time::{EventTimeError, format_rfc3339};
-use crate::time::watermark::WatermarkTracker;
+use crate::time::watermark::{PartitionId, WatermarkTracker};
 use crate::time::window::WindowRange;
 
 /// Settings of an engine that are not in the StreamJob.
@@ -140,6 +140,24 @@ impl Engine {
             Some(windows) => Ok(windows.state().count_timers()?),
             None => Ok(0),
         }
+    }
+
+    /// The source's partitions assigned to this engine at processing time `now` (all of
+    /// them in local mode; a Kafka consumer's assignment after a rebalance): each holds
+    /// the watermark back until it sends an event or goes idle.
+    pub fn assign_partitions(&mut self, partitions: &[PartitionId], now: Millis) {
+        self.watermarks.assign(partitions, now);
+    }
+
+    /// Partitions moved away from this engine no longer hold its watermark back.
+    pub fn revoke_partitions(
+        &mut self,
+        partitions: &[PartitionId],
+        now: Millis,
+        sink: &mut dyn Sink,
+    ) -> anyhow::Result<()> {
+        self.watermarks.revoke(partitions);
+        self.advance(now, sink)
     }
 
     /// Processes one record at processing time `now`.

@@ -74,6 +74,8 @@ pub fn run(
     let store = RocksDbStore::open(state_directory)?;
     let metrics = Metrics::default();
     let mut engine = Engine::new(job, Box::new(store), options.engine, metrics.clone())?;
+    // The input is one partition, 0.
+    engine.assign_partitions(&[0], 0);
     let started = Instant::now();
     let mut last_report = (started, 0u64);
     let mut records: u64 = 0;

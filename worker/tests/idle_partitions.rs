@@ -125,3 +125,36 @@ fn a_dead_letter_also_lets_an_idle_partition_release_the_watermark() {
     assert_eq!(results.len(), 1);
     assert_eq!(results[0]["windowEnd"], json!("1970-01-01T00:00:10Z"));
 }
+
+#[test]
+fn an_assigned_partition_that_has_sent_nothing_holds_windows_back() {
+    // No idle timeout: a partition assigned but silent holds the watermark until it sends.
+    let manifest = MANIFEST.replace("      idleTimeout: 30s\n", "");
+    let (_, checked) = sluice_crds::load_manifest(&manifest).unwrap();
+    let mut engine = Engine::new(
+        &checked,
+        Box::new(MemoryStore::default()),
+        EngineOptions::default(),
+        Metrics::default(),
+    )
+    .unwrap();
+    let mut sink = MemorySink::default();
+    engine.assign_partitions(&[0, 1], 0);
+    send(&mut engine, &mut sink, 0, 1_000, 0);
+    send(&mut engine, &mut sink, 0, 25_000, 10_000);
+    assert!(sink.results.is_empty(), "partition 1 has not spoken yet");
+    // Partition 1's first event belongs to the first window: on time, not late, and
+    // partition 1 (at 2s) still holds the watermark at 1s.
+    send(&mut engine, &mut sink, 1, 2_000, 20_000);
+    assert!(sink.late.is_empty());
+    assert!(sink.results.is_empty());
+    assert_eq!(engine.watermark(), 1_000);
+    // Once partition 1 is revoked, partition 0 alone sets the watermark: the first
+    // window fires with both events.
+    engine.revoke_partitions(&[1], 30_000, &mut sink).unwrap();
+    assert_eq!(engine.watermark(), 24_000);
+    let results = sink.result_values();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["windowEnd"], json!("1970-01-01T00:00:10Z"));
+    assert_eq!(results[0]["n"], json!(2));
+}

@@ -5,6 +5,12 @@
 //! partitions; a partition that has received nothing for longer than the idle timeout
 //! (in processing time, handed in by the caller) stops holding it back. The operator
 //! watermark never goes backwards.
+//!
+//! A partition counts from the moment it is assigned ([`WatermarkTracker::assign`], as a
+//! Kafka consumer is told after a rebalance) or from its first record, whichever comes
+//! first: an assigned partition that has sent nothing holds the watermark at its start
+//! until it sends an event or goes idle, so its first events are not late because a
+//! faster partition ran ahead.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +55,25 @@ impl WatermarkTracker {
     /// The operator watermark.
     pub fn current(&self) -> Millis {
         self.current
+    }
+
+    /// Partitions assigned at processing time `now`: each holds the watermark back until
+    /// it sends an event with a valid time or stays silent longer than the idle timeout.
+    /// Partitions already known keep their clocks.
+    pub fn assign(&mut self, partitions: &[PartitionId], now: Millis) {
+        for partition in partitions {
+            self.partitions.entry(*partition).or_insert(PartitionClock {
+                max_event_time: None,
+                last_activity: now,
+            });
+        }
+    }
+
+    /// Partitions revoked (moved to another worker): they no longer hold the watermark.
+    pub fn revoke(&mut self, partitions: &[PartitionId]) {
+        for partition in partitions {
+            self.partitions.remove(partition);
+        }
     }
 
     /// A record arrived on `partition` at processing time `now`, with a valid event time
@@ -156,6 +181,29 @@ mod tests {
                 (1, Some(30), 12, 295),
             ],
         );
+    }
+
+    #[test]
+    fn an_assigned_partition_holds_the_watermark_before_its_first_record() {
+        let mut tracker = WatermarkTracker::new(5, Some(10));
+        tracker.assign(&[0, 1], 0);
+        tracker.observe(0, Some(100), 1);
+        assert_eq!(tracker.advance(1), None, "partition 1 has sent nothing yet");
+        assert_eq!(tracker.current(), NO_WATERMARK);
+        tracker.observe(1, Some(50), 2);
+        assert_eq!(tracker.advance(2), Some(45));
+        // Revoked, partition 1 no longer holds it back.
+        tracker.revoke(&[1]);
+        assert_eq!(tracker.advance(3), Some(95));
+    }
+
+    #[test]
+    fn an_assigned_partition_that_stays_silent_goes_idle() {
+        let mut tracker = WatermarkTracker::new(5, Some(10));
+        tracker.assign(&[0, 1], 0);
+        tracker.observe(0, Some(100), 5);
+        assert_eq!(tracker.advance(10), None);
+        assert_eq!(tracker.advance(11), Some(95));
     }
 
     #[test]
