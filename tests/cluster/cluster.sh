@@ -227,8 +227,14 @@ KAFKA_DIR="${SLUICE_STATE}/kafka"
 write_kafka_config() {
   mkdir -p "${KAFKA_DIR}/data"
   if [[ ! -s "${KAFKA_DIR}/cluster-id" ]]; then
-    # A KRaft cluster id is 16 random bytes, URL-safe base64 without padding.
-    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=' >"${KAFKA_DIR}/cluster-id"
+    # A KRaft cluster id is 16 random bytes, URL-safe base64 without padding. One in 64
+    # starts with '-', which the storage tool would take for an option (Kafka's own
+    # Uuid.randomUuid() never makes such ids): draw again.
+    local cluster_id="-"
+    while [[ "${cluster_id}" == -* ]]; do
+      cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    done
+    printf '%s\n' "${cluster_id}" >"${KAFKA_DIR}/cluster-id"
   fi
   cat >"${KAFKA_DIR}/server.properties" <<PROPERTIES
 # Written by tests/cluster/cluster.sh: single-node KRaft broker+controller.
@@ -293,7 +299,7 @@ ensure_kafka() {
     write_kafka_config
     log "kafka: formatting storage (idempotent)"
     kafka_java kafka.tools.StorageTool format --ignore-formatted \
-      -t "$(<"${KAFKA_DIR}/cluster-id")" -c "${KAFKA_DIR}/server.properties" >>"${logfile}" 2>&1 ||
+      --cluster-id="$(<"${KAFKA_DIR}/cluster-id")" -c "${KAFKA_DIR}/server.properties" >>"${logfile}" 2>&1 ||
       fail_component "kafka storage format" "${logfile}" "StorageTool format failed"
     start_daemon kafka "${pidfile}" "${logfile}" java -Xmx512m -Xms512m -XX:+UseG1GC \
       -Djava.awt.headless=true -Djava.net.preferIPv4Stack=true -Dlog4j2.configurationFile="file:${KAFKA_DIR}/log4j2.properties" \
