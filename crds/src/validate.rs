@@ -18,6 +18,7 @@ use crate::pipeline::{
     MAX_WINDOWS_PER_EVENT, PipelineStep, Step, Window, WindowKind, WindowSpec,
 };
 use crate::streamjob::{StreamJob, StreamJobSpec};
+use types::CelType;
 
 /// The variable an expression reads the event from.
 pub const EVENT_VARIABLE: &str = "event";
@@ -159,6 +160,7 @@ pub fn validate(spec: &StreamJobSpec) -> Result<CheckedJob, ValidationErrors> {
             source,
             "spec.sink.key",
             fields_after_pipeline.as_ref(),
+            Expected::Anything,
             &mut errors,
         )
     });
@@ -384,9 +386,13 @@ fn check_pipeline(
     for (index, step) in pipeline.iter().enumerate() {
         let path = format!("spec.pipeline[{index}]");
         if let Some(source) = &step.filter {
-            if let Some(expression) =
-                check_expression(source, &format!("{path}.filter"), fields.as_ref(), errors)
-            {
+            if let Some(expression) = check_expression(
+                source,
+                &format!("{path}.filter"),
+                fields.as_ref(),
+                Expected::Bool,
+                errors,
+            ) {
                 steps.push(Step::Filter(expression));
             }
         } else if let Some(outputs) = &step.map {
@@ -398,9 +404,13 @@ fn check_pipeline(
             )));
             fields = Some(outputs.keys().cloned().collect());
         } else if let Some(source) = &step.key_by {
-            if let Some(expression) =
-                check_expression(source, &format!("{path}.keyBy"), fields.as_ref(), errors)
-            {
+            if let Some(expression) = check_expression(
+                source,
+                &format!("{path}.keyBy"),
+                fields.as_ref(),
+                Expected::Key,
+                errors,
+            ) {
                 steps.push(Step::KeyBy(expression));
             }
         } else if let Some(window) = &step.window {
@@ -499,7 +509,9 @@ fn check_map(
         if !is_identifier(name) {
             errors.add(&field, messages::OUTPUT_NAME_INVALID);
         }
-        if let Some(expression) = check_expression(source, &field, fields, errors) {
+        if let Some(expression) =
+            check_expression(source, &field, fields, Expected::Anything, errors)
+        {
             checked.push((name.clone(), expression));
         }
     }
@@ -582,7 +594,13 @@ fn check_aggregate(
                 continue;
             }
             (Some(source), _) => {
-                match check_expression(source, &format!("{field}.of"), fields, errors) {
+                match check_expression(
+                    source,
+                    &format!("{field}.of"),
+                    fields,
+                    Expected::Number,
+                    errors,
+                ) {
                     Some(expression) => Some(expression),
                     None => continue,
                 }
@@ -597,13 +615,29 @@ fn check_aggregate(
     checked
 }
 
-/// Parses a CEL expression and checks what it reads: only `event` (and variables bound
-/// by macros such as `exists`), and, once a `map` or `aggregate` fixed the event's
-/// fields, only those fields.
+/// What a step needs its expression to give.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expected {
+    /// Any value (a `map` output, the sink key).
+    Anything,
+    /// A bool (a `filter`).
+    Bool,
+    /// A string, an integer or a bool (a `keyBy`).
+    Key,
+    /// A number (an aggregate's `of`).
+    Number,
+}
+
+/// Parses a CEL expression, checks what it reads (only `event`, and variables bound by
+/// macros such as `exists`; once a `map` or `aggregate` fixed the event's fields, only
+/// those fields) and type-checks it: every operator and function must accept its
+/// operands (event fields count as any type), and the result must be what the step
+/// needs.
 fn check_expression(
     source: &str,
     field: &str,
     known_fields: Option<&BTreeSet<String>>,
+    expected: Expected,
     errors: &mut Errors,
 ) -> Option<Expression> {
     let program = match cel::Program::compile(source) {
@@ -643,6 +677,48 @@ fn check_expression(
         }
     }
     if failed {
+        return None;
+    }
+    let result = match types::infer(program.expression(), &mut Vec::new()) {
+        Ok(result) => result,
+        Err(problem) => {
+            errors.add(
+                field,
+                format!("the CEL expression {source:?} cannot be evaluated: it {problem}"),
+            );
+            return None;
+        }
+    };
+    let fits = match expected {
+        Expected::Anything => true,
+        Expected::Bool => matches!(result, CelType::Bool | CelType::Dyn),
+        Expected::Key => matches!(
+            result,
+            CelType::String | CelType::Int | CelType::Uint | CelType::Bool | CelType::Dyn
+        ),
+        Expected::Number => matches!(
+            result,
+            CelType::Int | CelType::Uint | CelType::Double | CelType::Dyn
+        ),
+    };
+    if !fits {
+        let need = match expected {
+            Expected::Bool => {
+                "a filter must give a bool (true keeps the event): compare the value, for example with == or >"
+            }
+            Expected::Key => {
+                "a key must be a string, an integer or a bool: convert it, for example with string()"
+            }
+            _ => "an aggregate needs a number: convert it, for example with int() or double()",
+        };
+        errors.add(
+            field,
+            format!(
+                "the CEL expression {source:?} gives {} {}, but {need}",
+                if result == CelType::Int { "an" } else { "a" },
+                result.name()
+            ),
+        );
         return None;
     }
     Some(Expression {
@@ -765,3 +841,4 @@ impl Usage {
 
 #[cfg(test)]
 mod tests;
+mod types;

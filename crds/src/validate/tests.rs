@@ -148,6 +148,45 @@ fn invalid_specs_name_the_field_and_the_fix() {
             "failed to parse the CEL expression",
         ),
         (
+            "filter that gives an int",
+            Box::new(|spec| spec["pipeline"][0] = step("{filter: '1 + 2'}")),
+            "spec.pipeline[0].filter",
+            "the CEL expression \"1 + 2\" gives an int, but a filter must give a bool",
+        ),
+        (
+            "function the runtime does not have",
+            Box::new(|spec| spec["pipeline"][0] = step("{filter: 'nosuchfunc(event.url)'}")),
+            "spec.pipeline[0].filter",
+            "cannot be evaluated: it calls nosuchfunc(), which is not a function here; the functions are bool, bytes, contains,",
+        ),
+        (
+            "function with the wrong arguments",
+            Box::new(|spec| spec["pipeline"][0] = step("{filter: 'size(event.url, 3) > 1'}")),
+            "spec.pipeline[0].filter",
+            "it calls size(dyn, int), which does not exist; size takes size(string) or",
+        ),
+        (
+            "operands of types no operator takes",
+            Box::new(|spec| spec["pipeline"][0] = step(r#"{filter: 'event.url + 1 > "x"'}"#)),
+            "spec.pipeline[0].filter",
+            "it applies > to int and string, which it does not take: convert one side",
+        ),
+        (
+            "key of a type keys cannot have",
+            Box::new(|spec| spec["pipeline"][2] = step("{keyBy: '[event.page]'}")),
+            "spec.pipeline[2].keyBy",
+            "gives a list, but a key must be a string, an integer or a bool",
+        ),
+        (
+            "aggregate of a string",
+            Box::new(|spec| {
+                spec["pipeline"][4] =
+                    step("{aggregate: {total: {function: sum, of: 'string(event.latency)'}}}")
+            }),
+            "spec.pipeline[4].aggregate.total.of",
+            "gives a string, but an aggregate needs a number",
+        ),
+        (
             "unknown variable",
             Box::new(|spec| spec["pipeline"][0] = step("{filter: 'evnt.status == 200'}")),
             "spec.pipeline[0].filter",
