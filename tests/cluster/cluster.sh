@@ -373,18 +373,30 @@ USAGE
 }
 
 cmd_down() {
+  local node_failed=0
   if [[ -f "${NODE_SCRIPT}" ]]; then
     log "node: running ${NODE_SCRIPT} down"
-    bash "${NODE_SCRIPT}" down || log "WARNING: node.sh down failed; continuing with the control plane"
+    # The control plane goes down either way; the exit status says the node did not.
+    SLUICE_T0="${SLUICE_T0}" bash "${NODE_SCRIPT}" down || {
+      node_failed=1
+      log "node.sh down failed; continuing with the control plane"
+    }
   fi
   local component
   for component in kafka kube-scheduler kube-controller-manager apiserver-relay kube-apiserver etcd; do
     stop_daemon "${component}" "$(pidfile_of "${component}")"
   done
   remove_bridge
-  # Keep the logs for post-mortems; everything else is runtime state.
+  # Keep the logs for post-mortems; everything else is runtime state. After a failed node
+  # down, node/ stays too: it may still hold mounts (never rm -rf through them), and the
+  # next `down` retries with what it records.
+  local keep_node=()
+  ((node_failed == 0)) || keep_node=(! -name node)
   if [[ -d "${SLUICE_STATE}" ]]; then
-    find "${SLUICE_STATE}" -mindepth 1 -maxdepth 1 ! -name logs -exec rm -rf {} +
+    find "${SLUICE_STATE}" -mindepth 1 -maxdepth 1 ! -name logs "${keep_node[@]}" -exec rm -rf {} +
+  fi
+  if ((node_failed)); then
+    die "cluster down: the control plane is down, but node.sh down failed or left things behind (listed above)"
   fi
   log "cluster is down (logs kept in ${LOG_DIR})"
 }

@@ -377,13 +377,59 @@ up() {
 # ---------------------------------------------------------------------------------------
 # down: everything the node created, and nothing else.
 
+# leftovers_report LABEL: logs what of the node is on this machine (one line, the counts
+# NODE.md shows) and fills LEFTOVERS with a description of each kind that is not gone.
+LEFTOVERS=()
 leftovers_report() {
-  local label="$1"
-  log "${label}: netns=[$(ip netns list 2>/dev/null | awk '{print $1}' | tr '\n' ' ')]" \
-    "mounts(sluice)=$(mount | grep -c "${SLUICE_STATE}" || true)" \
-    "iptables KUBE=$(iptables-save 2>/dev/null | grep -c KUBE || true)" \
-    "CNI=$(iptables-save 2>/dev/null | grep -c 'CNI-' || true)" \
-    "veths on ${SLUICE_BRIDGE}=$(ip -o link show master "${SLUICE_BRIDGE}" 2>/dev/null | grep -c veth || true)"
+  local label="$1" netns mounts kube kube6 cni ours veths processes cgroups files links results
+  netns="$(ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print $1}' | tr '\n' ' ' || true)"
+  netns="${netns% }"
+  mounts="$(awk -v d="${SLUICE_STATE}" 'index($2, d) == 1' /proc/self/mounts | wc -l || true)"
+  kube="$(iptables-save 2>/dev/null | grep -c KUBE || true)"
+  kube6="$(ip6tables-save 2>/dev/null | grep -c KUBE || true)"
+  cni="$( { iptables-save; ip6tables-save; } 2>/dev/null | grep -c 'CNI-' || true)"
+  ours="$( { iptables-save; ip6tables-save; } 2>/dev/null | grep -c 'SLUICE-NODE-' || true)"
+  veths="$(ip -o link show master "${SLUICE_BRIDGE}" 2>/dev/null | grep -c veth || true)"
+  processes="$(node_processes)"
+  cgroups="$(find /sys/fs/cgroup/ -mindepth 2 -maxdepth 2 -name kubepods 2>/dev/null | wc -l || true)"
+  files="$(find "${NODE_DIR}" -mindepth 1 -maxdepth 1 ! -name logs 2>/dev/null | wc -l || true)"
+  links="$(find /var/log/containers -maxdepth 1 -type l -lname "${POD_LOGS_DIR}/*" 2>/dev/null | wc -l || true)"
+  results="$(find /var/lib/cni/results -maxdepth 1 -name "${CNI_NETWORK}-*" 2>/dev/null | wc -l || true)"
+  log "${label}: netns=[${netns}] mounts(sluice)=${mounts} iptables KUBE=${kube}" \
+    "ip6tables KUBE=${kube6} CNI=${cni} SLUICE-NODE=${ours} veths on ${SLUICE_BRIDGE}=${veths}" \
+    "processes=[${processes}] kubepods cgroups=${cgroups} files in node/=${files}"
+  # (Each count ends in `|| true`: with pipefail, find on a missing directory would end
+  # the script.)
+  LEFTOVERS=()
+  [[ -z "${netns}" ]] || LEFTOVERS+=("network namespaces: ${netns}")
+  ((mounts == 0)) || LEFTOVERS+=("${mounts} mounts under ${SLUICE_STATE}: $(awk -v d="${SLUICE_STATE}" 'index($2, d) == 1 {printf "%s ", $2}' /proc/self/mounts)")
+  ((kube == 0)) || LEFTOVERS+=("${kube} iptables lines with KUBE")
+  ((kube6 == 0)) || LEFTOVERS+=("${kube6} ip6tables lines with KUBE")
+  ((cni == 0)) || LEFTOVERS+=("${cni} iptables/ip6tables lines with CNI-")
+  ((ours == 0)) || LEFTOVERS+=("${ours} iptables/ip6tables lines with SLUICE-NODE-")
+  ((veths == 0)) || LEFTOVERS+=("${veths} veths on ${SLUICE_BRIDGE}")
+  [[ -z "${processes}" ]] || LEFTOVERS+=("processes: ${processes}")
+  ((cgroups == 0)) || LEFTOVERS+=("kubepods cgroups: $(find /sys/fs/cgroup/ -mindepth 2 -maxdepth 2 -name kubepods 2>/dev/null | tr '\n' ' ')")
+  ((files == 0)) || LEFTOVERS+=("${files} entries in ${NODE_DIR} besides logs/")
+  ((links == 0)) || LEFTOVERS+=("${links} pod log links in /var/log/containers")
+  ((results == 0)) || LEFTOVERS+=("${results} CNI result files in /var/lib/cni/results")
+  return 0
+}
+
+# Live processes of the node (our daemons, shims and the provisioner name the node's
+# directory or binary on their command line), as "pid:program" words.
+node_processes() {
+  local dir pid cmdline found=()
+  for dir in /proc/[0-9]*; do
+    pid="${dir#/proc/}"
+    [[ "${pid}" != "$$" && "${pid}" != "${BASHPID}" ]] || continue
+    cmdline="$({ tr '\0' ' ' <"${dir}/cmdline"; } 2>/dev/null || true)"
+    [[ "${cmdline}" == *"${NODE_DIR}/"* || "${cmdline}" == *"${LOCAL_PATH_BIN}"* ]] || continue
+    # Readers of the kept logs (tail -f ...) are not the node.
+    [[ "${cmdline}" != *"${LOG_DIR}/"* ]] || continue
+    found+=("${pid}:$(basename "${cmdline%% *}")")
+  done
+  printf '%s' "${found[*]}"
 }
 
 remove_pods_via_cri() {
@@ -486,6 +532,8 @@ remove_cgroups() {
 
 down() {
   log "node ${NODE_NAME}: down"
+  local t0
+  t0=$(date +%s)
   leftovers_report "before"
   stop_daemon local-path-provisioner "${PID_DIR}/local-path-provisioner.pid"
   # The kubelet would restart what we tear down: stop it first, then remove the pods
@@ -526,6 +574,12 @@ down() {
     kube delete node "${NODE_NAME}" --wait=false --ignore-not-found >/dev/null 2>&1 || true
   fi
   leftovers_report "after"
+  if ((${#LEFTOVERS[@]})); then
+    log "FAILED: node down left these behind:"
+    printf '    - %s\n' "${LEFTOVERS[@]}" >&2
+    die "node ${NODE_NAME} is not fully removed (leftovers listed above); logs in ${LOG_DIR}"
+  fi
+  log "node ${NODE_NAME} is down, nothing left behind ($(($(date +%s) - t0))s)"
 }
 
 status() {
