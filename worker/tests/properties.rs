@@ -206,6 +206,33 @@ fn final_results(results: &[Value]) -> BTreeMap<WindowKey, Value> {
     finals
 }
 
+/// The last result of each session that no later result of its key absorbed: a session
+/// merged into a larger one (by an event bridging or extending it) is superseded by it.
+fn last_sessions(results: &[Value]) -> BTreeMap<WindowKey, Value> {
+    let mut last: BTreeMap<WindowKey, Value> = BTreeMap::new();
+    for result in results {
+        let key = (
+            result["key"].as_str().unwrap().to_string(),
+            millis(result["windowStart"].as_str().unwrap()),
+            millis(result["windowEnd"].as_str().unwrap()),
+        );
+        last.insert(
+            key,
+            json!({"n": result["n"], "total": result["total"], "low": result["low"], "high": result["high"]}),
+        );
+    }
+    let ranges: Vec<WindowKey> = last.keys().cloned().collect();
+    last.retain(|(user, start, end), _| {
+        !ranges.iter().any(|(other_user, other_start, other_end)| {
+            other_user == user
+                && other_start <= start
+                && end <= other_end
+                && (other_start, other_end) != (start, end)
+        })
+    });
+    last
+}
+
 /// Which arriving events are late by the watermark rule (tumbling and sliding windows).
 fn late_by_rule(kind: Kind, arrivals: &[Generated], allowed_lateness: i64) -> Vec<bool> {
     let (size, slide) = if matches!(kind, Kind::Tumbling) {
@@ -320,6 +347,36 @@ proptest! {
             prop_assert_eq!(finals.contains_key(window), !contributing.is_empty(), "window {:?}", window);
         }
         prop_assert_eq!(summary.late, late.iter().filter(|late| **late).count() as u64);
+        prop_assert_eq!(summary.open_windows, 0);
+    }
+
+    #[test]
+    fn disorder_within_the_allowed_lateness_gives_the_batch_results(
+        kind in kinds(),
+        allowed_lateness_seconds in 1u64..6,
+        seed_events in events(0),
+        delays in prop::collection::vec(0i64..=1_000_000, 160),
+        cache in prop_oneof![Just(2usize), Just(1000usize)],
+    ) {
+        // Delays up to the out-of-orderness plus the allowed lateness: some events arrive
+        // after their windows fired, none after they expired. Nothing is late, and once
+        // every update is in, each window's last result is the batch result over all
+        // events (for sessions: over the sessions the merges end with).
+        let allowed_lateness = i64::try_from(allowed_lateness_seconds).unwrap() * 1000;
+        let bound = OUT_OF_ORDERNESS + allowed_lateness;
+        let mut generated = seed_events;
+        for (event, delay) in generated.iter_mut().zip(delays) {
+            event.delay = delay % (bound + 1);
+        }
+        let arrivals = arrival(&generated);
+        let (sink, summary) = common::run_text(&manifest(kind, allowed_lateness_seconds), &input(&arrivals), cache);
+        prop_assert!(sink.late.is_empty(), "late: {:?}", sink.late);
+        let everything: Vec<&Generated> = generated.iter().collect();
+        let finals = match kind {
+            Kind::Session => last_sessions(&sink.result_values()),
+            _ => final_results(&sink.result_values()),
+        };
+        prop_assert_eq!(finals, batch(kind, &everything));
         prop_assert_eq!(summary.open_windows, 0);
     }
 
