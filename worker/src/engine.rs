@@ -184,7 +184,9 @@ impl Engine {
                 let reason = match error {
                     EventTimeError::Missing { .. } => DeadLetterReason::EventTimeMissing,
                     EventTimeError::Invalid { .. } => DeadLetterReason::EventTimeInvalid,
-                    EventTimeError::OutOfRange { .. } => DeadLetterReason::EventTimeOutOfRange,
+                    EventTimeError::OutOfRange { .. } | EventTimeError::TooLateForWindow { .. } => {
+                        DeadLetterReason::EventTimeOutOfRange
+                    }
                 };
                 self.dead_letter(
                     &Failure::new(reason, error.to_string()),

@@ -40,6 +40,19 @@ pub enum EventTimeError {
         /// What was found.
         found: String,
     },
+    /// A time so close to the end of year 9999 that its window would end after it, and
+    /// the window's end could not be written as RFC 3339.
+    #[error(
+        "the event-time field {field:?} is {found}, after {latest}: its window would end after year 9999"
+    )]
+    TooLateForWindow {
+        /// The configured field.
+        field: String,
+        /// What was found.
+        found: String,
+        /// The latest event time whose windows end within year 9999, as RFC 3339.
+        latest: String,
+    },
 }
 
 /// Where and how events carry their time.
@@ -49,6 +62,10 @@ pub struct EventTimeField {
     pub field: String,
     /// How it is written.
     pub format: TimeFormat,
+    /// The latest event time accepted: [`MAX_EVENT_TIME`], less the longest a window may
+    /// reach past its event (its size, or the session gap), so every window end can be
+    /// written with a four-digit year.
+    pub latest: Millis,
 }
 
 impl EventTimeField {
@@ -59,7 +76,7 @@ impl EventTimeField {
             .ok_or_else(|| EventTimeError::Missing {
                 field: self.field.clone(),
             })?;
-        parse_event_time(value, self.format).map_err(|problem| match problem {
+        let time = parse_event_time(value, self.format).map_err(|problem| match problem {
             Problem::Invalid(expected) => EventTimeError::Invalid {
                 field: self.field.clone(),
                 found: describe(value),
@@ -69,7 +86,15 @@ impl EventTimeField {
                 field: self.field.clone(),
                 found: describe(value),
             },
-        })
+        })?;
+        if time > self.latest {
+            return Err(EventTimeError::TooLateForWindow {
+                field: self.field.clone(),
+                found: describe(value),
+                latest: format_rfc3339(self.latest),
+            });
+        }
+        Ok(time)
     }
 }
 
@@ -256,6 +281,7 @@ mod tests {
         let field = EventTimeField {
             field: "ts".into(),
             format: TimeFormat::UnixMillis,
+            latest: MAX_EVENT_TIME - 60_000,
         };
         let missing = field.extract(&Map::new()).unwrap_err();
         assert_eq!(missing, EventTimeError::Missing { field: "ts".into() });
@@ -267,6 +293,14 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("\"ts\" is \"soon\"")
+        );
+        // The last minute of year 9999 would open a window ending in year 10000.
+        event.insert("ts".into(), json!(MAX_EVENT_TIME - 60_000));
+        assert_eq!(field.extract(&event), Ok(MAX_EVENT_TIME - 60_000));
+        event.insert("ts".into(), json!(MAX_EVENT_TIME - 59_999));
+        assert_eq!(
+            field.extract(&event).unwrap_err().to_string(),
+            "the event-time field \"ts\" is 253402300740000, after 9999-12-31T23:58:59.999Z: its window would end after year 9999"
         );
     }
 }
