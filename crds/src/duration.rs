@@ -12,8 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
 
 /// The message for a duration that is zero or malformed, in the CRD and in [`crate::validate()`].
-pub const DURATION_MESSAGE: &str =
-    "must be a positive duration of at most 2562047h47m16s854ms, such as 500ms, 30s, 5m or 1h30m (units: ms, s, m, h)";
+pub const DURATION_MESSAGE: &str = "must be a positive duration of at most 2562047h47m16s854ms, such as 500ms, 30s, 5m or 1h30m (units: ms, s, m, h)";
 
 /// The longest duration accepted, 2562047h47m16s854ms (about 292 years): the whole
 /// milliseconds Go's `time.Duration` holds. The API server's CEL `duration()` refuses
