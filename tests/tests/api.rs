@@ -276,3 +276,46 @@ async fn kubectl_scale_changes_parallelism() -> Result<()> {
     namespace.delete().await?;
     result
 }
+
+#[tokio::test]
+async fn max_parallelism_cannot_change_once_created() -> Result<()> {
+    let (_, client, namespace) = setup("e2e-immutable").await?;
+    let api = stream_jobs(&client, &namespace.name);
+    let result = async {
+        let name = create_first_example(&client, &namespace.name).await?;
+        let created = api.get(&name).await?;
+        let key_groups = created.data["spec"]["maxParallelism"]
+            .as_i64()
+            .context("the example sets spec.maxParallelism")?;
+        // Another field changes freely; maxParallelism does not.
+        let allowed = json!({"spec": {"parallelism": 1}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&allowed))
+            .await
+            .context("failed to change spec.parallelism")?;
+        let changed = json!({"spec": {"maxParallelism": key_groups * 2}});
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&changed))
+            .await
+        {
+            Ok(_) => bail!(
+                "spec.maxParallelism changed from {key_groups} to {}",
+                key_groups * 2
+            ),
+            Err(kube::Error::Api(status))
+                if status
+                    .message
+                    .contains(sluice_crds::messages::MAX_PARALLELISM_IMMUTABLE) => {}
+            Err(other) => bail!("rejected with {other}, expected the immutability message"),
+        }
+        let stored = api.get(&name).await?;
+        ensure!(
+            stored.data["spec"]["maxParallelism"] == json!(key_groups),
+            "stored spec.maxParallelism is {}",
+            stored.data["spec"]["maxParallelism"]
+        );
+        Ok(())
+    }
+    .await;
+    namespace.delete().await?;
+    result
+}
