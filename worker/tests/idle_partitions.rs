@@ -52,16 +52,21 @@ fn send(engine: &mut Engine, sink: &mut MemorySink, partition: u32, time: i64, n
     engine.process(record, now, sink).unwrap();
 }
 
-#[test]
-fn an_idle_partition_stops_holding_windows_back() {
-    let (_, checked) = sluice_crds::load_manifest(MANIFEST).unwrap();
-    let mut engine = Engine::new(
+/// An engine for `manifest` with in-memory state.
+fn engine_for(manifest: &str) -> Engine {
+    let (_, checked) = sluice_crds::load_manifest(manifest).unwrap();
+    Engine::new(
         &checked,
         Box::new(MemoryStore::default()),
         EngineOptions::default(),
         Metrics::default(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn an_idle_partition_stops_holding_windows_back() {
+    let mut engine = engine_for(MANIFEST);
     let mut sink = MemorySink::default();
     send(&mut engine, &mut sink, 0, 1_000, 0);
     send(&mut engine, &mut sink, 1, 2_000, 0);
@@ -87,14 +92,7 @@ fn an_idle_partition_stops_holding_windows_back() {
 
 #[test]
 fn a_dead_letter_also_lets_an_idle_partition_release_the_watermark() {
-    let (_, checked) = sluice_crds::load_manifest(MANIFEST).unwrap();
-    let mut engine = Engine::new(
-        &checked,
-        Box::new(MemoryStore::default()),
-        EngineOptions::default(),
-        Metrics::default(),
-    )
-    .unwrap();
+    let mut engine = engine_for(MANIFEST);
     let mut sink = MemorySink::default();
     send(&mut engine, &mut sink, 0, 1_000, 0);
     send(&mut engine, &mut sink, 1, 2_000, 0);
@@ -130,14 +128,7 @@ fn a_dead_letter_also_lets_an_idle_partition_release_the_watermark() {
 fn an_assigned_partition_that_has_sent_nothing_holds_windows_back() {
     // No idle timeout: a partition assigned but silent holds the watermark until it sends.
     let manifest = MANIFEST.replace("      idleTimeout: 30s\n", "");
-    let (_, checked) = sluice_crds::load_manifest(&manifest).unwrap();
-    let mut engine = Engine::new(
-        &checked,
-        Box::new(MemoryStore::default()),
-        EngineOptions::default(),
-        Metrics::default(),
-    )
-    .unwrap();
+    let mut engine = engine_for(&manifest);
     let mut sink = MemorySink::default();
     engine.assign_partitions(&[0, 1], 0);
     send(&mut engine, &mut sink, 0, 1_000, 0);

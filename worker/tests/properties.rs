@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use sluice_worker::io::memory::MemorySink;
 
 const OUT_OF_ORDERNESS: i64 = 3_000;
 
@@ -432,6 +433,27 @@ fn contributing_events<'a>(
     contributing
 }
 
+/// Each result as (key, isUpdate, window start, window end, total), for short tests.
+fn key_update_window_total(sink: &MemorySink) -> Vec<(String, bool, i64, i64, Value)> {
+    sink.result_values()
+        .iter()
+        .map(|result| {
+            (
+                result["key"].as_str().unwrap().to_string(),
+                result["isUpdate"].as_bool().unwrap(),
+                millis(result["windowStart"].as_str().unwrap()),
+                millis(result["windowEnd"].as_str().unwrap()),
+                result["total"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// JSON lines of `lines`.
+fn lines_of(lines: &[&str]) -> String {
+    lines.iter().map(|line| format!("{line}\n")).collect()
+}
+
 #[test]
 fn a_late_event_bridging_two_fired_sessions_merges_them_into_an_update() {
     let manifest =
@@ -445,21 +467,9 @@ fn a_late_event_bridging_two_fired_sessions_merges_them_into_an_update() {
         r#"{"user":"u2","ts":20000,"value":100}"#,
         r#"{"user":"u1","ts":3000,"value":4}"#,
     ];
-    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    let input = lines_of(&lines);
     let (sink, _) = common::run_text(&manifest, &input, 1000);
-    let results: Vec<(String, bool, i64, i64, Value)> = sink
-        .result_values()
-        .iter()
-        .map(|result| {
-            (
-                result["key"].as_str().unwrap().to_string(),
-                result["isUpdate"].as_bool().unwrap(),
-                millis(result["windowStart"].as_str().unwrap()),
-                millis(result["windowEnd"].as_str().unwrap()),
-                result["total"].clone(),
-            )
-        })
-        .collect();
+    let results = key_update_window_total(&sink);
     assert_eq!(
         results,
         vec![
@@ -485,22 +495,10 @@ fn a_session_reloaded_from_the_store_fires_once() {
         r#"{"user":"a","ts":0,"value":3}"#,
         r#"{"user":"a","ts":10000,"value":4}"#,
     ];
-    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    let input = lines_of(&lines);
     for cache in [1, 1000] {
         let (sink, _) = common::run_text(&manifest, &input, cache);
-        let results: Vec<(String, bool, i64, i64, Value)> = sink
-            .result_values()
-            .iter()
-            .map(|result| {
-                (
-                    result["key"].as_str().unwrap().to_string(),
-                    result["isUpdate"].as_bool().unwrap(),
-                    millis(result["windowStart"].as_str().unwrap()),
-                    millis(result["windowEnd"].as_str().unwrap()),
-                    result["total"].clone(),
-                )
-            })
-            .collect();
+        let results = key_update_window_total(&sink);
         assert_eq!(
             results,
             vec![
@@ -525,21 +523,9 @@ fn an_event_inside_an_expired_session_starts_a_new_one() {
         r#"{"user":"b","ts":16000,"value":2}"#,
         r#"{"user":"a","ts":3900,"value":3}"#,
     ];
-    let input: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    let input = lines_of(&lines);
     let (sink, _) = common::run_text(&manifest, &input, 1000);
-    let results: Vec<(String, bool, i64, i64, Value)> = sink
-        .result_values()
-        .iter()
-        .map(|result| {
-            (
-                result["key"].as_str().unwrap().to_string(),
-                result["isUpdate"].as_bool().unwrap(),
-                millis(result["windowStart"].as_str().unwrap()),
-                millis(result["windowEnd"].as_str().unwrap()),
-                result["total"].clone(),
-            )
-        })
-        .collect();
+    let results = key_update_window_total(&sink);
     assert_eq!(
         results,
         vec![
