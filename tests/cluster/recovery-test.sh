@@ -93,16 +93,12 @@ process_gone() {
 # kill_component NAME: SIGKILL to the pid cluster.sh recorded (after checking it still runs
 # that command line), then waits until it is gone; prints the pid.
 kill_component() {
-  local name="$1" pidfile="${RUN_DIR}/$1.pid" pid i
+  local name="$1" pidfile="${RUN_DIR}/$1.pid" pid
   pid_alive "${pidfile}" || die "${name} is not running before the kill (${pidfile})"
   pid=$(<"${pidfile}")
   kill -KILL "${pid}"
-  for ((i = 0; i < 100; i++)); do
-    process_gone "${pid}" && break
-    sleep 0.1
-  done
-  process_gone "${pid}" || die "${name} (pid ${pid}) still runs 10s after SIGKILL"
-  log "killed ${name} (pid ${pid}) with SIGKILL"
+  wait_until "${name} (pid ${pid}) gone after SIGKILL" "${SLUICE_STATE}/logs/${name}.log" 10 \
+    process_gone "${pid}"
   printf '%s' "${pid}"
 }
 
