@@ -31,33 +31,29 @@ pub(crate) enum CelType {
     Type,
 }
 
-use CelType::{
-    Bool, Bytes, Double, Duration, Dyn, Int, List, Map, Null, String, Timestamp, Type, Uint,
-};
-
 impl CelType {
     /// The name CEL gives the type.
     pub(crate) fn name(self) -> &'static str {
         match self {
-            Dyn => "dyn",
-            Null => "null",
-            Bool => "bool",
-            Int => "int",
-            Uint => "uint",
-            Double => "double",
-            String => "string",
-            Bytes => "bytes",
-            List => "list",
-            Map => "map",
-            Timestamp => "timestamp",
-            Duration => "duration",
-            Type => "type",
+            Self::Dyn => "dyn",
+            Self::Null => "null",
+            Self::Bool => "bool",
+            Self::Int => "int",
+            Self::Uint => "uint",
+            Self::Double => "double",
+            Self::String => "string",
+            Self::Bytes => "bytes",
+            Self::List => "list",
+            Self::Map => "map",
+            Self::Timestamp => "timestamp",
+            Self::Duration => "duration",
+            Self::Type => "type",
         }
     }
 
     /// Whether a value of this type may be passed where `parameter` is expected.
     fn fits(self, parameter: CelType) -> bool {
-        self == Dyn || parameter == Dyn || self == parameter
+        self == Self::Dyn || parameter == Self::Dyn || self == parameter
     }
 }
 
@@ -88,130 +84,139 @@ const fn member(name: &'static str, parameters: &'static [CelType], result: CelT
     }
 }
 
-/// What the `cel` crate's standard environment evaluates (checked by the tests).
-const OVERLOADS: &[Overload] = &[
-    // Arithmetic: no implicit conversion between int, uint and double.
-    global("_+_", &[Int, Int], Int),
-    global("_+_", &[Uint, Uint], Uint),
-    global("_+_", &[Double, Double], Double),
-    global("_+_", &[String, String], String),
-    global("_+_", &[Bytes, Bytes], Bytes),
-    global("_+_", &[List, List], List),
-    global("_+_", &[Timestamp, Duration], Timestamp),
-    global("_+_", &[Duration, Timestamp], Timestamp),
-    global("_+_", &[Duration, Duration], Duration),
-    global("_-_", &[Int, Int], Int),
-    global("_-_", &[Uint, Uint], Uint),
-    global("_-_", &[Double, Double], Double),
-    global("_-_", &[Timestamp, Timestamp], Duration),
-    global("_-_", &[Timestamp, Duration], Timestamp),
-    global("_-_", &[Duration, Duration], Duration),
-    global("_*_", &[Int, Int], Int),
-    global("_*_", &[Uint, Uint], Uint),
-    global("_*_", &[Double, Double], Double),
-    global("_/_", &[Int, Int], Int),
-    global("_/_", &[Uint, Uint], Uint),
-    global("_/_", &[Double, Double], Double),
-    global("_%_", &[Int, Int], Int),
-    global("_%_", &[Uint, Uint], Uint),
-    global("-_", &[Int], Int),
-    global("-_", &[Double], Double),
-    // Ordering: numbers compare across int, uint and double.
-    global("_<_", &[Int, Int], Bool),
-    global("_<_", &[Int, Uint], Bool),
-    global("_<_", &[Int, Double], Bool),
-    global("_<_", &[Uint, Int], Bool),
-    global("_<_", &[Uint, Uint], Bool),
-    global("_<_", &[Uint, Double], Bool),
-    global("_<_", &[Double, Int], Bool),
-    global("_<_", &[Double, Uint], Bool),
-    global("_<_", &[Double, Double], Bool),
-    global("_<_", &[String, String], Bool),
-    global("_<_", &[Bytes, Bytes], Bool),
-    global("_<_", &[Bool, Bool], Bool),
-    global("_<_", &[Timestamp, Timestamp], Bool),
-    global("_<_", &[Duration, Duration], Bool),
-    // (`_<=_`, `_>_` and `_>=_` take the overloads of `_<_`: see `overloads_of`.)
-    global("_==_", &[Dyn, Dyn], Bool),
-    global("_!=_", &[Dyn, Dyn], Bool),
-    global("!_", &[Bool], Bool),
-    global("_&&_", &[Bool, Bool], Bool),
-    global("_||_", &[Bool, Bool], Bool),
-    global("@in", &[Dyn, List], Bool),
-    global("@in", &[Dyn, Map], Bool),
-    global("_[_]", &[List, Int], Dyn),
-    global("_[_]", &[List, Uint], Dyn),
-    global("_[_]", &[Map, Dyn], Dyn),
-    // Functions.
-    global("size", &[String], Int),
-    global("size", &[Bytes], Int),
-    global("size", &[List], Int),
-    global("size", &[Map], Int),
-    member("size", &[String], Int),
-    member("size", &[Bytes], Int),
-    member("size", &[List], Int),
-    member("size", &[Map], Int),
-    member("contains", &[String, String], Bool),
-    member("startsWith", &[String, String], Bool),
-    member("endsWith", &[String, String], Bool),
-    member("matches", &[String, String], Bool),
-    global("matches", &[String, String], Bool),
-    global("int", &[Int], Int),
-    global("int", &[Uint], Int),
-    global("int", &[Double], Int),
-    global("int", &[String], Int),
-    global("int", &[Timestamp], Int),
-    global("uint", &[Int], Uint),
-    global("uint", &[Uint], Uint),
-    global("uint", &[Double], Uint),
-    global("uint", &[String], Uint),
-    global("double", &[Int], Double),
-    global("double", &[Uint], Double),
-    global("double", &[Double], Double),
-    global("double", &[String], Double),
-    global("string", &[Int], String),
-    global("string", &[Uint], String),
-    global("string", &[Double], String),
-    global("string", &[String], String),
-    global("string", &[Bytes], String),
-    global("string", &[Bool], String),
-    global("string", &[Timestamp], String),
-    global("string", &[Duration], String),
-    global("bytes", &[String], Bytes),
-    global("bytes", &[Bytes], Bytes),
-    global("bool", &[Bool], Bool),
-    global("bool", &[String], Bool),
-    global("dyn", &[Dyn], Dyn),
-    global("type", &[Dyn], Type),
-    global("timestamp", &[String], Timestamp),
-    global("timestamp", &[Timestamp], Timestamp),
-    global("duration", &[String], Duration),
-    global("duration", &[Duration], Duration),
-    member("getFullYear", &[Timestamp], Int),
-    member("getFullYear", &[Timestamp, String], Int),
-    member("getMonth", &[Timestamp], Int),
-    member("getMonth", &[Timestamp, String], Int),
-    member("getDayOfYear", &[Timestamp], Int),
-    member("getDayOfYear", &[Timestamp, String], Int),
-    member("getDayOfMonth", &[Timestamp], Int),
-    member("getDayOfMonth", &[Timestamp, String], Int),
-    member("getDate", &[Timestamp], Int),
-    member("getDate", &[Timestamp, String], Int),
-    member("getDayOfWeek", &[Timestamp], Int),
-    member("getDayOfWeek", &[Timestamp, String], Int),
-    member("getHours", &[Timestamp], Int),
-    member("getHours", &[Timestamp, String], Int),
-    member("getHours", &[Duration], Int),
-    member("getMinutes", &[Timestamp], Int),
-    member("getMinutes", &[Timestamp, String], Int),
-    member("getMinutes", &[Duration], Int),
-    member("getSeconds", &[Timestamp], Int),
-    member("getSeconds", &[Timestamp, String], Int),
-    member("getSeconds", &[Duration], Int),
-    member("getMilliseconds", &[Timestamp], Int),
-    member("getMilliseconds", &[Timestamp, String], Int),
-    member("getMilliseconds", &[Duration], Int),
-];
+mod table {
+    use super::CelType::{
+        Bool, Bytes, Double, Duration, Dyn, Int, List, Map, String, Timestamp, Type, Uint,
+    };
+    use super::{Overload, global, member};
+
+    /// What the `cel` crate's standard environment evaluates (checked by the tests).
+    pub(super) const OVERLOADS: &[Overload] = &[
+        // Arithmetic: no implicit conversion between int, uint and double.
+        global("_+_", &[Int, Int], Int),
+        global("_+_", &[Uint, Uint], Uint),
+        global("_+_", &[Double, Double], Double),
+        global("_+_", &[String, String], String),
+        global("_+_", &[Bytes, Bytes], Bytes),
+        global("_+_", &[List, List], List),
+        global("_+_", &[Timestamp, Duration], Timestamp),
+        global("_+_", &[Duration, Timestamp], Timestamp),
+        global("_+_", &[Duration, Duration], Duration),
+        global("_-_", &[Int, Int], Int),
+        global("_-_", &[Uint, Uint], Uint),
+        global("_-_", &[Double, Double], Double),
+        global("_-_", &[Timestamp, Timestamp], Duration),
+        global("_-_", &[Timestamp, Duration], Timestamp),
+        global("_-_", &[Duration, Duration], Duration),
+        global("_*_", &[Int, Int], Int),
+        global("_*_", &[Uint, Uint], Uint),
+        global("_*_", &[Double, Double], Double),
+        global("_/_", &[Int, Int], Int),
+        global("_/_", &[Uint, Uint], Uint),
+        global("_/_", &[Double, Double], Double),
+        global("_%_", &[Int, Int], Int),
+        global("_%_", &[Uint, Uint], Uint),
+        global("-_", &[Int], Int),
+        global("-_", &[Double], Double),
+        // Ordering: numbers compare across int, uint and double.
+        global("_<_", &[Int, Int], Bool),
+        global("_<_", &[Int, Uint], Bool),
+        global("_<_", &[Int, Double], Bool),
+        global("_<_", &[Uint, Int], Bool),
+        global("_<_", &[Uint, Uint], Bool),
+        global("_<_", &[Uint, Double], Bool),
+        global("_<_", &[Double, Int], Bool),
+        global("_<_", &[Double, Uint], Bool),
+        global("_<_", &[Double, Double], Bool),
+        global("_<_", &[String, String], Bool),
+        global("_<_", &[Bytes, Bytes], Bool),
+        global("_<_", &[Bool, Bool], Bool),
+        global("_<_", &[Timestamp, Timestamp], Bool),
+        global("_<_", &[Duration, Duration], Bool),
+        // (`_<=_`, `_>_` and `_>=_` take the overloads of `_<_`: see `overloads_of`.)
+        global("_==_", &[Dyn, Dyn], Bool),
+        global("_!=_", &[Dyn, Dyn], Bool),
+        global("!_", &[Bool], Bool),
+        global("_&&_", &[Bool, Bool], Bool),
+        global("_||_", &[Bool, Bool], Bool),
+        global("@in", &[Dyn, List], Bool),
+        global("@in", &[Dyn, Map], Bool),
+        global("_[_]", &[List, Int], Dyn),
+        global("_[_]", &[List, Uint], Dyn),
+        global("_[_]", &[Map, Dyn], Dyn),
+        // Functions.
+        global("size", &[String], Int),
+        global("size", &[Bytes], Int),
+        global("size", &[List], Int),
+        global("size", &[Map], Int),
+        member("size", &[String], Int),
+        member("size", &[Bytes], Int),
+        member("size", &[List], Int),
+        member("size", &[Map], Int),
+        member("contains", &[String, String], Bool),
+        member("startsWith", &[String, String], Bool),
+        member("endsWith", &[String, String], Bool),
+        member("matches", &[String, String], Bool),
+        global("matches", &[String, String], Bool),
+        global("int", &[Int], Int),
+        global("int", &[Uint], Int),
+        global("int", &[Double], Int),
+        global("int", &[String], Int),
+        global("int", &[Timestamp], Int),
+        global("uint", &[Int], Uint),
+        global("uint", &[Uint], Uint),
+        global("uint", &[Double], Uint),
+        global("uint", &[String], Uint),
+        global("double", &[Int], Double),
+        global("double", &[Uint], Double),
+        global("double", &[Double], Double),
+        global("double", &[String], Double),
+        global("string", &[Int], String),
+        global("string", &[Uint], String),
+        global("string", &[Double], String),
+        global("string", &[String], String),
+        global("string", &[Bytes], String),
+        global("string", &[Bool], String),
+        global("string", &[Timestamp], String),
+        global("string", &[Duration], String),
+        global("bytes", &[String], Bytes),
+        global("bytes", &[Bytes], Bytes),
+        global("bool", &[Bool], Bool),
+        global("bool", &[String], Bool),
+        global("dyn", &[Dyn], Dyn),
+        global("type", &[Dyn], Type),
+        global("timestamp", &[String], Timestamp),
+        global("timestamp", &[Timestamp], Timestamp),
+        global("duration", &[String], Duration),
+        global("duration", &[Duration], Duration),
+        member("getFullYear", &[Timestamp], Int),
+        member("getFullYear", &[Timestamp, String], Int),
+        member("getMonth", &[Timestamp], Int),
+        member("getMonth", &[Timestamp, String], Int),
+        member("getDayOfYear", &[Timestamp], Int),
+        member("getDayOfYear", &[Timestamp, String], Int),
+        member("getDayOfMonth", &[Timestamp], Int),
+        member("getDayOfMonth", &[Timestamp, String], Int),
+        member("getDate", &[Timestamp], Int),
+        member("getDate", &[Timestamp, String], Int),
+        member("getDayOfWeek", &[Timestamp], Int),
+        member("getDayOfWeek", &[Timestamp, String], Int),
+        member("getHours", &[Timestamp], Int),
+        member("getHours", &[Timestamp, String], Int),
+        member("getHours", &[Duration], Int),
+        member("getMinutes", &[Timestamp], Int),
+        member("getMinutes", &[Timestamp, String], Int),
+        member("getMinutes", &[Duration], Int),
+        member("getSeconds", &[Timestamp], Int),
+        member("getSeconds", &[Timestamp, String], Int),
+        member("getSeconds", &[Duration], Int),
+        member("getMilliseconds", &[Timestamp], Int),
+        member("getMilliseconds", &[Timestamp, String], Int),
+        member("getMilliseconds", &[Duration], Int),
+    ];
+}
+
+use table::OVERLOADS;
 
 /// The overloads of a function or operator (the ordering operators share theirs).
 fn overloads_of(name: &str) -> impl Iterator<Item = &'static Overload> + '_ {
@@ -251,40 +256,51 @@ fn operator_text(name: &str) -> &str {
 /// ...) binds and their types. The first type error found is returned, as a sentence.
 pub(crate) fn infer(
     expression: &IdedExpr,
-    bound: &mut Vec<(std::string::String, CelType)>,
-) -> Result<CelType, std::string::String> {
+    bound: &mut Vec<(String, CelType)>,
+) -> Result<CelType, String> {
     match &expression.expr {
-        Expr::Unspecified => Ok(Dyn),
+        Expr::Unspecified => Ok(CelType::Dyn),
         Expr::Literal(literal) => Ok(match literal {
-            LiteralValue::Boolean(_) => Bool,
-            LiteralValue::Bytes(_) => Bytes,
-            LiteralValue::Double(_) => Double,
-            LiteralValue::Int(_) => Int,
-            LiteralValue::Null => Null,
-            LiteralValue::String(_) => String,
-            LiteralValue::UInt(_) => Uint,
+            LiteralValue::Boolean(_) => CelType::Bool,
+            LiteralValue::Bytes(_) => CelType::Bytes,
+            LiteralValue::Double(_) => CelType::Double,
+            LiteralValue::Int(_) => CelType::Int,
+            LiteralValue::Null => CelType::Null,
+            LiteralValue::String(_) => CelType::String,
+            LiteralValue::UInt(_) => CelType::Uint,
         }),
         Expr::Ident(name) => Ok(bound
             .iter()
             .rev()
             .find(|(variable, _)| variable == name)
-            .map_or(if name == "event" { Map } else { Dyn }, |(_, kind)| *kind)),
+            .map_or(
+                if name == "event" {
+                    CelType::Map
+                } else {
+                    CelType::Dyn
+                },
+                |(_, kind)| *kind,
+            )),
         Expr::Select(select) => {
             let operand = infer(&select.operand, bound)?;
-            if !matches!(operand, Dyn | Map) {
+            if !matches!(operand, CelType::Dyn | CelType::Map) {
                 return Err(format!(
                     "a value of type {} has no fields: .{} needs a map (such as event)",
                     operand.name(),
                     select.field
                 ));
             }
-            Ok(if select.test { Bool } else { Dyn })
+            Ok(if select.test {
+                CelType::Bool
+            } else {
+                CelType::Dyn
+            })
         }
         Expr::List(list) => {
             for element in &list.elements {
                 infer(element, bound)?;
             }
-            Ok(List)
+            Ok(CelType::List)
         }
         Expr::Map(map) => {
             for entry in &map.entries {
@@ -293,12 +309,12 @@ pub(crate) fn infer(
                     infer(&entry.value, bound)?;
                 }
             }
-            Ok(Map)
+            Ok(CelType::Map)
         }
-        Expr::Struct(_) => Ok(Dyn),
+        Expr::Struct(_) => Ok(CelType::Dyn),
         Expr::Comprehension(comprehension) => {
             let range = infer(&comprehension.iter_range, bound)?;
-            if !matches!(range, Dyn | List | Map) {
+            if !matches!(range, CelType::Dyn | CelType::List | CelType::Map) {
                 return Err(format!(
                     "a {} cannot be iterated: macros such as exists and map need a list or a map",
                     range.name()
@@ -306,9 +322,9 @@ pub(crate) fn infer(
             }
             let accumulator = infer(&comprehension.accu_init, bound)?;
             let depth = bound.len();
-            bound.push((comprehension.iter_var.clone(), Dyn));
+            bound.push((comprehension.iter_var.clone(), CelType::Dyn));
             if let Some(second) = &comprehension.iter_var2 {
-                bound.push((second.clone(), Dyn));
+                bound.push((second.clone(), CelType::Dyn));
             }
             bound.push((comprehension.accu_var.clone(), accumulator));
             let checked = infer(&comprehension.loop_cond, bound)
@@ -331,18 +347,18 @@ pub(crate) fn infer(
             }
             if name.starts_with('@') && name != "@in" {
                 // Internal functions of the macros (`@not_strictly_false`).
-                return Ok(Dyn);
+                return Ok(CelType::Dyn);
             }
             resolve(name, call.target.is_some(), &arguments)
         }
     }
 }
 
-fn conditional(arguments: &[CelType]) -> Result<CelType, std::string::String> {
+fn conditional(arguments: &[CelType]) -> Result<CelType, String> {
     let [condition, when_true, when_false] = arguments else {
-        return Ok(Dyn);
+        return Ok(CelType::Dyn);
     };
-    if !condition.fits(Bool) {
+    if !condition.fits(CelType::Bool) {
         return Err(format!(
             "the condition of ? : must be a bool, not a {}",
             condition.name()
@@ -351,16 +367,12 @@ fn conditional(arguments: &[CelType]) -> Result<CelType, std::string::String> {
     Ok(if when_true == when_false {
         *when_true
     } else {
-        Dyn
+        CelType::Dyn
     })
 }
 
 /// The result type of a call, from the overloads its argument types fit.
-fn resolve(
-    name: &str,
-    member_call: bool,
-    arguments: &[CelType],
-) -> Result<CelType, std::string::String> {
+fn resolve(name: &str, member_call: bool, arguments: &[CelType]) -> Result<CelType, String> {
     let mut declared = false;
     let mut result: Option<CelType> = None;
     for overload in overloads_of(name) {
@@ -377,7 +389,7 @@ fn resolve(
         result = Some(match result {
             None => overload.result,
             Some(previous) if previous == overload.result => previous,
-            Some(_) => Dyn,
+            Some(_) => CelType::Dyn,
         });
     }
     let types: Vec<&str> = arguments.iter().map(|kind| kind.name()).collect();
@@ -404,7 +416,7 @@ fn resolve(
             } else {
                 (None, &types[..])
             };
-            let taken: Vec<std::string::String> = overloads_of(name)
+            let taken: Vec<String> = overloads_of(name)
                 .map(|overload| {
                     let names: Vec<&str> =
                         overload.parameters.iter().map(|kind| kind.name()).collect();
@@ -430,8 +442,11 @@ fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use CelType::{
+        Bool, Bytes, Double, Duration, Dyn, Int, List, Map, Null, Timestamp, Type, Uint,
+    };
 
-    fn check(source: &str) -> Result<CelType, std::string::String> {
+    fn check(source: &str) -> Result<CelType, String> {
         let program = cel::Program::compile(source).expect("parses");
         infer(program.expression(), &mut Vec::new())
     }
@@ -445,7 +460,7 @@ mod tests {
             Int => "2",
             Uint => "2u",
             Double => "2.5",
-            String => "'7'",
+            CelType::String => "'7'",
             Bytes => "b'ab'",
             List => "[1, 2]",
             Map => "{'a': 1}",
@@ -462,7 +477,7 @@ mod tests {
             cel::Value::Int(_) => Int,
             cel::Value::UInt(_) => Uint,
             cel::Value::Float(_) => Double,
-            cel::Value::String(_) => String,
+            cel::Value::String(_) => CelType::String,
             cel::Value::Bytes(_) => Bytes,
             cel::Value::List(_) => List,
             cel::Value::Map(_) => Map,
