@@ -168,32 +168,21 @@ impl Engine {
         sink: &mut dyn Sink,
     ) -> anyhow::Result<()> {
         self.metrics.events_in.inc();
-        let fields = match decode(record.payload) {
-            Ok(fields) => fields,
+        let decoded = decode(record.payload).and_then(|fields| {
+            let time = self
+                .pipeline
+                .event_time
+                .extract(&fields)
+                .map_err(event_time_failure)?;
+            Ok((fields, time))
+        });
+        let (fields, time) = match decoded {
+            Ok(decoded) => decoded,
             Err(failure) => {
+                // The record still shows its partition is active, and processing time
+                // moved: an idle partition may release the watermark.
                 self.watermarks.observe(record.partition, None, now);
                 self.dead_letter(&failure, Some(record.position), record.payload, sink)?;
-                // (processing time moved: an idle partition may release the watermark)
-                return self.advance(now, sink);
-            }
-        };
-        let time = match self.pipeline.event_time.extract(&fields) {
-            Ok(time) => time,
-            Err(error) => {
-                self.watermarks.observe(record.partition, None, now);
-                let reason = match error {
-                    EventTimeError::Missing { .. } => DeadLetterReason::EventTimeMissing,
-                    EventTimeError::Invalid { .. } => DeadLetterReason::EventTimeInvalid,
-                    EventTimeError::OutOfRange { .. } | EventTimeError::TooLateForWindow { .. } => {
-                        DeadLetterReason::EventTimeOutOfRange
-                    }
-                };
-                self.dead_letter(
-                    &Failure::new(reason, error.to_string()),
-                    Some(record.position),
-                    record.payload,
-                    sink,
-                )?;
                 return self.advance(now, sink);
             }
         };
@@ -516,4 +505,16 @@ fn key_bytes_of_canonical(canonical: &[u8]) -> Vec<u8> {
         Ok(value) => key_bytes(&value),
         Err(_) => canonical.to_vec(),
     }
+}
+
+/// The dead letter of an event whose time cannot be used.
+fn event_time_failure(error: EventTimeError) -> Failure {
+    let reason = match error {
+        EventTimeError::Missing { .. } => DeadLetterReason::EventTimeMissing,
+        EventTimeError::Invalid { .. } => DeadLetterReason::EventTimeInvalid,
+        EventTimeError::OutOfRange { .. } | EventTimeError::TooLateForWindow { .. } => {
+            DeadLetterReason::EventTimeOutOfRange
+        }
+    };
+    Failure::new(reason, error.to_string())
 }

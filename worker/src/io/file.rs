@@ -128,6 +128,7 @@ impl FileSink {
     }
 
     fn write_envelope(writer: &mut dyn Write, rejected: Rejected<'_>) -> anyhow::Result<()> {
+        let text = std::str::from_utf8(rejected.original).ok();
         let envelope = Envelope {
             reason: rejected.reason.as_str(),
             detail: rejected.detail,
@@ -136,9 +137,9 @@ impl FileSink {
                 Some(Position::Kafka { offset, .. }) => u64::try_from(*offset).ok(),
                 None => None,
             },
-            original: std::str::from_utf8(rejected.original).ok(),
-            original_base64: std::str::from_utf8(rejected.original)
-                .is_err()
+            original: text,
+            original_base64: text
+                .is_none()
                 .then(|| BASE64_STANDARD.encode(rejected.original)),
         };
         serde_json::to_writer(&mut *writer, &envelope).context("failed to write an envelope")?;

@@ -192,14 +192,8 @@ pub fn compile(job: &CheckedJob) -> Result<CompiledPipeline, PipelineError> {
         event_time: EventTimeField {
             field: spec.source.event_time.field.clone(),
             format: spec.source.event_time.format,
-            latest: MAX_EVENT_TIME.saturating_sub(window.as_ref().map_or(0, |window| {
-                match window.assigner {
-                    WindowAssigner::Tumbling { size } | WindowAssigner::Sliding { size, .. } => {
-                        size
-                    }
-                    WindowAssigner::Session { gap } => gap,
-                }
-            })),
+            latest: MAX_EVENT_TIME
+                .saturating_sub(window.as_ref().map_or(0, |window| window.assigner.reach())),
         },
         max_out_of_orderness: spec.source.watermark.max_out_of_orderness.as_millis_i64(),
         idle_timeout: spec

@@ -69,6 +69,14 @@ impl From<WindowKind> for WindowAssigner {
 }
 
 impl WindowAssigner {
+    /// How far past an event's time its windows may end: the size, or the session gap.
+    pub fn reach(&self) -> Millis {
+        match *self {
+            Self::Tumbling { size } | Self::Sliding { size, .. } => size,
+            Self::Session { gap } => gap,
+        }
+    }
+
     /// Whether windows of a key merge (sessions).
     pub fn is_merging(&self) -> bool {
         matches!(self, Self::Session { .. })
