@@ -195,21 +195,20 @@ fn dead_letter_envelopes_keep_the_original_bytes() {
     ];
     std::fs::write(&input, lines.concat()).unwrap();
     let dead_letters = directory.path().join("dead.jsonl");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
-        .args(["local", "--quiet", "--job"])
-        .arg(&job)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(directory.path().join("out.jsonl"))
-        .arg("--dead-letter")
-        .arg(&dead_letters)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let out = directory.path().join("out.jsonl");
+    common::run_local_binary(
+        [
+            "--quiet".as_ref(),
+            "--job".as_ref(),
+            job.as_os_str(),
+            "--input".as_ref(),
+            input.as_os_str(),
+            "--output".as_ref(),
+            out.as_os_str(),
+            "--dead-letter".as_ref(),
+            dead_letters.as_os_str(),
+        ],
+        "dead letters with their original bytes",
     );
     let envelopes: Vec<serde_json::Value> = std::fs::read_to_string(&dead_letters)
         .unwrap()

@@ -73,24 +73,22 @@ fn examples_through_the_binary() {
         let output = output_directory.path().join("results.jsonl");
         let dead_letters = output_directory.path().join("dead-letters.jsonl");
         let late = output_directory.path().join("late.jsonl");
-        let status = Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
-            .arg("local")
-            .arg("--job")
-            .arg(directory.join("streamjob.yaml"))
-            .arg("--input")
-            .arg(directory.join("input.jsonl"))
-            .arg("--output")
-            .arg(&output)
-            .arg("--dead-letter")
-            .arg(&dead_letters)
-            .arg("--late")
-            .arg(&late)
-            .output()
-            .unwrap();
-        assert!(
-            status.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&status.stderr)
+        let job = directory.join("streamjob.yaml");
+        let input = directory.join("input.jsonl");
+        let status = run_local_binary(
+            [
+                "--job".as_ref(),
+                job.as_os_str(),
+                "--input".as_ref(),
+                input.as_os_str(),
+                "--output".as_ref(),
+                output.as_os_str(),
+                "--dead-letter".as_ref(),
+                dead_letters.as_os_str(),
+                "--late".as_ref(),
+                late.as_os_str(),
+            ],
+            &name,
         );
         assert_results_equal(
             &meaningful_lines(&output),

@@ -94,6 +94,26 @@ pub fn assert_dead_letters_match(
     }
 }
 
+/// Runs `sluice-worker local` with `arguments`, asserting it succeeded (`context` names
+/// the run in the failure).
+pub fn run_local_binary<I, S>(arguments: I, context: &str) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
+        .arg("local")
+        .args(arguments)
+        .output()
+        .expect("sluice-worker runs");
+    assert!(
+        output.status.success(),
+        "{context}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 /// Runs a manifest over input text through the library, in memory, with RocksDB state in
 /// a temporary directory.
 pub fn run_text(manifest: &str, input: &str, cache_entries: usize) -> (MemorySink, Summary) {
