@@ -37,6 +37,8 @@ pub struct Environment {
     pub kafka_bootstrap: String,
     /// The kubectl binary to run (`SLUICE_KUBECTL`, else `kubectl` from `PATH`).
     pub kubectl: PathBuf,
+    /// The helm binary to run (`SLUICE_HELM`, else `helm` from `PATH`).
+    pub helm: PathBuf,
     /// Where the settings came from, for error messages.
     pub origin: String,
 }
@@ -54,6 +56,7 @@ impl Environment {
                 kafka_bootstrap,
                 kubectl: from_process("SLUICE_KUBECTL")
                     .map_or_else(|| "kubectl".into(), PathBuf::from),
+                helm: from_process("SLUICE_HELM").map_or_else(|| "helm".into(), PathBuf::from),
                 origin: "the KUBECONFIG and SLUICE_KAFKA_BOOTSTRAP environment variables"
                     .to_owned(),
             });
@@ -82,6 +85,9 @@ impl Environment {
             kubectl: values
                 .get("SLUICE_KUBECTL")
                 .map_or_else(|| "kubectl".into(), PathBuf::from),
+            helm: values
+                .get("SLUICE_HELM")
+                .map_or_else(|| "helm".into(), PathBuf::from),
             origin: env_file.display().to_string(),
         })
     }
@@ -111,23 +117,48 @@ impl Environment {
 
     /// Runs kubectl against the cluster and returns its stdout; fails with its stderr.
     pub fn kubectl(&self, arguments: &[&str]) -> Result<String> {
-        let output = Command::new(&self.kubectl)
-            .args(arguments)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .output()
-            .with_context(|| format!("failed to run {}", self.kubectl.display()))?;
-        ensure!(
-            output.status.success(),
-            "kubectl {} failed ({}): {}",
-            arguments.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        run_checked(
+            Command::new(&self.kubectl)
+                .args(arguments)
+                .env("KUBECONFIG", &self.kubeconfig),
+        )
+    }
+
+    /// Runs helm in the repository root and returns its stdout; fails with its stderr.
+    pub fn helm(&self, arguments: &[&str]) -> Result<String> {
+        run_checked(
+            Command::new(&self.helm)
+                .args(arguments)
+                .current_dir(repo_root()),
+        )
     }
 }
 
-fn state_dir() -> PathBuf {
+/// Runs a tool and returns its stdout; fails naming the command line, with its stderr.
+fn run_checked(command: &mut Command) -> Result<String> {
+    let line = format!(
+        "{} {}",
+        command.get_program().to_string_lossy(),
+        command
+            .get_args()
+            .map(|argument| argument.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let output = command
+        .output()
+        .with_context(|| format!("failed to run {line} (`make cluster-up` builds the tools)"))?;
+    ensure!(
+        output.status.success(),
+        "{line} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// `${SLUICE_STATE}`, where `cluster.sh` keeps the running cluster's state.
+pub fn state_dir() -> PathBuf {
     std::env::var_os("SLUICE_STATE")
         .filter(|value| !value.is_empty())
         .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from)

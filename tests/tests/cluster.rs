@@ -15,7 +15,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_yaml_ng::Value as Yaml;
-use sluice_e2e::{DEFAULT_STATE_DIR, Environment, parse_env_file, read_repo_file, repo_root};
+use sluice_e2e::{Environment, read_repo_file, state_dir};
 
 /// The address of the project's bridge (`SLUICE_BRIDGE_IP` in `tests/cluster/versions.sh`).
 const BRIDGE_ADDRESS: &str = "10.244.0.1";
@@ -40,13 +40,6 @@ const EXPECTED_LISTENERS: &[(&str, &[&str])] = &[
     // CRI streaming server on a random loopback port.
     ("containerd", &["127.0.0.1:*"]),
 ];
-
-/// `${SLUICE_STATE}`, the runtime state of the local cluster.
-fn state_dir() -> PathBuf {
-    std::env::var_os("SLUICE_STATE")
-        .filter(|value| !value.is_empty())
-        .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), PathBuf::from)
-}
 
 /// `${SLUICE_CACHE}`, where the cluster's binaries and Kafka's jars are cached.
 fn cache_dir() -> PathBuf {
@@ -74,40 +67,6 @@ fn pinned_version(name: &str) -> Result<String> {
             format!("failed to read the default of {name} in tests/cluster/versions.sh: {line}")
         })?;
     Ok(default)
-}
-
-/// The helm binary: `SLUICE_HELM`, else the env file of `cluster.sh up`, else `helm`.
-fn helm_binary() -> PathBuf {
-    if let Some(helm) = std::env::var_os("SLUICE_HELM").filter(|value| !value.is_empty()) {
-        return PathBuf::from(helm);
-    }
-    std::fs::read_to_string(state_dir().join("env"))
-        .ok()
-        .and_then(|text| parse_env_file(&text).remove("SLUICE_HELM"))
-        .map_or_else(|| PathBuf::from("helm"), PathBuf::from)
-}
-
-/// Runs helm in the repository root and returns its stdout; fails with its stderr.
-fn helm(arguments: &[&str]) -> Result<String> {
-    let helm = helm_binary();
-    let output = Command::new(&helm)
-        .args(arguments)
-        .current_dir(repo_root())
-        .output()
-        .with_context(|| {
-            format!(
-                "failed to run {} (run `make cluster-up`, which builds it)",
-                helm.display()
-            )
-        })?;
-    ensure!(
-        output.status.success(),
-        "helm {} failed ({}): {}",
-        arguments.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    String::from_utf8(output.stdout).context("failed to read helm's output as UTF-8")
 }
 
 /// The documents of a multi-document YAML stream as helm prints it, each with its
@@ -179,19 +138,26 @@ async fn kubectl_and_the_api_server_run_the_pinned_kubernetes_version() -> Resul
 #[test]
 fn helm_is_the_pinned_version() -> Result<()> {
     let pinned = pinned_version("HELM_VERSION")?;
-    let version = helm(&["version", "--template", "{{.Version}}"])?;
+    let environment = Environment::load()?;
+    let version = environment.helm(&["version", "--template", "{{.Version}}"])?;
     ensure!(
         version.trim() == pinned,
         "helm version is {:?}, tests/cluster/versions.sh pins {pinned} ({})",
         version.trim(),
-        helm_binary().display()
+        environment.helm.display()
     );
     Ok(())
 }
 
 #[test]
 fn helm_template_renders_the_controller_identity_without_crds() -> Result<()> {
-    let rendered = helm(&["template", "sluice", "charts/sluice", "-n", "sluice-system"])?;
+    let rendered = Environment::load()?.helm(&[
+        "template",
+        "sluice",
+        "charts/sluice",
+        "-n",
+        "sluice-system",
+    ])?;
     let documents = rendered_documents(&rendered)?;
     let mut by_kind: BTreeMap<String, Vec<&Yaml>> = BTreeMap::new();
     for (_, _, document) in &documents {
@@ -257,7 +223,8 @@ fn helm_template_include_crds_carries_the_committed_crd_unchanged() -> Result<()
     let committed_text = read_repo_file("crds/streamjobs.sluice.dev.yaml")?;
     let committed: Yaml = serde_yaml_ng::from_str(&committed_text)
         .context("failed to parse crds/streamjobs.sluice.dev.yaml")?;
-    let rendered = helm(&["template", "sluice", "charts/sluice", "--include-crds"])?;
+    let rendered =
+        Environment::load()?.helm(&["template", "sluice", "charts/sluice", "--include-crds"])?;
     let documents = rendered_documents(&rendered)?;
     let crds: Vec<&(String, String, Yaml)> = documents
         .iter()
