@@ -29,7 +29,7 @@ pub const SLIDE_ABOVE_SIZE: &str = "sliding.slide must not exceed sliding.size: 
 pub const SLIDE_TOO_SMALL: &str = "sliding.size may be at most 1000 times sliding.slide: each event is counted in up to size/slide windows (rounded up); use a larger slide";
 
 /// An aggregation other than count without `of`.
-pub const AGGREGATION_NEEDS_OF: &str = "sum, min, max and avg need 'of', the CEL expression to aggregate (for example of: event.latencyMs); only count works without it";
+pub const AGGREGATION_NEEDS_OF: &str = "Sum, Min, Max and Avg need 'of', the CEL expression to aggregate (for example of: event.latencyMs); only Count works without it";
 
 /// Output names of map and aggregate.
 pub const OUTPUT_NAME_INVALID: &str = "output names must be identifiers (letters, digits and _, not starting with a digit), so later steps can use them as event.<name>";

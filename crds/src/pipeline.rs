@@ -29,8 +29,8 @@ pub struct PipelineStep {
     pub filter: Option<String>,
 
     /// Replace each event by a new one with these fields, each a CEL expression over the
-    /// incoming event, for example `page: event.url.split('?')[0]`. The event-time
-    /// field is carried over.
+    /// incoming event, for example `page: event.url`. Only these fields remain; the event
+    /// time travels with the event, so the output need not keep the event-time field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxProperties" = 64, "x-kubernetes-validations" = [
         { "rule": "self.all(name, name.matches('^[A-Za-z_][A-Za-z0-9_]*$'))", "message": messages::OUTPUT_NAME_INVALID },
@@ -49,7 +49,7 @@ pub struct PipelineStep {
     pub window: Option<WindowSpec>,
 
     /// Named results computed over each window, for example
-    /// `views: {function: count}` or `avgLatency: {function: avg, of: event.latencyMs}`.
+    /// `views: {function: Count}` or `avgLatency: {function: Avg, of: event.latencyMs}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxProperties" = 64, "x-kubernetes-validations" = [
         { "rule": "self.all(name, name.matches('^[A-Za-z_][A-Za-z0-9_]*$'))", "message": messages::OUTPUT_NAME_INVALID },
@@ -122,7 +122,7 @@ pub struct SessionWindow {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[schemars(extend("x-kubernetes-validations" = [
     // `function` is a CEL reserved word: Kubernetes exposes it as `__function__`.
-    { "rule": "self.__function__ == 'count' || has(self.of)", "message": messages::AGGREGATION_NEEDS_OF },
+    { "rule": "self.__function__ == 'Count' || has(self.of)", "message": messages::AGGREGATION_NEEDS_OF },
 ]))]
 pub struct Aggregation {
     /// What to compute.
@@ -135,7 +135,6 @@ pub struct Aggregation {
 
 /// An aggregate function.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
-#[serde(rename_all = "camelCase")]
 pub enum AggregateFunction {
     /// Number of events.
     Count,
@@ -153,11 +152,11 @@ impl AggregateFunction {
     /// The name as written in a manifest.
     pub fn name(self) -> &'static str {
         match self {
-            Self::Count => "count",
-            Self::Sum => "sum",
-            Self::Min => "min",
-            Self::Max => "max",
-            Self::Avg => "avg",
+            Self::Count => "Count",
+            Self::Sum => "Sum",
+            Self::Min => "Min",
+            Self::Max => "Max",
+            Self::Avg => "Avg",
         }
     }
 }
@@ -173,19 +172,13 @@ pub struct Expression {
     pub event_fields: Option<BTreeSet<String>>,
 }
 
-/// A checked pipeline step: what the worker compiles into an operator.
+/// A stateless step: what `filter` and `map` become once checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
+pub enum StatelessStep {
     /// Keep events for which the expression is true.
     Filter(Expression),
     /// Replace the event by these named fields.
     Map(Vec<(String, Expression)>),
-    /// Key the events.
-    KeyBy(Expression),
-    /// Assign events to windows.
-    Window(Window),
-    /// Compute these named results per key and window.
-    Aggregate(Vec<AggregateOutput>),
 }
 
 /// A checked window.
@@ -230,27 +223,70 @@ pub struct AggregateOutput {
     pub of: Option<Expression>,
 }
 
-/// A pipeline whose steps passed [`crate::validate()`], in order.
+/// A pipeline that passed [`crate::validate()`], in the shape the rules allow: stateless
+/// steps, then optionally a key, more stateless steps, and optionally a window with its
+/// aggregate followed by stateless steps on the results. Nothing downstream re-checks the
+/// order of steps: a window without a key, or an aggregate without a window, cannot be
+/// written in this type.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CheckedPipeline {
-    /// The steps in order.
-    pub steps: Vec<Step>,
+    /// Stateless steps before the `keyBy` (every step when there is none).
+    pub before_key: Vec<StatelessStep>,
+    /// The `keyBy` and everything after it.
+    pub keyed: Option<KeyedPipeline>,
+}
+
+/// The keyed part of a pipeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyedPipeline {
+    /// The key expression: a string, an integer or a bool.
+    pub key: Expression,
+    /// Stateless steps between the `keyBy` and the window (every step after the `keyBy`
+    /// when there is no window).
+    pub before_window: Vec<StatelessStep>,
+    /// The window, its aggregate and the steps on its results.
+    pub window: Option<WindowedAggregate>,
+}
+
+/// A window with its aggregate step and the stateless steps on its results.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WindowedAggregate {
+    /// The window.
+    pub window: Window,
+    /// The named results per key and window, in the order of their names.
+    pub aggregates: Vec<AggregateOutput>,
+    /// Stateless steps each result goes through.
+    pub after_window: Vec<StatelessStep>,
 }
 
 impl CheckedPipeline {
     /// The keyBy expression, if the pipeline is keyed.
     pub fn key_by(&self) -> Option<&Expression> {
-        self.steps.iter().find_map(|step| match step {
-            Step::KeyBy(expression) => Some(expression),
-            _ => None,
-        })
+        self.keyed.as_ref().map(|keyed| &keyed.key)
+    }
+
+    /// The window and its aggregate, if the pipeline has one.
+    pub fn windowed(&self) -> Option<&WindowedAggregate> {
+        self.keyed.as_ref().and_then(|keyed| keyed.window.as_ref())
     }
 
     /// The window, if the pipeline has one.
     pub fn window(&self) -> Option<&Window> {
-        self.steps.iter().find_map(|step| match step {
-            Step::Window(window) => Some(window),
-            _ => None,
-        })
+        self.windowed().map(|windowed| &windowed.window)
+    }
+
+    /// Number of steps, as written.
+    pub fn step_count(&self) -> usize {
+        let keyed = self.keyed.as_ref().map_or(0, |keyed| {
+            1 + keyed.before_window.len()
+                + keyed
+                    .window
+                    .as_ref()
+                    .map_or(0, |windowed| 2 + windowed.after_window.len())
+        });
+        self.before_key.len() + keyed
     }
 }

@@ -116,7 +116,6 @@ pub struct SavepointRecord {
 
 /// Why a savepoint was taken.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
 pub enum SavepointTrigger {
     /// `spec.savepoints.interval`.
     Periodic,
@@ -153,7 +152,6 @@ pub struct UpgradeStatus {
 #[derive(
     Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
 )]
-#[serde(rename_all = "camelCase")]
 pub enum ChangeKind {
     /// Status-only or cosmetic: nothing to do.
     None,
@@ -167,7 +165,6 @@ pub enum ChangeKind {
 
 /// Steps of an upgrade.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
 pub enum UpgradeState {
     /// Waiting for the savepoint to complete.
     TakingSavepoint,

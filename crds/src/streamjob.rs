@@ -103,14 +103,14 @@ pub struct StreamJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub savepoints: Option<SavepointSpec>,
 
-    /// How a running job moves to a new spec: `savepoint` (take a savepoint, restart from
-    /// it), `last-state` (restart from the last checkpoint on the volumes, faster, no
-    /// savepoint), or `stateless` (restart with empty state).
+    /// How a running job moves to a new spec: `Savepoint` (take a savepoint, restart from
+    /// it), `LastState` (restart from the last checkpoint on the volumes, faster, no
+    /// savepoint), or `Stateless` (restart with empty state).
     #[serde(default)]
     pub upgrade_mode: UpgradeMode,
 
     /// Stop the job's workers, keeping state (a savepoint is taken first when
-    /// upgradeMode is `savepoint`). Set back to false to resume.
+    /// upgradeMode is `Savepoint`). Set back to false to resume.
     #[serde(default)]
     pub suspend: bool,
 
@@ -204,6 +204,15 @@ pub struct Source {
     #[serde(default)]
     pub start_from: StartPosition,
 
+    /// How the topics are partitioned with respect to the pipeline's `keyBy`. `Any`
+    /// (default): events of one key may be on any partition, so workers send each keyed
+    /// event to the owner of its key group through an internal topic of the job. `ByKey`:
+    /// the producers already put every event of a key on one partition, so each worker
+    /// keeps the state of the partitions it reads and the extra hop is skipped; if the
+    /// claim is wrong, a key's events are aggregated separately per partition.
+    #[serde(default)]
+    pub partitioning: Partitioning,
+
     /// Which field of an event holds its event time, and how it is written.
     pub event_time: EventTime,
 
@@ -214,7 +223,6 @@ pub struct Source {
 
 /// How records are encoded.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
 pub enum Format {
     /// One JSON object per record.
     #[default]
@@ -223,13 +231,24 @@ pub enum Format {
 
 /// Where a job with no state starts reading.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
 pub enum StartPosition {
     /// From the oldest record still retained.
     #[default]
     Earliest,
     /// From records produced after the job starts.
     Latest,
+}
+
+/// How source topics are partitioned with respect to the pipeline's key.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Partitioning {
+    /// Events of one key may be on any partition: keyed events go to the owner of their
+    /// key group through the job's internal repartition topic.
+    #[default]
+    Any,
+    /// Every event of a key is on one partition (the producers partition by the job's
+    /// key): no repartition topic; state is split by source partition.
+    ByKey,
 }
 
 /// The event-time field of an event.
@@ -247,7 +266,6 @@ pub struct EventTime {
 
 /// How an event time is written.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
 pub enum TimeFormat {
     /// An RFC 3339 string such as `2026-11-26T10:15:00Z` or `2026-11-26T11:15:00.250+01:00`.
     #[default]
@@ -412,7 +430,6 @@ fn default_retention_count() -> i32 {
 
 /// How a running job moves to a new spec.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
 pub enum UpgradeMode {
     /// Take a savepoint, stop the workers, start the new spec from the savepoint.
     #[default]

@@ -9,15 +9,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::num::NonZeroU16;
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
 
 use crate::messages;
 use crate::pipeline::{
-    AggregateFunction, AggregateOutput, Aggregation, CheckedPipeline, Expression,
-    MAX_WINDOWS_PER_EVENT, PipelineStep, Step, Window, WindowKind, WindowSpec,
+    AggregateFunction, AggregateOutput, Aggregation, CheckedPipeline, Expression, KeyedPipeline,
+    MAX_WINDOWS_PER_EVENT, PipelineStep, StatelessStep, Window, WindowKind, WindowSpec,
+    WindowedAggregate,
 };
-use crate::streamjob::{StreamJob, StreamJobSpec};
+use crate::streamjob::{EventTime, Partitioning, StartPosition, StreamJob, StreamJobSpec};
 use types::CelType;
 
 /// The variable an expression reads the event from.
@@ -75,15 +77,54 @@ impl fmt::Display for ValidationErrors {
     }
 }
 
-/// A spec that passed [`validate`], with its pipeline in checked form.
+/// A spec that passed [`validate`], in typed form: what the worker runs and the
+/// controller deploys. Built only by [`validate`], so every rule it checked holds.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct CheckedJob {
-    /// The spec as written.
+    /// The spec as written (Kafka settings, state, resources: what the controller deploys).
     pub spec: StreamJobSpec,
+    /// Where events come from.
+    pub source: CheckedSource,
     /// The pipeline, checked.
     pub pipeline: CheckedPipeline,
-    /// The sink's key expression, checked.
-    pub sink_key: Option<Expression>,
+    /// Where results go.
+    pub sink: CheckedSink,
+    /// The number of key groups (`spec.maxParallelism`).
+    pub key_groups: NonZeroU16,
+}
+
+/// The source of a checked job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckedSource {
+    /// The topics, distinct, each a valid Kafka topic name.
+    pub topics: Vec<String>,
+    /// Whether events of one key may be on any partition (the worker repartitions) or
+    /// the topics are already partitioned by the key.
+    pub partitioning: Partitioning,
+    /// Where a job with no state starts reading.
+    pub start_from: StartPosition,
+    /// The event-time field and its format.
+    pub event_time: EventTime,
+    /// How far behind the greatest event time of a partition its watermark stays.
+    pub max_out_of_orderness: std::time::Duration,
+    /// When a silent partition stops holding the watermark back.
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
+/// The sink of a checked job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckedSink {
+    /// The results topic.
+    pub topic: String,
+    /// The record key expression over each result.
+    pub key: Option<Expression>,
+    /// Where dead letters go (`None`: counted and dropped).
+    pub dead_letter_topic: Option<String>,
+    /// Where late events go (`None`: counted and dropped).
+    pub late_data_topic: Option<String>,
 }
 
 /// Why a manifest file could not be read as a StreamJob.
@@ -154,7 +195,7 @@ pub fn validate(spec: &StreamJobSpec) -> Result<CheckedJob, ValidationErrors> {
     let mut errors = Errors::default();
     check_parallelism(spec, &mut errors);
     check_connections(spec, &mut errors);
-    let (pipeline, fields_after_pipeline) = check_pipeline(&spec.pipeline, &mut errors);
+    let (steps, fields_after_pipeline) = check_pipeline(&spec.pipeline, &mut errors);
     let sink_key = spec.sink.key.as_deref().and_then(|source| {
         check_expression(
             source,
@@ -164,15 +205,91 @@ pub fn validate(spec: &StreamJobSpec) -> Result<CheckedJob, ValidationErrors> {
             &mut errors,
         )
     });
-    if errors.0.is_empty() {
-        Ok(CheckedJob {
+    let key_groups = u16::try_from(spec.max_parallelism)
+        .ok()
+        .and_then(NonZeroU16::new);
+    match (errors.0.is_empty(), key_groups) {
+        (true, Some(key_groups)) => Ok(CheckedJob {
             spec: spec.clone(),
-            pipeline,
-            sink_key,
-        })
-    } else {
-        Err(ValidationErrors { errors: errors.0 })
+            source: CheckedSource {
+                topics: spec.source.topics.clone(),
+                partitioning: spec.source.partitioning,
+                start_from: spec.source.start_from,
+                event_time: spec.source.event_time.clone(),
+                max_out_of_orderness: spec.source.watermark.max_out_of_orderness.get(),
+                idle_timeout: spec
+                    .source
+                    .watermark
+                    .idle_timeout
+                    .map(|timeout| timeout.get()),
+            },
+            pipeline: typed_pipeline(steps),
+            sink: CheckedSink {
+                topic: spec.sink.topic.clone(),
+                key: sink_key,
+                dead_letter_topic: spec.sink.dead_letter_topic.clone(),
+                late_data_topic: spec.sink.late_data_topic.clone(),
+            },
+            key_groups,
+        }),
+        _ => Err(ValidationErrors { errors: errors.0 }),
     }
+}
+
+/// A checked step, in the order written (before the order rules give it its shape).
+enum Step {
+    Filter(Expression),
+    Map(Vec<(String, Expression)>),
+    KeyBy(Expression),
+    Window(Window),
+    Aggregate(Vec<AggregateOutput>),
+}
+
+/// Gives steps that passed the order rules (at most one keyBy; a window after it,
+/// directly followed by its aggregate) their typed shape.
+fn typed_pipeline(steps: Vec<Step>) -> CheckedPipeline {
+    let mut pipeline = CheckedPipeline {
+        before_key: Vec::new(),
+        keyed: None,
+    };
+    let mut pending_window = None;
+    for step in steps {
+        let stateless = match step {
+            Step::Filter(expression) => StatelessStep::Filter(expression),
+            Step::Map(outputs) => StatelessStep::Map(outputs),
+            Step::KeyBy(key) => {
+                pipeline.keyed = Some(KeyedPipeline {
+                    key,
+                    before_window: Vec::new(),
+                    window: None,
+                });
+                continue;
+            }
+            Step::Window(window) => {
+                pending_window = Some(window);
+                continue;
+            }
+            Step::Aggregate(aggregates) => {
+                if let (Some(keyed), Some(window)) = (&mut pipeline.keyed, pending_window.take()) {
+                    keyed.window = Some(WindowedAggregate {
+                        window,
+                        aggregates,
+                        after_window: Vec::new(),
+                    });
+                }
+                continue;
+            }
+        };
+        match &mut pipeline.keyed {
+            None => pipeline.before_key.push(stateless),
+            Some(KeyedPipeline {
+                window: Some(windowed),
+                ..
+            }) => windowed.after_window.push(stateless),
+            Some(keyed) => keyed.before_window.push(stateless),
+        }
+    }
+    pipeline
 }
 
 #[derive(Default)]
@@ -248,7 +365,14 @@ fn check_connections(spec: &StreamJobSpec, errors: &mut Errors) {
         errors.add("spec.source.topics", "must name at least one topic to read");
     }
     for (index, topic) in spec.source.topics.iter().enumerate() {
-        check_topic_name(topic, &format!("spec.source.topics[{index}]"), errors);
+        let field = format!("spec.source.topics[{index}]");
+        check_topic_name(topic, &field, errors);
+        if spec.source.topics[..index].contains(topic) {
+            errors.add(
+                field,
+                format!("{topic:?} is listed twice: name each topic once"),
+            );
+        }
     }
     if spec.source.event_time.field.trim().is_empty() {
         errors.add(
@@ -347,10 +471,7 @@ fn step_kind(step: &PipelineStep) -> Result<StepKind, usize> {
     }
 }
 
-fn check_pipeline(
-    pipeline: &[PipelineStep],
-    errors: &mut Errors,
-) -> (CheckedPipeline, KnownFields) {
+fn check_pipeline(pipeline: &[PipelineStep], errors: &mut Errors) -> (Vec<Step>, KnownFields) {
     if pipeline.is_empty() {
         errors.add(
             "spec.pipeline",
@@ -430,7 +551,7 @@ fn check_pipeline(
             fields = Some(result_fields);
         }
     }
-    (CheckedPipeline { steps }, fields)
+    (steps, fields)
 }
 
 /// The ordering rules of the CRD, on the step kinds (a step with no single kind is `None`).
@@ -569,7 +690,7 @@ fn check_aggregate(
     if aggregations.is_empty() {
         errors.add(
             format!("{path}.aggregate"),
-            "must name at least one result, for example count: {function: count}",
+            "must name at least one result, for example count: {function: Count}",
         );
     }
     let mut checked = Vec::new();

@@ -22,8 +22,8 @@ pipeline:
       tumbling: {size: 1m}
       allowedLateness: 30s
   - aggregate:
-      views: {function: count}
-      slowest: {function: max, of: "event.latency"}
+      views: {function: Count}
+      slowest: {function: Max, of: "event.latency"}
 sink:
   topic: page-view-counts
   key: "event.key"
@@ -43,7 +43,22 @@ fn step(yaml: &str) -> serde_json::Value {
 #[test]
 fn the_base_spec_is_valid_and_checked() {
     let checked = validate(&spec_with(|_| {})).unwrap();
-    assert_eq!(checked.pipeline.steps.len(), 5);
+    assert_eq!(checked.pipeline.step_count(), 5);
+    assert_eq!(checked.pipeline.before_key.len(), 2);
+    let windowed = checked.pipeline.windowed().unwrap();
+    assert_eq!(
+        windowed
+            .aggregates
+            .iter()
+            .map(|aggregate| (aggregate.name.as_str(), aggregate.function))
+            .collect::<Vec<_>>(),
+        [
+            ("slowest", AggregateFunction::Max),
+            ("views", AggregateFunction::Count)
+        ]
+    );
+    assert!(windowed.after_window.is_empty());
+    assert_eq!(checked.key_groups.get(), 16);
     let key_by = checked.pipeline.key_by().unwrap();
     assert_eq!(key_by.event_fields, Some(["page".to_string()].into()));
     let window = checked.pipeline.window().unwrap();
@@ -54,7 +69,7 @@ fn the_base_spec_is_valid_and_checked() {
         }
     );
     assert_eq!(window.allowed_lateness, std::time::Duration::from_secs(30));
-    assert_eq!(checked.sink_key.unwrap().source, "event.key");
+    assert_eq!(checked.sink.key.unwrap().source, "event.key");
 }
 
 #[test]
@@ -137,7 +152,7 @@ fn invalid_specs_name_the_field_and_the_fix() {
         ),
         (
             "sum without of",
-            Box::new(|spec| spec["pipeline"][4] = step("{aggregate: {total: {function: sum}}}")),
+            Box::new(|spec| spec["pipeline"][4] = step("{aggregate: {total: {function: Sum}}}")),
             "spec.pipeline[4].aggregate.total",
             messages::AGGREGATION_NEEDS_OF,
         ),
@@ -181,7 +196,7 @@ fn invalid_specs_name_the_field_and_the_fix() {
             "aggregate of a string",
             Box::new(|spec| {
                 spec["pipeline"][4] =
-                    step("{aggregate: {total: {function: sum, of: 'string(event.latency)'}}}")
+                    step("{aggregate: {total: {function: Sum, of: 'string(event.latency)'}}}")
             }),
             "spec.pipeline[4].aggregate.total.of",
             "gives a string, but an aggregate needs a number",
@@ -212,7 +227,7 @@ fn invalid_specs_name_the_field_and_the_fix() {
         ),
         (
             "aggregate output shadows a result field",
-            Box::new(|spec| spec["pipeline"][4] = step("{aggregate: {key: {function: count}}}")),
+            Box::new(|spec| spec["pipeline"][4] = step("{aggregate: {key: {function: Count}}}")),
             "spec.pipeline[4].aggregate.key",
             "is a field every result has",
         ),
@@ -266,7 +281,7 @@ fn expressions_may_use_macros_and_index_syntax() {
         );
     });
     let checked = validate(&spec).unwrap();
-    let Step::Filter(filter) = &checked.pipeline.steps[0] else {
+    let StatelessStep::Filter(filter) = &checked.pipeline.before_key[0] else {
         panic!("first step is the filter")
     };
     assert_eq!(
@@ -279,7 +294,7 @@ fn expressions_may_use_macros_and_index_syntax() {
 fn using_the_whole_event_means_every_field_is_needed() {
     let spec = spec_with(|spec| spec["pipeline"][0] = step("{filter: 'size(event) > 2'}"));
     let checked = validate(&spec).unwrap();
-    let Step::Filter(filter) = &checked.pipeline.steps[0] else {
+    let StatelessStep::Filter(filter) = &checked.pipeline.before_key[0] else {
         panic!("first step is the filter")
     };
     assert_eq!(filter.event_fields, None);
