@@ -2,29 +2,43 @@
 //! and the window operator to a sink. It never reads a clock: the caller passes the
 //! processing time (for idle partitions), so runs are deterministic.
 //!
-//! Per record: decode → event time (the partition's watermark moves) → stages before the
-//! window (filter, map, keyBy) → aggregate inputs → window operator (late events leave
-//! here) → then the operator watermark advances and windows fire → stages after the
-//! window → sink key → sink. Any failure on an event sends it to the dead-letter output;
-//! only sink and state-store failures stop the engine.
+//! Per record, in two halves:
+//! 1. **route** ([`Engine::route`]): decode → event time (the partition's watermark
+//!    moves) → stages before the key → the key → stages before the window → aggregate
+//!    inputs. An unkeyed or unwindowed pipeline's event is an output now; a windowed one
+//!    becomes a [`KeyedEvent`] for the owner of its key group.
+//! 2. **window** ([`Engine::add_keyed`]): the window operator (late events leave here);
+//!    when the watermark advances windows fire → stages after the window → sink key → sink.
+//!
+//! In local mode, and in Kafka mode when the source is partitioned by key, both halves run
+//! here one after the other ([`Engine::process`]). Any failure on an event sends it to the
+//! dead-letter output; only sink and state-store failures stop the engine.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 
 use serde_json::{Map, Value};
 use sluice_crds::CheckedJob;
 
 use crate::dead_letter::{DeadLetterReason, Failure};
+use crate::exchange::{ChannelWatermarks, ExchangeRecord, SourceClock, SourcePartition};
 use crate::io::{OutputRecord, Position, RejectReason, Rejected, Sink, SourceRecord};
 use crate::metrics::Metrics;
 use crate::pipeline::aggregate::Number128;
 use crate::pipeline::window_operator::{Admission, WindowOperator, WindowResult};
 use crate::pipeline::{
-    CompiledPipeline, Event, StageOutcome, aggregate_inputs, compile, run_stages,
+    CompiledPipeline, Event, StageOutcome, aggregate_inputs, compile, evaluate_key, run_stages,
 };
-use crate::state::{KeyedWindowState, StateStore};
+use crate::state::format::{
+    self, ChannelCheckpoint, CheckpointRecord, ClockCheckpoint, PartitionCheckpoint, StateMeta,
+    StoredAggregate,
+};
+use crate::state::key_group::KeyGroup;
+use crate::state::store::Entries;
+use crate::state::{Column, KeyedWindowState, StateBatch, StateStore, key_group, meta};
 use crate::time::Millis;
 use crate::time::event_time::{EventTimeError, format_rfc3339};
-use crate::time::watermark::{PartitionId, WatermarkTracker};
+use crate::time::watermark::{NO_WATERMARK, PartitionId, WatermarkTracker};
 use crate::time::window::WindowRange;
 
 /// Settings of an engine that are not in the StreamJob.
@@ -42,13 +56,64 @@ impl Default for EngineOptions {
     }
 }
 
+/// An event on its way to the window of its key: what the window operator needs, and
+/// nothing of the event's fields.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyedEvent {
+    /// The key's canonical bytes (its compact JSON).
+    pub key: Vec<u8>,
+    /// The key group its state lives in: the key's, or in `ByKey` mode its partition's.
+    pub key_group: KeyGroup,
+    /// The event time.
+    pub time: Millis,
+    /// One input per aggregate output (`None` for count).
+    pub inputs: Vec<Option<Number128>>,
+}
+
+/// What routing did with a record.
+#[derive(Debug, PartialEq)]
+pub enum Routed {
+    /// Written to the sink (a pipeline without a window), dropped by a filter, or
+    /// dead-lettered: nothing more to do.
+    Done,
+    /// It goes to the window of its key.
+    Keyed(KeyedEvent),
+}
+
+/// Where an engine keeps state: the window operator's keyed state, or a bare store for a
+/// pipeline without a window (whose checkpoints hold only positions).
+enum EngineState {
+    Windowed(Box<WindowOperator>),
+    Stateless(Box<dyn StateStore>),
+}
+
+/// Where the window operator's watermark comes from.
+enum Distribution {
+    /// This engine routes and windows the same events (local mode, `ByKey`): the least
+    /// clock of its source partitions.
+    Direct,
+    /// Keyed events arrive through the repartition topic (`Any`): the watermark records
+    /// of its channels, and the next offset of each repartition partition read.
+    Exchange {
+        channels: ChannelWatermarks,
+        next_offsets: BTreeMap<i32, i64>,
+    },
+}
+
 /// A running pipeline.
 pub struct Engine {
     pipeline: CompiledPipeline,
+    /// The clocks of the source partitions this engine reads.
     watermarks: WatermarkTracker,
-    windows: Option<WindowOperator>,
+    distribution: Distribution,
+    state: EngineState,
+    /// The job's source topics, to name partitions in checkpoints.
+    topics: Vec<String>,
+    /// The offset of the next record of each partition read so far.
+    next_offsets: BTreeMap<PartitionId, i64>,
+    /// In `ByKey` mode, the key group of each source partition's events.
+    partition_key_groups: Option<HashMap<PartitionId, KeyGroup>>,
     metrics: Metrics,
-    inputs: Vec<Option<Number128>>,
     results: Vec<WindowResult>,
     output_names: Vec<String>,
     /// The last window formatted for results, and its formatted bounds.
@@ -58,16 +123,124 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Compiles `job` and opens its window state on `store`.
+    /// Compiles `job` and starts it with empty state on `store`, which must hold no
+    /// state of another job (its format is checked and recorded).
     pub fn new(
         job: &CheckedJob,
-        store: Box<dyn StateStore>,
+        mut store: Box<dyn StateStore>,
         options: EngineOptions,
         metrics: Metrics,
     ) -> anyhow::Result<Self> {
         let pipeline = compile(job)?;
-        let windows = pipeline.window.as_ref().map(|window| {
-            WindowOperator::new(
+        meta::open(store.as_mut(), &state_meta(&pipeline))?;
+        Self::build(job, pipeline, store, options, metrics)
+    }
+
+    /// Compiles `job` and returns to the latest complete checkpoint in `store` at
+    /// processing time `now`: window state, timers, the partitions' positions and clocks,
+    /// the watermark. Without a complete checkpoint, starts with empty state. Returns the
+    /// checkpoint restored, whose offsets say where to read from.
+    pub fn restore(
+        job: &CheckedJob,
+        mut store: Box<dyn StateStore>,
+        options: EngineOptions,
+        metrics: Metrics,
+        now: Millis,
+    ) -> anyhow::Result<(Self, Option<CheckpointRecord>)> {
+        let pipeline = compile(job)?;
+        let latest = store
+            .checkpoints()?
+            .into_iter()
+            .filter(|checkpoint| checkpoint.complete)
+            .map(|checkpoint| checkpoint.id)
+            .max();
+        let Some(id) = latest else {
+            // Whatever the live database holds was never part of a complete checkpoint.
+            for column in Column::ALL {
+                store.delete_range(column, &[], &[0xff; 32])?;
+            }
+            return Ok((Self::new(job, store, options, metrics)?, None));
+        };
+        store.restore_checkpoint(id)?;
+        meta::open(store.as_mut(), &state_meta(&pipeline))?;
+        let record: CheckpointRecord = match store.get(Column::Meta, format::META_CHECKPOINT)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
+                anyhow::anyhow!("failed to read the record of checkpoint {id}: {error}")
+            })?,
+            None => anyhow::bail!("failed to restore checkpoint {id}: it has no checkpoint record"),
+        };
+        let mut engine = Self::build(job, pipeline, store, options, metrics)?;
+        if let EngineState::Windowed(windows) = &mut engine.state {
+            let lateness = windows.allowed_lateness();
+            windows.state().rebuild_from_store(lateness)?;
+        }
+        engine.resume_from(&record, now);
+        engine.update_open_windows();
+        Ok((engine, Some(record)))
+    }
+
+    /// Takes the partitions' positions and clocks and the watermark of `record` (a
+    /// checkpoint of this job, or of the worker whose key groups this one took over), at
+    /// processing time `now`. Partitions of topics the job no longer reads are forgotten.
+    pub fn resume_from(&mut self, record: &CheckpointRecord, now: Millis) {
+        let mut clocks = Vec::new();
+        self.next_offsets.clear();
+        for partition in &record.partitions {
+            let Some(topic) = self.topic_index(&partition.topic) else {
+                continue;
+            };
+            let id = PartitionId::new(topic, partition.partition);
+            clocks.push((id, partition.max_event_time));
+            self.next_offsets.insert(id, partition.next_offset);
+        }
+        if let Distribution::Exchange {
+            channels,
+            next_offsets,
+        } = &mut self.distribution
+        {
+            let mut restored = BTreeMap::new();
+            next_offsets.clear();
+            for channel in &record.channels {
+                next_offsets.insert(channel.partition, channel.next_offset);
+                restored.insert(
+                    channel.partition,
+                    channel
+                        .clocks
+                        .iter()
+                        .map(|clock| {
+                            (
+                                SourcePartition {
+                                    topic: clock.topic.clone(),
+                                    partition: clock.partition,
+                                },
+                                SourceClock {
+                                    max_event_time: clock.max_event_time,
+                                    idle: clock.idle,
+                                },
+                            )
+                        })
+                        .collect(),
+                );
+            }
+            channels.restore(record.watermark, restored);
+            // The source half's clocks keep their own greatest times; its watermark is
+            // not the window operator's.
+            self.watermarks.restore(NO_WATERMARK, clocks, now);
+        } else {
+            self.watermarks.restore(record.watermark, clocks, now);
+        }
+        self.metrics.watermark.set(record.watermark);
+    }
+
+    fn build(
+        job: &CheckedJob,
+        pipeline: CompiledPipeline,
+        store: Box<dyn StateStore>,
+        options: EngineOptions,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
+        let state = match pipeline.window() {
+            Some(window) => EngineState::Windowed(Box::new(WindowOperator::new(
                 window.assigner,
                 window.allowed_lateness,
                 window
@@ -75,13 +248,12 @@ impl Engine {
                     .iter()
                     .map(|output| output.function)
                     .collect(),
-                pipeline.max_parallelism,
                 KeyedWindowState::new(store, options.state_cache_entries),
-            )
-        });
+            ))),
+            None => EngineState::Stateless(store),
+        };
         let output_names = pipeline
-            .window
-            .as_ref()
+            .window()
             .map(|window| {
                 window
                     .outputs
@@ -94,14 +266,18 @@ impl Engine {
         Ok(Self {
             watermarks: WatermarkTracker::new(pipeline.max_out_of_orderness, pipeline.idle_timeout),
             pipeline,
-            windows,
+            distribution: Distribution::Direct,
+            state,
+            topics: job.source.topics.clone(),
+            next_offsets: BTreeMap::new(),
+            partition_key_groups: None,
             metrics,
-            inputs: Vec::new(),
             results: Vec::new(),
             output_names,
             window_bounds: (None, String::new()),
             sink_key_fields: job
-                .sink_key
+                .sink
+                .key
                 .as_ref()
                 .and_then(|expression| expression.event_fields.as_ref())
                 .map(|fields| fields.iter().cloned().collect()),
@@ -113,22 +289,190 @@ impl Engine {
         &self.metrics
     }
 
-    /// The operator watermark.
+    fn windows(&mut self) -> Option<&mut WindowOperator> {
+        match &mut self.state {
+            EngineState::Windowed(windows) => Some(windows),
+            EngineState::Stateless(_) => None,
+        }
+    }
+
+    fn store(&mut self) -> &mut dyn StateStore {
+        match &mut self.state {
+            EngineState::Windowed(windows) => windows.state().store(),
+            EngineState::Stateless(store) => store.as_mut(),
+        }
+    }
+
+    fn topic_index(&self, topic: &str) -> Option<u16> {
+        self.topics
+            .iter()
+            .position(|known| known == topic)
+            .and_then(|index| u16::try_from(index).ok())
+    }
+
+    /// Where each partition is read from, unless the engine knows already (so a
+    /// checkpoint records partitions assigned but not read yet).
+    pub fn seed_offsets(&mut self, offsets: &[(PartitionId, i64)]) {
+        for (partition, offset) in offsets {
+            self.next_offsets.entry(*partition).or_insert(*offset);
+        }
+    }
+
+    /// `ByKey` mode: the key group of each source partition, which its events' state
+    /// lives in (so it moves with the partition on a rescale).
+    pub fn group_by_partition(&mut self, groups: HashMap<PartitionId, u32>) {
+        self.partition_key_groups = Some(
+            groups
+                .into_iter()
+                .map(|(partition, group)| {
+                    (
+                        partition,
+                        KeyGroup::try_from(group).unwrap_or(KeyGroup::MAX),
+                    )
+                })
+                .collect(),
+        );
+    }
+
+    /// The offset of the next record to read of each partition read so far.
+    pub fn next_offsets(&self) -> &BTreeMap<PartitionId, i64> {
+        &self.next_offsets
+    }
+
+    fn update_open_windows(&mut self) {
+        let open = self.open_windows();
+        self.metrics
+            .open_windows
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// The window operator's watermark.
     pub fn watermark(&self) -> Millis {
-        self.watermarks.current()
+        match &self.distribution {
+            Distribution::Direct => self.watermarks.current(),
+            Distribution::Exchange { channels, .. } => channels.current(),
+        }
+    }
+
+    /// Keyed events will arrive through the repartition topic ([`Self::receive`]), and
+    /// the window operator's watermark from its watermark records; `sources` are every
+    /// source partition of the job, each of which holds that watermark back until heard
+    /// of. Call before restoring positions.
+    pub fn use_exchange(&mut self, sources: Vec<SourcePartition>) {
+        self.distribution = Distribution::Exchange {
+            channels: ChannelWatermarks::new(self.pipeline.max_out_of_orderness, sources),
+            next_offsets: BTreeMap::new(),
+        };
+    }
+
+    /// The repartition partitions this engine reads, from `offsets` (their next offsets,
+    /// unless a checkpoint already set them).
+    pub fn assign_channels(&mut self, offsets: &BTreeMap<i32, i64>) {
+        if let Distribution::Exchange {
+            channels,
+            next_offsets,
+        } = &mut self.distribution
+        {
+            channels.assign(offsets.keys().copied());
+            for (channel, offset) in offsets {
+                next_offsets.entry(*channel).or_insert(*offset);
+            }
+        }
+    }
+
+    /// The next offset of each repartition partition read (empty in `Direct` mode).
+    pub fn channel_offsets(&self) -> BTreeMap<i32, i64> {
+        match &self.distribution {
+            Distribution::Direct => BTreeMap::new(),
+            Distribution::Exchange { next_offsets, .. } => next_offsets.clone(),
+        }
+    }
+
+    /// The clocks of the source partitions this engine reads at processing time `now`,
+    /// for the watermark records it writes to every repartition partition.
+    pub fn source_clocks(&self, now: Millis) -> Vec<(SourcePartition, SourceClock)> {
+        self.watermarks
+            .clocks_at(now)
+            .filter_map(|(partition, max_event_time, idle)| {
+                Some((
+                    SourcePartition {
+                        topic: self.topics.get(usize::from(partition.topic))?.clone(),
+                        partition: partition.partition,
+                    },
+                    SourceClock {
+                        max_event_time,
+                        idle,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Takes in a record of repartition partition `channel` at `offset`: a keyed event
+    /// goes to its windows; a watermark record may fire windows.
+    pub fn receive(
+        &mut self,
+        channel: i32,
+        offset: i64,
+        record: ExchangeRecord,
+        repartition_topic: &str,
+        sink: &mut dyn Sink,
+    ) -> anyhow::Result<()> {
+        let Distribution::Exchange {
+            channels,
+            next_offsets,
+        } = &mut self.distribution
+        else {
+            anyhow::bail!(
+                "failed to take in a repartition record: the engine reads no repartition topic"
+            );
+        };
+        next_offsets.insert(channel, offset + 1);
+        match record {
+            ExchangeRecord::Event { event, origin } => {
+                let watermark = channels.current();
+                let (position, original) = match origin {
+                    Some(origin) => (
+                        Position::Kafka {
+                            topic: origin.source.topic,
+                            partition: origin.source.partition,
+                            offset: origin.offset,
+                        },
+                        origin.original,
+                    ),
+                    None => (
+                        Position::Kafka {
+                            topic: repartition_topic.to_string(),
+                            partition: channel,
+                            offset,
+                        },
+                        Vec::new(),
+                    ),
+                };
+                self.add_keyed(&event, &position, &original, watermark, sink)
+            }
+            ExchangeRecord::Watermark(clocks) => {
+                channels.observe(channel, &clocks);
+                match channels.advance() {
+                    Some(watermark) => self.fire(watermark, sink),
+                    None => Ok(()),
+                }
+            }
+        }
     }
 
     /// Windows with state (0 without a window step).
     pub fn open_windows(&self) -> u64 {
-        self.windows
-            .as_ref()
-            .map_or(0, WindowOperator::open_windows)
+        match &self.state {
+            EngineState::Windowed(windows) => windows.open_windows(),
+            EngineState::Stateless(_) => 0,
+        }
     }
 
     /// Window entries in the store after a checkpoint (cache written back): for tests
     /// that state does not leak.
     pub fn count_stored_windows(&mut self) -> anyhow::Result<u64> {
-        match &mut self.windows {
+        match self.windows() {
             Some(windows) => Ok(windows.state().count_stored_windows()?),
             None => Ok(0),
         }
@@ -136,15 +480,52 @@ impl Engine {
 
     /// Pending timers, in memory and in the store.
     pub fn count_timers(&mut self) -> anyhow::Result<u64> {
-        match &mut self.windows {
+        match self.windows() {
             Some(windows) => Ok(windows.state().count_timers()?),
             None => Ok(0),
         }
     }
 
+    /// The window state of key groups `[first, end)`, written back and read from the
+    /// store: what moves to the new owner of those groups on a rescale.
+    pub fn export_key_groups(&mut self, first: u32, end: u32) -> anyhow::Result<Entries> {
+        match self.windows() {
+            Some(windows) => Ok(windows.state().export_key_groups(first, end)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Takes in window state exported by [`Self::export_key_groups`] of another engine of
+    /// the same job, and rebuilds the timers of everything now held.
+    pub fn import_key_groups(&mut self, entries: Entries) -> anyhow::Result<()> {
+        if let Some(windows) = self.windows() {
+            let lateness = windows.allowed_lateness();
+            let state = windows.state();
+            state.checkpoint()?;
+            state.import(entries)?;
+            state.rebuild_from_store(lateness)?;
+        }
+        self.update_open_windows();
+        Ok(())
+    }
+
+    /// Keeps only the window state of key groups `[first, end)` (after a rescale, the
+    /// others belong to other workers).
+    pub fn retain_key_groups(&mut self, first: u32, end: u32) -> anyhow::Result<()> {
+        if let Some(windows) = self.windows() {
+            let lateness = windows.allowed_lateness();
+            let state = windows.state();
+            state.checkpoint()?;
+            state.retain_key_groups(first, end)?;
+            state.rebuild_from_store(lateness)?;
+        }
+        self.update_open_windows();
+        Ok(())
+    }
+
     /// The source's partitions assigned to this engine at processing time `now` (all of
-    /// them in local mode; a Kafka consumer's assignment after a rebalance): each holds
-    /// the watermark back until it sends an event or goes idle.
+    /// them in local mode; a Kafka consumer's assignment): each holds the watermark back
+    /// until it sends an event or goes idle.
     pub fn assign_partitions(&mut self, partitions: &[PartitionId], now: Millis) {
         self.watermarks.assign(partitions, now);
     }
@@ -160,14 +541,34 @@ impl Engine {
         self.advance(now, sink)
     }
 
-    /// Processes one record at processing time `now`.
+    /// Processes one record at processing time `now`: routes it and, when it is keyed,
+    /// adds it to its windows here (this engine owns every key group it sees).
     pub fn process(
         &mut self,
         record: SourceRecord<'_>,
         now: Millis,
         sink: &mut dyn Sink,
     ) -> anyhow::Result<()> {
+        if let Routed::Keyed(event) = self.route(record, now, sink)? {
+            let watermark = self.watermarks.current();
+            self.add_keyed(&event, record.position, record.payload, watermark, sink)?;
+        }
+        self.advance(now, sink)
+    }
+
+    /// The first half of processing a record at processing time `now`: everything before
+    /// the window. Outputs of a pipeline without a window, and dead letters, go to `sink`;
+    /// the watermark of the record's partition moves but windows do not fire (call
+    /// [`Self::advance`]).
+    pub fn route(
+        &mut self,
+        record: SourceRecord<'_>,
+        now: Millis,
+        sink: &mut dyn Sink,
+    ) -> anyhow::Result<Routed> {
         self.metrics.events_in.inc();
+        self.next_offsets
+            .insert(record.partition, record.position.offset() + 1);
         let decoded = decode(record.payload).and_then(|fields| {
             let time = self
                 .pipeline
@@ -183,7 +584,7 @@ impl Engine {
                 // moved: an idle partition may release the watermark.
                 self.watermarks.observe(record.partition, None, now);
                 self.dead_letter(&failure, Some(record.position), record.payload, sink)?;
-                return self.advance(now, sink);
+                return Ok(Routed::Done);
             }
         };
         self.watermarks.observe(record.partition, Some(time), now);
@@ -192,56 +593,125 @@ impl Engine {
             time,
             key: None,
         };
-        match run_stages(&mut self.pipeline.before_window, &mut event) {
-            StageOutcome::Passed => self.send_to_window_or_sink(event, record, sink)?,
-            StageOutcome::Dropped => {
-                self.metrics.filtered_events.inc();
-            }
-            StageOutcome::Failed(failure) => {
-                self.dead_letter(&failure, Some(record.position), record.payload, sink)?
+        match self.key_and_inputs(&mut event) {
+            Ok(None) => Ok(Routed::Done),
+            Ok(Some(inputs)) => match (event.key, inputs) {
+                (Some(key), Some(inputs)) => {
+                    let key_group = match &self.partition_key_groups {
+                        Some(groups) => groups
+                            .get(&record.partition)
+                            .copied()
+                            .unwrap_or_else(|| key_group(&key, self.pipeline.key_groups)),
+                        None => key_group(&key, self.pipeline.key_groups),
+                    };
+                    Ok(Routed::Keyed(KeyedEvent {
+                        key,
+                        key_group,
+                        time,
+                        inputs,
+                    }))
+                }
+                (key, _) => {
+                    event.key = key;
+                    self.emit_event(event, sink)?;
+                    Ok(Routed::Done)
+                }
+            },
+            Err(failure) => {
+                self.dead_letter(&failure, Some(record.position), record.payload, sink)?;
+                Ok(Routed::Done)
             }
         }
-        self.advance(now, sink)
     }
 
-    fn send_to_window_or_sink(
+    /// Runs the stages before the window on `event`, sets its key, and evaluates its
+    /// aggregate inputs. `Ok(None)`: a filter dropped it. `Ok(Some(None))`: there is no
+    /// window, the event is an output.
+    #[allow(clippy::type_complexity)]
+    fn key_and_inputs(
         &mut self,
-        event: Event,
-        record: SourceRecord<'_>,
+        event: &mut Event,
+    ) -> Result<Option<Option<Vec<Option<Number128>>>>, Failure> {
+        if !self.pass(event, Before::Key)? {
+            return Ok(None);
+        }
+        let Some(keyed) = &mut self.pipeline.keyed else {
+            return Ok(Some(None));
+        };
+        event.key = Some(evaluate_key(&mut keyed.key, event)?);
+        if !self.pass(event, Before::Window)? {
+            return Ok(None);
+        }
+        let Some(window) = self
+            .pipeline
+            .keyed
+            .as_mut()
+            .and_then(|keyed| keyed.window.as_mut())
+        else {
+            return Ok(Some(None));
+        };
+        let mut inputs = Vec::with_capacity(window.outputs.len());
+        aggregate_inputs(&mut window.outputs, event, &mut inputs)?;
+        Ok(Some(Some(inputs)))
+    }
+
+    /// Runs the stages before the key or before the window; `Ok(false)`: dropped.
+    fn pass(&mut self, event: &mut Event, before: Before) -> Result<bool, Failure> {
+        let stages = match (before, &mut self.pipeline.keyed) {
+            (Before::Key, _) => &mut self.pipeline.before_key,
+            (Before::Window, Some(keyed)) => &mut keyed.before_window,
+            (Before::Window, None) => return Ok(true),
+        };
+        match run_stages(stages, event) {
+            StageOutcome::Passed => Ok(true),
+            StageOutcome::Dropped => {
+                self.metrics.filtered_events.inc();
+                Ok(false)
+            }
+            StageOutcome::Failed(failure) => Err(failure),
+        }
+    }
+
+    /// The second half: adds a keyed event to its windows at operator watermark
+    /// `watermark`, emitting updates of fired windows; a late event goes to the late
+    /// output with `position` and `original`, the bytes it came as.
+    pub fn add_keyed(
+        &mut self,
+        event: &KeyedEvent,
+        position: &Position,
+        original: &[u8],
+        watermark: Millis,
         sink: &mut dyn Sink,
     ) -> anyhow::Result<()> {
-        let (Some(windows), Some(compiled)) = (&mut self.windows, &mut self.pipeline.window) else {
-            return self.emit_event(event, sink);
+        let EngineState::Windowed(windows) = &mut self.state else {
+            anyhow::bail!("failed to add a keyed event: the pipeline has no window");
         };
-        if let Err(failure) = aggregate_inputs(&mut compiled.outputs, &event, &mut self.inputs) {
-            return self.dead_letter(&failure, Some(record.position), record.payload, sink);
-        }
-        let Some(key) = event.key.as_deref() else {
-            let failure = Failure::new(
-                DeadLetterReason::KeyError,
-                "the event has no key: add a keyBy step before the window",
-            );
-            return self.dead_letter(&failure, Some(record.position), record.payload, sink);
-        };
-        let watermark = self.watermarks.current();
-        match windows.add(key, event.time, &self.inputs, watermark, &mut self.results)? {
+        match windows.add(
+            event.key_group,
+            &event.key,
+            event.time,
+            &event.inputs,
+            watermark,
+            &mut self.results,
+        )? {
             Admission::Accepted => self.emit_results(sink),
             Admission::Late { window } => {
                 self.metrics.late_events.inc();
+                let allowed_lateness = windows.allowed_lateness();
                 let detail = format!(
                     "event time {} is in window [{}, {}), whose state expired at {} (window end plus allowed lateness {}ms); watermark {}",
                     format_rfc3339(event.time),
                     format_rfc3339(window.start),
                     format_rfc3339(window.end),
-                    format_rfc3339(window.end.saturating_add(compiled.allowed_lateness)),
-                    compiled.allowed_lateness,
+                    format_rfc3339(window.end.saturating_add(allowed_lateness)),
+                    allowed_lateness,
                     format_rfc3339(watermark),
                 );
                 sink.late(Rejected {
                     reason: RejectReason::Late,
                     detail: &detail,
-                    position: Some(record.position),
-                    original: record.payload,
+                    position: Some(position),
+                    original,
                 })
             }
         }
@@ -250,7 +720,8 @@ impl Engine {
     /// Lets the watermark move at processing time `now` with no new record (an idle
     /// partition timing out), firing what it passes.
     pub fn advance(&mut self, now: Millis, sink: &mut dyn Sink) -> anyhow::Result<()> {
-        if let Some(watermark) = self.watermarks.advance(now) {
+        let advanced = self.watermarks.advance(now);
+        if let (Distribution::Direct, Some(watermark)) = (&self.distribution, advanced) {
             self.fire(watermark, sink)?;
         }
         Ok(())
@@ -263,22 +734,88 @@ impl Engine {
         sink.flush()
     }
 
-    /// Writes every change of state to the store (the next issue adds offsets and the
-    /// Kafka transaction to it).
-    pub fn checkpoint(&mut self, sink: &mut dyn Sink) -> anyhow::Result<()> {
-        if let Some(windows) = &mut self.windows {
+    /// Makes checkpoint `id` (with `token`, see `commit`): writes every change of state to the store with the
+    /// checkpoint record (each partition's next offset and clock, the watermark) in one
+    /// batch, and cuts a restorable copy, not yet complete. The caller commits the outputs
+    /// and offsets (a Kafka transaction), then calls [`Self::complete_checkpoint`].
+    pub fn checkpoint(&mut self, id: u64, token: &str) -> anyhow::Result<CheckpointRecord> {
+        let clocks: BTreeMap<PartitionId, Option<Millis>> = self.watermarks.clocks().collect();
+        let partitions = self
+            .next_offsets
+            .iter()
+            .map(|(partition, next_offset)| PartitionCheckpoint {
+                topic: self
+                    .topics
+                    .get(usize::from(partition.topic))
+                    .cloned()
+                    .unwrap_or_default(),
+                partition: partition.partition,
+                next_offset: *next_offset,
+                max_event_time: clocks.get(partition).copied().flatten(),
+            })
+            .collect();
+        let channels = match &self.distribution {
+            Distribution::Direct => Vec::new(),
+            Distribution::Exchange {
+                channels,
+                next_offsets,
+            } => next_offsets
+                .iter()
+                .map(|(channel, next_offset)| ChannelCheckpoint {
+                    partition: *channel,
+                    next_offset: *next_offset,
+                    clocks: channels
+                        .channels()
+                        .get(channel)
+                        .into_iter()
+                        .flatten()
+                        .map(|(source, clock)| ClockCheckpoint {
+                            topic: source.topic.clone(),
+                            partition: source.partition,
+                            max_event_time: clock.max_event_time,
+                            idle: clock.idle,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        let record = CheckpointRecord {
+            id,
+            token: token.to_string(),
+            watermark: self.watermark(),
+            partitions,
+            channels,
+        };
+        if let Some(windows) = self.windows() {
             windows.state().checkpoint()?;
         }
-        sink.flush()
+        let store = self.store();
+        let mut batch = StateBatch::default();
+        batch.put(
+            Column::Meta,
+            format::META_CHECKPOINT.to_vec(),
+            serde_json::to_vec(&record)?,
+        );
+        store.write(batch)?;
+        store.create_checkpoint(id)?;
+        let size = store.size_bytes();
+        self.metrics
+            .state_size
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+        Ok(record)
     }
 
-    fn fire(&mut self, watermark: Millis, sink: &mut dyn Sink) -> anyhow::Result<()> {
+    /// Checkpoint `id` is committed: a restore returns to it from now on.
+    pub fn complete_checkpoint(&mut self, id: u64) -> anyhow::Result<()> {
+        Ok(self.store().complete_checkpoint(id)?)
+    }
+
+    /// Fires the windows the operator watermark `watermark` passes.
+    pub fn fire(&mut self, watermark: Millis, sink: &mut dyn Sink) -> anyhow::Result<()> {
         self.metrics.watermark.set(watermark);
-        if let Some(windows) = &mut self.windows {
+        if let EngineState::Windowed(windows) = &mut self.state {
             windows.advance(watermark, &mut self.results)?;
-            self.metrics
-                .open_windows
-                .set(i64::try_from(windows.open_windows()).unwrap_or(i64::MAX));
+            self.update_open_windows();
             self.emit_results(sink)?;
         }
         Ok(())
@@ -295,7 +832,13 @@ impl Engine {
     }
 
     fn emit_result(&mut self, result: &WindowResult, sink: &mut dyn Sink) -> anyhow::Result<()> {
-        if self.pipeline.after_window.is_empty() {
+        let after_window = self
+            .pipeline
+            .keyed
+            .as_mut()
+            .and_then(|keyed| keyed.window.as_mut())
+            .map(|window| &mut window.after_window);
+        let Some(stages) = after_window.filter(|stages| !stages.is_empty()) else {
             // The common case: the result is the output. Encode it directly, and give the
             // sink key only the fields it reads.
             let value = self.encode_result_directly(result);
@@ -319,14 +862,13 @@ impl Engine {
                 key: Some(key),
                 value,
             });
-        }
-        let fields = result_fields(result, &self.output_names, None);
+        };
         let mut event = Event {
-            fields,
+            fields: result_fields(result, &self.output_names, None),
             time: result.range.end.saturating_sub(1),
             key: Some(result.key.clone()),
         };
-        match run_stages(&mut self.pipeline.after_window, &mut event) {
+        match run_stages(stages, &mut event) {
             StageOutcome::Passed => self.emit_event(event, sink),
             StageOutcome::Dropped => {
                 self.metrics.filtered_events.inc();
@@ -418,8 +960,20 @@ impl Engine {
         original: &[u8],
         sink: &mut dyn Sink,
     ) -> anyhow::Result<()> {
-        self.metrics.dead_letter(failure.reason);
-        tracing::debug!(reason = %failure.reason, detail = %failure.detail, ?position, "dead letter");
+        let count = self.metrics.dead_letter(failure.reason);
+        // Rate-limited: the 1st, 2nd, 4th, 8th... of each reason, so a stream of bad
+        // records is visible without flooding the log; every one is counted in metrics.
+        if count.is_power_of_two() {
+            tracing::warn!(
+                reason = %failure.reason,
+                count,
+                detail = %failure.detail,
+                ?position,
+                "dead letter (logged at counts 1, 2, 4, 8, ... of each reason)"
+            );
+        } else {
+            tracing::debug!(reason = %failure.reason, detail = %failure.detail, ?position, "dead letter");
+        }
         sink.dead_letter(Rejected {
             reason: RejectReason::DeadLetter(failure.reason),
             detail: &failure.detail,
@@ -427,6 +981,13 @@ impl Engine {
             original,
         })
     }
+}
+
+/// Which stateless stages to run.
+#[derive(Clone, Copy)]
+enum Before {
+    Key,
+    Window,
 }
 
 /// Decodes a record into the fields of an event.
@@ -517,4 +1078,25 @@ fn event_time_failure(error: EventTimeError) -> Failure {
         }
     };
     Failure::new(reason, error.to_string())
+}
+
+/// What the state of `pipeline` is, as its store records it.
+fn state_meta(pipeline: &CompiledPipeline) -> StateMeta {
+    StateMeta {
+        format_version: format::FORMAT_VERSION,
+        key_groups: pipeline.key_groups,
+        aggregates: pipeline
+            .window()
+            .map(|window| {
+                window
+                    .outputs
+                    .iter()
+                    .map(|output| StoredAggregate {
+                        name: output.name.clone(),
+                        function: output.function,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
 }

@@ -14,6 +14,7 @@ use crate::io::{Sink, Source};
 use crate::metrics::Metrics;
 use crate::state::rocksdb::RocksDbStore;
 use crate::time::Millis;
+use crate::time::watermark::PartitionId;
 
 /// How a local run reports and where it keeps state.
 #[derive(Clone, Debug)]
@@ -74,8 +75,8 @@ pub fn run(
     let store = RocksDbStore::open(state_directory)?;
     let metrics = Metrics::default();
     let mut engine = Engine::new(job, Box::new(store), options.engine, metrics.clone())?;
-    // The input is one partition, 0.
-    engine.assign_partitions(&[0], 0);
+    // The input is one partition: topic 0, partition 0.
+    engine.assign_partitions(&[PartitionId::new(0, 0)], 0);
     let started = Instant::now();
     let mut last_report = (started, 0u64);
     let mut records: u64 = 0;

@@ -3,43 +3,25 @@
 
 use std::collections::BTreeSet;
 
+mod common;
+
+use common::job::JobBuilder;
+
 use sluice_worker::engine::{Engine, EngineOptions};
 use sluice_worker::io::memory::MemorySink;
 use sluice_worker::io::{Position, SourceRecord};
 use sluice_worker::metrics::Metrics;
 use sluice_worker::state::rocksdb::RocksDbStore;
-
-const MANIFEST: &str = r#"
-apiVersion: sluice.dev/v1alpha1
-kind: StreamJob
-metadata:
-  name: bounded
-spec:
-  kafka:
-    bootstrapServers: kafka:9092
-  source:
-    topics: [in]
-    eventTime:
-      field: ts
-      format: unixMillis
-    watermark:
-      maxOutOfOrderness: 2s
-  pipeline:
-    - keyBy: "event.user"
-    - window:
-        tumbling:
-          size: 1s
-        allowedLateness: 3s
-    - aggregate:
-        n:
-          function: count
-  sink:
-    topic: out
-"#;
+use sluice_worker::time::watermark::PartitionId;
 
 #[test]
 fn live_window_entries_match_the_open_windows_after_200k_events() {
-    let (_, checked) = sluice_crds::load_manifest(MANIFEST).unwrap();
+    // Per user, tumbling windows of 1s with 3s of lateness, counting events.
+    let manifest = JobBuilder::tumbling()
+        .window("tumbling: {size: 1s}")
+        .aggregates(&[("n", "Count", None)])
+        .build();
+    let (_, checked) = sluice_crds::load_manifest(&manifest).unwrap();
     let directory = tempfile::tempdir().unwrap();
     let store = RocksDbStore::open(directory.path()).unwrap();
     // A small cache, so most state goes through RocksDB and evictions.
@@ -61,7 +43,7 @@ fn live_window_entries_match_the_open_windows_after_200k_events() {
         let payload = format!("{{\"user\":\"u{user}\",\"ts\":{time}}}");
         let position = Position::Line(index + 1);
         let record = SourceRecord {
-            partition: 0,
+            partition: PartitionId::new(0, 0),
             position: &position,
             payload: payload.as_bytes(),
         };

@@ -3,48 +3,30 @@
 
 mod common;
 
+use common::job::JobBuilder;
 use common::run_text;
 use serde_json::json;
 use sluice_worker::io::Position;
 
-const MANIFEST: &str = r#"
-apiVersion: sluice.dev/v1alpha1
-kind: StreamJob
-metadata:
-  name: bad-events
-spec:
-  kafka:
-    bootstrapServers: kafka:9092
-  source:
-    topics: [in]
-    eventTime:
-      field: ts
-      format: unixMillis
-    watermark:
-      maxOutOfOrderness: 1s
-  pipeline:
-    - filter: "event.kind != 'skip'"
-    - filter: "event.flag"
-    - keyBy: "event.page"
-    - map:
-        size: "event.size"
-    - window:
-        tumbling:
-          size: 10s
-    - aggregate:
-        a_total:
-          function: sum
-          of: "event.size"
-        b_scaled:
-          function: max
-          of: "event.size * 2"
-        count:
-          function: count
-  sink:
-    topic: out
-    key: "event.key + '-out'"
-    deadLetterTopic: dead
-"#;
+/// Filters, a key, a map after it, and aggregates over 10s windows; the sink key and the
+/// dead-letter topic set.
+fn manifest() -> String {
+    JobBuilder::new()
+        .out_of_orderness("1s")
+        .step("filter: \"event.kind != 'skip'\"")
+        .step("filter: event.flag")
+        .key_by("event.page")
+        .before_window("map: {size: event.size}")
+        .window("tumbling: {size: 10s}")
+        .aggregates(&[
+            ("a_total", "Sum", Some("event.size")),
+            ("b_scaled", "Max", Some("event.size * 2")),
+            ("count", "Count", None),
+        ])
+        .sink_key("event.key + '-out'")
+        .set("/sink/deadLetterTopic", serde_json::json!("dead"))
+        .build()
+}
 
 /// (input line, the reason it must get; empty: no dead letter).
 const EVENTS: [(&str, &str); 17] = [
@@ -112,7 +94,7 @@ const EVENTS: [(&str, &str); 17] = [
 #[test]
 fn every_kind_of_bad_event_is_a_dead_letter_and_processing_continues() {
     let input: String = EVENTS.iter().map(|(line, _)| format!("{line}\n")).collect();
-    let (sink, summary) = run_text(MANIFEST, &input, 100);
+    let (sink, summary) = run_text(&manifest(), &input, 100);
 
     let from_input: Vec<(u64, String, Vec<u8>)> = sink
         .dead_letters
@@ -185,7 +167,7 @@ fn dead_letter_envelopes_keep_the_original_bytes() {
     use base64::prelude::{BASE64_STANDARD, Engine as _};
     let directory = tempfile::tempdir().unwrap();
     let job = directory.path().join("job.yaml");
-    std::fs::write(&job, MANIFEST).unwrap();
+    std::fs::write(&job, manifest()).unwrap();
     let input = directory.path().join("input.jsonl");
     let lines: [&[u8]; 4] = [
         b"{\"ts\":1000,\"kind\":\"a\",\"flag\":true,\"page\":\"home\",\"size\":3}\r\n",

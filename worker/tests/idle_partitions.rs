@@ -2,40 +2,16 @@
 //! windows back until it has been idle longer than the idle timeout, measured in the
 //! processing time the caller passes (no clock is read, so this is deterministic).
 
+mod common;
+
+use common::job::JobBuilder;
 use serde_json::json;
 use sluice_worker::engine::{Engine, EngineOptions};
 use sluice_worker::io::memory::MemorySink;
 use sluice_worker::io::{Position, SourceRecord};
 use sluice_worker::metrics::Metrics;
 use sluice_worker::state::MemoryStore;
-
-const MANIFEST: &str = r#"
-apiVersion: sluice.dev/v1alpha1
-kind: StreamJob
-metadata:
-  name: idle
-spec:
-  kafka:
-    bootstrapServers: kafka:9092
-  source:
-    topics: [in]
-    eventTime:
-      field: ts
-      format: unixMillis
-    watermark:
-      maxOutOfOrderness: 1s
-      idleTimeout: 30s
-  pipeline:
-    - keyBy: "event.user"
-    - window:
-        tumbling:
-          size: 10s
-    - aggregate:
-        n:
-          function: count
-  sink:
-    topic: out
-"#;
+use sluice_worker::time::watermark::PartitionId;
 
 fn send(engine: &mut Engine, sink: &mut MemorySink, partition: u32, time: i64, now: i64) {
     let payload = format!("{{\"user\":\"u\",\"ts\":{time}}}");
@@ -45,11 +21,21 @@ fn send(engine: &mut Engine, sink: &mut MemorySink, partition: u32, time: i64, n
         offset: 0,
     };
     let record = SourceRecord {
-        partition,
+        partition: PartitionId::new(0, i32::try_from(partition).unwrap()),
         position: &position,
         payload: payload.as_bytes(),
     };
     engine.process(record, now, sink).unwrap();
+}
+
+/// Per user, tumbling windows of 10s counting events; 1s out of order; a partition
+/// silent for 30s stops holding the watermark (unless `idle` is false).
+fn manifest(idle: bool) -> String {
+    let job = JobBuilder::tumbling()
+        .lateness(None)
+        .aggregates(&[("n", "Count", None)])
+        .out_of_orderness("1s");
+    if idle { job.idle_timeout("30s") } else { job }.build()
 }
 
 /// An engine for `manifest` with in-memory state.
@@ -66,7 +52,7 @@ fn engine_for(manifest: &str) -> Engine {
 
 #[test]
 fn an_idle_partition_stops_holding_windows_back() {
-    let mut engine = engine_for(MANIFEST);
+    let mut engine = engine_for(&manifest(true));
     let mut sink = MemorySink::default();
     send(&mut engine, &mut sink, 0, 1_000, 0);
     send(&mut engine, &mut sink, 1, 2_000, 0);
@@ -92,7 +78,7 @@ fn an_idle_partition_stops_holding_windows_back() {
 
 #[test]
 fn a_dead_letter_also_lets_an_idle_partition_release_the_watermark() {
-    let mut engine = engine_for(MANIFEST);
+    let mut engine = engine_for(&manifest(true));
     let mut sink = MemorySink::default();
     send(&mut engine, &mut sink, 0, 1_000, 0);
     send(&mut engine, &mut sink, 1, 2_000, 0);
@@ -111,7 +97,7 @@ fn a_dead_letter_also_lets_an_idle_partition_release_the_watermark() {
         (&b"{\"user\":\"u\"}"[..], 30_002),
     ] {
         let record = SourceRecord {
-            partition: 0,
+            partition: PartitionId::new(0, 0),
             position: &position,
             payload,
         };
@@ -127,10 +113,9 @@ fn a_dead_letter_also_lets_an_idle_partition_release_the_watermark() {
 #[test]
 fn an_assigned_partition_that_has_sent_nothing_holds_windows_back() {
     // No idle timeout: a partition assigned but silent holds the watermark until it sends.
-    let manifest = MANIFEST.replace("      idleTimeout: 30s\n", "");
-    let mut engine = engine_for(&manifest);
+    let mut engine = engine_for(&manifest(false));
     let mut sink = MemorySink::default();
-    engine.assign_partitions(&[0, 1], 0);
+    engine.assign_partitions(&[PartitionId::new(0, 0), PartitionId::new(0, 1)], 0);
     send(&mut engine, &mut sink, 0, 1_000, 0);
     send(&mut engine, &mut sink, 0, 25_000, 10_000);
     assert!(sink.results.is_empty(), "partition 1 has not spoken yet");
@@ -142,7 +127,9 @@ fn an_assigned_partition_that_has_sent_nothing_holds_windows_back() {
     assert_eq!(engine.watermark(), 1_000);
     // Once partition 1 is revoked, partition 0 alone sets the watermark: the first
     // window fires with both events.
-    engine.revoke_partitions(&[1], 30_000, &mut sink).unwrap();
+    engine
+        .revoke_partitions(&[PartitionId::new(0, 1)], 30_000, &mut sink)
+        .unwrap();
     assert_eq!(engine.watermark(), 24_000);
     let results = sink.result_values();
     assert_eq!(results.len(), 1);

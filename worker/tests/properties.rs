@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::job::JobBuilder;
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
@@ -23,53 +25,27 @@ enum Kind {
     Session,
 }
 
+/// Per user, windows of `kind` with `n`, `total`, `low` and `high` of `event.value`, 3s
+/// out of order, `allowed_lateness_seconds` of lateness.
+fn job(kind: Kind, allowed_lateness_seconds: u64) -> JobBuilder {
+    let job = match kind {
+        Kind::Tumbling => JobBuilder::tumbling(),
+        Kind::Sliding => JobBuilder::sliding(),
+        Kind::Session => JobBuilder::session(),
+    };
+    let lateness = format!("{allowed_lateness_seconds}s");
+    job.out_of_orderness("3s")
+        .lateness((allowed_lateness_seconds > 0).then_some(lateness.as_str()))
+        .aggregates(&[
+            ("n", "Count", None),
+            ("total", "Sum", Some("event.value")),
+            ("low", "Min", Some("event.value")),
+            ("high", "Max", Some("event.value")),
+        ])
+}
+
 fn manifest(kind: Kind, allowed_lateness_seconds: u64) -> String {
-    let window = match kind {
-        Kind::Tumbling => "tumbling:\n          size: 10s".to_string(),
-        Kind::Sliding => "sliding:\n          size: 10s\n          slide: 5s".to_string(),
-        Kind::Session => "session:\n          gap: 4s".to_string(),
-    };
-    let lateness = if allowed_lateness_seconds > 0 {
-        format!("\n        allowedLateness: {allowed_lateness_seconds}s")
-    } else {
-        String::new()
-    };
-    format!(
-        r#"
-apiVersion: sluice.dev/v1alpha1
-kind: StreamJob
-metadata:
-  name: property
-spec:
-  kafka:
-    bootstrapServers: kafka:9092
-  source:
-    topics: [in]
-    eventTime:
-      field: ts
-      format: unixMillis
-    watermark:
-      maxOutOfOrderness: 3s
-  pipeline:
-    - keyBy: "event.user"
-    - window:
-        {window}{lateness}
-    - aggregate:
-        n:
-          function: count
-        total:
-          function: sum
-          of: "event.value"
-        low:
-          function: min
-          of: "event.value"
-        high:
-          function: max
-          of: "event.value"
-  sink:
-    topic: out
-"#
-    )
+    job(kind, allowed_lateness_seconds).build()
 }
 
 #[derive(Clone, Debug)]
@@ -456,8 +432,7 @@ fn lines_of(lines: &[&str]) -> String {
 
 #[test]
 fn a_late_event_bridging_two_fired_sessions_merges_them_into_an_update() {
-    let manifest =
-        manifest(Kind::Session, 30).replace("maxOutOfOrderness: 3s", "maxOutOfOrderness: 1s");
+    let manifest = job(Kind::Session, 30).out_of_orderness("1s").build();
     // Two sessions of u1: [0, 4s) and [6s, 10s). An event at 20s moves the watermark to
     // 19s: both fire. Then an event at 3s (session [3s, 7s)) arrives within the allowed
     // lateness and overlaps both: the merged session [0, 10s) is emitted as an update.
@@ -487,8 +462,7 @@ fn a_late_event_bridging_two_fired_sessions_merges_them_into_an_update() {
 /// window a second time (a duplicate result with `isUpdate: true`).
 #[test]
 fn a_session_reloaded_from_the_store_fires_once() {
-    let manifest =
-        manifest(Kind::Session, 10).replace("maxOutOfOrderness: 3s", "maxOutOfOrderness: 1s");
+    let manifest = job(Kind::Session, 10).out_of_orderness("1s").build();
     let lines = [
         r#"{"user":"a","ts":0,"value":1}"#,
         r#"{"user":"b","ts":100,"value":2}"#,
@@ -516,8 +490,7 @@ fn a_session_reloaded_from_the_store_fires_once() {
 /// expiry").
 #[test]
 fn an_event_inside_an_expired_session_starts_a_new_one() {
-    let manifest =
-        manifest(Kind::Session, 10).replace("maxOutOfOrderness: 3s", "maxOutOfOrderness: 1s");
+    let manifest = job(Kind::Session, 10).out_of_orderness("1s").build();
     let lines = [
         r#"{"user":"a","ts":0,"value":1}"#,
         r#"{"user":"b","ts":16000,"value":2}"#,

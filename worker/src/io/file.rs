@@ -16,6 +16,7 @@ use base64::prelude::{BASE64_STANDARD, Engine as _};
 use serde::Serialize;
 
 use super::{OutputRecord, Position, Rejected, Sink, Source, SourceRecord};
+use crate::time::watermark::PartitionId;
 
 /// Reads JSON lines.
 pub struct LineSource {
@@ -74,7 +75,7 @@ impl Source for LineSource {
             }
             self.position = Position::Line(self.line);
             return Ok(Some(SourceRecord {
-                partition: 0,
+                partition: PartitionId::new(0, 0),
                 position: &self.position,
                 payload: &self.buffer,
             }));

@@ -6,6 +6,7 @@
 //! ([`file`]); the Kafka ones follow the same traits.
 
 pub mod file;
+pub mod kafka;
 pub mod memory;
 
 use crate::dead_letter::DeadLetterReason;
@@ -25,6 +26,16 @@ pub enum Position {
         /// Offset.
         offset: i64,
     },
+}
+
+impl Position {
+    /// The record's offset in its partition: a Kafka offset, or the line's index from 0.
+    pub fn offset(&self) -> i64 {
+        match self {
+            Self::Line(line) => i64::try_from(*line).unwrap_or(i64::MAX).saturating_sub(1),
+            Self::Kafka { offset, .. } => *offset,
+        }
+    }
 }
 
 /// One record read from a source.

@@ -262,87 +262,6 @@ impl Accumulator {
             }
         }
     }
-
-    /// Appends the state-store bytes (see `docs/worker.md`, state layout).
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        match self {
-            Self::Count(count) => {
-                out.push(b'c');
-                out.extend_from_slice(&count.to_le_bytes());
-            }
-            Self::Sum {
-                integers,
-                doubles,
-                any_double,
-            } => {
-                out.push(b's');
-                out.extend_from_slice(&integers.to_le_bytes());
-                out.extend_from_slice(&doubles.to_le_bytes());
-                out.push(u8::from(*any_double));
-            }
-            Self::Extreme {
-                greatest,
-                integer,
-                double,
-            } => {
-                out.push(if *greatest { b'M' } else { b'm' });
-                out.push(u8::from(integer.is_some()) | (u8::from(double.is_some()) << 1));
-                out.extend_from_slice(&integer.unwrap_or_default().to_le_bytes());
-                out.extend_from_slice(&double.unwrap_or_default().to_le_bytes());
-            }
-            Self::Average {
-                integers,
-                doubles,
-                count,
-            } => {
-                out.push(b'a');
-                out.extend_from_slice(&integers.to_le_bytes());
-                out.extend_from_slice(&doubles.to_le_bytes());
-                out.extend_from_slice(&count.to_le_bytes());
-            }
-        }
-    }
-
-    /// Reads one accumulator from the front of `bytes`, returning the rest.
-    pub fn decode(bytes: &[u8]) -> Option<(Self, &[u8])> {
-        let (&tag, rest) = bytes.split_first()?;
-        let mut reader = Reader(rest);
-        let accumulator = match tag {
-            b'c' => Self::Count(u64::from_le_bytes(reader.take()?)),
-            b's' => Self::Sum {
-                integers: i128::from_le_bytes(reader.take()?),
-                doubles: f64::from_le_bytes(reader.take()?),
-                any_double: reader.take::<1>()?[0] != 0,
-            },
-            b'M' | b'm' => {
-                let present = reader.take::<1>()?[0];
-                let integer = i128::from_le_bytes(reader.take()?);
-                let double = f64::from_le_bytes(reader.take()?);
-                Self::Extreme {
-                    greatest: tag == b'M',
-                    integer: (present & 1 != 0).then_some(integer),
-                    double: (present & 2 != 0).then_some(double),
-                }
-            }
-            b'a' => Self::Average {
-                integers: i128::from_le_bytes(reader.take()?),
-                doubles: f64::from_le_bytes(reader.take()?),
-                count: u64::from_le_bytes(reader.take()?),
-            },
-            _ => return None,
-        };
-        Some((accumulator, reader.0))
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let (head, rest) = self.0.split_first_chunk::<N>()?;
-        self.0 = rest;
-        Some(*head)
-    }
 }
 
 fn integer(value: i128) -> Value {
@@ -418,21 +337,6 @@ mod tests {
             }
             left.merge(&right);
             assert_eq!(left.result(), run(function, &inputs), "{function:?}");
-        }
-    }
-
-    #[test]
-    fn encodes_and_decodes() {
-        for function in [Count, Sum, Min, Max, Avg] {
-            let mut accumulator = Accumulator::new(function);
-            accumulator.add(Some(Number128::Integer(-7)));
-            accumulator.add(Some(Number128::Double(2.25)));
-            let mut bytes = Vec::new();
-            accumulator.encode(&mut bytes);
-            bytes.push(0xff);
-            let (decoded, rest) = Accumulator::decode(&bytes).unwrap();
-            assert_eq!(decoded, accumulator, "{function:?}");
-            assert_eq!(rest, &[0xff]);
         }
     }
 }

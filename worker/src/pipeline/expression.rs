@@ -18,6 +18,11 @@ use sluice_crds::pipeline::Expression;
 
 use super::value::{cel_to_json, object_to_cel};
 
+/// The stack of the thread that evaluates expressions in Kafka mode: far more than the
+/// deepest expression validation lets through needs (tokio's 2 MiB worker threads would
+/// be enough), so a deep expression can never overflow it.
+pub const EVALUATION_STACK_BYTES: usize = 16 << 20;
+
 /// Why an expression failed on an event.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("failed to evaluate {expression:?}: {message}")]
@@ -427,8 +432,8 @@ mod tests {
     fn expression(source: &str) -> Expression {
         let (_, checked) =
             sluice_crds::load_manifest(&crate::testing::manifest_with_filter(source)).unwrap();
-        match &checked.pipeline.steps[0] {
-            sluice_crds::pipeline::Step::Filter(expression) => expression.clone(),
+        match &checked.pipeline.before_key[0] {
+            sluice_crds::pipeline::StatelessStep::Filter(expression) => expression.clone(),
             other => panic!("unexpected step {other:?}"),
         }
     }

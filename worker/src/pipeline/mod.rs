@@ -1,6 +1,6 @@
-//! The pipeline, compiled once from a checked StreamJob: stateless stages (filter, map,
-//! keyBy) before the window, the keyed window operator with its aggregates, stateless
-//! stages on the results, and the sink key.
+//! The pipeline, compiled once from a checked StreamJob: stateless stages (filter, map)
+//! before the key, the key, stages before the window, the keyed window operator with its
+//! aggregates, stateless stages on the results, and the sink key.
 
 pub mod aggregate;
 pub mod expression;
@@ -9,7 +9,7 @@ pub mod window_operator;
 
 use serde_json::{Map, Value};
 use sluice_crds::CheckedJob;
-use sluice_crds::pipeline::{AggregateFunction, Step};
+use sluice_crds::pipeline::{AggregateFunction, StatelessStep, WindowedAggregate};
 
 use crate::dead_letter::{DeadLetterReason, Failure};
 use crate::time::event_time::{EventTimeField, MAX_EVENT_TIME, describe};
@@ -36,8 +36,6 @@ pub enum Stage {
     Filter(CompiledExpression),
     /// Replace the fields.
     Map(Vec<(String, CompiledExpression)>),
-    /// Set the key.
-    KeyBy(CompiledExpression),
 }
 
 /// What a run of stages did with an event.
@@ -62,7 +60,7 @@ pub struct CompiledAggregate {
     pub of: Option<CompiledExpression>,
 }
 
-/// The window and aggregate steps.
+/// The window, its aggregate step and the stages on its results.
 #[derive(Debug)]
 pub struct CompiledWindow {
     /// How events are assigned to windows.
@@ -71,6 +69,19 @@ pub struct CompiledWindow {
     pub allowed_lateness: Millis,
     /// The aggregate outputs, in order.
     pub outputs: Vec<CompiledAggregate>,
+    /// Stages on the window results.
+    pub after_window: Vec<Stage>,
+}
+
+/// The keyBy and what follows it.
+#[derive(Debug)]
+pub struct CompiledKeyed {
+    /// The key expression.
+    pub key: CompiledExpression,
+    /// Stages between the keyBy and the window (all stages after the keyBy without one).
+    pub before_window: Vec<Stage>,
+    /// The window and its aggregates.
+    pub window: Option<CompiledWindow>,
 }
 
 /// A pipeline ready to run.
@@ -83,133 +94,118 @@ pub struct CompiledPipeline {
     /// When an idle partition stops holding the watermark back.
     pub idle_timeout: Option<Millis>,
     /// Number of key groups.
-    pub max_parallelism: u32,
-    /// Stages before the window (all of them when there is no window).
-    pub before_window: Vec<Stage>,
-    /// The window and its aggregates.
-    pub window: Option<CompiledWindow>,
-    /// Stages on the window results.
-    pub after_window: Vec<Stage>,
+    pub key_groups: u32,
+    /// Stages before the keyBy (all of them when there is none).
+    pub before_key: Vec<Stage>,
+    /// The keyBy, the window and their stages.
+    pub keyed: Option<CompiledKeyed>,
     /// The sink's key expression.
     pub sink_key: Option<CompiledExpression>,
 }
 
-/// The most windows a sliding window may put one event in (`size / slide`, rounded up): beyond it a
-/// single event would cost thousands of state updates.
-pub const MAX_WINDOWS_PER_EVENT: i64 = 1000;
+impl CompiledPipeline {
+    /// The window step, if any.
+    pub fn window(&self) -> Option<&CompiledWindow> {
+        self.keyed.as_ref().and_then(|keyed| keyed.window.as_ref())
+    }
+}
 
-/// Why a checked job cannot run.
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    /// An expression did not compile.
-    #[error(transparent)]
-    Expression(#[from] CompileError),
-    /// A sliding window whose slide is tiny next to its size.
-    #[error(
-        "failed to compile the window: a sliding window of size {size}ms and slide {slide}ms puts each event in {windows} windows, more than {MAX_WINDOWS_PER_EVENT}: use a larger slide"
-    )]
-    TooManyWindows {
-        /// The size.
-        size: Millis,
-        /// The slide.
-        slide: Millis,
-        /// Windows per event.
-        windows: i64,
-    },
+fn compile_stages(steps: &[StatelessStep]) -> Result<Vec<Stage>, CompileError> {
+    steps
+        .iter()
+        .map(|step| {
+            Ok(match step {
+                StatelessStep::Filter(expression) => {
+                    Stage::Filter(CompiledExpression::compile(expression)?)
+                }
+                StatelessStep::Map(outputs) => Stage::Map(
+                    outputs
+                        .iter()
+                        .map(|(name, expression)| {
+                            Ok((name.clone(), CompiledExpression::compile(expression)?))
+                        })
+                        .collect::<Result<_, CompileError>>()?,
+                ),
+            })
+        })
+        .collect()
+}
+
+fn compile_window(windowed: &WindowedAggregate) -> Result<CompiledWindow, CompileError> {
+    Ok(CompiledWindow {
+        assigner: windowed.window.kind.into(),
+        allowed_lateness: duration_millis(windowed.window.allowed_lateness),
+        outputs: windowed
+            .aggregates
+            .iter()
+            .map(|output| {
+                Ok(CompiledAggregate {
+                    name: output.name.clone(),
+                    function: output.function,
+                    of: output
+                        .of
+                        .as_ref()
+                        .map(CompiledExpression::compile)
+                        .transpose()?,
+                })
+            })
+            .collect::<Result<_, CompileError>>()?,
+        after_window: compile_stages(&windowed.after_window)?,
+    })
 }
 
 /// Compiles a checked job: every CEL expression is parsed here, once.
-pub fn compile(job: &CheckedJob) -> Result<CompiledPipeline, PipelineError> {
-    let spec = &job.spec;
-    let mut before_window = Vec::new();
-    let mut after_window = Vec::new();
-    let mut window = None;
-    let mut pending_window = None;
-    for step in &job.pipeline.steps {
-        let stages = if window.is_some() {
-            &mut after_window
-        } else {
-            &mut before_window
-        };
-        match step {
-            Step::Filter(expression) => {
-                stages.push(Stage::Filter(CompiledExpression::compile(expression)?))
-            }
-            Step::Map(outputs) => stages.push(Stage::Map(
-                outputs
-                    .iter()
-                    .map(|(name, expression)| {
-                        Ok((name.clone(), CompiledExpression::compile(expression)?))
-                    })
-                    .collect::<Result<_, CompileError>>()?,
-            )),
-            Step::KeyBy(expression) => {
-                stages.push(Stage::KeyBy(CompiledExpression::compile(expression)?))
-            }
-            Step::Window(checked) => pending_window = Some(*checked),
-            Step::Aggregate(outputs) => {
-                let checked = pending_window
-                    .take()
-                    .unwrap_or(sluice_crds::pipeline::Window {
-                        kind: sluice_crds::pipeline::WindowKind::Tumbling {
-                            size: std::time::Duration::from_secs(60),
-                        },
-                        allowed_lateness: std::time::Duration::ZERO,
-                    });
-                let assigner: WindowAssigner = checked.kind.into();
-                if let WindowAssigner::Sliding { size, slide } = assigner {
-                    let windows = (size + slide - 1) / slide;
-                    if windows > MAX_WINDOWS_PER_EVENT {
-                        return Err(PipelineError::TooManyWindows {
-                            size,
-                            slide,
-                            windows,
-                        });
-                    }
-                }
-                window = Some(CompiledWindow {
-                    assigner,
-                    allowed_lateness: duration_millis(checked.allowed_lateness),
-                    outputs: outputs
-                        .iter()
-                        .map(|output| {
-                            Ok(CompiledAggregate {
-                                name: output.name.clone(),
-                                function: output.function,
-                                of: output
-                                    .of
-                                    .as_ref()
-                                    .map(CompiledExpression::compile)
-                                    .transpose()?,
-                            })
-                        })
-                        .collect::<Result<_, CompileError>>()?,
-                });
-            }
-        }
-    }
+pub fn compile(job: &CheckedJob) -> Result<CompiledPipeline, CompileError> {
+    let keyed = job
+        .pipeline
+        .keyed
+        .as_ref()
+        .map(|keyed| {
+            Ok::<_, CompileError>(CompiledKeyed {
+                key: CompiledExpression::compile(&keyed.key)?,
+                before_window: compile_stages(&keyed.before_window)?,
+                window: keyed.window.as_ref().map(compile_window).transpose()?,
+            })
+        })
+        .transpose()?;
+    let reach = keyed
+        .as_ref()
+        .and_then(|keyed| keyed.window.as_ref())
+        .map_or(0, |window| window.assigner.reach());
     Ok(CompiledPipeline {
         event_time: EventTimeField {
-            field: spec.source.event_time.field.clone(),
-            format: spec.source.event_time.format,
-            latest: MAX_EVENT_TIME
-                .saturating_sub(window.as_ref().map_or(0, |window| window.assigner.reach())),
+            field: job.source.event_time.field.clone(),
+            format: job.source.event_time.format,
+            latest: MAX_EVENT_TIME.saturating_sub(reach),
         },
-        max_out_of_orderness: spec.source.watermark.max_out_of_orderness.as_millis_i64(),
-        idle_timeout: spec
-            .source
-            .watermark
-            .idle_timeout
-            .map(|timeout| timeout.as_millis_i64()),
-        max_parallelism: u32::try_from(spec.max_parallelism).unwrap_or(1).max(1),
-        before_window,
-        window,
-        after_window,
+        max_out_of_orderness: duration_millis(job.source.max_out_of_orderness),
+        idle_timeout: job.source.idle_timeout.map(duration_millis),
+        key_groups: u32::from(job.key_groups.get()),
+        before_key: compile_stages(&job.pipeline.before_key)?,
+        keyed,
         sink_key: job
-            .sink_key
+            .sink
+            .key
             .as_ref()
             .map(CompiledExpression::compile)
             .transpose()?,
+    })
+}
+
+/// The canonical key of an event, or why it has none.
+pub fn evaluate_key(key: &mut CompiledExpression, event: &Event) -> Result<Vec<u8>, Failure> {
+    let value = key
+        .evaluate(&event.fields)
+        .map_err(|error| Failure::new(DeadLetterReason::KeyError, error.to_string()))?;
+    canonical_key(&value).ok_or_else(|| {
+        Failure::new(
+            DeadLetterReason::KeyUnsupportedType,
+            format!(
+                "the key {:?} gave {}: a key must be a string, an integer or a bool",
+                key.source(),
+                describe(&value)
+            ),
+        )
     })
 }
 
@@ -256,27 +252,6 @@ pub fn run_stages(stages: &mut [Stage], event: &mut Event) -> StageOutcome {
                 }
                 event.fields = fields;
             }
-            Stage::KeyBy(expression) => match expression.evaluate(&event.fields) {
-                Ok(value) => match canonical_key(&value) {
-                    Some(key) => event.key = Some(key),
-                    None => {
-                        return StageOutcome::Failed(Failure::new(
-                            DeadLetterReason::KeyUnsupportedType,
-                            format!(
-                                "the key {:?} gave {}: a key must be a string, an integer or a bool",
-                                expression.source(),
-                                describe(&value)
-                            ),
-                        ));
-                    }
-                },
-                Err(error) => {
-                    return StageOutcome::Failed(Failure::new(
-                        DeadLetterReason::KeyError,
-                        error.to_string(),
-                    ));
-                }
-            },
         }
     }
     StageOutcome::Passed
@@ -332,64 +307,6 @@ pub fn aggregate_inputs(
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn refuses_sliding_windows_with_too_many_windows_per_event() {
-        let manifest = |slide: &str| {
-            format!(
-                r#"
-apiVersion: sluice.dev/v1alpha1
-kind: StreamJob
-metadata:
-  name: sliding
-spec:
-  kafka:
-    bootstrapServers: kafka:9092
-  source:
-    topics: [in]
-    eventTime:
-      field: ts
-  pipeline:
-    - keyBy: "event.user"
-    - window:
-        sliding:
-          size: 1h
-          slide: {slide}
-    - aggregate:
-        n:
-          function: count
-  sink:
-    topic: out
-"#
-            )
-        };
-        let cases = [
-            ("4s", true),
-            ("3600ms", true),
-            ("3599ms", false),
-            ("1ms", false),
-        ];
-        for (slide, compiles) in cases {
-            // validate() refuses the small slides before the engine sees them; the engine
-            // keeps its own limit for a CheckedJob built in code, so set the slide there.
-            let (_, mut checked) = sluice_crds::load_manifest(&manifest("4s")).unwrap();
-            let slide_duration: sluice_crds::Duration = slide.parse().unwrap();
-            for step in &mut checked.pipeline.steps {
-                if let sluice_crds::pipeline::Step::Window(window) = step
-                    && let sluice_crds::pipeline::WindowKind::Sliding { slide, .. } =
-                        &mut window.kind
-                {
-                    *slide = slide_duration.get();
-                }
-            }
-            assert_eq!(compile(&checked).is_ok(), compiles, "slide {slide}");
-            assert_eq!(
-                sluice_crds::load_manifest(&manifest(slide)).is_ok(),
-                compiles,
-                "validate() and the engine agree on slide {slide}"
-            );
-        }
-    }
 
     #[test]
     fn keys_are_canonical_json_of_scalars() {

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::pipeline::aggregate::{Accumulator, Number128};
 use crate::state::key_group::KeyGroup;
-use crate::state::{KeyedWindowState, StateError, TimerKind, WindowState, key_group};
+use crate::state::{KeyedWindowState, StateError, TimerKind, WindowState};
 use crate::time::Millis;
 use crate::time::window::{WindowAssigner, WindowRange, merge_session};
 use sluice_crds::pipeline::AggregateFunction;
@@ -23,6 +23,22 @@ pub struct WindowResult {
     pub is_update: bool,
     /// One value per aggregate output.
     pub values: Vec<Value>,
+}
+
+impl WindowResult {
+    /// The result of `window` of `key` now (an update if it fired before).
+    fn of(key: &[u8], window: &WindowState) -> Self {
+        Self {
+            key: key.to_vec(),
+            range: window.range,
+            is_update: window.fired,
+            values: window
+                .accumulators
+                .iter()
+                .map(Accumulator::result)
+                .collect(),
+        }
+    }
 }
 
 /// Whether an event was taken into its windows.
@@ -42,7 +58,6 @@ pub struct WindowOperator {
     assigner: WindowAssigner,
     allowed_lateness: Millis,
     functions: Vec<AggregateFunction>,
-    max_parallelism: u32,
     state: KeyedWindowState,
     assigned: Vec<WindowRange>,
 }
@@ -53,14 +68,12 @@ impl WindowOperator {
         assigner: WindowAssigner,
         allowed_lateness: Millis,
         functions: Vec<AggregateFunction>,
-        max_parallelism: u32,
         state: KeyedWindowState,
     ) -> Self {
         Self {
             assigner,
             allowed_lateness,
             functions,
-            max_parallelism,
             state,
             assigned: Vec::new(),
         }
@@ -69,6 +82,11 @@ impl WindowOperator {
     /// Windows with state.
     pub fn open_windows(&self) -> u64 {
         self.state.open_windows()
+    }
+
+    /// How long after its end a window keeps its state.
+    pub fn allowed_lateness(&self) -> Millis {
+        self.allowed_lateness
     }
 
     /// The keyed state.
@@ -92,18 +110,19 @@ impl WindowOperator {
         }
     }
 
-    /// Adds an event of `key` at `time` with one input per output (`None` for count),
+    /// Adds an event of `key` (in key group `group`) at `time` with one input per output
+    /// (`None` for count),
     /// at operator watermark `watermark`. Results that must be emitted now (updates of
     /// fired windows) are appended to `results`.
     pub fn add(
         &mut self,
+        group: KeyGroup,
         key: &[u8],
         time: Millis,
         inputs: &[Option<Number128>],
         watermark: Millis,
         results: &mut Vec<WindowResult>,
     ) -> Result<Admission, StateError> {
-        let group = key_group(key, self.max_parallelism);
         if self.assigner.is_merging() {
             return self.add_to_session(group, key, time, inputs, watermark, results);
         }
@@ -154,16 +173,7 @@ impl WindowOperator {
                 accumulator.add(*input);
             }
             if range.end <= watermark {
-                results.push(WindowResult {
-                    key: key.to_vec(),
-                    range: *range,
-                    is_update: window.fired,
-                    values: window
-                        .accumulators
-                        .iter()
-                        .map(Accumulator::result)
-                        .collect(),
-                });
+                results.push(WindowResult::of(key, window));
                 window.fired = true;
             }
         }
@@ -215,16 +225,7 @@ impl WindowOperator {
         let timer = if merged.end > watermark {
             (merged.end, TimerKind::Fire)
         } else {
-            results.push(WindowResult {
-                key: key.to_vec(),
-                range: merged,
-                is_update: merged_state.fired,
-                values: merged_state
-                    .accumulators
-                    .iter()
-                    .map(Accumulator::result)
-                    .collect(),
-            });
+            results.push(WindowResult::of(key, &merged_state));
             merged_state.fired = true;
             (
                 merged.end.saturating_add(allowed_lateness),
@@ -273,16 +274,7 @@ impl WindowOperator {
                 match timer.kind {
                     TimerKind::Fire => {
                         let window = &mut windows[index];
-                        results.push(WindowResult {
-                            key: timer.key.to_vec(),
-                            range: window.range,
-                            is_update: window.fired,
-                            values: window
-                                .accumulators
-                                .iter()
-                                .map(Accumulator::result)
-                                .collect(),
-                        });
+                        results.push(WindowResult::of(&timer.key, window));
                         window.fired = true;
                         if allowed_lateness == 0 {
                             windows.swap_remove(index);

@@ -1,15 +1,26 @@
-//! The byte layout of keyed state and timers in the store (documented in
-//! `docs/worker.md`; part of the persisted format).
+//! The persisted state format: every byte the worker writes to its state store, in one
+//! place (documented in `docs/worker.md`, "Persisted format"). A store records the format
+//! version it was written with; a worker refuses a store of a version it does not know.
 //!
-//! - window state key: `key group (u16 BE) | key length (u32 BE) | key | start | end`
-//! - window state value: `fired (u8) | accumulators...` (see `Accumulator::encode`)
-//! - timer key: `time | kind (u8) | start | end | key | 0x00 | key group (u16 BE)`
+//! Column families:
+//! - `windows`: key `key group (u16 BE) | key length (u32 BE) | key | start | end`, value
+//!   `fired (u8) | accumulators...` (see [`encode_accumulator`]), in the order of the
+//!   aggregates recorded in `meta`.
+//! - `timers`: key `time | kind (u8) | start | end | key | 0x00 | key group (u16 BE)`,
+//!   empty value. Timers are derived data: each window has exactly one pending timer (fire
+//!   at its end until it fired, then expire at end + allowed lateness), so a restore
+//!   rebuilds them from `windows` ([`timer_of_window`]) and never trusts a copy.
+//! - `meta`: [`META_FORMAT_VERSION`], [`META_KEY_GROUPS`], [`META_AGGREGATES`] and
+//!   [`META_CHECKPOINT`], see [`StateMeta`] and [`CheckpointRecord`].
 //!
 //! Times are order-preserving: an `i64` with its sign bit flipped, big-endian, so byte
 //! order is time order. Window keys sort by key group first, so a range of key groups is
-//! a range of keys; timer keys sort by time, then kind, then window, then key (its JSON
-//! text, which never contains a 0x00 byte, so the terminator keeps text order), which is
-//! the order results are emitted in.
+//! a range of keys (what moves on a rescale); timer keys sort by time, then kind, then
+//! window, then key (its JSON text, which never contains a 0x00 byte, so the terminator
+//! keeps text order), which is the order results are emitted in.
+
+use serde::{Deserialize, Serialize};
+use sluice_crds::pipeline::AggregateFunction;
 
 use crate::pipeline::aggregate::Accumulator;
 use crate::time::Millis;
@@ -58,12 +69,35 @@ pub fn window_of_key(state_key: &[u8], prefix_length: usize) -> Option<WindowRan
     })
 }
 
+/// The key group of a window state key.
+pub fn key_group_of_window_key(state_key: &[u8]) -> Option<KeyGroup> {
+    state_key
+        .first_chunk::<2>()
+        .map(|bytes| KeyGroup::from_be_bytes(*bytes))
+}
+
+/// The key (canonical bytes) of a window state key.
+pub fn key_of_window_key(state_key: &[u8]) -> Option<&[u8]> {
+    let length = state_key.get(2..6)?;
+    let length = usize::try_from(u32::from_be_bytes(length.try_into().ok()?)).ok()?;
+    state_key.get(6..6 + length)
+}
+
+/// The first window state key of key group `key_group` (the bound of a key-group range).
+pub fn key_group_start(key_group: u32) -> Vec<u8> {
+    match KeyGroup::try_from(key_group) {
+        Ok(group) => group.to_be_bytes().to_vec(),
+        // Past the last group: a key greater than every window key.
+        Err(_) => vec![0xff; 3],
+    }
+}
+
 /// The value of one window.
 pub fn window_value(fired: bool, accumulators: &[Accumulator], out: &mut Vec<u8>) {
     out.clear();
     out.push(u8::from(fired));
     for accumulator in accumulators {
-        accumulator.encode(out);
+        encode_accumulator(accumulator, out);
     }
 }
 
@@ -72,7 +106,7 @@ pub fn decode_window_value(bytes: &[u8]) -> Option<(bool, Vec<Accumulator>)> {
     let (&fired, mut rest) = bytes.split_first()?;
     let mut accumulators = Vec::new();
     while !rest.is_empty() {
-        let (accumulator, remaining) = Accumulator::decode(rest)?;
+        let (accumulator, remaining) = decode_accumulator(rest)?;
         accumulators.push(accumulator);
         rest = remaining;
     }
@@ -121,6 +155,246 @@ pub fn decode_timer_key(bytes: &[u8]) -> Option<(Millis, u8, WindowRange, KeyGro
     ))
 }
 
+/// Appends the bytes of an accumulator: a tag, then its fields little-endian.
+/// `c` count (u64); `s` sum (i128 integer sum, f64 double sum, any-double flag u8);
+/// `m`/`M` min/max (presence bits u8, i128, f64); `a` avg (i128, f64, u64 count).
+pub fn encode_accumulator(accumulator: &Accumulator, out: &mut Vec<u8>) {
+    match accumulator {
+        Accumulator::Count(count) => {
+            out.push(b'c');
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+        Accumulator::Sum {
+            integers,
+            doubles,
+            any_double,
+        } => {
+            out.push(b's');
+            out.extend_from_slice(&integers.to_le_bytes());
+            out.extend_from_slice(&doubles.to_le_bytes());
+            out.push(u8::from(*any_double));
+        }
+        Accumulator::Extreme {
+            greatest,
+            integer,
+            double,
+        } => {
+            out.push(if *greatest { b'M' } else { b'm' });
+            out.push(u8::from(integer.is_some()) | (u8::from(double.is_some()) << 1));
+            out.extend_from_slice(&integer.unwrap_or_default().to_le_bytes());
+            out.extend_from_slice(&double.unwrap_or_default().to_le_bytes());
+        }
+        Accumulator::Average {
+            integers,
+            doubles,
+            count,
+        } => {
+            out.push(b'a');
+            out.extend_from_slice(&integers.to_le_bytes());
+            out.extend_from_slice(&doubles.to_le_bytes());
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+    }
+}
+
+/// Reads one accumulator from the front of `bytes`, returning the rest.
+pub fn decode_accumulator(bytes: &[u8]) -> Option<(Accumulator, &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let mut reader = Reader(rest);
+    let accumulator = match tag {
+        b'c' => Accumulator::Count(u64::from_le_bytes(reader.take()?)),
+        b's' => Accumulator::Sum {
+            integers: i128::from_le_bytes(reader.take()?),
+            doubles: f64::from_le_bytes(reader.take()?),
+            any_double: reader.take::<1>()?[0] != 0,
+        },
+        b'M' | b'm' => {
+            let present = reader.take::<1>()?[0];
+            let integer = i128::from_le_bytes(reader.take()?);
+            let double = f64::from_le_bytes(reader.take()?);
+            Accumulator::Extreme {
+                greatest: tag == b'M',
+                integer: (present & 1 != 0).then_some(integer),
+                double: (present & 2 != 0).then_some(double),
+            }
+        }
+        b'a' => Accumulator::Average {
+            integers: i128::from_le_bytes(reader.take()?),
+            doubles: f64::from_le_bytes(reader.take()?),
+            count: u64::from_le_bytes(reader.take()?),
+        },
+        _ => return None,
+    };
+    Some((accumulator, reader.0))
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+}
+
+/// The timer a window has pending, from its state alone: until it fired, fire at its end;
+/// once fired (with allowed lateness, or it would be gone), expire at end + lateness.
+pub fn timer_of_window(range: WindowRange, fired: bool, allowed_lateness: Millis) -> (Millis, u8) {
+    if fired {
+        (range.end.saturating_add(allowed_lateness), TIMER_EXPIRE)
+    } else {
+        (range.end, TIMER_FIRE)
+    }
+}
+
+/// The timer kind byte of an expiry.
+pub const TIMER_EXPIRE: u8 = 0;
+/// The timer kind byte of a firing.
+pub const TIMER_FIRE: u8 = 1;
+
+/// The version of this format. A store written with a greater version is refused; one
+/// written with a smaller version is read by the rules of its version (none older exist).
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `meta` key: the format version, u32 BE.
+pub const META_FORMAT_VERSION: &[u8] = b"format-version";
+/// `meta` key: the number of key groups (`maxParallelism`), u32 BE.
+pub const META_KEY_GROUPS: &[u8] = b"key-groups";
+/// `meta` key: the aggregates, JSON `[{"name": .., "function": ..}]`, in the order their
+/// accumulators are stored in each window value.
+pub const META_AGGREGATES: &[u8] = b"aggregates";
+/// `meta` key: the latest checkpoint record, JSON ([`CheckpointRecord`]).
+pub const META_CHECKPOINT: &[u8] = b"checkpoint";
+
+/// One aggregate as recorded in `meta`: accumulators are found by name, never by position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAggregate {
+    /// The output name.
+    pub name: String,
+    /// The function.
+    pub function: AggregateFunction,
+}
+
+/// What `meta` says about the state in a store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateMeta {
+    /// The format version.
+    pub format_version: u32,
+    /// The number of key groups.
+    pub key_groups: u32,
+    /// The aggregates, in stored order.
+    pub aggregates: Vec<StoredAggregate>,
+}
+
+impl StateMeta {
+    /// The `meta` entries of this description.
+    pub fn entries(&self) -> Vec<(&'static [u8], Vec<u8>)> {
+        vec![
+            (
+                META_FORMAT_VERSION,
+                self.format_version.to_be_bytes().to_vec(),
+            ),
+            (META_KEY_GROUPS, self.key_groups.to_be_bytes().to_vec()),
+            (
+                META_AGGREGATES,
+                serde_json::to_vec(&self.aggregates).unwrap_or_default(),
+            ),
+        ]
+    }
+
+    /// Reads the description from the values of the `meta` keys (`None`: a new store).
+    pub fn decode(
+        format_version: Option<&[u8]>,
+        key_groups: Option<&[u8]>,
+        aggregates: Option<&[u8]>,
+    ) -> Result<Option<Self>, String> {
+        let Some(format_version) = format_version else {
+            return Ok(None);
+        };
+        let u32_of = |name: &str, bytes: &[u8]| {
+            bytes
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| format!("the {name} entry has {} bytes, not 4", bytes.len()))
+        };
+        Ok(Some(Self {
+            format_version: u32_of("format-version", format_version)?,
+            key_groups: u32_of(
+                "key-groups",
+                key_groups.ok_or("the key-groups entry is missing")?,
+            )?,
+            aggregates: serde_json::from_slice(
+                aggregates.ok_or("the aggregates entry is missing")?,
+            )
+            .map_err(|error| format!("failed to read the aggregates entry: {error}"))?,
+        }))
+    }
+}
+
+/// The position and clock of one source partition at a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionCheckpoint {
+    /// The topic's name (not its position in the spec, which an upgrade may change).
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The offset of the next record to read.
+    pub next_offset: i64,
+    /// The greatest event time read from it (`None`: none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_event_time: Option<Millis>,
+}
+
+/// What a checkpoint records besides window state: where each partition is, and the
+/// operator watermark, so a restore continues exactly where the checkpoint stood.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointRecord {
+    /// The checkpoint's number, increasing.
+    pub id: u64,
+    /// A token unique to this checkpoint, committed with its offsets (see `commit`).
+    #[serde(default)]
+    pub token: String,
+    /// The operator watermark (it never goes back).
+    pub watermark: Millis,
+    /// Every source partition read so far.
+    pub partitions: Vec<PartitionCheckpoint>,
+    /// Every repartition partition read (`Any` partitioning), with its watermark clocks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<ChannelCheckpoint>,
+}
+
+/// A repartition partition at a checkpoint: where it was read to, and the latest clock of
+/// each source partition its watermark records reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelCheckpoint {
+    /// The repartition partition (a key group).
+    pub partition: i32,
+    /// The offset of the next record to read.
+    pub next_offset: i64,
+    /// The clocks heard of on it.
+    pub clocks: Vec<ClockCheckpoint>,
+}
+
+/// The clock of a source partition as a channel last heard it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClockCheckpoint {
+    /// The source topic.
+    pub topic: String,
+    /// The source partition.
+    pub partition: i32,
+    /// Its greatest event time (`None`: none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_event_time: Option<Millis>,
+    /// Whether it was idle.
+    #[serde(default)]
+    pub idle: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +415,23 @@ mod tests {
         }
         for time in times {
             assert_eq!(time_from_bytes(time_bytes(time)), time);
+        }
+    }
+
+    #[test]
+    fn accumulators_round_trip() {
+        use crate::pipeline::aggregate::Number128;
+        use AggregateFunction::{Avg, Count, Max, Min, Sum};
+        for function in [Count, Sum, Min, Max, Avg] {
+            let mut accumulator = Accumulator::new(function);
+            accumulator.add(Some(Number128::Integer(-7)));
+            accumulator.add(Some(Number128::Double(2.25)));
+            let mut bytes = Vec::new();
+            encode_accumulator(&accumulator, &mut bytes);
+            bytes.push(0xff);
+            let (decoded, rest) = decode_accumulator(&bytes).unwrap();
+            assert_eq!(decoded, accumulator, "{function:?}");
+            assert_eq!(rest, &[0xff]);
         }
     }
 

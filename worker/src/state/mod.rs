@@ -2,12 +2,13 @@
 //! interface with its RocksDB and in-memory implementations, and the bounded hot-state
 //! cache in front of it.
 
+pub mod format;
 pub mod key_group;
-pub mod layout;
+pub mod meta;
 pub mod rocksdb;
 pub mod store;
 pub mod windows;
 
 pub use key_group::key_group;
-pub use store::{Column, MemoryStore, StateBatch, StateError, StateStore};
+pub use store::{Column, MemoryStore, StateBatch, StateError, StateStore, StoredCheckpoint};
 pub use windows::{KeyedWindowState, Timer, TimerKind, WindowState};

@@ -1,21 +1,31 @@
 //! Keyed state in RocksDB, on the state directory (the pod's PersistentVolume; a
 //! temporary directory in local mode).
 //!
-//! Writes skip RocksDB's write-ahead log: durability comes from checkpoints (the cache
-//! and timers are written in one batch, then the store is flushed), not from each write.
+//! The directory holds the live database (`live/`) and checkpoints (`checkpoints/`):
+//! RocksDB checkpoints, hard links to the live database's immutable files plus copies of
+//! its small mutable ones, as Flink does. A checkpoint is created as `<id>.pending` and
+//! renamed `<id>` when complete (its Kafka transaction committed); a restore rebuilds
+//! `live/` from a checkpoint the same way. Writes skip RocksDB's write-ahead log: the
+//! live database is never trusted after a crash, only a checkpoint is, and a checkpoint
+//! flushes the memtables first.
 
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 
+use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
     ReadOptions, SliceTransform, WriteBatch, WriteOptions,
 };
 
-use super::store::{Column, Entries, StateBatch, StateError, StateStore};
+use super::store::{
+    Column, Entries, StateBatch, StateError, StateStore, StoredCheckpoint, prefix_successor,
+};
 
-/// A RocksDB database with one column family per [`Column`].
+/// A RocksDB database with one column family per [`Column`], and its checkpoints.
 pub struct RocksDbStore {
-    db: DB,
+    directory: PathBuf,
+    db: Option<DB>,
     write_options: WriteOptions,
 }
 
@@ -23,6 +33,14 @@ fn failed(action: &'static str) -> impl Fn(rocksdb::Error) -> StateError {
     move |error| StateError {
         action,
         message: error.to_string(),
+    }
+}
+
+fn failed_io(action: &'static str, path: &Path) -> impl Fn(std::io::Error) -> StateError {
+    let path = path.display().to_string();
+    move |error| StateError {
+        action,
+        message: format!("{path}: {error}"),
     }
 }
 
@@ -49,58 +67,159 @@ fn has_window_key_prefix(key: &[u8]) -> bool {
         })
 }
 
+fn open_database(directory: &Path) -> Result<DB, StateError> {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    // Memory is bounded: memtables 3 column families x 2 buffers x 32 MiB at most, plus
+    // the block cache, which also holds index and filter blocks.
+    options.set_write_buffer_size(32 << 20);
+    options.set_max_write_buffer_number(2);
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut timers = options.clone();
+    timers.set_block_based_table_factory(&table);
+    let mut meta = Options::default();
+    meta.set_block_based_table_factory(&table);
+    let mut windows = options.clone();
+    table.set_bloom_filter(10.0, false);
+    table.set_whole_key_filtering(false);
+    windows.set_block_based_table_factory(&table);
+    windows.set_prefix_extractor(SliceTransform::create(
+        "sluice.window-key-prefix",
+        window_key_prefix,
+        Some(has_window_key_prefix),
+    ));
+    windows.set_memtable_prefix_bloom_ratio(0.1);
+    let columns = [
+        ColumnFamilyDescriptor::new(Column::Windows.name(), windows),
+        ColumnFamilyDescriptor::new(Column::Timers.name(), timers),
+        ColumnFamilyDescriptor::new(Column::Meta.name(), meta),
+    ];
+    DB::open_cf_descriptors(&options, directory, columns).map_err(failed("open the database"))
+}
+
+/// The directory name of a checkpoint: zero-padded, so names sort like numbers.
+fn checkpoint_name(id: u64, complete: bool) -> String {
+    if complete {
+        format!("{id:020}")
+    } else {
+        format!("{id:020}.pending")
+    }
+}
+
+/// Copies a RocksDB directory: hard links for table files (never modified once written),
+/// copies for the rest (the manifest is appended to by an open database).
+fn clone_database(from: &Path, to: &Path) -> Result<(), StateError> {
+    fs::create_dir_all(to).map_err(failed_io("create a directory", to))?;
+    for entry in fs::read_dir(from).map_err(failed_io("list a checkpoint", from))? {
+        let entry = entry.map_err(failed_io("list a checkpoint", from))?;
+        let source = entry.path();
+        let target = to.join(entry.file_name());
+        if source
+            .extension()
+            .is_some_and(|extension| extension == "sst")
+        {
+            fs::hard_link(&source, &target).map_err(failed_io("link a table file", &source))?;
+        } else {
+            fs::copy(&source, &target).map_err(failed_io("copy a database file", &source))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes a rename in `directory` durable.
+fn sync_directory(directory: &Path) -> Result<(), StateError> {
+    fs::File::open(directory)
+        .and_then(|handle| handle.sync_all())
+        .map_err(failed_io("sync a directory", directory))
+}
+
 impl RocksDbStore {
-    /// Opens (or creates) the store in `directory`.
+    /// Opens (or creates) the store in `directory`: its live database, as the last
+    /// process left it. A worker restoring a checkpoint replaces it
+    /// ([`StateStore::restore_checkpoint`]).
     pub fn open(directory: &Path) -> Result<Self, StateError> {
-        let mut options = Options::default();
-        options.create_if_missing(true);
-        options.create_missing_column_families(true);
-        // Memory is bounded: memtables 2 column families x 2 buffers x 32 MiB at most,
-        // plus the block cache, which also holds index and filter blocks.
-        options.set_write_buffer_size(32 << 20);
-        options.set_max_write_buffer_number(2);
-        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        let mut timers = options.clone();
-        timers.set_block_based_table_factory(&table);
-        let mut windows = options.clone();
-        table.set_bloom_filter(10.0, false);
-        table.set_whole_key_filtering(false);
-        windows.set_block_based_table_factory(&table);
-        windows.set_prefix_extractor(SliceTransform::create(
-            "sluice.window-key-prefix",
-            window_key_prefix,
-            Some(has_window_key_prefix),
-        ));
-        windows.set_memtable_prefix_bloom_ratio(0.1);
-        let columns = [
-            ColumnFamilyDescriptor::new(Column::Windows.name(), windows),
-            ColumnFamilyDescriptor::new(Column::Timers.name(), timers),
-        ];
-        let db = DB::open_cf_descriptors(&options, directory, columns)
-            .map_err(failed("open the database"))?;
+        let live = directory.join("live");
+        fs::create_dir_all(directory.join("checkpoints"))
+            .map_err(failed_io("create the state directory", directory))?;
+        let db = open_database(&live)?;
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
-        Ok(Self { db, write_options })
-    }
-
-    fn column(&self, column: Column) -> Result<&rocksdb::ColumnFamily, StateError> {
-        self.db.cf_handle(column.name()).ok_or_else(|| StateError {
-            action: "find a column family",
-            message: format!("no column family {}", column.name()),
+        Ok(Self {
+            directory: directory.to_path_buf(),
+            db: Some(db),
+            write_options,
         })
     }
 
-    /// Flushes the memtables to disk (at a checkpoint).
+    fn db(&self) -> Result<&DB, StateError> {
+        self.db.as_ref().ok_or_else(|| StateError {
+            action: "use the database",
+            message: "it was closed by a failed restore".into(),
+        })
+    }
+
+    fn column(&self, column: Column) -> Result<&rocksdb::ColumnFamily, StateError> {
+        self.db()?
+            .cf_handle(column.name())
+            .ok_or_else(|| StateError {
+                action: "find a column family",
+                message: format!("no column family {}", column.name()),
+            })
+    }
+
+    fn checkpoints_directory(&self) -> PathBuf {
+        self.directory.join("checkpoints")
+    }
+
+    /// The directory of a checkpoint.
+    pub fn checkpoint_directory(&self, id: u64, complete: bool) -> PathBuf {
+        self.checkpoints_directory()
+            .join(checkpoint_name(id, complete))
+    }
+
+    /// Flushes the memtables to disk.
     pub fn flush(&self) -> Result<(), StateError> {
-        for column in [Column::Windows, Column::Timers] {
-            self.db
+        for column in Column::ALL {
+            self.db()?
                 .flush_cf(self.column(column)?)
                 .map_err(failed("flush"))?;
+        }
+        Ok(())
+    }
+
+    fn iterate(
+        &self,
+        column: Column,
+        from: &[u8],
+        to: Option<&[u8]>,
+        same_prefix: bool,
+        limit: usize,
+        mut visit: impl FnMut(Box<[u8]>, Box<[u8]>),
+    ) -> Result<(), StateError> {
+        let handle = self.column(column)?;
+        let mut read_options = ReadOptions::default();
+        read_options.set_prefix_same_as_start(same_prefix);
+        read_options.set_iterate_lower_bound(from.to_vec());
+        if let Some(to) = to {
+            read_options.set_iterate_upper_bound(to.to_vec());
+        }
+        for item in self
+            .db()?
+            .iterator_cf_opt(
+                handle,
+                read_options,
+                IteratorMode::From(from, Direction::Forward),
+            )
+            .take(limit)
+        {
+            let (key, value) = item.map_err(failed("scan state"))?;
+            visit(key, value);
         }
         Ok(())
     }
@@ -108,25 +227,20 @@ impl RocksDbStore {
 
 impl StateStore for RocksDbStore {
     fn scan_prefix(&self, column: Column, prefix: &[u8]) -> Result<Entries, StateError> {
-        let handle = self.column(column)?;
-        let mut read_options = ReadOptions::default();
-        read_options.set_prefix_same_as_start(column == Column::Windows);
-        read_options.set_iterate_lower_bound(prefix.to_vec());
-        if let Some(upper) = prefix_successor(prefix) {
-            read_options.set_iterate_upper_bound(upper);
-        }
+        let upper = prefix_successor(prefix);
         let mut entries = Vec::new();
-        for item in self.db.iterator_cf_opt(
-            handle,
-            read_options,
-            IteratorMode::From(prefix, Direction::Forward),
-        ) {
-            let (key, value) = item.map_err(failed("scan state"))?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            entries.push((key.into_vec(), value.into_vec()));
-        }
+        self.iterate(
+            column,
+            prefix,
+            upper.as_deref(),
+            column == Column::Windows,
+            usize::MAX,
+            |key, value| {
+                if key.starts_with(prefix) {
+                    entries.push((key.into_vec(), value.into_vec()));
+                }
+            },
+        )?;
         Ok(entries)
     }
 
@@ -137,26 +251,31 @@ impl StateStore for RocksDbStore {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, StateError> {
-        let handle = self.column(column)?;
-        let mut read_options = ReadOptions::default();
-        read_options.set_iterate_lower_bound(from.to_vec());
-        if let Some(to) = to {
-            read_options.set_iterate_upper_bound(to.to_vec());
-        }
         let mut keys = Vec::new();
-        for item in self
-            .db
-            .iterator_cf_opt(
-                handle,
-                read_options,
-                IteratorMode::From(from, Direction::Forward),
-            )
-            .take(limit)
-        {
-            let (key, _) = item.map_err(failed("scan timers"))?;
+        self.iterate(column, from, to, false, limit, |key, _| {
             keys.push(key.into_vec());
-        }
+        })?;
         Ok(keys)
+    }
+
+    fn scan_range(
+        &self,
+        column: Column,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StateError> {
+        let mut entries = Vec::new();
+        self.iterate(column, from, to, false, limit, |key, value| {
+            entries.push((key.into_vec(), value.into_vec()));
+        })?;
+        Ok(entries)
+    }
+
+    fn get(&self, column: Column, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        self.db()?
+            .get_cf(self.column(column)?, key)
+            .map_err(failed("read state"))
     }
 
     fn write(&mut self, mut batch: StateBatch) -> Result<(), StateError> {
@@ -166,44 +285,125 @@ impl StateStore for RocksDbStore {
             .operations
             .sort_by(|left, right| (left.0, &left.1).cmp(&(right.0, &right.1)));
         let mut write_batch = WriteBatch::default();
-        let windows = self.column(Column::Windows)?;
-        let timers = self.column(Column::Timers)?;
         for (column, key, value) in &batch.operations {
-            let handle = match column {
-                Column::Windows => windows,
-                Column::Timers => timers,
-            };
+            let handle = self.column(*column)?;
             match value {
                 Some(value) => write_batch.put_cf(handle, key, value),
                 None => write_batch.delete_cf(handle, key),
             }
         }
-        self.db
+        self.db()?
             .write_opt(write_batch, &self.write_options)
             .map_err(failed("write a batch"))
+    }
+
+    fn delete_range(&mut self, column: Column, from: &[u8], to: &[u8]) -> Result<(), StateError> {
+        let handle = self.column(column)?;
+        let mut write_batch = WriteBatch::default();
+        write_batch.delete_range_cf(handle, from, to);
+        self.db()?
+            .write_opt(write_batch, &self.write_options)
+            .map_err(failed("delete a range"))
     }
 
     fn count(&self, column: Column) -> Result<u64, StateError> {
         let handle = self.column(column)?;
         let mut count = 0;
-        for item in self.db.iterator_cf(handle, IteratorMode::Start) {
+        for item in self.db()?.iterator_cf(handle, IteratorMode::Start) {
             item.map_err(failed("count entries"))?;
             count += 1;
         }
         Ok(count)
     }
-}
 
-/// The least key greater than every key starting with `prefix`, if any.
-fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut upper = prefix.to_vec();
-    while let Some(last) = upper.pop() {
-        if last < u8::MAX {
-            upper.push(last + 1);
-            return Some(upper);
-        }
+    fn size_bytes(&self) -> u64 {
+        let Ok(db) = self.db() else { return 0 };
+        Column::ALL
+            .iter()
+            .filter_map(|column| db.cf_handle(column.name()))
+            .filter_map(|handle| {
+                db.property_int_value_cf(handle, "rocksdb.live-sst-files-size")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
     }
-    None
+
+    fn create_checkpoint(&mut self, id: u64) -> Result<(), StateError> {
+        let target = self.checkpoint_directory(id, false);
+        if target.exists() {
+            fs::remove_dir_all(&target).map_err(failed_io("remove a stale checkpoint", &target))?;
+        }
+        // Flushes the memtables (the write-ahead log is off), then links the files.
+        self.flush()?;
+        Checkpoint::new(self.db()?)
+            .and_then(|checkpoint| checkpoint.create_checkpoint(&target))
+            .map_err(failed("create a checkpoint"))?;
+        sync_directory(&self.checkpoints_directory())
+    }
+
+    fn complete_checkpoint(&mut self, id: u64) -> Result<(), StateError> {
+        let pending = self.checkpoint_directory(id, false);
+        let complete = self.checkpoint_directory(id, true);
+        fs::rename(&pending, &complete).map_err(failed_io("complete a checkpoint", &pending))?;
+        sync_directory(&self.checkpoints_directory())?;
+        for older in self.checkpoints()?.into_iter().filter(|held| held.id < id) {
+            self.discard_checkpoint(older.id)?;
+        }
+        Ok(())
+    }
+
+    fn discard_checkpoint(&mut self, id: u64) -> Result<(), StateError> {
+        for complete in [false, true] {
+            let directory = self.checkpoint_directory(id, complete);
+            if directory.exists() {
+                fs::remove_dir_all(&directory)
+                    .map_err(failed_io("remove a checkpoint", &directory))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StateError> {
+        let directory = self.checkpoints_directory();
+        let mut held = Vec::new();
+        for entry in fs::read_dir(&directory).map_err(failed_io("list checkpoints", &directory))? {
+            let entry = entry.map_err(failed_io("list checkpoints", &directory))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let (number, complete) = match name.strip_suffix(".pending") {
+                Some(number) => (number, false),
+                None => (name.as_str(), true),
+            };
+            // Anything else (RocksDB's own temporary directory of an interrupted
+            // checkpoint) is not a checkpoint.
+            if let Ok(id) = number.parse::<u64>() {
+                held.push(StoredCheckpoint { id, complete });
+            }
+        }
+        held.sort();
+        Ok(held)
+    }
+
+    fn restore_checkpoint(&mut self, id: u64) -> Result<(), StateError> {
+        let complete = self
+            .checkpoints()?
+            .into_iter()
+            .find(|held| held.id == id)
+            .ok_or_else(|| StateError {
+                action: "restore a checkpoint",
+                message: format!("there is no checkpoint {id}"),
+            })?
+            .complete;
+        let source = self.checkpoint_directory(id, complete);
+        let live = self.directory.join("live");
+        self.db = None;
+        if live.exists() {
+            fs::remove_dir_all(&live).map_err(failed_io("remove the live database", &live))?;
+        }
+        clone_database(&source, &live)?;
+        self.db = Some(open_database(&live)?);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -212,13 +412,13 @@ mod tests {
 
     #[test]
     fn scans_prefixes_and_ranges_and_counts() {
-        use crate::state::layout;
+        use crate::state::format;
         use crate::time::window::WindowRange;
         let directory = tempfile::tempdir().unwrap();
         let mut store = RocksDbStore::open(directory.path()).unwrap();
         let window_key = |group, key: &[u8], start| {
             let mut out = Vec::new();
-            layout::window_key(
+            format::window_key(
                 group,
                 key,
                 WindowRange {
@@ -253,7 +453,7 @@ mod tests {
                 store.flush().unwrap();
             }
             let mut prefix = Vec::new();
-            layout::key_prefix(1, b"a", &mut prefix);
+            format::key_prefix(1, b"a", &mut prefix);
             let found: Vec<Vec<u8>> = store
                 .scan_prefix(Column::Windows, &prefix)
                 .unwrap()
@@ -261,7 +461,7 @@ mod tests {
                 .map(|(key, _)| key)
                 .collect();
             assert_eq!(found, vec![window_key(1, b"a", 0), window_key(1, b"a", 10)]);
-            layout::key_prefix(1, b"zz", &mut prefix);
+            format::key_prefix(1, b"zz", &mut prefix);
             assert!(
                 store
                     .scan_prefix(Column::Windows, &prefix)
@@ -292,5 +492,58 @@ mod tests {
         assert_eq!(store.count(Column::Windows).unwrap(), 4);
         assert_eq!(prefix_successor(b"a\xff"), Some(b"b".to_vec()));
         assert_eq!(prefix_successor(b"\xff"), None);
+    }
+
+    #[test]
+    fn a_restore_returns_to_the_checkpoint_and_nothing_after_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut store = RocksDbStore::open(directory.path()).unwrap();
+        let put = |store: &mut RocksDbStore, key: &[u8]| {
+            let mut batch = StateBatch::default();
+            batch.put(Column::Windows, key.to_vec(), b"v".to_vec());
+            store.write(batch).unwrap();
+        };
+        put(&mut store, b"before-1");
+        store.create_checkpoint(1).unwrap();
+        store.complete_checkpoint(1).unwrap();
+        put(&mut store, b"between");
+        store.create_checkpoint(2).unwrap();
+        put(&mut store, b"after-2");
+        assert_eq!(
+            store.checkpoints().unwrap(),
+            vec![
+                StoredCheckpoint {
+                    id: 1,
+                    complete: true
+                },
+                StoredCheckpoint {
+                    id: 2,
+                    complete: false
+                }
+            ]
+        );
+        // Checkpoint 2 never committed: back to 1, twice (restoring must not change it).
+        for _ in 0..2 {
+            store.restore_checkpoint(1).unwrap();
+            let keys = store.scan_keys(Column::Windows, b"", None, 10).unwrap();
+            assert_eq!(keys, vec![b"before-1".to_vec()]);
+            put(&mut store, b"written-after-restore");
+        }
+        // A new process finds the same checkpoints on the directory.
+        drop(store);
+        let mut store = RocksDbStore::open(directory.path()).unwrap();
+        store.discard_checkpoint(2).unwrap();
+        store.restore_checkpoint(1).unwrap();
+        assert_eq!(store.count(Column::Windows).unwrap(), 1);
+        store.create_checkpoint(3).unwrap();
+        store.complete_checkpoint(3).unwrap();
+        assert_eq!(
+            store.checkpoints().unwrap(),
+            vec![StoredCheckpoint {
+                id: 3,
+                complete: true
+            }],
+            "completing a checkpoint discards the older ones"
+        );
     }
 }

@@ -4,23 +4,38 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-/// A family of keys: window state, or timers.
+/// A family of keys (see `state::format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Column {
     /// Window state, by key group, key and window.
     Windows,
     /// Timers, by time.
     Timers,
+    /// What the state is: format version, key groups, aggregates, the checkpoint record.
+    Meta,
 }
 
 impl Column {
+    /// Every column.
+    pub const ALL: [Column; 3] = [Column::Windows, Column::Timers, Column::Meta];
+
     /// The RocksDB column family.
     pub fn name(self) -> &'static str {
         match self {
             Self::Windows => "windows",
             Self::Timers => "timers",
+            Self::Meta => "meta",
         }
     }
+}
+
+/// A checkpoint a store holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StoredCheckpoint {
+    /// Its number.
+    pub id: u64,
+    /// Whether it was marked complete (its Kafka transaction committed).
+    pub complete: bool,
 }
 
 /// A failure of the store (fatal for the worker: state must not be lost silently).
@@ -79,17 +94,68 @@ pub trait StateStore {
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, StateError>;
 
+    /// Up to `limit` entries of `column` with keys in `[from, to)` (`to` `None`:
+    /// unbounded), in order.
+    fn scan_range(
+        &self,
+        column: Column,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StateError>;
+
+    /// The value of one key.
+    fn get(&self, column: Column, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
+
     /// Applies a batch atomically.
     fn write(&mut self, batch: StateBatch) -> Result<(), StateError>;
 
+    /// Deletes every entry of `column` with a key in `[from, to)`.
+    fn delete_range(&mut self, column: Column, from: &[u8], to: &[u8]) -> Result<(), StateError>;
+
     /// Number of entries in `column` (a full scan: for tests and diagnostics).
     fn count(&self, column: Column) -> Result<u64, StateError>;
+
+    /// About how many bytes the state takes on disk.
+    fn size_bytes(&self) -> u64;
+
+    /// Makes a restorable copy of everything written so far, numbered `id`, not yet
+    /// complete.
+    fn create_checkpoint(&mut self, id: u64) -> Result<(), StateError>;
+
+    /// Marks checkpoint `id` complete and discards every older one: from now on a
+    /// restore returns to it.
+    fn complete_checkpoint(&mut self, id: u64) -> Result<(), StateError>;
+
+    /// Discards checkpoint `id` (one whose transaction did not commit).
+    fn discard_checkpoint(&mut self, id: u64) -> Result<(), StateError>;
+
+    /// The checkpoints held, oldest first.
+    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StateError>;
+
+    /// Replaces everything in the store by the content of checkpoint `id`.
+    fn restore_checkpoint(&mut self, id: u64) -> Result<(), StateError>;
 }
 
-/// Keyed state in ordered maps, for tests.
+/// The least key greater than every key starting with `prefix`, if any.
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut upper = prefix.to_vec();
+    while let Some(last) = upper.pop() {
+        if last < u8::MAX {
+            upper.push(last + 1);
+            return Some(upper);
+        }
+    }
+    None
+}
+
+type Columns = BTreeMap<Column, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// Keyed state in ordered maps, for tests. Checkpoints are copies.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    columns: BTreeMap<Column, BTreeMap<Vec<u8>, Vec<u8>>>,
+    columns: Columns,
+    checkpoints: BTreeMap<u64, (Columns, bool)>,
 }
 
 impl StateStore for MemoryStore {
@@ -120,6 +186,95 @@ impl StateStore for MemoryStore {
             .take(limit)
             .map(|(key, _)| key.clone())
             .collect())
+    }
+
+    fn scan_range(
+        &self,
+        column: Column,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StateError> {
+        let Some(entries) = self.columns.get(&column) else {
+            return Ok(Vec::new());
+        };
+        let upper = to.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(entries
+            .range::<[u8], _>((Bound::Included(from), upper))
+            .take(limit)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect())
+    }
+
+    fn get(&self, column: Column, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .columns
+            .get(&column)
+            .and_then(|entries| entries.get(key))
+            .cloned())
+    }
+
+    fn delete_range(&mut self, column: Column, from: &[u8], to: &[u8]) -> Result<(), StateError> {
+        if let Some(entries) = self.columns.get_mut(&column) {
+            let doomed: Vec<Vec<u8>> = entries
+                .range::<[u8], _>((Bound::Included(from), Bound::Excluded(to)))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in doomed {
+                entries.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.columns
+            .values()
+            .flat_map(|entries| entries.iter())
+            .map(|(key, value)| (key.len() + value.len()) as u64)
+            .sum()
+    }
+
+    fn create_checkpoint(&mut self, id: u64) -> Result<(), StateError> {
+        self.checkpoints.insert(id, (self.columns.clone(), false));
+        Ok(())
+    }
+
+    fn complete_checkpoint(&mut self, id: u64) -> Result<(), StateError> {
+        let Some((_, complete)) = self.checkpoints.get_mut(&id) else {
+            return Err(StateError {
+                action: "complete a checkpoint",
+                message: format!("there is no checkpoint {id}"),
+            });
+        };
+        *complete = true;
+        self.checkpoints.retain(|held, _| *held >= id);
+        Ok(())
+    }
+
+    fn discard_checkpoint(&mut self, id: u64) -> Result<(), StateError> {
+        self.checkpoints.remove(&id);
+        Ok(())
+    }
+
+    fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StateError> {
+        Ok(self
+            .checkpoints
+            .iter()
+            .map(|(id, (_, complete))| StoredCheckpoint {
+                id: *id,
+                complete: *complete,
+            })
+            .collect())
+    }
+
+    fn restore_checkpoint(&mut self, id: u64) -> Result<(), StateError> {
+        let (columns, _) = self.checkpoints.get(&id).ok_or_else(|| StateError {
+            action: "restore a checkpoint",
+            message: format!("there is no checkpoint {id}"),
+        })?;
+        self.columns = columns.clone();
+        Ok(())
     }
 
     fn write(&mut self, batch: StateBatch) -> Result<(), StateError> {

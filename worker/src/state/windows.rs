@@ -16,9 +16,9 @@ use crate::pipeline::aggregate::Accumulator;
 use crate::time::Millis;
 use crate::time::window::WindowRange;
 
+use super::format;
 use super::key_group::KeyGroup;
-use super::layout;
-use super::store::{Column, StateBatch, StateError, StateStore};
+use super::store::{Column, Entries, StateBatch, StateError, StateStore};
 
 /// One window of a key.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,15 +43,15 @@ pub enum TimerKind {
 impl TimerKind {
     fn byte(self) -> u8 {
         match self {
-            Self::Expire => 0,
-            Self::Fire => 1,
+            Self::Expire => format::TIMER_EXPIRE,
+            Self::Fire => format::TIMER_FIRE,
         }
     }
 
     fn from_byte(byte: u8) -> Option<Self> {
         match byte {
-            0 => Some(Self::Expire),
-            1 => Some(Self::Fire),
+            format::TIMER_EXPIRE => Some(Self::Expire),
+            format::TIMER_FIRE => Some(Self::Fire),
             _ => None,
         }
     }
@@ -185,7 +185,7 @@ impl Timer {
     }
 
     fn store_key(&self) -> Vec<u8> {
-        layout::timer_key(
+        format::timer_key(
             self.time,
             self.kind.byte(),
             self.range(),
@@ -195,7 +195,7 @@ impl Timer {
     }
 
     fn from_store_key(bytes: &[u8]) -> Option<Self> {
-        let (time, kind, range, key_group, key) = layout::decode_timer_key(bytes)?;
+        let (time, kind, range, key_group, key) = format::decode_timer_key(bytes)?;
         Some(Self {
             time,
             kind: TimerKind::from_byte(kind)?,
@@ -336,7 +336,7 @@ impl KeyedWindowState {
     /// reading it (an expiry: the window is known to be stored).
     pub fn delete_stored_window(&mut self, key_group: KeyGroup, key: &[u8], range: WindowRange) {
         let mut state_key = Vec::new();
-        layout::window_key(key_group, key, range, &mut state_key);
+        format::window_key(key_group, key, range, &mut state_key);
         self.pending_deletes.delete(Column::Windows, state_key);
         let hash = key_hash(key);
         if let Some(count) = self.stored_keys.get_mut(&hash) {
@@ -395,13 +395,13 @@ impl KeyedWindowState {
 
     fn load(&mut self, key_group: KeyGroup, key: &[u8]) -> Result<Vec<WindowState>, StateError> {
         self.flush_pending_deletes()?;
-        layout::key_prefix(key_group, key, &mut self.scratch);
+        format::key_prefix(key_group, key, &mut self.scratch);
         let prefix_length = self.scratch.len();
         let entries = self.store.scan_prefix(Column::Windows, &self.scratch)?;
         let mut windows = Vec::with_capacity(entries.len());
         for (state_key, value) in entries {
-            let (range, (fired, accumulators)) = layout::window_of_key(&state_key, prefix_length)
-                .zip(layout::decode_window_value(&value))
+            let (range, (fired, accumulators)) = format::window_of_key(&state_key, prefix_length)
+                .zip(format::decode_window_value(&value))
                 .ok_or_else(|| StateError {
                     action: "decode window state",
                     message: format!("malformed entry of {} bytes", value.len()),
@@ -435,7 +435,7 @@ impl KeyedWindowState {
             if entry.dirty && (evicted || write_all) {
                 for range in entry.removed.drain(..) {
                     let mut state_key = Vec::new();
-                    layout::window_key(entry.key_group, key, range, &mut state_key);
+                    format::window_key(entry.key_group, key, range, &mut state_key);
                     batch.delete(Column::Windows, state_key);
                     let hash = key_hash(key);
                     if let Some(count) = stored_keys.get_mut(&hash) {
@@ -447,8 +447,8 @@ impl KeyedWindowState {
                 }
                 for window in &entry.windows {
                     let mut state_key = Vec::new();
-                    layout::window_key(entry.key_group, key, window.range, &mut state_key);
-                    layout::window_value(window.fired, &window.accumulators, &mut value);
+                    format::window_key(entry.key_group, key, window.range, &mut state_key);
+                    format::window_value(window.fired, &window.accumulators, &mut value);
                     batch.put(Column::Windows, state_key, value.clone());
                     if !entry.stored.contains(&window.range) {
                         entry.stored.push(window.range);
@@ -560,7 +560,7 @@ impl KeyedWindowState {
             self.flush_pending_deletes()?;
             let upper = watermark
                 .checked_add(1)
-                .map(|after| layout::time_bytes(after).to_vec());
+                .map(|after| format::time_bytes(after).to_vec());
             let keys = self.store.scan_keys(
                 Column::Timers,
                 &self.timers_from,
@@ -589,7 +589,7 @@ impl KeyedWindowState {
                 self.next_store_timer = next
                     .first()
                     .and_then(|key| key.first_chunk::<8>())
-                    .map(|bytes| layout::time_from_bytes(*bytes));
+                    .map(|bytes| format::time_from_bytes(*bytes));
             }
         }
         // Memory timers up to the watermark, and not past the last store timer when the
@@ -639,10 +639,101 @@ impl KeyedWindowState {
     }
 
     /// Writes every change of the cached keys to the store, keeping the cache (timers of
-    /// cached keys stay in memory: a checkpoint also records them, in the next issue).
+    /// cached keys stay in memory: a restore rebuilds timers from window state).
     pub fn checkpoint(&mut self) -> Result<(), StateError> {
         self.write_back(true, |_| false)?;
         self.flush_pending_deletes()
+    }
+
+    /// Makes the in-memory bookkeeping agree with what the store holds, after the store
+    /// was restored or filled from elsewhere: the cache and memory timers are emptied, the
+    /// counts of stored windows recomputed, and every timer rebuilt from window state
+    /// (timers are derived data, see `state::format`). One scan of the windows.
+    pub fn rebuild_from_store(&mut self, allowed_lateness: Millis) -> Result<(), StateError> {
+        const PAGE: usize = 65_536;
+        self.cache.clear();
+        self.cached_windows = 0;
+        self.timers = MemoryTimers::default();
+        self.pending_deletes = StateBatch::default();
+        self.timers_from.clear();
+        self.next_store_timer = None;
+        self.stored_keys.clear();
+        self.open_windows = 0;
+        self.store.delete_range(Column::Timers, &[], &[0xff; 32])?;
+        let mut from = Vec::new();
+        loop {
+            let entries = self.store.scan_range(Column::Windows, &from, None, PAGE)?;
+            let mut timers = StateBatch::default();
+            for (state_key, value) in &entries {
+                let malformed = || StateError {
+                    action: "rebuild timers",
+                    message: format!("malformed window entry of {} bytes", state_key.len()),
+                };
+                let key = format::key_of_window_key(state_key).ok_or_else(malformed)?;
+                let key_group = format::key_group_of_window_key(state_key).ok_or_else(malformed)?;
+                let range =
+                    format::window_of_key(state_key, 6 + key.len()).ok_or_else(malformed)?;
+                let fired = *value.first().ok_or_else(malformed)? != 0;
+                let (time, kind) = format::timer_of_window(range, fired, allowed_lateness);
+                timers.put(
+                    Column::Timers,
+                    format::timer_key(time, kind, range, key_group, key),
+                    Vec::new(),
+                );
+                self.next_store_timer =
+                    Some(self.next_store_timer.map_or(time, |next| next.min(time)));
+                *self.stored_keys.entry(key_hash(key)).or_default() += 1;
+                self.open_windows += 1;
+            }
+            self.store.write(timers)?;
+            match entries.last() {
+                Some((last, _)) if entries.len() == PAGE => {
+                    from.clone_from(last);
+                    from.push(0);
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// The window entries of key groups `[first, end)`, as stored (after writing the
+    /// cache back): what moves to another worker when a job rescales.
+    pub fn export_key_groups(&mut self, first: u32, end: u32) -> Result<Entries, StateError> {
+        self.checkpoint()?;
+        self.store.scan_range(
+            Column::Windows,
+            &format::key_group_start(first),
+            Some(&format::key_group_start(end)),
+            usize::MAX,
+        )
+    }
+
+    /// Adds window entries exported from another store. Call
+    /// [`Self::rebuild_from_store`] once every import is done.
+    pub fn import(&mut self, entries: Entries) -> Result<(), StateError> {
+        let mut batch = StateBatch::default();
+        for (key, value) in entries {
+            batch.put(Column::Windows, key, value);
+        }
+        self.store.write(batch)
+    }
+
+    /// Deletes the window state of every key group outside `[first, end)`: after a
+    /// rescale, the groups another worker owns now. Call [`Self::rebuild_from_store`]
+    /// after.
+    pub fn retain_key_groups(&mut self, first: u32, end: u32) -> Result<(), StateError> {
+        self.store
+            .delete_range(Column::Windows, &[], &format::key_group_start(first))?;
+        self.store.delete_range(
+            Column::Windows,
+            &format::key_group_start(end),
+            &format::key_group_start(u32::MAX),
+        )
+    }
+
+    /// The store, for what lies beyond window state (the meta column, checkpoints).
+    pub fn store(&mut self) -> &mut dyn StateStore {
+        self.store.as_mut()
     }
 
     /// Writes everything back and empties the cache, so the store holds all state.

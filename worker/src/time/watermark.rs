@@ -21,8 +21,23 @@ pub const NO_WATERMARK: Millis = Millis::MIN;
 /// The watermark at the end of a bounded input: every window can fire.
 pub const END_OF_INPUT: Millis = Millis::MAX;
 
-/// A source partition (a Kafka partition; the input file in local mode).
-pub type PartitionId = u32;
+/// A source partition: a topic of the job (its position in `spec.source.topics`) and one
+/// of its partitions. Partition 0 of two topics are two partitions with two clocks. Local
+/// mode's input file is topic 0, partition 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartitionId {
+    /// The topic's position in `spec.source.topics`.
+    pub topic: u16,
+    /// The partition of that topic.
+    pub partition: i32,
+}
+
+impl PartitionId {
+    /// Partition `partition` of the job's topic number `topic`.
+    pub const fn new(topic: u16, partition: i32) -> Self {
+        Self { topic, partition }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PartitionClock {
@@ -67,6 +82,47 @@ impl WatermarkTracker {
                 last_activity: now,
             });
         }
+    }
+
+    /// Each known partition's greatest event time and whether it is idle at processing
+    /// time `now` (what watermark records report).
+    pub fn clocks_at(
+        &self,
+        now: Millis,
+    ) -> impl Iterator<Item = (PartitionId, Option<Millis>, bool)> + '_ {
+        self.partitions.iter().map(move |(partition, clock)| {
+            (*partition, clock.max_event_time, self.is_idle(clock, now))
+        })
+    }
+
+    /// The greatest event time seen on each known partition, for a checkpoint.
+    pub fn clocks(&self) -> impl Iterator<Item = (PartitionId, Option<Millis>)> + '_ {
+        self.partitions
+            .iter()
+            .map(|(partition, clock)| (*partition, clock.max_event_time))
+    }
+
+    /// Returns to a checkpoint at processing time `now`: the operator watermark and the
+    /// partitions' clocks as they were (their idleness starts again from `now`).
+    pub fn restore(
+        &mut self,
+        watermark: Millis,
+        clocks: impl IntoIterator<Item = (PartitionId, Option<Millis>)>,
+        now: Millis,
+    ) {
+        self.current = watermark;
+        self.partitions = clocks
+            .into_iter()
+            .map(|(partition, max_event_time)| {
+                (
+                    partition,
+                    PartitionClock {
+                        max_event_time,
+                        last_activity: now,
+                    },
+                )
+            })
+            .collect();
     }
 
     /// Partitions revoked (moved to another worker): they no longer hold the watermark.
@@ -129,13 +185,17 @@ impl WatermarkTracker {
 mod tests {
     use super::*;
 
+    fn p(partition: i32) -> PartitionId {
+        PartitionId::new(0, partition)
+    }
+
     /// (partition, event time, processing time) then the expected operator watermark.
-    type Step = (PartitionId, Option<Millis>, Millis, Millis);
+    type Step = (i32, Option<Millis>, Millis, Millis);
 
     fn run(idle_timeout: Option<Millis>, steps: &[Step]) {
         let mut tracker = WatermarkTracker::new(5, idle_timeout);
         for (index, &(partition, event_time, now, expected)) in steps.iter().enumerate() {
-            tracker.observe(partition, event_time, now);
+            tracker.observe(p(partition), event_time, now);
             tracker.advance(now);
             assert_eq!(tracker.current(), expected, "step {index}");
         }
@@ -186,22 +246,22 @@ mod tests {
     #[test]
     fn an_assigned_partition_holds_the_watermark_before_its_first_record() {
         let mut tracker = WatermarkTracker::new(5, Some(10));
-        tracker.assign(&[0, 1], 0);
-        tracker.observe(0, Some(100), 1);
+        tracker.assign(&[p(0), p(1)], 0);
+        tracker.observe(p(0), Some(100), 1);
         assert_eq!(tracker.advance(1), None, "partition 1 has sent nothing yet");
         assert_eq!(tracker.current(), NO_WATERMARK);
-        tracker.observe(1, Some(50), 2);
+        tracker.observe(p(1), Some(50), 2);
         assert_eq!(tracker.advance(2), Some(45));
         // Revoked, partition 1 no longer holds it back.
-        tracker.revoke(&[1]);
+        tracker.revoke(&[p(1)]);
         assert_eq!(tracker.advance(3), Some(95));
     }
 
     #[test]
     fn an_assigned_partition_that_stays_silent_goes_idle() {
         let mut tracker = WatermarkTracker::new(5, Some(10));
-        tracker.assign(&[0, 1], 0);
-        tracker.observe(0, Some(100), 5);
+        tracker.assign(&[p(0), p(1)], 0);
+        tracker.observe(p(0), Some(100), 5);
         assert_eq!(tracker.advance(10), None);
         assert_eq!(tracker.advance(11), Some(95));
     }
@@ -209,7 +269,7 @@ mod tests {
     #[test]
     fn end_of_input_releases_every_window() {
         let mut tracker = WatermarkTracker::new(5, None);
-        tracker.observe(0, Some(10), 0);
+        tracker.observe(p(0), Some(10), 0);
         tracker.advance(0);
         assert_eq!(tracker.end_of_input(), END_OF_INPUT);
         assert_eq!(tracker.current(), END_OF_INPUT);

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod job;
+
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
