@@ -1,47 +1,10 @@
-//! `sluice-controller`: reconciles StreamJobs into worker StatefulSets.
-//!
-//! This first version carries the commands an operator needs before the reconciler lands:
-//! print the CRD, validate a manifest exactly as the controller will, and check that the
-//! controller can reach the API server and read StreamJobs (`doctor`).
+//! `sluice-controller`: reconciles StreamJobs into worker StatefulSets. The work is in the
+//! library (`lib.rs`); this only sets up logging and runs the command.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use kube::api::ListParams;
-use kube::{Api, Client};
-use sluice_crds::StreamJob;
-
-#[derive(Parser)]
-#[command(
-    name = "sluice-controller",
-    version,
-    about = "The Sluice controller for StreamJobs"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Print the StreamJob CustomResourceDefinition as YAML.
-    Crd,
-    /// Check a StreamJob manifest as the controller does; exits non-zero when invalid.
-    Validate {
-        /// The manifest file (YAML or JSON).
-        #[arg(long)]
-        job: PathBuf,
-    },
-    /// Check that the controller reaches the API server and can list StreamJobs:
-    /// uses in-cluster configuration inside a pod, else KUBECONFIG.
-    Doctor {
-        /// Namespace to list; default: the pod's own namespace, else the kubeconfig's.
-        #[arg(long)]
-        namespace: Option<String>,
-    },
-}
+use clap::Parser;
+use sluice_controller::cli::{Cli, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -52,59 +15,11 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Crd => {
-            print!("{}", sluice_crds::crd::yaml());
-            Ok(())
-        }
-        Command::Validate { job } => validate(&job),
-        Command::Doctor { namespace } => doctor(namespace).await,
-    };
-    match result {
+    match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-fn validate(path: &PathBuf) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("failed to read {}", path.display()))?;
-    let (job, _) = sluice_crds::load_manifest(&text)
-        .with_context(|| format!("{} is not a valid StreamJob", path.display()))?;
-    println!(
-        "{}: StreamJob {} is valid",
-        path.display(),
-        job.metadata.name.unwrap_or_default()
-    );
-    Ok(())
-}
-
-async fn doctor(namespace: Option<String>) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .context("failed to configure a Kubernetes client (in-cluster or KUBECONFIG)")?;
-    let version = client
-        .apiserver_version()
-        .await
-        .context("failed to reach the API server")?;
-    println!("api server: reachable, version {}", version.git_version);
-    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
-    let jobs: Api<StreamJob> = Api::namespaced(client, &namespace);
-    let list = jobs
-        .list(&ListParams::default())
-        .await
-        .with_context(|| format!("failed to list StreamJobs in namespace {namespace}"))?;
-    println!("streamjobs in {namespace}: {}", list.items.len());
-    for job in list.items {
-        println!(
-            "streamjob {} parallelism={}",
-            job.metadata.name.unwrap_or_default(),
-            job.spec.parallelism
-        );
-    }
-    Ok(())
 }

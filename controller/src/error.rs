@@ -1,0 +1,86 @@
+//! The controller's errors. Messages are lowercase and say what failed ("failed to …" when
+//! the reconcile cannot go on, "unable to …" when it will retry); each error has a kind
+//! that labels the failure metric and becomes the reason of the Kubernetes Event.
+
+/// What kind of failure an error is: a metric label and an event reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorKind {
+    /// The StreamJob is invalid in a way the API server could not see.
+    InvalidSpec,
+    /// A call to the Kubernetes API failed.
+    KubernetesApi,
+    /// A referenced object (a Secret) does not exist.
+    MissingReference,
+}
+
+impl ErrorKind {
+    /// The label value, as in metrics and event reasons.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidSpec => "InvalidSpec",
+            Self::KubernetesApi => "KubernetesApi",
+            Self::MissingReference => "MissingReference",
+        }
+    }
+}
+
+/// A failure of the controller, with its context.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec failed `sluice_crds::validate`.
+    #[error("failed to validate StreamJob {name}: {source}")]
+    InvalidSpec {
+        /// The StreamJob.
+        name: String,
+        /// What is wrong.
+        source: sluice_crds::ValidationErrors,
+    },
+    /// A Kubernetes API call failed.
+    #[error("unable to {action}: {source}")]
+    KubernetesApi {
+        /// What was attempted, for example "apply StatefulSet page-views".
+        action: String,
+        /// The client's error.
+        source: kube::Error,
+    },
+    /// A referenced object is missing.
+    #[error("unable to find {kind} {name} that {field} refers to: create it, or fix {field}")]
+    MissingReference {
+        /// The kind of object.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The field that names it.
+        field: &'static str,
+    },
+}
+
+impl Error {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidSpec { .. } => ErrorKind::InvalidSpec,
+            Self::KubernetesApi { .. } => ErrorKind::KubernetesApi,
+            Self::MissingReference { .. } => ErrorKind::MissingReference,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_object_and_the_fix() {
+        let error = Error::MissingReference {
+            kind: "Secret",
+            name: "kafka-credentials".into(),
+            field: "spec.kafka.secretRef",
+        };
+        assert_eq!(
+            error.to_string(),
+            "unable to find Secret kafka-credentials that spec.kafka.secretRef refers to: create it, or fix spec.kafka.secretRef"
+        );
+        assert_eq!(error.kind().as_str(), "MissingReference");
+    }
+}
