@@ -15,8 +15,11 @@ CLUSTER := bash tests/cluster/cluster.sh
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 
+# Builds select the whole workspace (--workspace --bins): cargo unifies dependency features
+# over the packages of one invocation, and a worker-only build would differ from the
+# workspace's and compile RocksDB a second time.
 demo: deps ## run the page-views example in local mode (no cluster, no broker)
-	$(CARGO) build $(RELEASE) -p sluice-worker
+	$(CARGO) build $(RELEASE) --workspace --bins
 	bash hack/demo.sh
 
 # The recovery test is in the recipe, not the prerequisites: it kills the API server and
@@ -54,8 +57,13 @@ crd-check: ## fail when the committed CRD differs from the Rust types
 unit-test: ## tests that need no cluster
 	$(CARGO) test $(RELEASE) --workspace --exclude sluice-e2e
 
+# The worker tests run `sluice-worker run` processes; the chaos tests kill workers and the
+# broker, so they run alone, one at a time, after the others (their report is printed).
+E2E_SUITES := --lib --test api --test cluster --test kafka --test node --test worker
 e2e-test: ## tests against the local cluster and broker (run cluster-up first)
-	$(CARGO) test $(RELEASE) -p sluice-e2e -- --test-threads 2
+	$(CARGO) build $(RELEASE) --workspace --bins
+	$(CARGO) test $(RELEASE) -p sluice-e2e $(E2E_SUITES) -- --test-threads 2
+	$(CARGO) test $(RELEASE) -p sluice-e2e --test chaos -- --test-threads 1 --nocapture
 
 cluster-up: ## start (or reuse) the local Kubernetes control plane, node and Kafka broker
 	$(CLUSTER) up
@@ -73,7 +81,7 @@ images: ## build the controller and worker images and load them into the local n
 	bash tests/cluster/images.sh
 
 bench: ## local-mode throughput and memory (see bench/README.md)
-	$(CARGO) build $(RELEASE) -p sluice-worker
+	$(CARGO) build $(RELEASE) --workspace --bins
 	bash bench/local-throughput.sh
 
 doc: ## API documentation of the API crate; broken links and missing docs fail

@@ -20,6 +20,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 
+pub mod kafka;
+pub mod worker;
+
 /// Where `cluster.sh` keeps its runtime state when `SLUICE_STATE` is not set.
 pub const DEFAULT_STATE_DIR: &str = "/var/tmp/sluice-cluster";
 

@@ -12,8 +12,8 @@ use crate::engine::EngineOptions;
 use crate::io::file::{FileSink, LineSource};
 use crate::local::{LocalOptions, Summary};
 
-/// The Sluice worker: runs a StreamJob's pipeline on Kafka (in the cluster) or on local
-/// files (`local`), and checks manifests (`validate`).
+/// The Sluice worker: runs a StreamJob's pipeline on Kafka (`run`, what a worker pod
+/// executes) or on local files (`local`), and checks manifests (`validate`).
 #[derive(Debug, Parser)]
 #[command(name = "sluice-worker", version, about, long_about = None)]
 pub struct Cli {
@@ -42,6 +42,8 @@ pub enum LogFormat {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run one worker of a StreamJob on Kafka, exactly once (what a worker pod executes).
+    Run(RunArgs),
     /// Run a StreamJob on a file of JSON lines, with no cluster and no broker.
     Local(LocalArgs),
     /// Check a StreamJob manifest the way the controller does; exit non-zero on error.
@@ -82,6 +84,53 @@ pub struct LocalArgs {
     pub quiet: bool,
 }
 
+/// `sluice-worker run`. Every flag can also be set by its environment variable, as the
+/// controller does in a worker pod.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The StreamJob manifest (the controller mounts it from a ConfigMap).
+    #[arg(long, env = "SLUICE_JOB")]
+    pub job: PathBuf,
+    /// The StreamJob's namespace; default: the manifest's, else "default". It names the
+    /// job's consumer group, transactional ids and repartition topic.
+    #[arg(long, env = "SLUICE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// This worker's ordinal, 0 to parallelism - 1; default: the number after the last
+    /// '-' of the host name (a StatefulSet pod `<name>-<ordinal>`).
+    #[arg(long, env = "SLUICE_ORDINAL")]
+    pub ordinal: Option<u32>,
+    /// The number of workers of the job.
+    #[arg(long, env = "SLUICE_PARALLELISM")]
+    pub parallelism: u32,
+    /// After a rescale down, the parallelism before it: worker 0 aborts the transactions
+    /// the removed workers may have left open.
+    #[arg(long, env = "SLUICE_PREVIOUS_PARALLELISM")]
+    pub previous_parallelism: Option<u32>,
+    /// A directory of Kafka client properties, one file per property (the Secret of
+    /// spec.kafka.secretRef, mounted); they add to spec.kafka.properties.
+    #[arg(long, env = "SLUICE_KAFKA_PROPERTIES")]
+    pub kafka_properties: Option<PathBuf>,
+    /// The state directory: RocksDB and its checkpoints (the pod's volume).
+    #[arg(long, env = "SLUICE_STATE_DIR", default_value = "/var/lib/sluice")]
+    pub state_dir: PathBuf,
+    /// Where the admin API listens (/healthz, /readyz, /metrics).
+    #[arg(long, env = "SLUICE_ADMIN_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub admin_address: std::net::SocketAddr,
+    /// About how many windows the in-memory state cache holds before evicting to RocksDB.
+    #[arg(long, env = "SLUICE_STATE_CACHE_ENTRIES", default_value_t = EngineOptions::default().state_cache_entries)]
+    pub state_cache_entries: usize,
+    /// How long a Kafka request may take before the worker gives up on it and retries.
+    #[arg(long, env = "SLUICE_KAFKA_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub kafka_timeout: Duration,
+    /// For recovery tests only: crash at a point of the commit protocol,
+    /// `before-commit:<n>` or `after-commit:<n>` (the n-th checkpoint of this process).
+    #[arg(long, env = "SLUICE_TEST_CRASH", hide = true)]
+    pub crash_point: Option<crate::run::CrashPoint>,
+}
+
+/// The exit code of a worker fenced by another with its ordinal.
+pub const EXIT_FENCED: u8 = 3;
+
 /// `sluice-worker validate`.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
@@ -109,6 +158,7 @@ pub fn init_logging(format: LogFormat, filter: &str) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Local(args) => run_local(&args, cli.log_format),
+        Command::Run(args) => run_worker(&args),
         Command::Validate(args) => Ok(run_validate(&args)),
     }
 }
@@ -132,7 +182,7 @@ fn run_validate(args: &ValidateArgs) -> ExitCode {
             println!(
                 "{}: StreamJob {name} is valid ({} pipeline steps)",
                 args.job.display(),
-                checked.pipeline.steps.len()
+                checked.pipeline.step_count()
             );
             ExitCode::SUCCESS
         }
@@ -150,6 +200,68 @@ fn run_validate(args: &ValidateArgs) -> ExitCode {
         Err(error) => {
             eprintln!("{}: {error}", args.job.display());
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The ordinal of a StatefulSet pod from its host name `<name>-<ordinal>`.
+pub fn ordinal_from_host_name(host_name: &str) -> Option<u32> {
+    host_name.rsplit_once('-')?.1.parse().ok()
+}
+
+fn run_worker(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let ordinal = match args.ordinal {
+        Some(ordinal) => ordinal,
+        None => {
+            let host_name = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .unwrap_or_default();
+            ordinal_from_host_name(host_name.trim()).with_context(|| {
+                format!(
+                    "failed to find this worker's ordinal: the host name {:?} does not end in -<ordinal>; set --ordinal",
+                    host_name.trim()
+                )
+            })?
+        }
+    };
+    let options = crate::run::RunOptions {
+        job: args.job.clone(),
+        namespace: args.namespace.clone(),
+        ordinal,
+        parallelism: args.parallelism,
+        previous_parallelism: args.previous_parallelism,
+        kafka_properties: args.kafka_properties.clone(),
+        state_dir: args.state_dir.clone(),
+        state_cache_entries: args.state_cache_entries,
+        kafka_timeout: args.kafka_timeout,
+        crash_point: args.crash_point,
+    };
+    let metrics = crate::metrics::Metrics::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let status = std::sync::Arc::new(crate::run::WorkerStatus::default());
+    crate::admin::serve(
+        args.admin_address,
+        crate::admin::AdminState {
+            status: status.clone(),
+            registry: std::sync::Arc::new(std::sync::Mutex::new(registry)),
+        },
+    )?;
+    // The engine runs on a thread whose stack is known, so the expression depth that
+    // validation allows is always safe to evaluate.
+    let outcome = std::thread::Builder::new()
+        .name("worker".into())
+        .stack_size(crate::pipeline::expression::EVALUATION_STACK_BYTES)
+        .spawn(move || crate::run::run(&options, &status, &metrics))?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the worker thread panicked"))??;
+    match outcome {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(reason) => {
+            tracing::error!("{reason}");
+            eprintln!("error: {reason}");
+            Ok(ExitCode::from(EXIT_FENCED))
         }
     }
 }

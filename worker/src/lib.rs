@@ -12,13 +12,18 @@
 //!
 //! How it works, with the formats: `docs/worker.md`.
 
+pub mod admin;
 pub mod cli;
+pub mod commit;
 pub mod dead_letter;
 pub mod engine;
+pub mod exchange;
 pub mod io;
 pub mod local;
 pub mod metrics;
+pub mod ownership;
 pub mod pipeline;
+pub mod run;
 pub mod state;
 pub mod time;
 

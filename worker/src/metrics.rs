@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::dead_letter::DeadLetterReason;
@@ -16,8 +17,18 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
-/// The engine's metrics. Cloning shares the same counters.
-#[derive(Clone, Debug, Default)]
+/// The labels of a per-partition metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+}
+
+/// The worker's metrics (the engine's and, in Kafka mode, the commit protocol's and the
+/// clients'). Cloning shares the same counters.
+#[derive(Clone, Debug)]
 pub struct Metrics {
     /// Records read from the source.
     pub events_in: Counter,
@@ -33,6 +44,56 @@ pub struct Metrics {
     pub open_windows: Gauge,
     /// The operator watermark (milliseconds since the epoch).
     pub watermark: Gauge,
+    /// How far the watermark is behind the wall clock, in milliseconds (Kafka mode).
+    pub watermark_lag: Gauge,
+    /// Records read, per source or repartition partition (Kafka mode).
+    pub partition_records_in: Family<PartitionLabels, Counter>,
+    /// The next offset to read, per partition (Kafka mode).
+    pub consumer_position: Family<PartitionLabels, Gauge>,
+    /// The partition's last stable offset (what a read_committed consumer can reach).
+    pub end_offset: Family<PartitionLabels, Gauge>,
+    /// Records not yet read: end offset minus position.
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
+    /// Bytes of state on disk (RocksDB table files).
+    pub state_size: Gauge,
+    /// How long a checkpoint takes: state written, RocksDB checkpoint cut.
+    pub checkpoint_duration: Histogram,
+    /// How long committing a transaction takes.
+    pub commit_duration: Histogram,
+    /// Checkpoints completed.
+    pub checkpoints: Counter,
+    /// Transactions aborted (the worker then returns to its last checkpoint).
+    pub aborted_transactions: Counter,
+    /// Records the producer holds, not yet delivered.
+    pub producer_queue: Gauge,
+    /// Times a send found the producer's queue full and waited (backpressure).
+    pub producer_queue_full: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            events_in: Counter::default(),
+            results_out: Counter::default(),
+            dead_letters: Family::default(),
+            late_events: Counter::default(),
+            filtered_events: Counter::default(),
+            open_windows: Gauge::default(),
+            watermark: Gauge::default(),
+            watermark_lag: Gauge::default(),
+            partition_records_in: Family::default(),
+            consumer_position: Family::default(),
+            end_offset: Family::default(),
+            consumer_lag: Family::default(),
+            state_size: Gauge::default(),
+            checkpoint_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            commit_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            checkpoints: Counter::default(),
+            aborted_transactions: Counter::default(),
+            producer_queue: Gauge::default(),
+            producer_queue_full: Counter::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -74,15 +135,76 @@ impl Metrics {
             "The operator watermark, in milliseconds since the Unix epoch",
             self.watermark.clone(),
         );
+        registry.register(
+            "watermark_lag_millis",
+            "How far the watermark is behind the wall clock, in milliseconds",
+            self.watermark_lag.clone(),
+        );
+        registry.register(
+            "partition_records_in",
+            "Records read, per source or repartition partition",
+            self.partition_records_in.clone(),
+        );
+        registry.register(
+            "consumer_position",
+            "The offset of the next record to read, per partition",
+            self.consumer_position.clone(),
+        );
+        registry.register(
+            "end_offset",
+            "The last stable offset of each partition read",
+            self.end_offset.clone(),
+        );
+        registry.register(
+            "consumer_lag_records",
+            "Records not yet read, per partition (end offset minus position)",
+            self.consumer_lag.clone(),
+        );
+        registry.register(
+            "state_size_bytes",
+            "Bytes of keyed state on disk",
+            self.state_size.clone(),
+        );
+        registry.register(
+            "checkpoint_duration_seconds",
+            "How long writing a checkpoint takes",
+            self.checkpoint_duration.clone(),
+        );
+        registry.register(
+            "transaction_commit_duration_seconds",
+            "How long committing a Kafka transaction takes",
+            self.commit_duration.clone(),
+        );
+        registry.register(
+            "checkpoints",
+            "Checkpoints completed (state and offsets committed together)",
+            self.checkpoints.clone(),
+        );
+        registry.register(
+            "aborted_transactions",
+            "Kafka transactions aborted; the worker returned to its last checkpoint",
+            self.aborted_transactions.clone(),
+        );
+        registry.register(
+            "producer_queue_records",
+            "Records in the producer's queue, not yet delivered",
+            self.producer_queue.clone(),
+        );
+        registry.register(
+            "producer_queue_full",
+            "Times the producer's queue was full and reading paused (backpressure)",
+            self.producer_queue_full.clone(),
+        );
     }
 
-    /// Counts a dead letter.
-    pub fn dead_letter(&self, reason: DeadLetterReason) {
+    /// Counts a dead letter; returns how many of `reason` there are now.
+    pub fn dead_letter(&self, reason: DeadLetterReason) -> u64 {
         self.dead_letters
             .get_or_create(&ReasonLabels {
                 reason: reason.as_str(),
             })
-            .inc();
+            .inc()
+            + 1
     }
 
     /// The dead letters counted for `reason`.

@@ -1,0 +1,308 @@
+//! Kafka for a worker: client settings from the StreamJob and its mounted Secret, the
+//! names the job owns (consumer group, transactional ids, repartition topic), and the
+//! transactional sink every output goes through.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use sluice_crds::CheckedJob;
+
+use super::{OutputRecord, Position, Rejected, Sink};
+use crate::metrics::Metrics;
+
+/// Client properties the worker sets itself: a job may not override them, or exactly-once
+/// would silently break (validation refuses them in `spec.kafka.properties`; properties
+/// from the Secret are checked here).
+pub const OWNED_PROPERTIES: [&str; 9] = [
+    "bootstrap.servers",
+    "group.id",
+    "transactional.id",
+    "enable.idempotence",
+    "isolation.level",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "transaction.timeout.ms",
+];
+
+/// The names a job owns in Kafka, derived from its namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobNames {
+    /// The consumer group its committed offsets live under (no consumer joins it).
+    pub group_id: String,
+    /// The prefix of its workers' transactional ids (`<prefix>.<ordinal>`).
+    pub transactional_id_prefix: String,
+    /// Its repartition topic (`Any` partitioning).
+    pub repartition_topic: String,
+}
+
+impl JobNames {
+    /// The names of job `name` in `namespace`. A namespace has no '.', so
+    /// `sluice.<namespace>.<name>` is unambiguous; a name too long for a topic is
+    /// shortened with a hash of the whole.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        let base = format!("sluice.{namespace}.{name}");
+        let suffix = ".repartition";
+        let repartition_topic = if base.len() + suffix.len() <= 249 {
+            format!("{base}{suffix}")
+        } else {
+            let hash = xxhash_rust::xxh3::xxh3_64(base.as_bytes());
+            let keep = 249 - suffix.len() - 17;
+            let mut cut = keep;
+            while !base.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            format!("{}-{hash:016x}{suffix}", &base[..cut])
+        };
+        Self {
+            group_id: base.clone(),
+            transactional_id_prefix: base,
+            repartition_topic,
+        }
+    }
+
+    /// The transactional id of worker `ordinal`.
+    pub fn transactional_id(&self, ordinal: u32) -> String {
+        format!("{}.{ordinal}", self.transactional_id_prefix)
+    }
+}
+
+/// Reads client properties from a directory of files (a mounted Secret): each file's name
+/// is a property and its content the value, without a final newline.
+pub fn read_properties_directory(directory: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut properties = BTreeMap::new();
+    let entries = std::fs::read_dir(directory).with_context(|| {
+        format!(
+            "failed to read Kafka client properties from {} (the Secret of spec.kafka.secretRef)",
+            directory.display()
+        )
+    })?;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // A mounted Secret has hidden bookkeeping entries (..data, ..2026_...).
+        if name.starts_with('.') || !entry.path().is_file() {
+            continue;
+        }
+        let value = std::fs::read_to_string(entry.path())
+            .with_context(|| format!("failed to read {}", entry.path().display()))?;
+        properties.insert(name, value.trim_end_matches(['\n', '\r']).to_string());
+    }
+    Ok(properties)
+}
+
+/// The client configuration every client of the job shares: the brokers, the job's
+/// properties and those of its Secret (which win). Fails when either sets a property the
+/// worker owns.
+pub fn client_config(
+    job: &CheckedJob,
+    secret_properties: &BTreeMap<String, String>,
+) -> anyhow::Result<ClientConfig> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &job.spec.kafka.bootstrap_servers);
+    for (origin, properties) in [
+        ("spec.kafka.properties", &job.spec.kafka.properties),
+        ("the Secret of spec.kafka.secretRef", secret_properties),
+    ] {
+        for (name, value) in properties {
+            if OWNED_PROPERTIES.contains(&name.as_str()) {
+                anyhow::bail!(
+                    "failed to configure Kafka: {origin} sets {name}, which the worker sets itself for exactly-once processing: remove it"
+                );
+            }
+            config.set(name, value);
+        }
+    }
+    Ok(config)
+}
+
+/// Where the transactional sink writes.
+#[derive(Clone, Debug)]
+pub struct SinkTopics {
+    /// Results.
+    pub results: String,
+    /// Dead letters (`None`: counted and dropped).
+    pub dead_letters: Option<String>,
+    /// Late events (`None`: counted and dropped).
+    pub late: Option<String>,
+    /// The repartition topic (`Any` partitioning).
+    pub repartition: String,
+}
+
+/// The sink of a worker: every record goes to the open transaction of its one
+/// transactional producer. When the producer's queue is full it waits for deliveries
+/// (backpressure: the caller reads nothing meanwhile, so memory stays bounded).
+pub struct TransactionalSink {
+    producer: BaseProducer,
+    topics: SinkTopics,
+    metrics: Metrics,
+}
+
+/// How long a send waits for room in a full queue before trying again.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(50);
+
+impl TransactionalSink {
+    /// A sink over `producer`, whose transactions were initialised.
+    pub fn new(producer: BaseProducer, topics: SinkTopics, metrics: Metrics) -> Self {
+        Self {
+            producer,
+            topics,
+            metrics,
+        }
+    }
+
+    /// The producer (for the transaction's steps).
+    pub fn producer(&self) -> &BaseProducer {
+        &self.producer
+    }
+
+    fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> anyhow::Result<()> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    self.metrics.producer_queue_full.inc();
+                    self.producer.poll(QUEUE_FULL_WAIT);
+                    record = returned;
+                }
+                Err((error, _)) => {
+                    return Err(error).with_context(|| format!("failed to produce to {topic}"));
+                }
+            }
+        }
+    }
+
+    /// Writes a repartition record to partition `partition` (a key group).
+    pub fn exchange(&self, partition: i32, value: &[u8]) -> anyhow::Result<()> {
+        self.send(&self.topics.repartition, Some(partition), None, value, None)
+    }
+
+    fn rejected(&self, topic: Option<&str>, rejected: Rejected<'_>) -> anyhow::Result<()> {
+        let Some(topic) = topic else {
+            return Ok(());
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(5)
+            .insert(Header {
+                key: "sluice-reason",
+                value: Some(rejected.reason.as_str()),
+            })
+            .insert(Header {
+                key: "sluice-detail",
+                value: Some(rejected.detail),
+            });
+        if let Some(Position::Kafka {
+            topic: source_topic,
+            partition,
+            offset,
+        }) = rejected.position
+        {
+            headers = headers
+                .insert(Header {
+                    key: "sluice-source-topic",
+                    value: Some(source_topic.as_str()),
+                })
+                .insert(Header {
+                    key: "sluice-source-partition",
+                    value: Some(&partition.to_string()),
+                })
+                .insert(Header {
+                    key: "sluice-source-offset",
+                    value: Some(&offset.to_string()),
+                });
+        }
+        self.send(topic, None, None, rejected.original, Some(headers))
+    }
+
+    /// Records waiting to be delivered.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}
+
+impl Sink for TransactionalSink {
+    fn result(&mut self, record: OutputRecord) -> anyhow::Result<()> {
+        self.send(
+            &self.topics.results,
+            None,
+            record.key.as_deref(),
+            &record.value,
+            None,
+        )
+    }
+
+    fn dead_letter(&mut self, rejected: Rejected<'_>) -> anyhow::Result<()> {
+        self.rejected(self.topics.dead_letters.as_deref(), rejected)
+    }
+
+    fn late(&mut self, rejected: Rejected<'_>) -> anyhow::Result<()> {
+        self.rejected(self.topics.late.as_deref(), rejected)
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        // The transaction's commit flushes: nothing is durable before it.
+        self.producer.poll(Duration::ZERO);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stable_and_fit_kafka() {
+        let names = JobNames::new("shop", "page-views");
+        assert_eq!(names.group_id, "sluice.shop.page-views");
+        assert_eq!(names.transactional_id(3), "sluice.shop.page-views.3");
+        assert_eq!(
+            names.repartition_topic,
+            "sluice.shop.page-views.repartition"
+        );
+        let long = JobNames::new("shop", &"a".repeat(253));
+        assert_eq!(long.repartition_topic.len(), 249);
+        assert!(long.repartition_topic.ends_with(".repartition"));
+        assert_ne!(
+            long.repartition_topic,
+            JobNames::new("shop", &"a".repeat(252)).repartition_topic
+        );
+    }
+
+    #[test]
+    fn a_secret_directory_gives_properties_without_final_newlines() {
+        let directory = tempfile::tempdir().unwrap();
+        std::fs::write(directory.path().join("sasl.username"), "user\n").unwrap();
+        std::fs::write(directory.path().join("security.protocol"), "SASL_SSL").unwrap();
+        std::fs::create_dir(directory.path().join("..data")).unwrap();
+        let properties = read_properties_directory(directory.path()).unwrap();
+        assert_eq!(
+            properties.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("sasl.username".to_string(), "user".to_string()),
+                ("security.protocol".to_string(), "SASL_SSL".to_string())
+            ]
+        );
+    }
+}

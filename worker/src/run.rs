@@ -1,0 +1,1022 @@
+//! Kafka mode, `sluice-worker run`: what a worker pod executes.
+//!
+//! One thread runs the loop: read the worker's partitions (assigned, never subscribed),
+//! route and window the records, write everything to the open Kafka transaction, and at
+//! each checkpoint interval commit state, offsets and outputs together
+//! (docs/architecture.md, "Exactly once"). A failure that aborts the transaction, or a
+//! broker that goes away, makes the loop start over from the last complete checkpoint; a
+//! fenced worker (another one took its ordinal) stops and says why.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use prometheus_client::metrics::counter::Counter;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_crds::CheckedJob;
+use sluice_crds::streamjob::{Partitioning, StartPosition};
+
+use crate::commit;
+use crate::engine::{Engine, EngineOptions, Routed};
+use crate::exchange::{ExchangeRecord, Origin, SourcePartition};
+use crate::io::kafka::{JobNames, SinkTopics, TransactionalSink, client_config};
+use crate::io::{Position, SourceRecord};
+use crate::metrics::{Metrics, PartitionLabels};
+use crate::ownership::{all_partitions, key_group_of_partition, ownership};
+use crate::state::format::CheckpointRecord;
+use crate::state::key_group;
+use crate::state::rocksdb::RocksDbStore;
+use crate::time::Millis;
+use crate::time::watermark::PartitionId;
+
+/// What a worker runs, and as which worker.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The StreamJob manifest.
+    pub job: PathBuf,
+    /// The namespace of the StreamJob (its manifest's, unless set).
+    pub namespace: Option<String>,
+    /// This worker's ordinal.
+    pub ordinal: u32,
+    /// The number of workers.
+    pub parallelism: u32,
+    /// The parallelism before a rescale down: worker 0 aborts the transactions that
+    /// workers `parallelism..previous` may have left open.
+    pub previous_parallelism: Option<u32>,
+    /// A directory of Kafka client properties (the mounted Secret of
+    /// `spec.kafka.secretRef`).
+    pub kafka_properties: Option<PathBuf>,
+    /// The state directory (the pod's volume).
+    pub state_dir: PathBuf,
+    /// Windows the hot-state cache holds.
+    pub state_cache_entries: usize,
+    /// How long a Kafka request may take before the worker treats it as failed.
+    pub kafka_timeout: Duration,
+    /// For tests of recovery only: crash at a point of the commit protocol.
+    pub crash_point: Option<CrashPoint>,
+}
+
+/// A point of the commit protocol where a test makes the worker crash (abort, no
+/// cleanup), to show what recovery does there (docs/architecture.md, "Exactly once").
+/// Set with `SLUICE_TEST_CRASH=<point>:<checkpoint number of this process>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// After the state and its pending checkpoint are written, before the commit.
+    BeforeCommit(u64),
+    /// After the transaction committed, before the checkpoint is marked complete.
+    AfterCommit(u64),
+}
+
+impl std::str::FromStr for CrashPoint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (point, count) = text
+            .split_once(':')
+            .ok_or_else(|| format!("{text:?} is not <point>:<checkpoint>"))?;
+        let count: u64 = count
+            .parse()
+            .map_err(|_| format!("{count:?} is not a checkpoint number"))?;
+        match point {
+            "before-commit" => Ok(Self::BeforeCommit(count)),
+            "after-commit" => Ok(Self::AfterCommit(count)),
+            other => Err(format!("{other:?} is not before-commit or after-commit")),
+        }
+    }
+}
+
+/// What the worker tells the admin API.
+#[derive(Debug, Default)]
+pub struct WorkerStatus {
+    /// State restored, partitions assigned, consuming.
+    pub ready: AtomicBool,
+    /// Set on SIGTERM: commit and stop.
+    pub shutdown: AtomicBool,
+}
+
+/// Why the loop stopped.
+#[derive(Debug)]
+enum Stop {
+    /// Asked to (SIGTERM): the last transaction committed.
+    Requested,
+    /// Another worker took this worker's transactional id.
+    Fenced(String),
+    /// Start over from the last complete checkpoint (the transaction was aborted, or a
+    /// client failed), after `backoff`.
+    Restart { reason: String, backoff: bool },
+    /// A setting is wrong: stop with this message.
+    Invalid(anyhow::Error),
+}
+
+/// Failures the loop recovers from by starting over.
+fn restart(reason: impl std::fmt::Display) -> Stop {
+    Stop::Restart {
+        reason: reason.to_string(),
+        backoff: true,
+    }
+}
+
+/// Runs the worker until it is asked to stop or fenced. Returns whether it stopped
+/// cleanly (requested), or the reason it was fenced.
+pub fn run(
+    options: &RunOptions,
+    status: &Arc<WorkerStatus>,
+    metrics: &Metrics,
+) -> anyhow::Result<Result<(), String>> {
+    let text = std::fs::read_to_string(&options.job)
+        .with_context(|| format!("failed to read the StreamJob {}", options.job.display()))?;
+    let (manifest, job) = sluice_crds::load_manifest(&text)
+        .map_err(|error| anyhow::anyhow!("failed to load {}: {error}", options.job.display()))?;
+    let name = manifest
+        .metadata
+        .name
+        .clone()
+        .context("failed to name the job: the StreamJob has no metadata.name")?;
+    let namespace = options
+        .namespace
+        .clone()
+        .or(manifest.metadata.namespace.clone())
+        .unwrap_or_else(|| "default".into());
+    anyhow::ensure!(
+        options.ordinal < options.parallelism,
+        "failed to start: ordinal {} is not below parallelism {} (--ordinal, --parallelism)",
+        options.ordinal,
+        options.parallelism
+    );
+    anyhow::ensure!(
+        options.parallelism <= u32::from(job.key_groups.get()),
+        "failed to start: parallelism {} exceeds spec.maxParallelism {}",
+        options.parallelism,
+        job.key_groups
+    );
+    let names = JobNames::new(&namespace, &name);
+    let secret = match &options.kafka_properties {
+        Some(directory) => crate::io::kafka::read_properties_directory(directory)?,
+        None => BTreeMap::new(),
+    };
+    let base = client_config(&job, &secret)?;
+    let mut attempt = 0u32;
+    loop {
+        let outcome = Worker::start(options, &job, &names, &base, status, metrics)
+            .and_then(|mut worker| worker.run());
+        status.ready.store(false, Ordering::SeqCst);
+        match outcome {
+            Err(Stop::Requested) => return Ok(Ok(())),
+            Err(Stop::Fenced(reason)) => return Ok(Err(reason)),
+            Err(Stop::Invalid(error)) => return Err(error),
+            Err(Stop::Restart { reason, backoff }) => {
+                if status.shutdown.load(Ordering::SeqCst) {
+                    return Ok(Ok(()));
+                }
+                let delay = if backoff {
+                    attempt = attempt.saturating_add(1);
+                    Duration::from_millis(500 * 2u64.pow(attempt.min(6)))
+                } else {
+                    attempt = 0;
+                    Duration::ZERO
+                };
+                tracing::warn!(%reason, retry_in = ?delay, "starting over from the last complete checkpoint");
+                sleep_unless_shutdown(delay, status);
+            }
+            Ok(()) => unreachable!("the loop only ends with a stop"),
+        }
+    }
+}
+
+fn sleep_unless_shutdown(delay: Duration, status: &WorkerStatus) {
+    let deadline = Instant::now() + delay;
+    while Instant::now() < deadline && !status.shutdown.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50).min(deadline - Instant::now()));
+    }
+}
+
+/// Whether a Kafka error means this worker was fenced by another with its ordinal.
+fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::Fenced
+        )
+    )
+}
+
+fn kafka_stop(action: &str, error: KafkaError, ordinal: u32, transactional_id: &str) -> Stop {
+    if is_fenced(&error) {
+        return Stop::Fenced(format!(
+            "fenced while trying to {action}: another worker with ordinal {ordinal} (transactional id {transactional_id}) started and took over; this one stops ({error})"
+        ));
+    }
+    restart(format!("failed to {action}: {error}"))
+}
+
+/// The partition counts of `topics`, or why they cannot be read.
+fn partition_counts(
+    consumer: &BaseConsumer,
+    topics: &[String],
+    timeout: Duration,
+    bootstrap: &str,
+) -> Result<Vec<i32>, Stop> {
+    let mut counts = Vec::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|error| {
+            restart(format!(
+                "failed to read the metadata of topic {topic} from the brokers {bootstrap} (spec.kafka.bootstrapServers): {error}; check that the brokers are reachable from the worker and that the credentials of spec.kafka.secretRef are right"
+            ))
+        })?;
+        let found = metadata.topics().iter().find(|found| found.name() == topic);
+        match found {
+            Some(found) if found.error().is_none() && !found.partitions().is_empty() => {
+                counts.push(i32::try_from(found.partitions().len()).unwrap_or(i32::MAX));
+            }
+            _ => {
+                return Err(restart(format!(
+                    "topic {topic} (spec.source.topics) does not exist on the brokers {bootstrap}: create it, or fix spec.source.topics; retrying"
+                )));
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// One run of the loop, from a complete checkpoint to a stop.
+struct Worker<'a> {
+    options: &'a RunOptions,
+    job: &'a CheckedJob,
+    names: &'a JobNames,
+    status: &'a Arc<WorkerStatus>,
+    metrics: &'a Metrics,
+    engine: Engine,
+    sink: TransactionalSink,
+    consumer: BaseConsumer,
+    admin: AdminClient<DefaultClientContext>,
+    /// Positions of the source partitions, reused for each record.
+    positions: HashMap<(String, i32), (PartitionId, Position, Counter)>,
+    /// Counters of the repartition partitions read.
+    channel_counters: HashMap<i32, Counter>,
+    /// Whether keyed events go through the repartition topic.
+    exchange: bool,
+    /// Whether late events are written out (so keyed events carry their origin).
+    keep_origin: bool,
+    key_groups: u32,
+    next_checkpoint_id: u64,
+    started: Instant,
+    transactional_id: String,
+    exchange_buffer: Vec<u8>,
+    /// Checkpoints this process made (for crash points).
+    checkpoints_made: u64,
+}
+
+impl<'a> Worker<'a> {
+    fn start(
+        options: &'a RunOptions,
+        job: &'a CheckedJob,
+        names: &'a JobNames,
+        base: &ClientConfig,
+        status: &'a Arc<WorkerStatus>,
+        metrics: &'a Metrics,
+    ) -> Result<Self, Stop> {
+        let timeout = options.kafka_timeout;
+        let bootstrap = &job.spec.kafka.bootstrap_servers;
+        let transactional_id = names.transactional_id(options.ordinal);
+        let invalid = |error: KafkaError, what: &str| {
+            Stop::Invalid(anyhow::anyhow!(
+                "failed to create the Kafka {what}: {error} (check spec.kafka.properties and the Secret of spec.kafka.secretRef)"
+            ))
+        };
+        let producer: BaseProducer = base
+            .clone()
+            .set("transactional.id", &transactional_id)
+            .set("enable.idempotence", "true")
+            .set(
+                "transaction.timeout.ms",
+                (job.spec.state.checkpoint_interval.get().as_millis() * 6)
+                    .clamp(60_000, 900_000)
+                    .to_string(),
+            )
+            .set("linger.ms", "5")
+            .create()
+            .map_err(|error| invalid(error, "producer"))?;
+        let consumer: BaseConsumer = base
+            .clone()
+            .set("group.id", &names.group_id)
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                match job.source.start_from {
+                    StartPosition::Earliest => "earliest",
+                    StartPosition::Latest => "latest",
+                },
+            )
+            // Bounded prefetch: with the producer's bounded queue, memory stays bounded
+            // whatever the input rate.
+            .set("queued.max.messages.kbytes", "32768")
+            .create()
+            .map_err(|error| invalid(error, "consumer"))?;
+        let admin: AdminClient<DefaultClientContext> = base
+            .create()
+            .map_err(|error| invalid(error, "admin client"))?;
+
+        let counts = partition_counts(&consumer, &job.source.topics, timeout, bootstrap)?;
+        let key_groups = u32::from(job.key_groups.get());
+        let windowed = job.pipeline.windowed().is_some();
+        let exchange = windowed && job.source.partitioning == Partitioning::Any;
+        if exchange {
+            ensure_repartition_topic(&admin, &consumer, names, key_groups, timeout)?;
+        }
+        let owned = ownership(options.ordinal, options.parallelism, key_groups, &counts);
+
+        // Fence every older instance of this ordinal and finish its transaction.
+        producer.init_transactions(timeout).map_err(|error| {
+            kafka_stop(
+                "initialise transactions",
+                error,
+                options.ordinal,
+                &transactional_id,
+            )
+        })?;
+        if options.ordinal == 0 {
+            abort_removed_ordinals(base, names, options, timeout)?;
+        }
+
+        // Where each owned partition's committed offset is, with its metadata.
+        let mut wanted = TopicPartitionList::new();
+        for partition in &owned.partitions {
+            wanted.add_partition(
+                &job.source.topics[usize::from(partition.topic)],
+                partition.partition,
+            );
+        }
+        if exchange {
+            for group in owned.key_groups.clone() {
+                wanted.add_partition(&names.repartition_topic, group_partition(group));
+            }
+        }
+        let committed = if wanted.count() == 0 {
+            TopicPartitionList::new()
+        } else {
+            consumer
+                .committed_offsets(wanted.clone(), timeout)
+                .map_err(|error| {
+                    restart(format!(
+                        "failed to read the committed offsets of group {}: {error}",
+                        names.group_id
+                    ))
+                })?
+        };
+        let metadata: Vec<Option<String>> = committed
+            .elements()
+            .iter()
+            .map(|element| Some(element.metadata().to_string()).filter(|text| !text.is_empty()))
+            .collect();
+
+        // Settle what a crash left pending, then return to the last complete checkpoint.
+        let mut store =
+            RocksDbStore::open(&options.state_dir).map_err(|error| Stop::Invalid(error.into()))?;
+        for (id, outcome) in commit::settle_pending(&mut store, &metadata)
+            .map_err(|error| Stop::Invalid(error.into()))?
+        {
+            tracing::info!(
+                checkpoint = id,
+                ?outcome,
+                "settled a checkpoint left pending"
+            );
+        }
+        let engine_options = EngineOptions {
+            state_cache_entries: options.state_cache_entries,
+        };
+        let now = 0;
+        let (mut engine, restored) =
+            Engine::restore(job, Box::new(store), engine_options, metrics.clone(), now)
+                .map_err(Stop::Invalid)?;
+        let committed_by_us = metadata
+            .iter()
+            .flatten()
+            .any(|text| commit::parse_offset_metadata(text).is_some());
+        if restored.is_none() && windowed && committed_by_us {
+            return Err(Stop::Invalid(anyhow::anyhow!(
+                "failed to start: the job committed progress for this worker's partitions but its state volume {} holds no checkpoint; its window state is lost. Restore a savepoint, or delete the committed offsets of group {} to start over",
+                options.state_dir.display(),
+                names.group_id
+            )));
+        }
+        if exchange {
+            let sources = all_partitions(&counts)
+                .into_iter()
+                .map(|partition| SourcePartition {
+                    topic: job.source.topics[usize::from(partition.topic)].clone(),
+                    partition: partition.partition,
+                })
+                .collect();
+            engine.use_exchange(sources);
+            if let Some(record) = &restored {
+                engine.resume_from(record, now);
+            }
+        }
+
+        // Start offsets: the checkpoint's, else the committed ones, else the start
+        // position resolved to a number now (so a restart never skips records).
+        let restored_offsets = restored.as_ref().map(record_offsets).unwrap_or_default();
+        let committed_offsets: HashMap<(String, i32), i64> = committed
+            .elements()
+            .iter()
+            .filter_map(|element| match element.offset() {
+                Offset::Offset(offset) => {
+                    Some(((element.topic().to_string(), element.partition()), offset))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut assignment = TopicPartitionList::new();
+        let mut source_starts = Vec::new();
+        let mut channel_starts = BTreeMap::new();
+        for element in wanted.elements() {
+            let key = (element.topic().to_string(), element.partition());
+            let offset = match restored_offsets.get(&key).or(committed_offsets.get(&key)) {
+                Some(offset) => *offset,
+                None => {
+                    let (low, high) = consumer
+                        .fetch_watermarks(element.topic(), element.partition(), timeout)
+                        .map_err(|error| {
+                            restart(format!(
+                                "failed to read the offsets of {}/{}: {error}",
+                                key.0, key.1
+                            ))
+                        })?;
+                    let is_source = key.0 != names.repartition_topic;
+                    match (is_source, job.source.start_from) {
+                        (true, StartPosition::Latest) => high,
+                        _ => low,
+                    }
+                }
+            };
+            assignment
+                .add_partition_offset(element.topic(), element.partition(), Offset::Offset(offset))
+                .map_err(restart)?;
+            if key.0 == names.repartition_topic {
+                channel_starts.insert(key.1, offset);
+            } else {
+                source_starts.push((key, offset));
+            }
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|error| restart(format!("failed to assign partitions: {error}")))?;
+
+        let mut positions = HashMap::new();
+        let mut partition_ids = Vec::new();
+        for ((topic, partition), offset) in source_starts {
+            let index = job
+                .source
+                .topics
+                .iter()
+                .position(|known| *known == topic)
+                .and_then(|index| u16::try_from(index).ok())
+                .unwrap_or_default();
+            let id = PartitionId::new(index, partition);
+            partition_ids.push((id, offset));
+            let counter = metrics
+                .partition_records_in
+                .get_or_create(&PartitionLabels {
+                    topic: topic.clone(),
+                    partition,
+                })
+                .clone();
+            positions.insert(
+                (topic.clone(), partition),
+                (
+                    id,
+                    Position::Kafka {
+                        topic,
+                        partition,
+                        offset,
+                    },
+                    counter,
+                ),
+            );
+        }
+        engine.assign_partitions(
+            &partition_ids.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            now,
+        );
+        engine.seed_offsets(&partition_ids);
+        if windowed && !exchange {
+            // ByKey: an event's key group is its partition's, so state moves with it.
+            let total = u32::try_from(all_partitions(&counts).len()).unwrap_or(u32::MAX);
+            let groups = all_partitions(&counts)
+                .into_iter()
+                .enumerate()
+                .map(|(index, partition)| {
+                    let index = u32::try_from(index).unwrap_or(u32::MAX);
+                    (partition, key_group_of_partition(index, total, key_groups))
+                })
+                .collect();
+            engine.group_by_partition(groups);
+        }
+        engine.assign_channels(&channel_starts);
+        let channel_counters = channel_starts
+            .keys()
+            .map(|channel| {
+                (
+                    *channel,
+                    metrics
+                        .partition_records_in
+                        .get_or_create(&PartitionLabels {
+                            topic: names.repartition_topic.clone(),
+                            partition: *channel,
+                        })
+                        .clone(),
+                )
+            })
+            .collect();
+        producer.begin_transaction().map_err(|error| {
+            kafka_stop(
+                "begin a transaction",
+                error,
+                options.ordinal,
+                &transactional_id,
+            )
+        })?;
+        let sink = TransactionalSink::new(
+            producer,
+            SinkTopics {
+                results: job.sink.topic.clone(),
+                dead_letters: job.sink.dead_letter_topic.clone(),
+                late: job.sink.late_data_topic.clone(),
+                repartition: names.repartition_topic.clone(),
+            },
+            metrics.clone(),
+        );
+        tracing::info!(
+            ordinal = options.ordinal,
+            parallelism = options.parallelism,
+            key_groups = ?owned.key_groups,
+            source_partitions = owned.partitions.len(),
+            restored_checkpoint = restored.as_ref().map(|record| record.id),
+            exchange,
+            "worker ready"
+        );
+        status.ready.store(true, Ordering::SeqCst);
+        Ok(Self {
+            options,
+            job,
+            names,
+            status,
+            metrics,
+            next_checkpoint_id: restored.as_ref().map_or(0, |record| record.id) + 1,
+            engine,
+            sink,
+            consumer,
+            admin,
+            positions,
+            channel_counters,
+            exchange,
+            keep_origin: job.sink.late_data_topic.is_some(),
+            key_groups,
+            started: Instant::now(),
+            transactional_id,
+            exchange_buffer: Vec::new(),
+            checkpoints_made: 0,
+        })
+    }
+
+    fn now(&self) -> Millis {
+        Millis::try_from(self.started.elapsed().as_millis()).unwrap_or(Millis::MAX)
+    }
+
+    fn run(&mut self) -> Result<(), Stop> {
+        let interval = self.job.spec.state.checkpoint_interval.get();
+        let mut next_checkpoint = Instant::now() + interval;
+        let mut next_advance = Instant::now();
+        let mut next_lag = Instant::now();
+        loop {
+            if self.status.shutdown.load(Ordering::SeqCst) {
+                self.checkpoint()?;
+                tracing::info!("stopped on request after committing the last transaction");
+                return Err(Stop::Requested);
+            }
+            // A batch of records, then the clock-driven work.
+            let mut budget = 1_000;
+            let mut wait = Duration::from_millis(50);
+            while budget > 0 {
+                match self.consumer.poll(wait) {
+                    None => break,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "the consumer reported an error");
+                        break;
+                    }
+                    Some(Ok(message)) => {
+                        let topic = message.topic().to_string();
+                        let partition = message.partition();
+                        let offset = message.offset();
+                        let payload = message.payload().unwrap_or_default().to_vec();
+                        drop(message);
+                        self.handle(&topic, partition, offset, &payload)?;
+                    }
+                }
+                wait = Duration::ZERO;
+                budget -= 1;
+            }
+            let now = Instant::now();
+            if now >= next_advance {
+                let millis = self.now();
+                self.engine
+                    .advance(millis, &mut self.sink)
+                    .map_err(restart)?;
+                next_advance = now + Duration::from_millis(100);
+            }
+            if now >= next_lag {
+                self.report_lag();
+                next_lag = now + Duration::from_secs(10);
+            }
+            if now >= next_checkpoint {
+                self.checkpoint()?;
+                next_checkpoint = Instant::now() + interval;
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+    ) -> Result<(), Stop> {
+        let now = self.now();
+        if self.exchange && topic == self.names.repartition_topic {
+            if let Some(counter) = self.channel_counters.get(&partition) {
+                counter.inc();
+            }
+            let record = ExchangeRecord::decode(payload).map_err(|error| {
+                Stop::Invalid(anyhow::anyhow!(
+                    "failed to read record {offset} of {topic}/{partition}: {error}"
+                ))
+            })?;
+            return self
+                .engine
+                .receive(
+                    partition,
+                    offset,
+                    record,
+                    &self.names.repartition_topic,
+                    &mut self.sink,
+                )
+                .map_err(restart);
+        }
+        let Some((id, position, counter)) = self.positions.get_mut(&(topic.to_string(), partition))
+        else {
+            tracing::warn!(
+                topic,
+                partition,
+                "a record of a partition this worker does not own"
+            );
+            return Ok(());
+        };
+        counter.inc();
+        if let Position::Kafka { offset: at, .. } = position {
+            *at = offset;
+        }
+        let record = SourceRecord {
+            partition: *id,
+            position,
+            payload,
+        };
+        if !self.exchange {
+            return self
+                .engine
+                .process(record, now, &mut self.sink)
+                .map_err(restart);
+        }
+        let routed = self
+            .engine
+            .route(record, now, &mut self.sink)
+            .map_err(restart)?;
+        if let Routed::Keyed(event) = routed {
+            let group = u32::from(key_group(&event.key, self.key_groups));
+            let origin = self.keep_origin.then(|| Origin {
+                source: SourcePartition {
+                    topic: topic.to_string(),
+                    partition,
+                },
+                offset,
+                original: payload.to_vec(),
+            });
+            ExchangeRecord::Event { event, origin }.encode(&mut self.exchange_buffer);
+            self.sink
+                .exchange(group_partition(group), &self.exchange_buffer)
+                .map_err(restart)?;
+        }
+        Ok(())
+    }
+
+    /// Commits state, offsets and outputs together (docs/architecture.md, "Exactly
+    /// once"). An abortable failure starts over from the last complete checkpoint.
+    fn checkpoint(&mut self) -> Result<(), Stop> {
+        let now = self.now();
+        self.engine.advance(now, &mut self.sink).map_err(restart)?;
+        if self.exchange {
+            // Watermark records for the source partitions this worker reads, to every
+            // repartition partition, after every event they cover.
+            let clocks = self.engine.source_clocks(now);
+            if !clocks.is_empty() {
+                ExchangeRecord::Watermark(clocks).encode(&mut self.exchange_buffer);
+                for group in 0..self.key_groups {
+                    self.sink
+                        .exchange(group_partition(group), &self.exchange_buffer)
+                        .map_err(restart)?;
+                }
+            }
+        }
+        let id = self.next_checkpoint_id;
+        let started = Instant::now();
+        let record = self
+            .engine
+            .checkpoint(id, &commit::new_token(id))
+            .map_err(|error| restart(format!("failed to write checkpoint {id}: {error:#}")))?;
+        self.metrics
+            .checkpoint_duration
+            .observe(started.elapsed().as_secs_f64());
+        let mut offsets = TopicPartitionList::new();
+        let metadata = commit::offset_metadata(&record);
+        for partition in &record.partitions {
+            add_offset(
+                &mut offsets,
+                &partition.topic,
+                partition.partition,
+                partition.next_offset,
+                &metadata,
+            )?;
+        }
+        for channel in &record.channels {
+            add_offset(
+                &mut offsets,
+                &self.names.repartition_topic,
+                channel.partition,
+                channel.next_offset,
+                &metadata,
+            )?;
+        }
+        self.checkpoints_made += 1;
+        self.crash_if(CrashPoint::BeforeCommit(self.checkpoints_made));
+        let started = Instant::now();
+        let producer = self.sink.producer();
+        let ordinal = self.options.ordinal;
+        let transactional_id = self.transactional_id.clone();
+        if offsets.count() > 0 {
+            let group = self
+                .consumer
+                .group_metadata()
+                .ok_or_else(|| restart("failed to read the consumer's group metadata"))?;
+            producer
+                .send_offsets_to_transaction(&offsets, &group, self.options.kafka_timeout)
+                .map_err(|error| self.abort("send offsets to the transaction", error))?;
+        }
+        producer
+            .commit_transaction(self.options.kafka_timeout)
+            .map_err(|error| self.abort("commit the transaction", error))?;
+        self.metrics
+            .commit_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.crash_if(CrashPoint::AfterCommit(self.checkpoints_made));
+        self.engine.complete_checkpoint(id).map_err(|error| {
+            Stop::Invalid(error.context(format!("failed to complete checkpoint {id}")))
+        })?;
+        self.metrics.checkpoints.inc();
+        self.next_checkpoint_id = id + 1;
+        self.sink.producer().begin_transaction().map_err(|error| {
+            kafka_stop("begin a transaction", error, ordinal, &transactional_id)
+        })?;
+        if self.exchange && id.is_multiple_of(10) {
+            self.purge_repartition(&record);
+        }
+        let lag = wall_clock_millis().saturating_sub(self.engine.watermark());
+        self.metrics.watermark_lag.set(lag.max(0));
+        self.metrics
+            .producer_queue
+            .set(i64::from(self.sink.in_flight()));
+        Ok(())
+    }
+
+    fn crash_if(&self, point: CrashPoint) {
+        if self.options.crash_point == Some(point) {
+            tracing::error!(?point, "crashing on purpose (SLUICE_TEST_CRASH)");
+            std::process::abort();
+        }
+    }
+
+    /// A transaction step failed: fenced, or abort and start over.
+    fn abort(&self, action: &str, error: KafkaError) -> Stop {
+        if is_fenced(&error) {
+            return kafka_stop(action, error, self.options.ordinal, &self.transactional_id);
+        }
+        self.metrics.aborted_transactions.inc();
+        if let Err(abort_error) = self
+            .sink
+            .producer()
+            .abort_transaction(self.options.kafka_timeout)
+        {
+            tracing::warn!(%abort_error, "failed to abort the transaction; a new instance will");
+        }
+        restart(format!("failed to {action}: {error}"))
+    }
+
+    /// Deletes repartition records below the committed offsets (as Kafka Streams purges
+    /// its repartition topics): the topic keeps only what is in flight.
+    fn purge_repartition(&self, record: &CheckpointRecord) {
+        let mut offsets = TopicPartitionList::new();
+        for channel in &record.channels {
+            let _ = offsets.add_partition_offset(
+                &self.names.repartition_topic,
+                channel.partition,
+                Offset::Offset(channel.next_offset),
+            );
+        }
+        if offsets.count() == 0 {
+            return;
+        }
+        let options = AdminOptions::new().operation_timeout(Some(self.options.kafka_timeout));
+        if let Err(error) = futures_lite_block_on(self.admin.delete_records(&offsets, &options)) {
+            tracing::warn!(%error, "failed to purge consumed repartition records; retrying at a later checkpoint");
+        }
+    }
+
+    /// Updates the per-partition position, end offset and lag.
+    fn report_lag(&self) {
+        let positions = self.engine.next_offsets();
+        for (id, position, _) in self.positions.values() {
+            let Position::Kafka {
+                topic, partition, ..
+            } = position
+            else {
+                continue;
+            };
+            let next = positions.get(id).copied().unwrap_or_default();
+            self.record_lag(topic, *partition, next);
+        }
+        for (channel, next) in self.engine.channel_offsets() {
+            self.record_lag(&self.names.repartition_topic, channel, next);
+        }
+    }
+
+    fn record_lag(&self, topic: &str, partition: i32, next: i64) {
+        let labels = PartitionLabels {
+            topic: topic.to_string(),
+            partition,
+        };
+        self.metrics
+            .consumer_position
+            .get_or_create(&labels)
+            .set(next);
+        // A read_committed consumer's watermark query returns the last stable offset.
+        if let Ok((_, end)) =
+            self.consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(1))
+        {
+            self.metrics.end_offset.get_or_create(&labels).set(end);
+            self.metrics
+                .consumer_lag
+                .get_or_create(&labels)
+                .set((end - next).max(0));
+        }
+    }
+}
+
+fn wall_clock_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            Millis::try_from(since.as_millis()).unwrap_or(Millis::MAX)
+        })
+}
+
+/// The repartition partition of a key group.
+fn group_partition(group: u32) -> i32 {
+    i32::try_from(group).unwrap_or(i32::MAX)
+}
+
+fn add_offset(
+    offsets: &mut TopicPartitionList,
+    topic: &str,
+    partition: i32,
+    next_offset: i64,
+    metadata: &str,
+) -> Result<(), Stop> {
+    let mut element = offsets
+        .add_partition_offset(topic, partition, Offset::Offset(next_offset))
+        .map(|()| offsets.find_partition(topic, partition))
+        .map_err(restart)?
+        .ok_or_else(|| restart("failed to add an offset to commit"))?;
+    element.set_metadata(metadata);
+    Ok(())
+}
+
+fn record_offsets(record: &CheckpointRecord) -> HashMap<(String, i32), i64> {
+    record
+        .partitions
+        .iter()
+        .map(|partition| {
+            (
+                (partition.topic.clone(), partition.partition),
+                partition.next_offset,
+            )
+        })
+        .collect()
+}
+
+/// Creates the job's repartition topic with one partition per key group, or checks the
+/// one that exists.
+fn ensure_repartition_topic(
+    admin: &AdminClient<DefaultClientContext>,
+    consumer: &BaseConsumer,
+    names: &JobNames,
+    key_groups: u32,
+    timeout: Duration,
+) -> Result<(), Stop> {
+    let topic = &names.repartition_topic;
+    let partitions = i32::try_from(key_groups).unwrap_or(i32::MAX);
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))
+        // Purged explicitly once consumed: never by age, or in-flight events could go.
+        .set("retention.ms", "-1")
+        .set("cleanup.policy", "delete");
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    match futures_lite_block_on(admin.create_topics([&new], &options)) {
+        Ok(results) => {
+            for result in results {
+                if let Err((_, code)) = result
+                    && code != RDKafkaErrorCode::TopicAlreadyExists
+                {
+                    return Err(restart(format!(
+                        "failed to create the repartition topic {topic}: {code}; the worker needs the right to create topics, or create it with {partitions} partitions"
+                    )));
+                }
+            }
+        }
+        Err(error) => {
+            return Err(restart(format!(
+                "failed to create the repartition topic {topic}: {error}"
+            )));
+        }
+    }
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|error| restart(format!("failed to read the metadata of {topic}: {error}")))?;
+    let found = metadata
+        .topics()
+        .iter()
+        .find(|found| found.name() == topic)
+        .map_or(0, |found| found.partitions().len());
+    if found != usize::try_from(partitions).unwrap_or(usize::MAX) {
+        return Err(Stop::Invalid(anyhow::anyhow!(
+            "failed to use the repartition topic {topic}: it has {found} partitions, but the job has {partitions} key groups (spec.maxParallelism); it belongs to another job or was changed by hand"
+        )));
+    }
+    Ok(())
+}
+
+/// After a rescale down, the transactions of the ordinals that are gone may still be open
+/// and hold back read_committed consumers: initialising their ids aborts them at once.
+fn abort_removed_ordinals(
+    base: &ClientConfig,
+    names: &JobNames,
+    options: &RunOptions,
+    timeout: Duration,
+) -> Result<(), Stop> {
+    let Some(previous) = options.previous_parallelism else {
+        return Ok(());
+    };
+    for ordinal in options.parallelism..previous {
+        let id = names.transactional_id(ordinal);
+        let producer: BaseProducer = base
+            .clone()
+            .set("transactional.id", &id)
+            .create()
+            .map_err(|error| restart(format!("failed to create a producer for {id}: {error}")))?;
+        producer.init_transactions(timeout).map_err(|error| {
+            restart(format!(
+                "failed to abort the transactions of removed worker {ordinal} ({id}): {error}"
+            ))
+        })?;
+        tracing::info!(ordinal, transactional_id = %id, "aborted what a removed worker left open");
+    }
+    Ok(())
+}
+
+/// Runs an admin future to completion on this thread (rdkafka's admin futures are driven
+/// by its own background thread; no async runtime is needed).
+fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+    futures::executor::block_on(future)
+}
