@@ -380,6 +380,14 @@ impl Engine {
         }
     }
 
+    /// The repartition partitions this engine reads: each holds the watermark back until
+    /// its watermark records say how far every source partition is.
+    pub fn read_channels(&mut self, partitions: &[i32]) {
+        if let Distribution::Exchange { channels, .. } = &mut self.distribution {
+            channels.assign(partitions.iter().copied());
+        }
+    }
+
     /// The next offset of each repartition partition read (empty in `Direct` mode).
     pub fn channel_offsets(&self) -> BTreeMap<i32, i64> {
         match &self.distribution {
