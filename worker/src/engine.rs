@@ -172,7 +172,7 @@ impl Engine {
             let time = self
                 .pipeline
                 .event_time
-                .extract(&fields)
+                .extract(&fields, record.payload)
                 .map_err(event_time_failure)?;
             Ok((fields, time))
         });
@@ -512,9 +512,9 @@ fn event_time_failure(error: EventTimeError) -> Failure {
     let reason = match error {
         EventTimeError::Missing { .. } => DeadLetterReason::EventTimeMissing,
         EventTimeError::Invalid { .. } => DeadLetterReason::EventTimeInvalid,
-        EventTimeError::OutOfRange { .. } | EventTimeError::TooLateForWindow { .. } => {
-            DeadLetterReason::EventTimeOutOfRange
-        }
+        EventTimeError::OutOfRange { .. }
+        | EventTimeError::TooEarlyForWindow { .. }
+        | EventTimeError::TooLateForWindow { .. } => DeadLetterReason::EventTimeOutOfRange,
     };
     Failure::new(reason, error.to_string())
 }

@@ -12,7 +12,7 @@ use sluice_crds::CheckedJob;
 use sluice_crds::pipeline::{AggregateFunction, Step};
 
 use crate::dead_letter::{DeadLetterReason, Failure};
-use crate::time::event_time::{EventTimeField, MAX_EVENT_TIME, describe};
+use crate::time::event_time::{EventTimeField, describe};
 use crate::time::window::WindowAssigner;
 use crate::time::{Millis, duration_millis};
 use aggregate::Number128;
@@ -189,12 +189,11 @@ pub fn compile(job: &CheckedJob) -> Result<CompiledPipeline, PipelineError> {
         }
     }
     Ok(CompiledPipeline {
-        event_time: EventTimeField {
-            field: spec.source.event_time.field.clone(),
-            format: spec.source.event_time.format,
-            latest: MAX_EVENT_TIME
-                .saturating_sub(window.as_ref().map_or(0, |window| window.assigner.reach())),
-        },
+        event_time: EventTimeField::new(
+            spec.source.event_time.field.clone(),
+            spec.source.event_time.format,
+            window.as_ref().map(|window| &window.assigner),
+        ),
         max_out_of_orderness: spec.source.watermark.max_out_of_orderness.as_millis_i64(),
         idle_timeout: spec
             .source
