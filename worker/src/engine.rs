@@ -226,6 +226,22 @@ impl Engine {
         let watermark = self.watermarks.current();
         match windows.add(key, event.time, &self.inputs, watermark, &mut self.results)? {
             Admission::Accepted => self.emit_results(sink),
+            Admission::Overflow {
+                window,
+                output,
+                overflow,
+            } => {
+                let failure = Failure::new(
+                    DeadLetterReason::AggregateOverflow,
+                    format!(
+                        "aggregate {}: with this event, in window [{}, {}): {overflow}; the window keeps its result without it",
+                        self.output_names[output],
+                        format_rfc3339(window.start),
+                        format_rfc3339(window.end),
+                    ),
+                );
+                self.dead_letter(&failure, Some(record.position), record.payload, sink)
+            }
             Admission::Late { window } => {
                 self.metrics.late_events.inc();
                 let detail = format!(
@@ -360,7 +376,7 @@ impl Engine {
             out.push(b',');
             let _ = serde_json::to_writer(&mut out, name);
             out.push(b':');
-            let _ = serde_json::to_writer(&mut out, value);
+            value.write_json(&mut out);
         }
         let _ = write!(out, ",\"isUpdate\":{}}}", result.is_update);
         out
@@ -472,7 +488,7 @@ fn result_fields(
     }
     for (name, value) in output_names.iter().zip(&result.values) {
         if wants(name) {
-            fields.insert(name.clone(), value.clone());
+            fields.insert(name.clone(), value.to_json());
         }
     }
     if wants("isUpdate") {
