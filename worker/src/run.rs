@@ -290,7 +290,9 @@ struct Worker<'a> {
     channel_counters: HashMap<i32, Counter>,
     /// Whether keyed events go through the repartition topic.
     exchange: bool,
-    /// Whether late events are written out (so keyed events carry their origin).
+    /// Whether late events or dead letters are written out: keyed events then carry their
+    /// origin (a late event, or one whose aggregate would overflow, is set aside on the
+    /// windows' side).
     keep_origin: bool,
     key_groups: u32,
     next_checkpoint_id: u64,
@@ -622,7 +624,7 @@ impl<'a> Worker<'a> {
             positions,
             channel_counters,
             exchange,
-            keep_origin: job.sink.late_data_topic.is_some(),
+            keep_origin: job.sink.late_data_topic.is_some() || job.sink.dead_letter_topic.is_some(),
             key_groups,
             started: Instant::now(),
             transactional_id,
