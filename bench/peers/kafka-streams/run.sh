@@ -22,6 +22,7 @@
 #   --compression none|lz4   of the loaded input [BENCH_COMPRESSION] (default lz4)
 #   --cpus LIST              run the peer under `taskset -c LIST` [BENCH_CPUS] (default: no pinning)
 #   --delete-input           delete the input topic afterwards (default: keep it for the next run)
+#   --dump-output FILE       write the results (the output topic's values) to FILE
 #   --config KEY=VALUE       passed to the peer (any Kafka Streams property; repeatable)
 #
 # Environment: SLUICE_CACHE (/var/cache/sluice), SLUICE_KAFKA_BOOTSTRAP (else read from
@@ -159,7 +160,7 @@ bench() {
   local events="${BENCH_EVENTS:-1000000}" input="" partitions="${BENCH_PARTITIONS:-2}"
   local variant="${BENCH_VARIANT:-repartition}" threads="${BENCH_THREADS:-1}"
   local commit="${BENCH_COMMIT_INTERVAL_MS:-10000}" compression="${BENCH_COMPRESSION:-lz4}"
-  local delete_input=0 extra=()
+  local delete_input=0 dump_output="" extra=()
   cpus="${BENCH_CPUS:-}"
   while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -172,6 +173,7 @@ bench() {
       --compression) compression="$2"; shift 2 ;;
       --cpus) cpus="$2"; shift 2 ;;
       --delete-input) delete_input=1; shift ;;
+      --dump-output) dump_output="$2"; shift 2 ;;
       --config) extra+=(--config "$2"); shift 2 ;;
       *) fail "read the options" "unknown option $1" "see the top of $0" ;;
     esac
@@ -203,6 +205,11 @@ bench() {
     --dead-letter-topic "$run-dead-letters" --application-id "$run-app" --variant "$variant" \
     --threads "$threads" --commit-interval-ms "$commit" "${extra[@]}")"
   echo "$report" > "$results/$run.json"
+  if [[ -n "$dump_output" ]]; then
+    say "run: writing the results to $dump_output"
+    tool dump --bootstrap "$SLUICE_KAFKA_BOOTSTRAP" --topic "$run-out" > "$dump_output" ||
+      fail "dump the results" "could not read $run-out" "run again; '$0 clean' removes what is left"
+  fi
   tool delete --bootstrap "$SLUICE_KAFKA_BOOTSTRAP" --prefix "$run-" >&2 || say "could not delete the run's topics: '$0 clean' will"
   if [[ "$delete_input" == 1 ]]; then
     tool delete --bootstrap "$SLUICE_KAFKA_BOOTSTRAP" --prefix "$topic" >&2

@@ -16,10 +16,12 @@ import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
+import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.common.Metric;
 import org.apache.kafka.common.MetricName;
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.common.utils.Bytes;
+import org.apache.kafka.streams.CloseOptions;
 import org.apache.kafka.streams.KafkaStreams;
 import org.apache.kafka.streams.KeyValue;
 import org.apache.kafka.streams.StreamsBuilder;
@@ -210,6 +212,12 @@ public final class PageViewsApp {
         properties.put(StreamsConfig.PROCESSING_EXCEPTION_HANDLER_CLASS_CONFIG, DeadLetterHandler.class.getName());
         properties.put(StreamsConfig.ERRORS_DEAD_LETTER_QUEUE_TOPIC_NAME_CONFIG, settings.deadLetters);
         properties.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        // Under exactly_once_v2 Kafka Streams sets transaction.timeout.ms to 10 s: a commit
+        // interval of 10 s (Sluice's checkpointInterval) keeps transactions open longer than
+        // that, the coordinator aborts them, fences the producer, and the tasks restart and
+        // reprocess. A transaction must outlive its commit interval.
+        properties.put(StreamsConfig.producerPrefix(ProducerConfig.TRANSACTION_TIMEOUT_CONFIG),
+                Long.toString(Math.max(60_000L, 3 * settings.commitIntervalMs)));
         properties.putAll(settings.extra);
         return properties;
     }
@@ -254,7 +262,10 @@ public final class PageViewsApp {
                 System.out.println(report(settings, progress, outcome, streams, startNanos, partitions));
                 System.out.flush();
             }
-            streams.close(Duration.ofSeconds(60));
+            // Leave the group, so that it is empty and can be deleted now (Kafka Streams
+            // otherwise stays a member until the session times out).
+            streams.close(CloseOptions.groupMembershipOperation(CloseOptions.GroupMembershipOperation.LEAVE_GROUP)
+                    .withTimeout(Duration.ofSeconds(60)));
             if (!settings.keep) {
                 streams.cleanUp();
                 Topics.deleteInternal(admin, settings.applicationId);

@@ -41,6 +41,7 @@ final class Progress {
     private final Admin admin;
     private final PageViewsApp.Settings settings;
     private Map<TopicPartition, Long> inputEnd;
+    private Map<TopicPartition, Long> inputBegin;
     private long events;
 
     static final class Outcome {
@@ -61,10 +62,10 @@ final class Progress {
             throw new IllegalStateException("input topic " + settings.input + " does not exist: load it first (run.sh does)");
         }
         inputEnd = offsets(partitions, OffsetSpec.latest());
-        Map<TopicPartition, Long> begin = offsets(partitions, OffsetSpec.earliest());
+        inputBegin = offsets(partitions, OffsetSpec.earliest());
         events = 0;
         for (TopicPartition partition : partitions) {
-            events += inputEnd.get(partition) - begin.get(partition);
+            events += inputEnd.get(partition) - inputBegin.get(partition);
         }
     }
 
@@ -103,9 +104,18 @@ final class Progress {
                 List<TopicPartition> found = Topics.partitionsOfPrefix(admin, settings.applicationId + "-", "-repartition");
                 internal = found.isEmpty() ? null : found;
             }
-            Map<TopicPartition, Long> committed = committed();
-            Map<TopicPartition, Long> internalEnd = internal == null ? Map.of() : offsets(internal, OffsetSpec.latest());
-            Map<TopicPartition, Long> outputEnd = offsets(outputs, OffsetSpec.latest());
+            Map<TopicPartition, Long> committed;
+            Map<TopicPartition, Long> internalEnd;
+            Map<TopicPartition, Long> outputEnd;
+            try {
+                committed = committed();
+                internalEnd = internal == null ? Map.of() : offsets(internal, OffsetSpec.latest());
+                outputEnd = offsets(outputs, OffsetSpec.latest());
+            } catch (ExecutionException error) {
+                // A slow or restarting broker: try again at the next poll (the deadline holds).
+                LOG.debug("progress poll failed: {}", error.getCause().toString());
+                continue;
+            }
             Object snapshot = List.of(committed, internalEnd, outputEnd);
             if (!Objects.equals(snapshot, previous)) {
                 previous = snapshot;
@@ -115,9 +125,10 @@ final class Progress {
             long inputCommitted = 0;
             boolean inputDone = true;
             for (Map.Entry<TopicPartition, Long> end : inputEnd.entrySet()) {
-                long offset = committed.getOrDefault(end.getKey(), 0L);
-                inputCommitted += Math.min(offset, end.getValue());
-                if (offset < end.getValue() && end.getValue() > 0) {
+                long begin = inputBegin.get(end.getKey());
+                long offset = committed.getOrDefault(end.getKey(), begin);
+                inputCommitted += Math.max(0, Math.min(offset, end.getValue()) - begin);
+                if (offset < end.getValue()) {
                     inputDone = false;
                 }
             }

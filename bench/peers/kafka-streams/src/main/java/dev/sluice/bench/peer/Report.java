@@ -48,6 +48,8 @@ final class Report {
                 out.append("null");
             } else if (value instanceof String) {
                 Output.appendString(out, (String) value);
+            } else if (value instanceof Double && !Double.isFinite((Double) value)) {
+                out.append("null");
             } else if (value instanceof Double) {
                 out.append(String.format(Locale.ROOT, "%.3f", (Double) value));
             } else if (value instanceof Map) {

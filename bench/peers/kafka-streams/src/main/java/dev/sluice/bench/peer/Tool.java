@@ -15,6 +15,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.Properties;
 import java.util.Set;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReference;
@@ -153,10 +154,16 @@ public final class Tool {
                     .map(listing -> listing.groupId())
                     .filter(id -> id.startsWith(prefix))
                     .toList();
-            if (!groups.isEmpty()) {
-                admin.deleteConsumerGroups(groups).all().get();
+            for (String group : groups) {
+                try {
+                    admin.deleteConsumerGroups(List.of(group)).all().get();
+                } catch (ExecutionException error) {
+                    // Still has members (a running application, or one that did not leave):
+                    // the broker drops it once its members' sessions time out and it is empty.
+                    System.err.println("delete: kept consumer group " + group + ": " + error.getCause().getMessage());
+                }
             }
-            System.out.println("deleted " + names.size() + " topic(s) and " + groups.size() + " consumer group(s) starting with " + prefix);
+            System.err.println("deleted " + names.size() + " topic(s) and looked at " + groups.size() + " consumer group(s) starting with " + prefix);
             return 0;
         }
     }
