@@ -284,8 +284,11 @@ struct Worker<'a> {
     sink: TransactionalSink,
     consumer: WorkerConsumer,
     admin: AdminClient<DefaultClientContext>,
-    /// Positions of the source partitions, reused for each record.
-    positions: HashMap<(String, i32), (PartitionId, Position, Counter)>,
+    /// Positions of the source partitions, by topic and partition, reused for each record.
+    positions: HashMap<String, HashMap<i32, (PartitionId, Position, Counter)>>,
+    /// Buffers a record is copied into, reused.
+    payload_buffer: Vec<u8>,
+    topic_buffer: String,
     /// Counters of the repartition partitions read.
     channel_counters: HashMap<i32, Counter>,
     /// Whether keyed events go through the repartition topic.
@@ -532,18 +535,21 @@ impl<'a> Worker<'a> {
                     partition,
                 })
                 .clone();
-            positions.insert(
-                (topic.clone(), partition),
-                (
-                    id,
-                    Position::Kafka {
-                        topic,
-                        partition,
-                        offset: offset.unwrap_or_default(),
-                    },
-                    counter,
-                ),
-            );
+            positions
+                .entry(topic.clone())
+                .or_insert_with(HashMap::new)
+                .insert(
+                    partition,
+                    (
+                        id,
+                        Position::Kafka {
+                            topic,
+                            partition,
+                            offset: offset.unwrap_or_default(),
+                        },
+                        counter,
+                    ),
+                );
         }
         engine.assign_partitions(&partition_ids, now);
         engine.seed_offsets(&known_starts);
@@ -630,6 +636,8 @@ impl<'a> Worker<'a> {
             transactional_id,
             exchange_buffer: Vec::new(),
             checkpoints_made: 0,
+            payload_buffer: Vec::new(),
+            topic_buffer: String::new(),
         })
     }
 
@@ -659,12 +667,20 @@ impl<'a> Worker<'a> {
                         break;
                     }
                     Some(Ok(message)) => {
-                        let topic = message.topic().to_string();
-                        let partition = message.partition();
-                        let offset = message.offset();
-                        let payload = message.payload().unwrap_or_default().to_vec();
+                        // Copied into buffers reused for every record: the message borrows
+                        // the consumer, and handling it needs the rest of the worker.
+                        let mut payload = std::mem::take(&mut self.payload_buffer);
+                        let mut topic = std::mem::take(&mut self.topic_buffer);
+                        payload.clear();
+                        payload.extend_from_slice(message.payload().unwrap_or_default());
+                        topic.clear();
+                        topic.push_str(message.topic());
+                        let (partition, offset) = (message.partition(), message.offset());
                         drop(message);
-                        self.handle(&topic, partition, offset, &payload)?;
+                        let handled = self.handle(&topic, partition, offset, &payload);
+                        self.payload_buffer = payload;
+                        self.topic_buffer = topic;
+                        handled?;
                     }
                 }
                 wait = Duration::ZERO;
@@ -717,7 +733,10 @@ impl<'a> Worker<'a> {
                 )
                 .map_err(restart);
         }
-        let Some((id, position, counter)) = self.positions.get_mut(&(topic.to_string(), partition))
+        let Some((id, position, counter)) = self
+            .positions
+            .get_mut(topic)
+            .and_then(|partitions| partitions.get_mut(&partition))
         else {
             tracing::warn!(
                 topic,
@@ -897,7 +916,7 @@ impl<'a> Worker<'a> {
     /// Updates the per-partition position, end offset and lag.
     fn report_lag(&self) {
         let positions = self.engine.next_offsets();
-        for (id, position, _) in self.positions.values() {
+        for (id, position, _) in self.positions.values().flat_map(HashMap::values) {
             let Position::Kafka {
                 topic, partition, ..
             } = position
