@@ -9,6 +9,7 @@
 #                    it (pods' mounts and network namespaces, veths on sluice0, the chains of
 #                    kube-proxy/kubelet and SLUICE-NODE-*, the cgroup subtree /sluice-node, state)
 #   node.sh status   what runs, the node's conditions, the pods on it
+#   node.sh preflight  fail, naming it, when a kubelet or kube-proxy not started here runs
 #
 # Called by cluster.sh after the control plane and Kafka are ready (SLUICE_NODE=0 skips it).
 # Everything lives in ${SLUICE_STATE}/node; caches (binaries, images) in ${SLUICE_CACHE}.
@@ -276,6 +277,50 @@ render_configs() {
 # namespaces, other KUBE-*/CNI-* iptables chains); `down` removes only what is recognized as
 # the node's by the rules below (NODE.md, "What is ours").
 
+# Node agents that cannot share a host with ours: a second kubelet competes for ports
+# 10248/10250 and the pods' cgroups; a second kube-proxy owns the same iptables chain names
+# (each deletes the KUBE-SVC-* chains it does not know). k3s, k0s and microk8s run a kubelet
+# inside their own binary.
+NODE_AGENT_NAMES='^(kubelet|kube-proxy|hyperkube|k3s|k3s-server|k3s-agent|k0s|kubelite)$'
+
+# foreign_node_agents: "pid|name|command line" for each live node agent not started by this
+# node.sh (pid files in ${PID_DIR}). Zombies do not count: PID 1 here does not reap, so our
+# own stopped daemons linger as zombies.
+foreign_node_agents() {
+  local dir pid comm exe cmdline name ours=" "
+  for name in kubelet kube-proxy; do
+    if pid_alive "${PID_DIR}/${name}.pid"; then ours+="$(<"${PID_DIR}/${name}.pid") "; fi
+  done
+  for dir in /proc/[0-9]*; do
+    pid="${dir#/proc/}"
+    [[ "${ours}" != *" ${pid} "* ]] || continue
+    comm="$(cat "${dir}/comm" 2>/dev/null)" || continue
+    exe="$(readlink "${dir}/exe" 2>/dev/null || true)"
+    exe="${exe% (deleted)}"
+    [[ "${comm}" =~ ${NODE_AGENT_NAMES} || "${exe##*/}" =~ ${NODE_AGENT_NAMES} ]] || continue
+    [[ "$(awk '{print $3}' "${dir}/stat" 2>/dev/null)" != Z ]] || continue
+    cmdline="$({ tr '\0' ' ' <"${dir}/cmdline"; } 2>/dev/null || true)"
+    printf '%s|%s|%s\n' "${pid}" "${comm}" "${cmdline% }"
+  done
+}
+
+# preflight: refuse to start the node beside another kubelet or kube-proxy.
+preflight() {
+  local agents pid name cmdline hint
+  agents="$(foreign_node_agents)"
+  [[ -n "${agents}" ]] || return 0
+  log "FAILED: node preflight: a kubelet or kube-proxy that this node.sh did not start runs on this host:"
+  while IFS='|' read -r pid name cmdline; do
+    hint=""
+    if [[ "${cmdline}" =~ --root-dir=([^ ]+)/node/kubelet || "${cmdline}" =~ --config=([^ ]+)/node/kube-proxy-config.yaml ]]; then
+      hint="  <- the node of another Sluice state dir: SLUICE_STATE=${BASH_REMATCH[1]} bash ${HERE}/cluster.sh down"
+    fi
+    printf '    pid %s (%s): %s%s\n' "${pid}" "${name}" "${cmdline:0:200}" "${hint}" >&2
+  done <<<"${agents}"
+  log "the Sluice node would share ports 10248/10250, pods' cgroups and kube-proxy's iptables chains with it, so it does not start beside it"
+  die "node preflight: stop that process first (its service manager, e.g. 'systemctl stop kubelet', or 'kill <pid>' for a leftover), then rerun; or run the control plane and Kafka without the node: SLUICE_NODE=0 bash ${HERE}/cluster.sh up"
+}
+
 # --- cgroups: the subtree ${CGROUP_ROOT} in every hierarchy -------------------------------
 
 # The cgroup hierarchies of this host (v1 controllers, named ones, the cgroup2 of hybrid mode).
@@ -508,6 +553,7 @@ up() {
   local t0
   t0=$(date +%s)
   log "node ${NODE_NAME}: up (state ${NODE_DIR})"
+  preflight
   ensure_packages
   ensure_control_plane
   mkdir -p "${LOG_DIR}" "${PID_DIR}"
@@ -819,8 +865,9 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
+  preflight) preflight ;;
   *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up|down|status|preflight" >&2
     exit 2
     ;;
 esac
