@@ -284,10 +284,10 @@ render_configs() {
 NODE_AGENT_NAMES='^(kubelet|kube-proxy|hyperkube|k3s|k3s-server|k3s-agent|k0s|kubelite)$'
 
 # foreign_node_agents: "pid|name|command line" for each live node agent not started by this
-# node.sh (pid files in ${PID_DIR}). Zombies do not count: PID 1 here does not reap, so our
+# node.sh (pid files in ${PID_DIR}), by its comm, executable or argv[0] name. Zombies do not count: PID 1 here does not reap, so our
 # own stopped daemons linger as zombies.
 foreign_node_agents() {
-  local dir pid comm exe cmdline name ours=" "
+  local dir pid comm exe argv0 cmdline name ours=" "
   for name in kubelet kube-proxy; do
     if pid_alive "${PID_DIR}/${name}.pid"; then ours+="$(<"${PID_DIR}/${name}.pid") "; fi
   done
@@ -297,9 +297,11 @@ foreign_node_agents() {
     comm="$(cat "${dir}/comm" 2>/dev/null)" || continue
     exe="$(readlink "${dir}/exe" 2>/dev/null || true)"
     exe="${exe% (deleted)}"
-    [[ "${comm}" =~ ${NODE_AGENT_NAMES} || "${exe##*/}" =~ ${NODE_AGENT_NAMES} ]] || continue
-    [[ "$(awk '{print $3}' "${dir}/stat" 2>/dev/null)" != Z ]] || continue
     cmdline="$({ tr '\0' ' ' <"${dir}/cmdline"; } 2>/dev/null || true)"
+    argv0="${cmdline%% *}"
+    [[ "${comm}" =~ ${NODE_AGENT_NAMES} || "${exe##*/}" =~ ${NODE_AGENT_NAMES} ||
+      "${argv0##*/}" =~ ${NODE_AGENT_NAMES} ]] || continue
+    [[ "$(awk '{print $3}' "${dir}/stat" 2>/dev/null)" != Z ]] || continue
     printf '%s|%s|%s\n' "${pid}" "${comm}" "${cmdline% }"
   done
 }
