@@ -284,8 +284,8 @@ render_configs() {
 NODE_AGENT_NAMES='^(kubelet|kube-proxy|hyperkube|k3s|k3s-server|k3s-agent|k0s|kubelite)$'
 
 # foreign_node_agents: "pid|name|command line" for each live node agent not started by this
-# node.sh (pid files in ${PID_DIR}), by its comm, executable or argv[0] name. Zombies do not count: PID 1 here does not reap, so our
-# own stopped daemons linger as zombies.
+# node.sh (pid files in ${PID_DIR}), by its comm, executable or argv[0] name. Zombies do not
+# count: PID 1 here does not reap, so our own stopped daemons linger as zombies.
 foreign_node_agents() {
   local dir pid comm exe argv0 cmdline name ours=" "
   for name in kubelet kube-proxy; do
@@ -366,9 +366,9 @@ ensure_cgroup_root() {
 # built-in chains (INPUT, FORWARD, PREROUTING, ...), where kube-proxy and the kubelet put
 # theirs. Other chains, KUBE-*/CNI-* or not, and every rule in them (even one jumping to a
 # chain of the node's: then that chain stays, and down says so) are not the node's and are
-# never touched. The CNI bridge plugin adds no chains here (ipMasq is
-# off, no portmap). Since only one kube-proxy can own these names on a host, preflight
-# refuses to start beside another kubelet or kube-proxy.
+# never touched. The CNI bridge plugin adds no chains here (ipMasq is off, no portmap).
+# Since only one kube-proxy can own these names on a host, preflight refuses to start beside
+# another kubelet or kube-proxy.
 OUR_CHAINS_ERE='^(KUBE-(SERVICES|EXTERNAL-SERVICES|NODEPORTS|POSTROUTING|MARK-MASQ|MARK-DROP|FORWARD|PROXY-FIREWALL|FIREWALL|PROXY-CANARY|KUBELET-CANARY|IPTABLES-HINT|LOAD-BALANCER|NODE-PORT|(SVC|SVL|SEP|FW|EXT|XLB)-[A-Z0-9]+)|SLUICE-NODE-[A-Z0-9-]+)$'
 IPTABLES_TABLES=(filter nat mangle raw)
 
