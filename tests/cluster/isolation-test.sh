@@ -10,8 +10,9 @@
 #     addresses, 192.0.2.0/24 and 2001:db8::/32, so no packet ever takes them);
 #   - a cgroup kubepods/pod-foreign-test in every cgroup hierarchy (kubepods made if absent)
 #     with a sleeping process in it;
-#   - a network namespace cni-foreign-test whose (dummy, unconnected) eth0 holds
-#     10.244.0.250/24, an address of our own pod subnet, as a flannel pod's would.
+#   - a network namespace cni-foreign-test whose eth0 holds 10.244.0.250/24, an address of
+#     our own pod subnet, as a flannel pod's would (eth0 is a veth whose peer is in the same
+#     namespace: connected to nothing; this host has no dummy device).
 # Then `cluster.sh down` must succeed (its leftover check must not count them) and leave them
 # exactly as they were; `cluster.sh up` must do the same; and `cluster.sh up` beside a
 # process named kubelet must refuse, naming it. What it planted is removed at the end, also
@@ -142,11 +143,13 @@ plant() {
   done < <(cgroup_hierarchies)
   log "planted cgroup ${POD_CGROUP} in $(cgroup_hierarchies | wc -l) hierarchies, sleeper pid ${SLEEPER_PID} in it"
 
-  ip netns add "${NETNS}"
-  ip -n "${NETNS}" link add eth0 type dummy
-  ip -n "${NETNS}" addr add "${NETNS_ADDRESS}" dev eth0
-  ip -n "${NETNS}" link set eth0 up
-  log "planted network namespace ${NETNS} (eth0 ${NETNS_ADDRESS}, a dummy: connected to nothing)"
+  ip netns add "${NETNS}" || die "ip netns add ${NETNS} failed"
+  if ! { ip -n "${NETNS}" link add eth0 type veth peer name eth1 &&
+    ip -n "${NETNS}" addr add "${NETNS_ADDRESS}" dev eth0 &&
+    ip -n "${NETNS}" link set eth1 up && ip -n "${NETNS}" link set eth0 up; }; then
+    die "could not give ${NETNS} an eth0 (veth pair inside it) with ${NETNS_ADDRESS}"
+  fi
+  log "planted network namespace ${NETNS} (eth0 ${NETNS_ADDRESS}; its veth peer eth1 is in the same namespace: connected to nothing)"
 }
 
 # The planted things as they are now, one line each; compared before and after.
