@@ -424,7 +424,7 @@ record_chains_before() {
 
 # After down: chains that appeared while the node ran but are not the node's, left in place.
 report_chains_left() {
-  [[ -s "${CHAINS_BEFORE}" ]] || return 0
+  [[ -e "${CHAINS_BEFORE}" ]] || return 0
   local left
   left="$(kube_chain_names | grep -vxF -f "${CHAINS_BEFORE}" | awk '{printf "%s/%s/%s ", $1, $2, $3}' || true)"
   [[ -z "${left}" ]] ||
