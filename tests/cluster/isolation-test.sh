@@ -13,8 +13,9 @@
 #   - a network namespace cni-foreign-test whose eth0 holds 10.244.0.250/24, an address of
 #     our own pod subnet, as a flannel pod's would (eth0 is a veth whose peer is in the same
 #     namespace: connected to nothing; this host has no dummy device).
-# Then `cluster.sh down` must succeed (its leftover check must not count them) and leave them
-# exactly as they were; `cluster.sh up` must do the same; and `cluster.sh up` beside a
+# With a pod of the node's running too (its netns and cgroup must go), `cluster.sh down` must
+# succeed (its leftover check must not count the planted things) and leave them exactly as
+# they were; `cluster.sh up` must do the same; and `cluster.sh up` beside a
 # process named kubelet must refuse, naming it. What it planted is removed at the end, also
 # on failure (and a previous run's leftovers at the start).
 #
@@ -33,6 +34,11 @@ source "${HERE}/lib.sh"
 CLUSTER_SCRIPT="${HERE}/cluster.sh"
 ADMIN_KUBECONFIG="${SLUICE_STATE}/kubeconfig/admin.kubeconfig"
 NODE_NAME="${SLUICE_NODE_NAME:-sluice-node}"
+NODE_DIR="${SLUICE_STATE}/node"
+CRI_NETNS_DIR="${NODE_DIR}/containerd/state/io.containerd.grpc.v1.cri/netns"
+POD_NAMESPACE=e2e-isolation
+POD_IMAGE="${SLUICE_TESTTOOLS_IMAGE:-localhost/sluice-testtools:dev}"
+OUR_POD_CGROUPS=()
 
 CHAIN=KUBE-FOREIGN-TEST
 NETNS=cni-foreign-test
@@ -219,6 +225,53 @@ remove_planted() {
   rm -f "${PLANTED}"
 }
 
+# --- a pod of the node's, whose traces down must remove ----------------------------------------
+
+start_our_pod() {
+  kube delete namespace "${POD_NAMESPACE}" --ignore-not-found --timeout=90s >/dev/null
+  kube create namespace "${POD_NAMESPACE}" >/dev/null
+  kube apply -n "${POD_NAMESPACE}" -f - >/dev/null <<POD
+apiVersion: v1
+kind: Pod
+metadata:
+  name: ours
+spec:
+  terminationGracePeriodSeconds: 1
+  automountServiceAccountToken: false
+  containers:
+  - name: sleep
+    image: ${POD_IMAGE}
+    imagePullPolicy: Never
+    command: ["sleep", "3600"]
+POD
+  kube wait -n "${POD_NAMESPACE}" --for=condition=Ready pod/ours --timeout=120s >/dev/null ||
+    die "pod ${POD_NAMESPACE}/ours not Ready in 120s: $(kube describe pod -n "${POD_NAMESPACE}" ours 2>&1 | tail -n 15)"
+  local uid hierarchy dir netns
+  uid="$(kube get pod -n "${POD_NAMESPACE}" ours -o jsonpath='{.metadata.uid}')"
+  OUR_POD_CGROUPS=()
+  # Wherever the kubelet put it (under the node's cgroup root; /kubepods for an older node.sh).
+  while read -r hierarchy; do
+    for dir in "${hierarchy}${SLUICE_NODE_CGROUP_ROOT:-/sluice-node}/kubepods" "${hierarchy}/kubepods"; do
+      [[ -d "${dir}" ]] || continue
+      while read -r dir; do
+        [[ -n "${dir}" ]] && OUR_POD_CGROUPS+=("${dir}")
+      done < <(find "${dir}" -maxdepth 2 -type d -name "pod${uid}")
+    done
+  done < <(cgroup_hierarchies)
+  ((${#OUR_POD_CGROUPS[@]})) || die "pod ${POD_NAMESPACE}/ours (uid ${uid}) has no cgroup pod${uid}"
+  netns="$(find "${CRI_NETNS_DIR}" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l || true)"
+  log "pod ${POD_NAMESPACE}/ours is Ready: its cgroup is ${OUR_POD_CGROUPS[0]} (and in $((${#OUR_POD_CGROUPS[@]} - 1)) other hierarchies); network namespaces in ${CRI_NETNS_DIR}: ${netns}, in /run/netns: [$(ip netns list 2>/dev/null | awk '{printf "%s ", $1}')]"
+}
+
+expect_our_pod_gone() {
+  local dir
+  for dir in "${OUR_POD_CGROUPS[@]}"; do
+    [[ ! -d "${dir}" ]] || die "after down, the node's pod cgroup ${dir} is still there"
+  done
+  [[ ! -e "${CRI_NETNS_DIR}" ]] || die "after down, ${CRI_NETNS_DIR} is still there"
+  log "after down: the node's pod cgroups (${#OUR_POD_CGROUPS[@]}) and network namespaces are gone"
+}
+
 # --- refusing to start beside another kubelet -------------------------------------------------
 
 expect_up_refuses_beside_a_kubelet() {
@@ -258,10 +311,14 @@ main() {
   planted_state >"${EXPECTED}"
   sed 's/^/    /' "${EXPECTED}" >&2
 
+  step "start a pod of the node's"
+  start_our_pod
+
   step "cluster.sh down with the foreign things present"
   CLUSTER_TAKEN_DOWN=1
   cluster down
   expect_intact "cluster.sh down"
+  expect_our_pod_gone
 
   step "cluster.sh up with the foreign things present"
   cluster up
@@ -275,6 +332,7 @@ main() {
 
   step "remove what the test planted"
   remove_planted
+  kube delete namespace "${POD_NAMESPACE}" --ignore-not-found --wait=false >/dev/null || true
   [[ -z "$(planted_state | grep -v '^sleeper' || true)" ]] || die "could not remove what the test planted: $(planted_state)"
 
   CURRENT_STEP="done"
