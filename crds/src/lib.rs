@@ -3,6 +3,7 @@
 //!
 //! - [`streamjob`]: [`StreamJobSpec`], what a user writes.
 //! - [`pipeline`]: pipeline steps as written and as checked.
+//! - [`expression`]: the limits of CEL expressions and the CEL environment they run in.
 //! - [`status`]: [`StreamJobStatus`] and its kstatus conditions.
 //! - [`validate`](mod@validate): what the API server cannot check, for the controller and
 //!   the worker CLI.
@@ -11,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod duration;
+pub mod expression;
 pub mod messages;
 pub mod pipeline;
 pub mod reference;

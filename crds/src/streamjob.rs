@@ -14,6 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
+use crate::expression::MAX_EXPRESSION_LENGTH;
 use crate::messages;
 use crate::pipeline::PipelineStep;
 use crate::status::StreamJobStatus;
@@ -320,7 +321,7 @@ pub struct Sink {
     /// A CEL expression over the result (`event`) giving the Kafka record key, for example
     /// `event.page`. Unset: the window's key is used when there is one, else no key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 4096))]
+    #[schemars(length(min = 1, max = MAX_EXPRESSION_LENGTH))]
     pub key: Option<String>,
 
     /// Topic for events that cannot be decoded or evaluated, with their original bytes

@@ -761,14 +761,10 @@ fn check_expression(
     expected: Expected,
     errors: &mut Errors,
 ) -> Option<Expression> {
-    let program = match cel::Program::compile(source) {
+    let program = match crate::expression::parse(source) {
         Ok(program) => program,
-        Err(parse_errors) => {
-            let detail = parse_errors.to_string().replace('\n', " ");
-            errors.add(
-                field,
-                format!("failed to parse the CEL expression {source:?}: {detail}"),
-            );
+        Err(problem) => {
+            errors.add(field, problem.to_string());
             return None;
         }
     };
