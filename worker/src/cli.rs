@@ -177,10 +177,12 @@ fn run_validate(args: &ValidateArgs) -> ExitCode {
         }
     };
     let (report, valid) = validation_report(&args.job.display().to_string(), &text);
-    print!("{report}");
+    // A pre-commit hook shows what failed on stderr; a clean run prints to stdout.
     if valid {
+        print!("{report}");
         ExitCode::SUCCESS
     } else {
+        eprint!("{report}");
         ExitCode::FAILURE
     }
 }
