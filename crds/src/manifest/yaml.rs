@@ -478,13 +478,13 @@ mod tests {
 
     #[test]
     fn documents_merge_keys_and_repeated_keys_follow_kubectl() {
-        let text = "---\n---\na: &base {x: 1, y: 2}\nb:\n  <<: *base\n  y: 3\nc: 1\nc: 2\n---\nnull\n---\n{e: &e {x: 1}, d: [*e]}\n...\n";
+        let text = "---\n---\na: &base {x: 1, w: 2}\nb:\n  <<: *base\n  w: 3\nc: 1\nc: 2\n---\nnull\n---\n{e: &e {x: 1}, d: [*e]}\n...\n";
         let documents = documents(text).unwrap();
         let values: Vec<&Value> = documents.iter().map(|document| &document.value).collect();
         assert_eq!(
             values,
             [
-                &json!({"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}, "c": 2}),
+                &json!({"a": {"x": 1, "w": 2}, "b": {"x": 1, "w": 3}, "c": 2}),
                 &json!({"e": {"x": 1}, "d": [{"x": 1}]}),
             ]
         );
@@ -494,8 +494,8 @@ mod tests {
             json!({"true": "a", "1": "b", "16": "c"})
         );
         assert_eq!(
-            one("a: {x: 1}\nb: {y: 2}\nc: {<<: [{x: 1}, {x: 2, z: 3}]}"),
-            json!({"a": {"x": 1}, "b": {"y": 2}, "c": {"x": 1, "z": 3}})
+            one("a: {x: 1}\nb: {w: 2}\nc: {<<: [{x: 1}, {x: 2, z: 3}]}"),
+            json!({"a": {"x": 1}, "b": {"w": 2}, "c": {"x": 1, "z": 3}})
         );
     }
 
@@ -504,15 +504,20 @@ mod tests {
         let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
         // The parser has a limit of its own, below what would exhaust a stack.
         let deeper = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
-        let laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n";
+        // Each level ten aliases of the one before, in block style: a million values.
+        let mut laughs = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (level, previous) in [("b", "a"), ("c", "b"), ("d", "c"), ("e", "d"), ("f", "e")] {
+            laughs.push_str(&format!("{level}: &{level}\n"));
+            laughs.push_str(&format!("- *{previous}\n").repeat(10));
+        }
         let cases = [
             (deep.as_str(), "nests more than 64 levels"),
             (deeper.as_str(), "recursion limit exceeded"),
-            (laughs, "more than 200000 values"),
+            (laughs.as_str(), "more than 200000 values"),
             ("a: .inf", "not a number JSON can hold"),
             ("{[1]: a}", "a mapping key is a list"),
             ("a: !custom x", "cannot be read as !custom"),
-            ("a: [1", "did not find expected"),
+            ("a: [1", "while parsing a flow sequence"),
         ];
         for (text, expected) in cases {
             let error = documents(text).unwrap_err().to_string();
