@@ -488,7 +488,7 @@ mod tests {
                 &json!({"e": {"x": 1}, "d": [{"x": 1}]}),
             ]
         );
-        assert_eq!(documents[0].line, 3);
+        assert_eq!(documents[0].line, 2, "the line of its ---");
         assert_eq!(
             one("{on: a, 1: b, 0x10: c}"),
             json!({"true": "a", "1": "b", "16": "c"})
