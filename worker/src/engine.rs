@@ -810,6 +810,7 @@ impl Engine {
             watermark: self.watermark(),
             partitions,
             channels,
+            restored_from: None,
         };
         // The record and every change of state since the last checkpoint, in one batch.
         let mut batch = StateBatch::default();
