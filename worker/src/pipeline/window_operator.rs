@@ -521,7 +521,14 @@ mod tests {
             let watermark = greatest - 6;
             let input = Number128::Integer(i128::from(index % 7));
             let admission = operator
-                .add(group, &key, time, &[None, Some(input)], watermark, &mut run.results)
+                .add(
+                    group,
+                    &key,
+                    time,
+                    &[None, Some(input)],
+                    watermark,
+                    &mut run.results,
+                )
                 .unwrap();
             run.admissions.push(admission);
             let before = key_reads.get();
@@ -540,7 +547,11 @@ mod tests {
     fn evicted_windows_fire_from_the_store_as_cached_ones_would_without_a_read_each() {
         let kinds = [
             ("tumbling", WindowAssigner::Tumbling { size: 10 }, 7),
-            ("tumbling without lateness", WindowAssigner::Tumbling { size: 10 }, 0),
+            (
+                "tumbling without lateness",
+                WindowAssigner::Tumbling { size: 10 },
+                0,
+            ),
             (
                 "sliding",
                 WindowAssigner::Sliding {
@@ -550,7 +561,11 @@ mod tests {
                 5,
             ),
             ("session", WindowAssigner::Session { gap: 4 }, 7),
-            ("session without lateness", WindowAssigner::Session { gap: 4 }, 0),
+            (
+                "session without lateness",
+                WindowAssigner::Session { gap: 4 },
+                0,
+            ),
         ];
         for (kind, assigner, lateness) in kinds {
             let reference = run(assigner, lateness, 1_000_000);

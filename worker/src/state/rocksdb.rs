@@ -600,10 +600,14 @@ mod tests {
         let (store, all) = store_with_windows_in_several_files(directory.path());
         let mut from = all[100].clone();
         from.push(0);
-        let found = store.scan_range(Column::Windows, &from, None, usize::MAX).unwrap();
+        let found = store
+            .scan_range(Column::Windows, &from, None, usize::MAX)
+            .unwrap();
         let keys: Vec<Vec<u8>> = found.into_iter().map(|(key, _)| key).collect();
         assert_eq!(keys, all[101..].to_vec());
-        let keys = store.scan_keys(Column::Windows, &from, None, usize::MAX).unwrap();
+        let keys = store
+            .scan_keys(Column::Windows, &from, None, usize::MAX)
+            .unwrap();
         assert_eq!(keys, all[101..].to_vec());
     }
 
@@ -632,7 +636,10 @@ mod tests {
         let mut sorted = wanted.clone();
         sorted.sort();
         assert_eq!(sorted, wanted, "the test asks in order");
-        assert_eq!(store.get_sorted(Column::Windows, &wanted).unwrap(), expected);
+        assert_eq!(
+            store.get_sorted(Column::Windows, &wanted).unwrap(),
+            expected
+        );
         // Far apart (seeks) and the memory store's answer agree.
         let sparse: Vec<Vec<u8>> = all.iter().step_by(97).cloned().collect();
         let mut memory = crate::state::MemoryStore::default();

@@ -856,7 +856,8 @@ impl KeyedWindowState {
             // the expiry too): scan again from it (the processed ones are deleted first).
             self.timers_from.clone_from(&store_key);
         }
-        self.pending_writes.put(Column::Timers, store_key, Vec::new());
+        self.pending_writes
+            .put(Column::Timers, store_key, Vec::new());
     }
 
     fn flush_pending_writes(&mut self) -> Result<(), StateError> {
