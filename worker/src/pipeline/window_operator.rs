@@ -515,7 +515,7 @@ mod tests {
             let mut time = index / 40 - i64::try_from(next(6)).unwrap();
             if next(25) == 0 {
                 // Behind the watermark: an update of a fired window, or late.
-                time -= 6 + i64::try_from(next(12)).unwrap();
+                time -= 6 + i64::try_from(next(30)).unwrap();
             }
             greatest = greatest.max(time);
             let watermark = greatest - 6;
