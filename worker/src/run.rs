@@ -1279,14 +1279,29 @@ fn ensure_repartition_topic(
             )));
         }
     }
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|error| restart(format!("failed to read the metadata of {topic}: {error}")))?;
-    let found = metadata
-        .topics()
-        .iter()
-        .find(|found| found.name() == topic)
-        .map_or(0, |found| found.partitions().len());
+    // Right after another worker created the topic, a broker may still answer its
+    // metadata with an error or no partitions: that is "not yet", not a mismatch.
+    let deadline = Instant::now() + timeout;
+    let found = loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|error| restart(format!("failed to read the metadata of {topic}: {error}")))?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|found| found.name() == topic)
+            .filter(|found| found.error().is_none())
+            .map_or(0, |found| found.partitions().len());
+        if found > 0 {
+            break found;
+        }
+        if Instant::now() >= deadline {
+            return Err(restart(format!(
+                "failed to read the metadata of {topic}: the broker reports no partitions for it yet"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     if found != usize::try_from(partitions).unwrap_or(usize::MAX) {
         return Err(Stop::Invalid(anyhow::anyhow!(
             "failed to use the repartition topic {topic}: it has {found} partitions, but the job has {partitions} key groups (spec.maxParallelism); it belongs to another job or was changed by hand"
