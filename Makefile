@@ -11,7 +11,7 @@ CLUSTER := bash tests/cluster/cluster.sh
 
 .PHONY: help demo test deps build fmt fmt-check clippy crd crd-check unit-test e2e-test \
         cluster-up cluster-down cluster-status cluster-recovery-test cluster-isolation-test \
-        images bench doc
+        images bench doc unused-deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -92,6 +92,9 @@ images: ## build the controller and worker images and load them into the local n
 bench: ## local-mode throughput and memory (see bench/README.md)
 	$(CARGO) build $(RELEASE) --workspace --bins
 	bash bench/local-throughput.sh
+
+unused-deps: ## fail when a crate declares a dependency its code never uses (cargo-machete)
+	bash hack/unused-deps.sh
 
 doc: ## API documentation of the API crate; broken links and missing docs fail
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc $(RELEASE) --no-deps -p sluice-crds
