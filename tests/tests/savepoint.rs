@@ -111,6 +111,30 @@ fn stop_with_savepoint(workers: &[WorkerProcess], id: &str) -> Result<String> {
     Ok(location)
 }
 
+/// Waits until the workers together have read `events` source events since they started,
+/// so that the next savepoint holds state, not only offsets.
+fn wait_for_events(workers: &[WorkerProcess], events: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let read: f64 = workers
+            .iter()
+            .map(|worker| {
+                worker
+                    .metric("sluice_worker_events_in_total")
+                    .unwrap_or(0.0)
+            })
+            .sum();
+        if read >= events as f64 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the workers read {read} of {events} events in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn terminate(workers: Vec<WorkerProcess>) -> Result<()> {
     for mut worker in workers {
         let status = worker.terminate(Duration::from_secs(60))?;
@@ -175,14 +199,15 @@ fn rescale_through_savepoints(partitioning: &str) -> Result<()> {
     ensure!(status == 401, "a wrong token: {status}");
     let (status, body) = request(&two[0], "GET", "/v1/savepoints", "")?;
     ensure!(status == 200 && body == Value::Array(Vec::new()), "{body}");
-    std::thread::sleep(Duration::from_secs(3));
+    let count = |third: &Vec<Vec<String>>| third.iter().map(Vec::len).sum::<usize>();
+    wait_for_events(&two, count(&thirds[0]) / 2)?;
     let first = stop_with_savepoint(&two, "sp-two")?;
     produce(&environment, &source.name, &thirds[1])?;
     terminate(two)?;
 
     let restore = |location: &str| vec!["--restore-from".to_string(), location.to_string()];
     let three = job.start(&environment, "three", 3, &restore(&first))?;
-    std::thread::sleep(Duration::from_secs(4));
+    wait_for_events(&three, count(&thirds[1]) / 2)?;
     let second = stop_with_savepoint(&three, "sp-three")?;
     produce(&environment, &source.name, &thirds[2])?;
     terminate(three)?;
