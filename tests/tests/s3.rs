@@ -21,6 +21,9 @@ use sluice_e2e::{S3Settings, unique_name};
 /// A client for the bucket of `settings`, signing with `secret`. Few retries: a test against
 /// a server on loopback should fail in seconds, not after the default three minutes.
 fn store(settings: &S3Settings, secret: &str) -> Result<AmazonS3> {
+    // reqwest is built with rustls-no-provider (see tests/Cargo.toml): it needs the process's
+    // provider, ring as kube's. Err means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     AmazonS3Builder::new()
         .with_endpoint(&settings.endpoint)
         .with_allow_http(settings.endpoint.starts_with("http://"))
@@ -87,7 +90,7 @@ async fn objects_round_trip_through_the_s3_api() -> Result<()> {
     let settings = S3Settings::load()?;
     let store = store(&settings, &settings.secret_access_key)?;
     let prefix = Path::from(format!("e2e/{}", unique_name("s3-round-trip")));
-    let location = prefix.child("part-0.sst");
+    let location = prefix.clone().join("part-0.sst");
     let body = payload(1024 * 1024 + 17, seed());
 
     let put = store
@@ -156,7 +159,7 @@ async fn a_multipart_upload_reads_back_whole() -> Result<()> {
     let settings = S3Settings::load()?;
     let store = store(&settings, &settings.secret_access_key)?;
     let prefix = Path::from(format!("e2e/{}", unique_name("s3-multipart")));
-    let location = prefix.child("big.sst");
+    let location = prefix.clone().join("big.sst");
     let body = payload(12 * 1024 * 1024 + 3, seed());
 
     let upload = store.put_multipart(&location).await?;
@@ -192,7 +195,7 @@ async fn create_if_absent_refuses_to_overwrite() -> Result<()> {
     let settings = S3Settings::load()?;
     let store = store(&settings, &settings.secret_access_key)?;
     let prefix = Path::from(format!("e2e/{}", unique_name("s3-create")));
-    let location = prefix.child("MANIFEST");
+    let location = prefix.clone().join("MANIFEST");
     let create = || PutOptions::from(PutMode::Create);
 
     store
