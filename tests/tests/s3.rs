@@ -21,9 +21,6 @@ use sluice_e2e::{S3Settings, unique_name};
 /// A client for the bucket of `settings`, signing with `secret`. Few retries: a test against
 /// a server on loopback should fail in seconds, not after the default three minutes.
 fn store(settings: &S3Settings, secret: &str) -> Result<AmazonS3> {
-    // reqwest is built with rustls-no-provider (see tests/Cargo.toml): it needs the process's
-    // provider, ring as kube's. Err means one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     AmazonS3Builder::new()
         .with_endpoint(&settings.endpoint)
         .with_allow_http(settings.endpoint.starts_with("http://"))
