@@ -22,6 +22,7 @@ use kube::{Client, Config};
 
 pub mod exactly_once;
 pub mod kafka;
+pub mod s3_gate;
 pub mod worker;
 
 /// Where `cluster.sh` keeps its runtime state when `SLUICE_STATE` is not set.
@@ -223,6 +224,31 @@ impl S3Settings {
             secret_access_key: get("SLUICE_S3_SECRET_ACCESS_KEY")?,
             origin,
         })
+    }
+}
+
+impl S3Settings {
+    /// The standard `AWS_*` variables a worker reads for an `s3://` location
+    /// (docs/savepoints.md), pointing at `endpoint` (the server's, or a proxy's in front
+    /// of it).
+    pub fn worker_env(&self, endpoint: &str) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", self.access_key_id.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.as_str()),
+            ("AWS_REGION", self.region.as_str()),
+            ("AWS_ENDPOINT", endpoint),
+            (
+                "AWS_ALLOW_HTTP",
+                if endpoint.starts_with("http://") {
+                    "true"
+                } else {
+                    "false"
+                },
+            ),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
     }
 }
 
