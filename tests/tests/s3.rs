@@ -23,7 +23,6 @@ use sluice_e2e::{S3Settings, unique_name};
 fn store(settings: &S3Settings, secret: &str) -> Result<AmazonS3> {
     AmazonS3Builder::new()
         .with_endpoint(&settings.endpoint)
-        .with_allow_http(settings.endpoint.starts_with("http://"))
         .with_region(&settings.region)
         .with_bucket_name(&settings.bucket)
         .with_access_key_id(&settings.access_key_id)
@@ -33,7 +32,14 @@ fn store(settings: &S3Settings, secret: &str) -> Result<AmazonS3> {
             retry_timeout: Duration::from_secs(20),
             ..RetryConfig::default()
         })
-        .with_client_options(ClientOptions::new().with_timeout(Duration::from_secs(30)))
+        // The client options replace the builder's whole set: allow_http goes here, or a
+        // with_allow_http before them is lost (reqwest then refuses http://: "builder
+        // error", "URL scheme is not allowed").
+        .with_client_options(
+            ClientOptions::new()
+                .with_timeout(Duration::from_secs(30))
+                .with_allow_http(settings.endpoint.starts_with("http://")),
+        )
         .build()
         .with_context(|| {
             format!(
