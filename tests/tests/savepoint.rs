@@ -417,7 +417,7 @@ fn kill_during_upload(
         &worker,
         "POST",
         "/v1/savepoints",
-        &format!(r#"{{"id": "{id}"}}"#),
+        &format!(r#"{{"id": "{id}", "stop": true}}"#),
     )?;
     ensure!(status == 202, "savepoint {id} accepted: {status} {body}");
     let held = gate
@@ -481,9 +481,9 @@ fn a_worker_killed_during_an_s3_savepoint_upload_leaves_no_restorable_savepoint(
         settings,
         endpoint: gate.endpoint(),
     };
-    // One worker reads every partition, so each key and window has one result without a
-    // repartition topic, and a savepoint need not stop it: it processes on.
-    let job = job(&environment, &source.name, &sink.name, "ByKey", &store)?;
+    // Keys are on every partition: `Any` (the repartition topic), whose savepoints stop the
+    // worker at its cut; it is resumed after the one that succeeds.
+    let job = job(&environment, &source.name, &sink.name, "Any", &store)?;
     let thirds: Vec<Vec<Vec<String>>> = (0..3)
         .map(|third| {
             input
@@ -539,10 +539,12 @@ fn a_worker_killed_during_an_s3_savepoint_upload_leaves_no_restorable_savepoint(
         &worker,
         "POST",
         "/v1/savepoints",
-        r#"{"id": "sp-after-crashes"}"#,
+        r#"{"id": "sp-after-crashes", "stop": true}"#,
     )?;
     ensure!(status == 202, "{status} {body}");
     let after = wait_completed(&worker, "sp-after-crashes")?;
+    let (status, body) = request(&worker, "POST", "/v1/resume", "")?;
+    ensure!(status == 200 || status == 202, "resume: {status} {body}");
     let (code, text) = job.check(&job.manifest, &after)?;
     ensure!(
         code == 0 && text.contains("can restore"),
