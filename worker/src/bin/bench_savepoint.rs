@@ -219,7 +219,9 @@ fn main() -> anyhow::Result<()> {
         EngineOptions::default(),
         Metrics::default(),
     )?;
-    let partitions: Vec<PartitionId> = (0..2).map(|partition| PartitionId::new(0, partition)).collect();
+    let partitions: Vec<PartitionId> = (0..2)
+        .map(|partition| PartitionId::new(0, partition))
+        .collect();
     engine.assign_partitions(&partitions, 0);
     let mut bench = Bench {
         engine,
@@ -234,7 +236,10 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     for index in 0..arguments.keys {
         bench.process(&key(index, arguments.key_bytes), index % 1000)?;
-        if bench.events.is_multiple_of(arguments.events_per_checkpoint.max(1)) {
+        if bench
+            .events
+            .is_multiple_of(arguments.events_per_checkpoint.max(1))
+        {
             bench.checkpoint()?;
         }
     }
@@ -270,8 +275,7 @@ fn main() -> anyhow::Result<()> {
         bench.process(&key(index, arguments.key_bytes), 1)?;
         changed += 1;
     }
-    let (incremental, snapshot, pause) =
-        bench.snapshot("bench-incremental", &identity, &state)?;
+    let (incremental, snapshot, pause) = bench.snapshot("bench-incremental", &identity, &state)?;
     println!(
         "savepoint=incremental changed_keys={changed} pause_seconds={:.3}",
         pause.as_secs_f64()
@@ -288,7 +292,9 @@ fn main() -> anyhow::Result<()> {
 
     let owned = Owned {
         key_groups: (0, state.key_groups),
-        partitions: (0..2).map(|partition| ("in".to_string(), partition)).collect::<BTreeSet<_>>(),
+        partitions: (0..2)
+            .map(|partition| ("in".to_string(), partition))
+            .collect::<BTreeSet<_>>(),
     };
     for job_url in &job_urls {
         let target = directory.path().join("restored");
