@@ -532,7 +532,8 @@ fn a_worker_killed_during_an_s3_savepoint_upload_leaves_no_restorable_savepoint(
         .into_iter()
         .next()
         .context("one worker")?;
-    std::thread::sleep(Duration::from_secs(3));
+    let count = |third: &Vec<Vec<String>>| third.iter().map(Vec::len).sum::<usize>();
+    wait_for_events(std::slice::from_ref(&worker), count(&thirds[0]) / 2)?;
     // Mid-upload: the first PUT goes through, the second is held.
     let worker = kill_during_upload(
         &environment,
@@ -543,7 +544,7 @@ fn a_worker_killed_during_an_s3_savepoint_upload_leaves_no_restorable_savepoint(
         |request, puts| request.method == "PUT" && puts >= 1,
     )?;
     produce(&environment, &source.name, &thirds[1])?;
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_events(std::slice::from_ref(&worker), count(&thirds[1]) / 2)?;
     // Every file and the part written; the manifest held.
     let worker = kill_during_upload(
         &environment,
