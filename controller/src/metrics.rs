@@ -20,6 +20,31 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+/// The label of an API request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `read` (get or list), `watch`, `create`, `patch`, `update`, `delete`.
+    pub verb: &'static str,
+}
+
+/// The Kubernetes verb of a request: its method, and `watch=true` in the query.
+pub fn verb<B>(request: &http::Request<B>) -> &'static str {
+    let watch = request
+        .uri()
+        .query()
+        .is_some_and(|query| query.split('&').any(|pair| pair == "watch=true"));
+    match *request.method() {
+        http::Method::GET if watch => "watch",
+        // get and list: the path alone does not tell them apart without discovery.
+        http::Method::GET => "read",
+        http::Method::POST => "create",
+        http::Method::PATCH => "patch",
+        http::Method::PUT => "update",
+        http::Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
 /// The label of a phase.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -64,6 +89,8 @@ pub struct Metrics {
     pub jobs: Family<PhaseLabels, Gauge>,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// Requests sent to the Kubernetes API, by verb.
+    pub api_requests: Family<RequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -74,6 +101,7 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             jobs: Family::default(),
             leader: Gauge::default(),
+            api_requests: Family::default(),
         }
     }
 }
@@ -107,6 +135,18 @@ impl Metrics {
             "1 while this replica holds the leader Lease",
             self.leader.clone(),
         );
+        registry.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API, by verb (a watch counts once, when opened)",
+            self.api_requests.clone(),
+        );
+    }
+
+    /// A layer for the kube client that counts every request in `api_requests`.
+    pub fn count_requests(&self) -> CountRequests {
+        CountRequests {
+            counter: self.api_requests.clone(),
+        }
     }
 
     /// Counts a failure of `kind`.
@@ -139,6 +179,55 @@ impl Metrics {
         for (phase, count) in PHASES.iter().zip(counts) {
             self.jobs.get_or_create(&PhaseLabels { phase }).set(count);
         }
+    }
+}
+
+/// A tower layer that counts the requests of the client it wraps.
+#[derive(Clone, Debug)]
+pub struct CountRequests {
+    counter: Family<RequestLabels, Counter>,
+}
+
+impl<S> tower::Layer<S> for CountRequests {
+    type Service = Counted<S>;
+
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted {
+            inner,
+            counter: self.counter.clone(),
+        }
+    }
+}
+
+/// A service whose requests are counted.
+#[derive(Clone, Debug)]
+pub struct Counted<S> {
+    inner: S,
+    counter: Family<RequestLabels, Counter>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Counted<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        self.counter
+            .get_or_create(&RequestLabels {
+                verb: verb(&request),
+            })
+            .inc();
+        self.inner.call(request)
     }
 }
 
@@ -175,6 +264,37 @@ mod tests {
             text.contains("sluice_controller_reconcile_failures_total{kind=\"InvalidSpec\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn requests_are_counted_by_verb() {
+        let cases = [
+            (
+                "GET",
+                "/apis/apps/v1/statefulsets?watch=true&resourceVersion=1",
+                "watch",
+            ),
+            ("GET", "/api/v1/namespaces/a/secrets/x", "read"),
+            (
+                "PATCH",
+                "/api/v1/namespaces/a/configmaps/x?fieldManager=f",
+                "patch",
+            ),
+            (
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/a/events",
+                "create",
+            ),
+            ("DELETE", "/api/v1/namespaces/a/serviceaccounts/x", "delete"),
+        ];
+        for (method, uri, expect) in cases {
+            let request = http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(())
+                .unwrap();
+            assert_eq!(verb(&request), expect, "{method} {uri}");
+        }
     }
 
     #[test]

@@ -71,9 +71,14 @@ pub struct LeaderElection {
 /// is released so a standby takes over at once), or until the Lease is lost (an error: the
 /// process exits and its restart starts as a standby).
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    let client = Client::try_default()
+    let metrics = Arc::new(Metrics::default());
+    let config = kube::Config::infer()
         .await
         .context("failed to configure a Kubernetes client (in-cluster or KUBECONFIG)")?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("failed to build a Kubernetes client")?
+        .with_layer(&metrics.count_requests())
+        .build();
     let version = client
         .apiserver_version()
         .await
@@ -85,7 +90,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         "sluice-controller {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    let metrics = Arc::new(Metrics::default());
     let http_state = HttpState::new(metrics.clone());
     http::serve(options.http_address, http_state.clone()).await?;
     let context = Arc::new(Context::new(
