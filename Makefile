@@ -10,7 +10,8 @@ RELEASE := --release
 CLUSTER := bash tests/cluster/cluster.sh
 
 .PHONY: help demo test deps build fmt fmt-check clippy crd crd-check unit-test e2e-test \
-        cluster-up cluster-down cluster-status cluster-recovery-test images bench doc
+        cluster-up cluster-down cluster-status cluster-recovery-test cluster-isolation-test \
+        images bench doc
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -22,10 +23,12 @@ demo: deps ## run the page-views example in local mode (no cluster, no broker)
 	$(CARGO) build $(RELEASE) --workspace --bins
 	bash hack/demo.sh
 
-# The recovery test is in the recipe, not the prerequisites: it kills the API server and
-# the broker, so it must start only after e2e-test has finished, even under make -j.
+# The recovery and isolation tests are in the recipe, not the prerequisites: they kill the
+# API server and the broker and take the cluster down, so they must start only after
+# e2e-test has finished, and one after the other, even under make -j.
 test: deps fmt-check clippy crd-check doc unit-test build cluster-up e2e-test ## everything CI runs (the node's images need the built binaries)
 	$(MAKE) --no-print-directory cluster-recovery-test
+	$(MAKE) --no-print-directory cluster-isolation-test
 
 deps: ## install the Debian packages builds need (idempotent)
 	bash hack/install-deps.sh
@@ -76,6 +79,9 @@ cluster-status: ## show what runs
 
 cluster-recovery-test: ## kill -9 the API server and the broker, up; down (no leftovers), up; leaves it up
 	bash tests/cluster/recovery-test.sh
+
+cluster-isolation-test: ## plant another Kubernetes' chain, cgroup and netns; down and up leave them intact; up refuses beside a kubelet
+	bash tests/cluster/isolation-test.sh
 
 images: ## build the controller and worker images and load them into the local node
 	bash tests/cluster/images.sh

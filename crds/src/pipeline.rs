@@ -1,5 +1,5 @@
 //! Pipeline steps: the form a user writes ([`PipelineStep`]) and the checked form the
-//! worker compiles ([`Step`]), produced by [`crate::validate()`].
+//! worker compiles ([`CheckedPipeline`]), produced by [`crate::validate()`].
 
 use std::collections::{BTreeMap, BTreeSet};
 

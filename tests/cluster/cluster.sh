@@ -347,6 +347,10 @@ node_up() {
 
 cmd_up() {
   require_root_tools
+  # Before anything starts: the node refuses to run beside another kubelet or kube-proxy.
+  if [[ "${SLUICE_NODE:-1}" != "0" && -f "${NODE_SCRIPT}" ]]; then
+    SLUICE_T0="${SLUICE_T0}" bash "${NODE_SCRIPT}" preflight || die "cluster up: stopped before starting anything (node preflight, above)"
+  fi
   log "sluice cluster up: kubernetes ${K8S_VERSION}, etcd ${ETCD_VERSION}, helm ${HELM_VERSION}, kafka ${KAFKA_VERSION}"
   log "state in ${SLUICE_STATE}, caches in ${SLUICE_CACHE}"
   mkdir -p "${RUN_DIR}" "${LOG_DIR}" "${KUBECONFIG_DIR}"

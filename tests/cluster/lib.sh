@@ -75,8 +75,16 @@ start_daemon() {
   printf '\n===== %s starting %s =====\n' "$(date -u +%FT%TZ)" "${name}" >>"${logfile}"
   printf '%s ' "$@" >"${pidfile}.cmd"
   rm -f "${pidfile}"
-  # shellcheck disable=SC2016 # $$ and $@ belong to the inner shell.
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "${pidfile}" "$@" >>"${logfile}" 2>&1 </dev/null &
+  # The daemon gets no descriptor but stdin/out/err: one inherited from the caller would be
+  # held for the daemon's whole life. `flock /var/tmp/sluice-cluster.lock cluster.sh up` left
+  # every daemon holding the cluster lock, so nobody could take it until `down`.
+  # shellcheck disable=SC2016 # $$, $fd and $@ belong to the inner shell.
+  setsid bash -c 'echo $$ >"$0"
+    for fd in /proc/$$/fd/*; do
+      fd=${fd##*/}
+      if ((fd > 2)); then eval "exec ${fd}>&-" 2>/dev/null; fi
+    done
+    exec "$@"' "${pidfile}" "$@" >>"${logfile}" 2>&1 </dev/null &
   local waited=0
   until [[ -s "${pidfile}" ]]; do
     sleep 0.1

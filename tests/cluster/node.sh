@@ -5,9 +5,11 @@
 # archives built by tests/cluster/images.sh (nothing is ever pulled).
 #
 #   node.sh up       start (or repair) the node; idempotent; needs cluster.sh's control plane
-#   node.sh down     stop everything started here and remove every trace (pods' mounts,
-#                    network namespaces, veths, KUBE-*/CNI-* iptables chains, cgroups, state)
+#   node.sh down     stop everything started here and remove every trace of it, and only of
+#                    it (pods' mounts and network namespaces, veths on sluice0, the chains of
+#                    kube-proxy/kubelet and SLUICE-NODE-*, the cgroup subtree /sluice-node, state)
 #   node.sh status   what runs, the node's conditions, the pods on it
+#   node.sh preflight  fail, naming it, when a kubelet or kube-proxy not started here runs
 #
 # Called by cluster.sh after the control plane and Kafka are ready (SLUICE_NODE=0 skips it).
 # Everything lives in ${SLUICE_STATE}/node; caches (binaries, images) in ${SLUICE_CACHE}.
@@ -36,6 +38,18 @@ CNI_NETWORK=sluice
 KUBELET_DIR="${NODE_DIR}/kubelet"
 POD_LOGS_DIR="${NODE_DIR}/pod-logs"
 VOLUMES_DIR="${NODE_DIR}/volumes"
+# The node's cgroup subtree in every hierarchy (kubelet cgroupRoot), and the record, written
+# before the kubelet starts, of the root the running kubelet was given (a node started by an
+# older node.sh, without it, kept its pods in the host-wide /kubepods).
+CGROUP_ROOT="${SLUICE_NODE_CGROUP_ROOT}"
+CGROUP_ROOT_RECORD="${NODE_DIR}/cgroup-root"
+# containerd mounts pods' network namespaces here (netns_mounts_under_state_dir).
+CRI_NETNS_DIR="${CONTAINERD_DIR}/state/io.containerd.grpc.v1.cri/netns"
+# Names of the KUBE-*/CNI-* chains that existed before the node's kubelet and kube-proxy
+# first started (down reports chains that appeared since and are left in place).
+CHAINS_BEFORE="${NODE_DIR}/iptables-chains-before"
+# Present when /run/containerd did not exist before our containerd made it.
+RUN_CONTAINERD_RECORD="${NODE_DIR}/run-containerd-created"
 RUNC="$(command -v runc || echo /usr/sbin/runc)"
 
 LOCAL_PATH_VERSION="${LOCAL_PATH_VERSION:-v0.0.30}"
@@ -81,6 +95,7 @@ render() {
     -e "s|@NODE_NAME@|${NODE_NAME}|g" \
     -e "s|@VOLUMES_DIR@|${VOLUMES_DIR}|g" \
     -e "s|@HELPER_IMAGE@|${HELPER_IMAGE}|g" \
+    -e "s|@CGROUP_ROOT@|${CGROUP_ROOT}|g" \
     "${template}" >"${out}.tmp"
   if grep -q '@[A-Z_]*@' "${out}.tmp"; then
     die "unreplaced placeholder in ${out}: $(grep -o '@[A-Z_]*@' "${out}.tmp" | sort -u | tr '\n' ' ')"
@@ -257,6 +272,182 @@ render_configs() {
 }
 
 # ---------------------------------------------------------------------------------------
+# What is the node's, and what is not. This host may run other software that uses the same
+# kinds of resources (another kubelet's /kubepods cgroups, another CNI's cni-* network
+# namespaces, other KUBE-*/CNI-* iptables chains); `down` removes only what is recognized as
+# the node's by the rules below (NODE.md, "What is ours").
+
+# Node agents that cannot share a host with ours: a second kubelet competes for ports
+# 10248/10250 and the pods' cgroups; a second kube-proxy owns the same iptables chain names
+# (each deletes the KUBE-SVC-* chains it does not know). k3s, k0s and microk8s run a kubelet
+# inside their own binary.
+NODE_AGENT_NAMES='^(kubelet|kube-proxy|hyperkube|k3s|k3s-server|k3s-agent|k0s|kubelite)$'
+
+# foreign_node_agents: "pid|name|command line" for each live node agent not started by this
+# node.sh (pid files in ${PID_DIR}), by its comm, executable or argv[0] name. Zombies do not
+# count: PID 1 here does not reap, so our own stopped daemons linger as zombies.
+foreign_node_agents() {
+  local dir pid comm exe argv0 cmdline name ours=" "
+  for name in kubelet kube-proxy; do
+    if pid_alive "${PID_DIR}/${name}.pid"; then ours+="$(<"${PID_DIR}/${name}.pid") "; fi
+  done
+  for dir in /proc/[0-9]*; do
+    pid="${dir#/proc/}"
+    [[ "${ours}" != *" ${pid} "* ]] || continue
+    comm="$(cat "${dir}/comm" 2>/dev/null)" || continue
+    exe="$(readlink "${dir}/exe" 2>/dev/null || true)"
+    exe="${exe% (deleted)}"
+    cmdline="$({ tr '\0' ' ' <"${dir}/cmdline"; } 2>/dev/null || true)"
+    argv0="${cmdline%% *}"
+    [[ "${comm}" =~ ${NODE_AGENT_NAMES} || "${exe##*/}" =~ ${NODE_AGENT_NAMES} ||
+      "${argv0##*/}" =~ ${NODE_AGENT_NAMES} ]] || continue
+    [[ "$(awk '{print $3}' "${dir}/stat" 2>/dev/null)" != Z ]] || continue
+    printf '%s|%s|%s\n' "${pid}" "${comm}" "${cmdline% }"
+  done
+}
+
+# preflight: refuse to start the node beside another kubelet or kube-proxy.
+preflight() {
+  local agents pid name cmdline hint
+  agents="$(foreign_node_agents)"
+  [[ -n "${agents}" ]] || return 0
+  log "FAILED: node preflight: a kubelet or kube-proxy that this node.sh did not start runs on this host:"
+  while IFS='|' read -r pid name cmdline; do
+    hint=""
+    if [[ "${cmdline}" =~ --root-dir=([^ ]+)/node/kubelet || "${cmdline}" =~ --config=([^ ]+)/node/kube-proxy-config.yaml ]]; then
+      hint="  <- the node of another Sluice state dir: SLUICE_STATE=${BASH_REMATCH[1]} bash ${HERE}/cluster.sh down"
+    fi
+    printf '    pid %s (%s): %s%s\n' "${pid}" "${name}" "${cmdline:0:200}" "${hint}" >&2
+  done <<<"${agents}"
+  log "the Sluice node would share ports 10248/10250, pods' cgroups and kube-proxy's iptables chains with it, so it does not start beside it"
+  die "node preflight: stop that process first (its service manager, e.g. 'systemctl stop kubelet', or 'kill <pid>' for a leftover), then rerun; or run the control plane and Kafka without the node: SLUICE_NODE=0 bash ${HERE}/cluster.sh up"
+}
+
+# --- cgroups: the subtree ${CGROUP_ROOT} in every hierarchy -------------------------------
+
+# The cgroup hierarchies of this host (v1 controllers, named ones, the cgroup2 of hybrid mode).
+cgroup_hierarchies() { awk '$3 == "cgroup" || $3 == "cgroup2" {print $2}' /proc/self/mounts | sort -u || true; }
+
+# our_cgroups: the node's root cgroup in each hierarchy that has one.
+our_cgroups() {
+  local hierarchy
+  while read -r hierarchy; do
+    [[ -n "${hierarchy}" && -d "${hierarchy}${CGROUP_ROOT}" ]] && printf '%s\n' "${hierarchy}${CGROUP_ROOT}"
+  done < <(cgroup_hierarchies)
+  return 0
+}
+
+# The kubelet checks that its cgroupRoot exists in every hierarchy it uses; runc and the kubelet
+# create everything below it.
+ensure_cgroup_root() {
+  [[ "${CGROUP_ROOT}" =~ ^/[a-z0-9][a-z0-9-]*$ && "${CGROUP_ROOT}" != /kubepods ]] ||
+    die "SLUICE_NODE_CGROUP_ROOT=${CGROUP_ROOT} must be one path component like /sluice-node (and not /kubepods)"
+  local hierarchy dir made=()
+  while read -r hierarchy; do
+    [[ -n "${hierarchy}" ]] || continue
+    dir="${hierarchy}${CGROUP_ROOT}"
+    [[ -d "${dir}" ]] && continue
+    mkdir "${dir}" || die "cannot create cgroup ${dir} (the kubelet's cgroupRoot): is ${hierarchy} mounted read-only?"
+    # A cpuset (v1) child has no CPUs or memory nodes until it is given its parent's.
+    if [[ -f "${dir}/cpuset.cpus" ]]; then
+      cat "${hierarchy}/cpuset.cpus" >"${dir}/cpuset.cpus"
+      cat "${hierarchy}/cpuset.mems" >"${dir}/cpuset.mems"
+    fi
+    made+=("${hierarchy##*/}")
+  done < <(cgroup_hierarchies)
+  ((${#made[@]} == 0)) || log "created cgroup ${CGROUP_ROOT} in: ${made[*]}"
+}
+
+# --- iptables: chains by name -------------------------------------------------------------
+# kube-proxy (iptables mode) and the kubelet create chains whose names are fixed in their code
+# and cannot be configured; kube-proxy adds one chain per Service/endpoint with a hashed
+# suffix. The node's chains are exactly those names, plus this script's SLUICE-NODE-*;
+# the node's rules are the rules in those chains and the jumps (-j/-g) into them from the
+# built-in chains (INPUT, FORWARD, PREROUTING, ...), where kube-proxy and the kubelet put
+# theirs. Other chains, KUBE-*/CNI-* or not, and every rule in them (even one jumping to a
+# chain of the node's: then that chain stays, and down says so) are not the node's and are
+# never touched. The CNI bridge plugin adds no chains here (ipMasq is off, no portmap).
+# Since only one kube-proxy can own these names on a host, preflight refuses to start beside
+# another kubelet or kube-proxy.
+OUR_CHAINS_ERE='^(KUBE-(SERVICES|EXTERNAL-SERVICES|NODEPORTS|POSTROUTING|MARK-MASQ|MARK-DROP|FORWARD|PROXY-FIREWALL|FIREWALL|PROXY-CANARY|KUBELET-CANARY|IPTABLES-HINT|LOAD-BALANCER|NODE-PORT|(SVC|SVL|SEP|FW|EXT|XLB)-[A-Z0-9]+)|SLUICE-NODE-[A-Z0-9-]+)$'
+IPTABLES_TABLES=(filter nat mangle raw)
+
+# our_iptables_lines TOOL TABLE: the node's lines of `TOOL -t TABLE -S` (chains and rules).
+# Built-in chains are the ones with a policy (-P); -S lists those first.
+our_iptables_lines() {
+  { "$1" -t "$2" -S 2>/dev/null || true; } | awk -v re="${OUR_CHAINS_ERE}" '
+    $1 == "-P" { builtin[$2] = 1; next }
+    $1 == "-N" && $2 ~ re { print; next }
+    $1 == "-A" {
+      if ($2 ~ re) { print; next }
+      if (!($2 in builtin)) next
+      for (i = 3; i < NF; i++) if (($i == "-j" || $i == "-g") && $(i + 1) ~ re) { print; next }
+    }'
+}
+
+# count_our_iptables TOOL: how many lines of all tables are the node's.
+count_our_iptables() {
+  local table n=0
+  command -v "$1" >/dev/null || { echo 0; return 0; }
+  for table in "${IPTABLES_TABLES[@]}"; do
+    n=$((n + $(our_iptables_lines "$1" "${table}" | wc -l)))
+  done
+  echo "${n}"
+}
+
+# kube_chain_names: "tool table chain" for every KUBE-*/CNI-* chain on the host.
+kube_chain_names() {
+  local tool table
+  for tool in iptables ip6tables; do
+    command -v "${tool}" >/dev/null || continue
+    for table in "${IPTABLES_TABLES[@]}"; do
+      { "${tool}" -t "${table}" -S 2>/dev/null || true; } |
+        awk -v p="${tool} ${table}" '$1 == "-N" && $2 ~ /^(KUBE|CNI)-/ {print p, $2}'
+    done
+  done
+}
+
+# Before the node's kubelet and kube-proxy first start: note the KUBE-*/CNI-* chains that
+# already exist, and warn about any that kube-proxy or the kubelet will take over.
+record_chains_before() {
+  [[ ! -e "${CHAINS_BEFORE}" ]] || return 0
+  if pid_alive "${PID_DIR}/kubelet.pid" || pid_alive "${PID_DIR}/kube-proxy.pid"; then
+    return 0 # started by an earlier node.sh: too late to tell
+  fi
+  kube_chain_names >"${CHAINS_BEFORE}.tmp"
+  mv -f "${CHAINS_BEFORE}.tmp" "${CHAINS_BEFORE}"
+  local taken
+  taken="$(awk -v re="${OUR_CHAINS_ERE}" '$3 ~ re {printf "%s/%s/%s ", $1, $2, $3}' "${CHAINS_BEFORE}")"
+  [[ -z "${taken}" ]] ||
+    log "WARNING: chains with kube-proxy's/kubelet's names exist before the node starts (left by another Kubernetes, or by a node.sh that crashed); the node's kube-proxy and kubelet take them over and down removes them: ${taken}"
+}
+
+# After down: chains that appeared while the node ran but are not the node's, left in place.
+report_chains_left() {
+  [[ -e "${CHAINS_BEFORE}" ]] || return 0
+  local left
+  left="$(kube_chain_names | grep -vxF -f "${CHAINS_BEFORE}" | awk '{printf "%s/%s/%s ", $1, $2, $3}' || true)"
+  [[ -z "${left}" ]] ||
+    log "left in place: KUBE-*/CNI-* chains that appeared while the node ran, with names that are not kube-proxy's or the kubelet's (another program's; if kube-proxy made one, add its name to OUR_CHAINS_ERE in node.sh): ${left}"
+}
+
+# --- network namespaces -------------------------------------------------------------------
+# The node's containerd mounts pods' namespaces under its own state dir (CRI_NETNS_DIR), so
+# they are never in /run/netns; after CNI DEL they go with the unmounts under node/. A node
+# started by an older node.sh used /run/netns/cni-<uuid>: such a namespace is the node's
+# only when the peer of its eth0 is a veth on our bridge. Other cni-* namespaces stay, even
+# with an address in 10.244.0.0/24 (flannel's default range).
+legacy_netns() {
+  local ns peer ports
+  ports=" $(ip -o link show master "${SLUICE_BRIDGE}" 2>/dev/null | awk -F': ' '{printf "%s ", $1}' || true)"
+  for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print $1}' || true); do
+    peer="$(ip -n "${ns}" -o link show 2>/dev/null | sed -n 's/^[0-9]*: eth0@if\([0-9]*\):.*/\1/p' || true)"
+    [[ -n "${peer}" && "${ports}" == *" ${peer} "* ]] && printf '%s\n' "${ns}"
+  done
+  return 0
+}
+
+# ---------------------------------------------------------------------------------------
 # Daemons
 
 start_containerd() {
@@ -267,6 +458,9 @@ start_containerd() {
   fi
   stop_daemon containerd "${pidfile}"
   rm -f "${CONTAINERD_SOCK}"
+  # containerd 1.6 keeps shim sockets and fifos in /run/containerd whatever `state` says: down
+  # removes that directory (when empty) only if it was not there before.
+  [[ -e /run/containerd || -e "${RUN_CONTAINERD_RECORD}" ]] || date -u +%FT%TZ >"${RUN_CONTAINERD_RECORD}"
   start_daemon containerd "${pidfile}" "${logfile}" \
     "$(command -v containerd)" --config "${CONTAINERD_DIR}/config.toml"
   WAIT_PIDFILE="${pidfile}" wait_until containerd "${logfile}" "${DEADLINE_CONTAINERD}" \
@@ -291,8 +485,12 @@ import_images() {
 start_kubelet() {
   local pidfile="${PID_DIR}/kubelet.pid" logfile="${LOG_DIR}/kubelet.log"
   if pid_alive "${pidfile}"; then
+    [[ "$(cat "${CGROUP_ROOT_RECORD}" 2>/dev/null)" == "${CGROUP_ROOT}" ]] ||
+      die "the running kubelet (pid $(<"${pidfile}")) was started by an older node.sh, with pods in the host-wide /kubepods cgroup (record ${CGROUP_ROOT_RECORD}: '$(cat "${CGROUP_ROOT_RECORD}" 2>/dev/null)'); run 'bash ${HERE}/cluster.sh down' once (it removes that node's pods by uid) and then up"
     log "kubelet already running (pid $(<"${pidfile}"))"
   else
+    ensure_cgroup_root
+    printf '%s\n' "${CGROUP_ROOT}" >"${CGROUP_ROOT_RECORD}"
     start_daemon kubelet "${pidfile}" "${logfile}" \
       "${K8S_BIN_DIR}/kubelet" \
       --config="${NODE_DIR}/kubelet-config.yaml" \
@@ -357,9 +555,11 @@ up() {
   local t0
   t0=$(date +%s)
   log "node ${NODE_NAME}: up (state ${NODE_DIR})"
+  preflight
   ensure_packages
   ensure_control_plane
   mkdir -p "${LOG_DIR}" "${PID_DIR}"
+  record_chains_before
   ensure_network
   ensure_egress_guard
   ensure_tools_built
@@ -375,41 +575,38 @@ up() {
 }
 
 # ---------------------------------------------------------------------------------------
-# down: everything the node created, and nothing else.
+# down: everything the node created, and nothing else (see "What is ours" in NODE.md).
 
 # leftovers_report LABEL: logs what of the node is on this machine (one line, the counts
 # NODE.md shows) and fills LEFTOVERS with a description of each kind that is not gone.
+# Everything counted is the node's by the rules above; other software's is not counted.
 LEFTOVERS=()
 leftovers_report() {
-  local label="$1" netns mounts kube kube6 cni ours veths processes cgroups files links results
-  netns="$(ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print $1}' | tr '\n' ' ' || true)"
+  local label="$1" netns mounts ipt4 ipt6 veths processes cgroups files links results
+  netns="$(legacy_netns | tr '\n' ' ')"
   netns="${netns% }"
   mounts="$(awk -v d="${SLUICE_STATE}" 'index($2, d) == 1' /proc/self/mounts | wc -l || true)"
-  kube="$(iptables-save 2>/dev/null | grep -c KUBE || true)"
-  kube6="$(ip6tables-save 2>/dev/null | grep -c KUBE || true)"
-  cni="$( { iptables-save; ip6tables-save; } 2>/dev/null | grep -c 'CNI-' || true)"
-  ours="$( { iptables-save; ip6tables-save; } 2>/dev/null | grep -c 'SLUICE-NODE-' || true)"
+  ipt4="$(count_our_iptables iptables)"
+  ipt6="$(count_our_iptables ip6tables)"
   veths="$(ip -o link show master "${SLUICE_BRIDGE}" 2>/dev/null | grep -c veth || true)"
   processes="$(node_processes)"
-  cgroups="$(find /sys/fs/cgroup/ -mindepth 2 -maxdepth 2 -name kubepods 2>/dev/null | wc -l || true)"
+  cgroups="$(our_cgroups | wc -l || true)"
   files="$(find "${NODE_DIR}" -mindepth 1 -maxdepth 1 ! -name logs 2>/dev/null | wc -l || true)"
   links="$(find /var/log/containers -maxdepth 1 -type l -lname "${POD_LOGS_DIR}/*" 2>/dev/null | wc -l || true)"
   results="$(find /var/lib/cni/results -maxdepth 1 -name "${CNI_NETWORK}-*" 2>/dev/null | wc -l || true)"
-  log "${label}: netns=[${netns}] mounts(sluice)=${mounts} iptables KUBE=${kube}" \
-    "ip6tables KUBE=${kube6} CNI=${cni} SLUICE-NODE=${ours} veths on ${SLUICE_BRIDGE}=${veths}" \
-    "processes=[${processes}] kubepods cgroups=${cgroups} files in node/=${files}"
+  log "${label}: mounts(state dir, incl. pods' netns)=${mounts} netns(/run/netns, on ${SLUICE_BRIDGE})=[${netns}]" \
+    "iptables(ours)=${ipt4} ip6tables(ours)=${ipt6} veths on ${SLUICE_BRIDGE}=${veths}" \
+    "processes=[${processes}] cgroups ${CGROUP_ROOT}=${cgroups} files in node/=${files}"
   # (Each count ends in `|| true`: with pipefail, find on a missing directory would end
   # the script.)
   LEFTOVERS=()
-  [[ -z "${netns}" ]] || LEFTOVERS+=("network namespaces: ${netns}")
+  [[ -z "${netns}" ]] || LEFTOVERS+=("network namespaces in /run/netns on ${SLUICE_BRIDGE}: ${netns}")
   ((mounts == 0)) || LEFTOVERS+=("${mounts} mounts under ${SLUICE_STATE}: $(awk -v d="${SLUICE_STATE}" 'index($2, d) == 1 {printf "%s ", $2}' /proc/self/mounts)")
-  ((kube == 0)) || LEFTOVERS+=("${kube} iptables lines with KUBE")
-  ((kube6 == 0)) || LEFTOVERS+=("${kube6} ip6tables lines with KUBE")
-  ((cni == 0)) || LEFTOVERS+=("${cni} iptables/ip6tables lines with CNI-")
-  ((ours == 0)) || LEFTOVERS+=("${ours} iptables/ip6tables lines with SLUICE-NODE-")
+  ((ipt4 == 0)) || LEFTOVERS+=("${ipt4} iptables lines of the node's chains (iptables -S | grep -E 'KUBE-|SLUICE-NODE-')")
+  ((ipt6 == 0)) || LEFTOVERS+=("${ipt6} ip6tables lines of the node's chains")
   ((veths == 0)) || LEFTOVERS+=("${veths} veths on ${SLUICE_BRIDGE}")
   [[ -z "${processes}" ]] || LEFTOVERS+=("processes: ${processes}")
-  ((cgroups == 0)) || LEFTOVERS+=("kubepods cgroups: $(find /sys/fs/cgroup/ -mindepth 2 -maxdepth 2 -name kubepods 2>/dev/null | tr '\n' ' ')")
+  ((cgroups == 0)) || LEFTOVERS+=("cgroups: $(our_cgroups | tr '\n' ' ')")
   ((files == 0)) || LEFTOVERS+=("${files} entries in ${NODE_DIR} besides logs/")
   ((links == 0)) || LEFTOVERS+=("${links} pod log links in /var/log/containers")
   ((results == 0)) || LEFTOVERS+=("${results} CNI result files in /var/lib/cni/results")
@@ -417,9 +614,10 @@ leftovers_report() {
 }
 
 # Live processes of the node (our daemons, shims and the provisioner name the node's
-# directory or binary on their command line), as "pid:program" words.
+# directory or binary on their command line; pods' processes are in the node's cgroups),
+# as "pid:program" words.
 node_processes() {
-  local dir pid cmdline found=()
+  local dir pid cmdline found=() pods
   for dir in /proc/[0-9]*; do
     pid="${dir#/proc/}"
     [[ "${pid}" != "$$" && "${pid}" != "${BASHPID}" ]] || continue
@@ -429,7 +627,19 @@ node_processes() {
     [[ "${cmdline}" != *"${LOG_DIR}/"* ]] || continue
     found+=("${pid}:$(basename "${cmdline%% *}")")
   done
+  pods="$(pod_pids | tr '\n' ' ')"
+  for pid in ${pods}; do
+    [[ " ${found[*]} " == *" ${pid}:"* ]] || found+=("${pid}:pod")
+  done
   printf '%s' "${found[*]}"
+}
+
+# Processes in the node's cgroups (pods' containers), one pid a line.
+pod_pids() {
+  local roots
+  mapfile -t roots < <(our_cgroups)
+  ((${#roots[@]})) || return 0
+  find "${roots[@]}" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -un || true
 }
 
 remove_pods_via_cri() {
@@ -457,22 +667,26 @@ kill_our_shims() {
   done
 }
 
-# Network namespaces made by CNI for our pods: named cni-*, holding an address of our subnet.
+# The node's network namespaces left after CNI DEL: those under CRI_NETNS_DIR go with the
+# unmounts under node/ (unmount_under); those of an older node.sh in /run/netns are
+# recognized by their eth0's peer on our bridge (legacy_netns). Then any veth still on our
+# bridge (ours by the bridge) goes.
 remove_our_netns() {
-  local ns prefix="${SLUICE_POD_CIDR%.*}."
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
-    [[ "${ns}" == cni-* ]] || continue
-    if ip netns exec "${ns}" ip -4 -o addr 2>/dev/null | grep "inet ${prefix}" >/dev/null ||
-      ! ip netns exec "${ns}" ip -o link 2>/dev/null | grep 'eth0' >/dev/null; then
-      ip netns delete "${ns}" 2>/dev/null || umount "/run/netns/${ns}" 2>/dev/null || true
-      rm -f "/run/netns/${ns}"
-    fi
+  local ns veth
+  for ns in $(legacy_netns); do
+    log "removing network namespace /run/netns/${ns} (its eth0 is on ${SLUICE_BRIDGE}: made by an older node.sh)"
+    ip netns delete "${ns}" 2>/dev/null || umount "/run/netns/${ns}" 2>/dev/null || true
+    rm -f "/run/netns/${ns}"
   done
-  # veths whose peer is gone disappear by themselves; any still on our bridge are ours.
-  local veth
   for veth in $(ip -o link show master "${SLUICE_BRIDGE}" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
-    [[ "${veth}" == veth* ]] && ip link delete "${veth}" 2>/dev/null || true
+    if [[ "${veth}" == veth* ]]; then ip link delete "${veth}" 2>/dev/null || true; fi
   done
+  local mounted
+  mounted="$(awk -v d="${CRI_NETNS_DIR}/" 'index($2, d) == 1' /proc/self/mounts | wc -l || true)"
+  if ((mounted)); then
+    log "unmounting ${mounted} pod network namespaces left in ${CRI_NETNS_DIR}"
+    unmount_under "${CRI_NETNS_DIR}"
+  fi
 }
 
 unmount_under() {
@@ -484,50 +698,88 @@ unmount_under() {
   done < <(awk -v d="${dir}" '$2 == d || index($2, d "/") == 1 {print $2}' /proc/self/mounts | sort -r)
 }
 
-# iptables chains created by kube-proxy/kubelet (KUBE-*), CNI plugins (CNI-*) and this
-# script (SLUICE-NODE-*).
-flush_iptables() {
-  local tool table chain
+# The node's iptables and ip6tables chains and rules (our_iptables_lines): first the jumps
+# into them from chains that are not the node's, then the chains (flushed, then deleted, as
+# they refer to each other). Replaces `kube-proxy --cleanup`, which deletes every chain with
+# kube-proxy's names and also flushes IPVS and nftables state, whoever made it.
+remove_our_iptables() {
+  local tool table rule chain chains
   for tool in iptables ip6tables; do
     command -v "${tool}" >/dev/null || continue
-    for table in filter nat mangle raw; do
+    for table in "${IPTABLES_TABLES[@]}"; do
       "${tool}" -t "${table}" -S >/dev/null 2>&1 || continue
-      # First the jumps from built-in chains into ours, then our chains themselves.
-      local jumps rule
-      jumps="$("${tool}" -t "${table}" -S 2>/dev/null | grep -E '^-A [A-Z]+ .*-j (KUBE-|CNI-|SLUICE-NODE-)' |
-        grep -vE '^-A (KUBE-|CNI-|SLUICE-NODE-)' | sed 's/^-A /-D /' || true)"
       while read -r rule; do
         [[ -n "${rule}" ]] || continue
-        eval "${tool} -t ${table} ${rule}" 2>/dev/null || true
-      done <<<"${jumps}"
-      for chain in $("${tool}" -t "${table}" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-|SLUICE-NODE-)/ {print $2}'); do
+        # -S prints rules as shell words (comments quoted): eval gives them back as arguments.
+        eval "${tool} -t ${table} -D ${rule#-A }" 2>/dev/null ||
+          log "could not delete ${tool} -t ${table} rule: ${rule}"
+      done < <(our_iptables_lines "${tool}" "${table}" | awk -v re="${OUR_CHAINS_ERE}" '$1 == "-A" && $2 !~ re')
+      chains="$(our_iptables_lines "${tool}" "${table}" | awk '$1 == "-N" {print $2}')"
+      for chain in ${chains}; do
         "${tool}" -t "${table}" -F "${chain}" 2>/dev/null || true
       done
-      for chain in $("${tool}" -t "${table}" -S 2>/dev/null | awk '/^-N (KUBE-|CNI-|SLUICE-NODE-)/ {print $2}'); do
-        "${tool}" -t "${table}" -X "${chain}" 2>/dev/null || true
+      for chain in ${chains}; do
+        "${tool}" -t "${table}" -X "${chain}" 2>/dev/null ||
+          log "could not delete ${tool} -t ${table} chain ${chain}; rules of other programs that refer to it (left alone): $(
+            { "${tool}" -t "${table}" -S 2>/dev/null || true; } | grep -E -- "-[jg] ${chain}( |$)" | tr '\n' ';' || true)"
       done
     done
   done
 }
 
-# Container processes left behind (a crashed containerd or shim leaves them running) are
-# found by their cgroup: everything under kubepods is a pod's. Then the cgroups go.
+# Pods' processes left behind (a crashed containerd or shim leaves them running) are the
+# processes in the node's cgroups; then the node's cgroup subtree goes, deepest first.
 remove_cgroups() {
-  local hierarchy pids
+  local pids roots
+  remove_legacy_pod_cgroups
+  mapfile -t roots < <(our_cgroups)
+  ((${#roots[@]})) || return 0
   for _ in 1 2 3 4 5; do
-    pids="$(cat /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs \
-      /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs \
-      2>/dev/null | sort -u | tr '\n' ' ' || true)"
+    pids="$(pod_pids | tr '\n' ' ')"
     [[ -n "${pids// /}" ]] || break
-    log "killing leftover pod processes: ${pids}"
+    log "killing leftover pod processes (in ${CGROUP_ROOT}): ${pids}"
     # shellcheck disable=SC2086
     kill -KILL ${pids} 2>/dev/null || true
     sleep 1
   done
-  for hierarchy in /sys/fs/cgroup/*/; do
-    [[ -d "${hierarchy}kubepods" ]] || continue
-    find "${hierarchy}kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  find "${roots[@]}" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+}
+
+# A node started by an older node.sh (no ${CGROUP_ROOT_RECORD}) kept its pods in the
+# host-wide /kubepods, shared with any other kubelet. Its pods are the ones its kubelet
+# knows (${KUBELET_DIR}/pods/<uid>): their kubepods[/burstable|/besteffort]/pod<uid> cgroups
+# go; the QoS cgroups are only rmdir'ed, which fails while anything (another kubelet's
+# pods, processes) is in them.
+remove_legacy_pod_cgroups() {
+  [[ ! -s "${CGROUP_ROOT_RECORD}" && -d "${KUBELET_DIR}/pods" ]] || return 0
+  local uid uids=() hierarchy qos dirs=() pids
+  for uid in "${KUBELET_DIR}"/pods/*/; do
+    [[ -d "${uid}" ]] || continue
+    uid="${uid%/}"
+    uids+=("${uid##*/}")
   done
+  for uid in "${uids[@]}"; do
+    while read -r hierarchy; do
+      for qos in "" burstable/ besteffort/; do
+        [[ -d "${hierarchy}/kubepods/${qos}pod${uid}" ]] && dirs+=("${hierarchy}/kubepods/${qos}pod${uid}")
+      done
+    done < <(cgroup_hierarchies)
+  done
+  log "node started by an older node.sh (pods in /kubepods): removing the cgroups of its ${#uids[@]} pods by uid"
+  if ((${#dirs[@]})); then
+    for _ in 1 2 3 4 5; do
+      pids="$(find "${dirs[@]}" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -un | tr '\n' ' ' || true)"
+      [[ -n "${pids// /}" ]] || break
+      log "killing leftover pod processes: ${pids}"
+      # shellcheck disable=SC2086
+      kill -KILL ${pids} 2>/dev/null || true
+      sleep 1
+    done
+    find "${dirs[@]}" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  fi
+  while read -r hierarchy; do
+    rmdir "${hierarchy}/kubepods/burstable" "${hierarchy}/kubepods/besteffort" "${hierarchy}/kubepods" 2>/dev/null || true
+  done < <(cgroup_hierarchies)
 }
 
 down() {
@@ -541,23 +793,24 @@ down() {
   stop_daemon kubelet "${PID_DIR}/kubelet.pid"
   remove_pods_via_cri
   stop_daemon kube-proxy "${PID_DIR}/kube-proxy.pid"
-  if [[ -x "${K8S_BIN_DIR}/kube-proxy" ]]; then
-    mkdir -p "${LOG_DIR}"
-    "${K8S_BIN_DIR}/kube-proxy" --cleanup >>"${LOG_DIR}/kube-proxy.log" 2>&1 || true
-  fi
   stop_daemon containerd "${PID_DIR}/containerd.pid"
   kill_our_shims
   remove_our_netns
   unmount_under "${NODE_DIR}"
-  flush_iptables
+  remove_our_iptables
+  report_chains_left
   remove_cgroups
-  # Files outside the state dir that kubelet/libcni write at fixed paths.
+  # Files outside the state dir that kubelet/libcni write at fixed paths: ours by target and
+  # by our CNI network's name.
   find /var/log/containers -maxdepth 1 -type l -lname "${POD_LOGS_DIR}/*" -delete 2>/dev/null || true
   rm -f /var/lib/cni/results/"${CNI_NETWORK}"-* 2>/dev/null || true
   # containerd 1.6 and ctr keep shim sockets and fifos under /run/containerd whatever the
-  # configured state dir is; drop the directories if they are empty (no other containerd).
-  rmdir /run/containerd/s /run/containerd/fifo /run/containerd/runc/k8s.io /run/containerd/runc \
-    /run/containerd 2>/dev/null || true
+  # configured state dir is; drop the directories if our containerd made them and they are
+  # empty.
+  if [[ -e "${RUN_CONTAINERD_RECORD}" ]]; then
+    rmdir /run/containerd/s /run/containerd/fifo /run/containerd/runc/k8s.io /run/containerd/runc \
+      /run/containerd 2>/dev/null || true
+  fi
   remove_hosts_entry
   # Keep the logs (for post-mortems); everything else of the node goes.
   if [[ -d "${NODE_DIR}" ]]; then
@@ -579,7 +832,7 @@ down() {
     printf '    - %s\n' "${LEFTOVERS[@]}" >&2
     die "node ${NODE_NAME} is not fully removed (leftovers listed above); logs in ${LOG_DIR}"
   fi
-  log "node ${NODE_NAME} is down, nothing left behind ($(($(date +%s) - t0))s)"
+  log "node ${NODE_NAME} is down, nothing of it left behind ($(($(date +%s) - t0))s)"
 }
 
 status() {
@@ -614,8 +867,9 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
+  preflight) preflight ;;
   *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up|down|status|preflight" >&2
     exit 2
     ;;
 esac

@@ -32,6 +32,10 @@ export SLUICE_SERVICE_CIDR="10.96.0.0/16"
 export SLUICE_KUBERNETES_SERVICE_IP="10.96.0.1"
 export SLUICE_CLUSTER_DOMAIN="cluster.local"
 
+# The node's own cgroup (kubelet `cgroupRoot`): pods live in <hierarchy>/sluice-node/kubepods,
+# never in a host-wide /kubepods, so `node.sh down` removes only this subtree.
+export SLUICE_NODE_CGROUP_ROOT="${SLUICE_NODE_CGROUP_ROOT:-/sluice-node}"
+
 export SLUICE_APISERVER_PORT=6443
 export SLUICE_ETCD_CLIENT_PORT=2379
 export SLUICE_ETCD_PEER_PORT=2380

@@ -5,9 +5,10 @@
 //!
 //! The listener check finds the cluster's processes by their pid files (and, for anything
 //! else, by running a binary of the caches, naming the state directory on its command line
-//! or living in a pod's cgroup), so listeners of other software on this machine (e.g. the
-//! sandbox's own 0.0.0.0:2024) are reported but do not count. It also requires every
-//! expected listener to be found on its owner's pid, so it cannot pass by finding nothing.
+//! or living in the node's pod cgroups under `/sluice-node`), so listeners of other software
+//! on this machine (e.g. the sandbox's own 0.0.0.0:2024, another kubelet's pods) are reported
+//! but do not count. It also requires every expected listener to be found on its owner's
+//! pid, so it cannot pass by finding nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,16 @@ const EXPECTED_LISTENERS: &[(&str, &[&str])] = &[
     // CRI streaming server on a random loopback port.
     ("containerd", &["127.0.0.1:*"]),
 ];
+
+/// The node's cgroup root (`SLUICE_NODE_CGROUP_ROOT` in `tests/cluster/versions.sh`, the
+/// kubelet's `cgroupRoot`): its pods run in `<hierarchy>/sluice-node/kubepods/...`. Another
+/// kubelet's pods (`/kubepods/...`) are not the cluster's.
+fn node_cgroup_root() -> String {
+    std::env::var("SLUICE_NODE_CGROUP_ROOT")
+        .ok()
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| "/sluice-node".to_owned())
+}
 
 /// `${SLUICE_CACHE}`, where the cluster's binaries and Kafka's jars are cached.
 fn cache_dir() -> PathBuf {
@@ -428,7 +439,8 @@ fn pid_file_components(state: &Path) -> Result<BTreeMap<u32, String>> {
 
 /// Who owns a process: its component when a pid file names it, else a description when it
 /// runs a binary of the caches, names the state or Kafka's cache on its command line, or
-/// runs in a pod of the node (a kubepods cgroup); `None` for software not ours.
+/// runs in a pod of the node (a cgroup under the node's cgroup root); `None` for software not
+/// ours.
 fn owner_of_process(
     pid: u32,
     name: &str,
@@ -454,7 +466,12 @@ fn owner_of_process(
         return Some(format!("{name} (pid {pid}, {command})"));
     }
     let cgroup = std::fs::read_to_string(proc_dir.join("cgroup")).unwrap_or_default();
-    if cgroup.contains("/kubepods") {
+    let pods = format!("{}/kubepods", node_cgroup_root());
+    if cgroup.lines().any(|line| {
+        line.splitn(3, ':')
+            .nth(2)
+            .is_some_and(|path| path.starts_with(&pods))
+    }) {
         return Some(format!("{name} (pid {pid}, in a pod)"));
     }
     None

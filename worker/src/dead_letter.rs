@@ -15,7 +15,7 @@ pub enum DeadLetterReason {
     EventTimeMissing,
     /// The event-time field has the wrong type or format.
     EventTimeInvalid,
-    /// The event time is outside years 0000 to 9999.
+    /// The event time is outside years 0000 to 9999, or one of its windows would be.
     EventTimeOutOfRange,
     /// A filter failed to evaluate.
     FilterError,
@@ -31,13 +31,16 @@ pub enum DeadLetterReason {
     AggregateError,
     /// An aggregate input is not a number.
     AggregateNotNumber,
+    /// An aggregate input would take a window's result out of range (a sum beyond the
+    /// largest double).
+    AggregateOverflow,
     /// The sink key expression failed on a result.
     SinkKeyError,
 }
 
 impl DeadLetterReason {
     /// Every reason, for metrics and documentation.
-    pub const ALL: [DeadLetterReason; 13] = [
+    pub const ALL: [DeadLetterReason; 14] = [
         Self::DecodeInvalidJson,
         Self::DecodeNotAnObject,
         Self::EventTimeMissing,
@@ -50,6 +53,7 @@ impl DeadLetterReason {
         Self::KeyUnsupportedType,
         Self::AggregateError,
         Self::AggregateNotNumber,
+        Self::AggregateOverflow,
         Self::SinkKeyError,
     ];
 
@@ -68,6 +72,7 @@ impl DeadLetterReason {
             Self::KeyUnsupportedType => "key-unsupported-type",
             Self::AggregateError => "aggregate-error",
             Self::AggregateNotNumber => "aggregate-not-number",
+            Self::AggregateOverflow => "aggregate-overflow",
             Self::SinkKeyError => "sink-key-error",
         }
     }

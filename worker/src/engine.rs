@@ -380,6 +380,14 @@ impl Engine {
         }
     }
 
+    /// The repartition partitions this engine reads: each holds the watermark back until
+    /// its watermark records say how far every source partition is.
+    pub fn read_channels(&mut self, partitions: &[i32]) {
+        if let Distribution::Exchange { channels, .. } = &mut self.distribution {
+            channels.assign(partitions.iter().copied());
+        }
+    }
+
     /// The next offset of each repartition partition read (empty in `Direct` mode).
     pub fn channel_offsets(&self) -> BTreeMap<i32, i64> {
         match &self.distribution {
@@ -573,7 +581,7 @@ impl Engine {
             let time = self
                 .pipeline
                 .event_time
-                .extract(&fields)
+                .extract(&fields, record.payload)
                 .map_err(event_time_failure)?;
             Ok((fields, time))
         });
@@ -695,6 +703,22 @@ impl Engine {
             &mut self.results,
         )? {
             Admission::Accepted => self.emit_results(sink),
+            Admission::Overflow {
+                window,
+                output,
+                overflow,
+            } => {
+                let failure = Failure::new(
+                    DeadLetterReason::AggregateOverflow,
+                    format!(
+                        "aggregate {}: with this event, in window [{}, {}): {overflow}; the window keeps its result without it",
+                        self.output_names[output],
+                        format_rfc3339(window.start),
+                        format_rfc3339(window.end),
+                    ),
+                );
+                self.dead_letter(&failure, Some(position), original, sink)
+            }
             Admission::Late { window } => {
                 self.metrics.late_events.inc();
                 let allowed_lateness = windows.allowed_lateness();
@@ -902,7 +926,7 @@ impl Engine {
             out.push(b',');
             let _ = serde_json::to_writer(&mut out, name);
             out.push(b':');
-            let _ = serde_json::to_writer(&mut out, value);
+            value.write_json(&mut out);
         }
         let _ = write!(out, ",\"isUpdate\":{}}}", result.is_update);
         out
@@ -1033,7 +1057,7 @@ fn result_fields(
     }
     for (name, value) in output_names.iter().zip(&result.values) {
         if wants(name) {
-            fields.insert(name.clone(), value.clone());
+            fields.insert(name.clone(), value.to_json());
         }
     }
     if wants("isUpdate") {
@@ -1073,9 +1097,9 @@ fn event_time_failure(error: EventTimeError) -> Failure {
     let reason = match error {
         EventTimeError::Missing { .. } => DeadLetterReason::EventTimeMissing,
         EventTimeError::Invalid { .. } => DeadLetterReason::EventTimeInvalid,
-        EventTimeError::OutOfRange { .. } | EventTimeError::TooLateForWindow { .. } => {
-            DeadLetterReason::EventTimeOutOfRange
-        }
+        EventTimeError::OutOfRange { .. }
+        | EventTimeError::TooEarlyForWindow { .. }
+        | EventTimeError::TooLateForWindow { .. } => DeadLetterReason::EventTimeOutOfRange,
     };
     Failure::new(reason, error.to_string())
 }

@@ -9,19 +9,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_crds::CheckedJob;
 use sluice_crds::streamjob::{Partitioning, StartPosition};
@@ -221,9 +222,31 @@ fn kafka_stop(action: &str, error: KafkaError, ordinal: u32, transactional_id: &
     restart(format!("failed to {action}: {error}"))
 }
 
+/// Keeps the last stable offset of each partition the consumer reads, from librdkafka's
+/// statistics: lag metrics cost no request of their own.
+#[derive(Default)]
+struct EndOffsets(Mutex<HashMap<(String, i32), i64>>);
+
+impl ClientContext for EndOffsets {
+    fn stats(&self, statistics: Statistics) {
+        let Ok(mut ends) = self.0.lock() else { return };
+        for (topic, stats) in statistics.topics {
+            for (partition, stats) in stats.partitions {
+                if partition >= 0 && stats.ls_offset >= 0 {
+                    ends.insert((topic.clone(), partition), stats.ls_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for EndOffsets {}
+
+type WorkerConsumer = BaseConsumer<EndOffsets>;
+
 /// The partition counts of `topics`, or why they cannot be read.
 fn partition_counts(
-    consumer: &BaseConsumer,
+    consumer: &WorkerConsumer,
     topics: &[String],
     timeout: Duration,
     bootstrap: &str,
@@ -259,15 +282,20 @@ struct Worker<'a> {
     metrics: &'a Metrics,
     engine: Engine,
     sink: TransactionalSink,
-    consumer: BaseConsumer,
+    consumer: WorkerConsumer,
     admin: AdminClient<DefaultClientContext>,
-    /// Positions of the source partitions, reused for each record.
-    positions: HashMap<(String, i32), (PartitionId, Position, Counter)>,
+    /// Positions of the source partitions, by topic and partition, reused for each record.
+    positions: HashMap<String, HashMap<i32, (PartitionId, Position, Counter)>>,
+    /// Buffers a record is copied into, reused.
+    payload_buffer: Vec<u8>,
+    topic_buffer: String,
     /// Counters of the repartition partitions read.
     channel_counters: HashMap<i32, Counter>,
     /// Whether keyed events go through the repartition topic.
     exchange: bool,
-    /// Whether late events are written out (so keyed events carry their origin).
+    /// Whether late events or dead letters are written out: keyed events then carry their
+    /// origin (a late event, or one whose aggregate would overflow, is set aside on the
+    /// windows' side).
     keep_origin: bool,
     key_groups: u32,
     next_checkpoint_id: u64,
@@ -308,9 +336,10 @@ impl<'a> Worker<'a> {
             .set("linger.ms", "5")
             .create()
             .map_err(|error| invalid(error, "producer"))?;
-        let consumer: BaseConsumer = base
+        let consumer: WorkerConsumer = base
             .clone()
             .set("group.id", &names.group_id)
+            .set("statistics.interval.ms", "5000")
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -324,7 +353,7 @@ impl<'a> Worker<'a> {
             // Bounded prefetch: with the producer's bounded queue, memory stays bounded
             // whatever the input rate.
             .set("queued.max.messages.kbytes", "32768")
-            .create()
+            .create_with_context(EndOffsets::default())
             .map_err(|error| invalid(error, "consumer"))?;
         let admin: AdminClient<DefaultClientContext> = base
             .create()
@@ -445,31 +474,38 @@ impl<'a> Worker<'a> {
         let mut channel_starts = BTreeMap::new();
         for element in wanted.elements() {
             let key = (element.topic().to_string(), element.partition());
+            let is_source = key.0 != names.repartition_topic;
             let offset = match restored_offsets.get(&key).or(committed_offsets.get(&key)) {
-                Some(offset) => *offset,
-                None => {
-                    let (low, high) = consumer
+                Some(offset) => Some(*offset),
+                // Never read yet: from the start of what is retained, or for `Latest` from
+                // the end as it is now, a number recorded at the first checkpoint so a
+                // restart never skips records.
+                None if is_source && job.source.start_from == StartPosition::Latest => {
+                    let (_, high) = consumer
                         .fetch_watermarks(element.topic(), element.partition(), timeout)
                         .map_err(|error| {
                             restart(format!(
-                                "failed to read the offsets of {}/{}: {error}",
+                                "failed to read the end offset of {}/{}: {error}",
                                 key.0, key.1
                             ))
                         })?;
-                    let is_source = key.0 != names.repartition_topic;
-                    match (is_source, job.source.start_from) {
-                        (true, StartPosition::Latest) => high,
-                        _ => low,
-                    }
+                    Some(high)
                 }
+                None => None,
             };
             assignment
-                .add_partition_offset(element.topic(), element.partition(), Offset::Offset(offset))
+                .add_partition_offset(
+                    element.topic(),
+                    element.partition(),
+                    offset.map_or(Offset::Beginning, Offset::Offset),
+                )
                 .map_err(restart)?;
-            if key.0 == names.repartition_topic {
-                channel_starts.insert(key.1, offset);
-            } else {
-                source_starts.push((key, offset));
+            match (is_source, offset) {
+                (false, Some(offset)) => {
+                    channel_starts.insert(key.1, offset);
+                }
+                (false, None) => {}
+                (true, _) => source_starts.push((key, offset)),
             }
         }
         consumer
@@ -478,6 +514,7 @@ impl<'a> Worker<'a> {
 
         let mut positions = HashMap::new();
         let mut partition_ids = Vec::new();
+        let mut known_starts = Vec::new();
         for ((topic, partition), offset) in source_starts {
             let index = job
                 .source
@@ -487,7 +524,10 @@ impl<'a> Worker<'a> {
                 .and_then(|index| u16::try_from(index).ok())
                 .unwrap_or_default();
             let id = PartitionId::new(index, partition);
-            partition_ids.push((id, offset));
+            partition_ids.push(id);
+            if let Some(offset) = offset {
+                known_starts.push((id, offset));
+            }
             let counter = metrics
                 .partition_records_in
                 .get_or_create(&PartitionLabels {
@@ -495,24 +535,24 @@ impl<'a> Worker<'a> {
                     partition,
                 })
                 .clone();
-            positions.insert(
-                (topic.clone(), partition),
-                (
-                    id,
-                    Position::Kafka {
-                        topic,
-                        partition,
-                        offset,
-                    },
-                    counter,
-                ),
-            );
+            positions
+                .entry(topic.clone())
+                .or_insert_with(HashMap::new)
+                .insert(
+                    partition,
+                    (
+                        id,
+                        Position::Kafka {
+                            topic,
+                            partition,
+                            offset: offset.unwrap_or_default(),
+                        },
+                        counter,
+                    ),
+                );
         }
-        engine.assign_partitions(
-            &partition_ids.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-            now,
-        );
-        engine.seed_offsets(&partition_ids);
+        engine.assign_partitions(&partition_ids, now);
+        engine.seed_offsets(&known_starts);
         if windowed && !exchange {
             // ByKey: an event's key group is its partition's, so state moves with it.
             let total = u32::try_from(all_partitions(&counts).len()).unwrap_or(u32::MAX);
@@ -527,8 +567,14 @@ impl<'a> Worker<'a> {
             engine.group_by_partition(groups);
         }
         engine.assign_channels(&channel_starts);
-        let channel_counters = channel_starts
-            .keys()
+        let channels: Vec<i32> = if exchange {
+            owned.key_groups.clone().map(group_partition).collect()
+        } else {
+            Vec::new()
+        };
+        engine.read_channels(&channels);
+        let channel_counters = channels
+            .iter()
             .map(|channel| {
                 (
                     *channel,
@@ -584,12 +630,14 @@ impl<'a> Worker<'a> {
             positions,
             channel_counters,
             exchange,
-            keep_origin: job.sink.late_data_topic.is_some(),
+            keep_origin: job.sink.late_data_topic.is_some() || job.sink.dead_letter_topic.is_some(),
             key_groups,
             started: Instant::now(),
             transactional_id,
             exchange_buffer: Vec::new(),
             checkpoints_made: 0,
+            payload_buffer: Vec::new(),
+            topic_buffer: String::new(),
         })
     }
 
@@ -619,12 +667,20 @@ impl<'a> Worker<'a> {
                         break;
                     }
                     Some(Ok(message)) => {
-                        let topic = message.topic().to_string();
-                        let partition = message.partition();
-                        let offset = message.offset();
-                        let payload = message.payload().unwrap_or_default().to_vec();
+                        // Copied into buffers reused for every record: the message borrows
+                        // the consumer, and handling it needs the rest of the worker.
+                        let mut payload = std::mem::take(&mut self.payload_buffer);
+                        let mut topic = std::mem::take(&mut self.topic_buffer);
+                        payload.clear();
+                        payload.extend_from_slice(message.payload().unwrap_or_default());
+                        topic.clear();
+                        topic.push_str(message.topic());
+                        let (partition, offset) = (message.partition(), message.offset());
                         drop(message);
-                        self.handle(&topic, partition, offset, &payload)?;
+                        let handled = self.handle(&topic, partition, offset, &payload);
+                        self.payload_buffer = payload;
+                        self.topic_buffer = topic;
+                        handled?;
                     }
                 }
                 wait = Duration::ZERO;
@@ -677,7 +733,10 @@ impl<'a> Worker<'a> {
                 )
                 .map_err(restart);
         }
-        let Some((id, position, counter)) = self.positions.get_mut(&(topic.to_string(), partition))
+        let Some((id, position, counter)) = self
+            .positions
+            .get_mut(topic)
+            .and_then(|partitions| partitions.get_mut(&partition))
         else {
             tracing::warn!(
                 topic,
@@ -857,7 +916,7 @@ impl<'a> Worker<'a> {
     /// Updates the per-partition position, end offset and lag.
     fn report_lag(&self) {
         let positions = self.engine.next_offsets();
-        for (id, position, _) in self.positions.values() {
+        for (id, position, _) in self.positions.values().flat_map(HashMap::values) {
             let Position::Kafka {
                 topic, partition, ..
             } = position
@@ -881,11 +940,14 @@ impl<'a> Worker<'a> {
             .consumer_position
             .get_or_create(&labels)
             .set(next);
-        // A read_committed consumer's watermark query returns the last stable offset.
-        if let Ok((_, end)) =
-            self.consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(1))
-        {
+        let end = self
+            .consumer
+            .context()
+            .0
+            .lock()
+            .ok()
+            .and_then(|ends| ends.get(&(topic.to_string(), partition)).copied());
+        if let Some(end) = end {
             self.metrics.end_offset.get_or_create(&labels).set(end);
             self.metrics
                 .consumer_lag
@@ -941,7 +1003,7 @@ fn record_offsets(record: &CheckpointRecord) -> HashMap<(String, i32), i64> {
 /// one that exists.
 fn ensure_repartition_topic(
     admin: &AdminClient<DefaultClientContext>,
-    consumer: &BaseConsumer,
+    consumer: &WorkerConsumer,
     names: &JobNames,
     key_groups: u32,
     timeout: Duration,

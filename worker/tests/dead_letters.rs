@@ -218,3 +218,28 @@ fn dead_letter_envelopes_keep_the_original_bytes() {
         ]
     );
 }
+
+/// A UTF-8 byte-order mark at the start of the input is not part of the first event; one
+/// anywhere else is part of its line.
+#[test]
+fn a_byte_order_mark_at_the_start_of_the_input_is_skipped() {
+    let first = r#"{"ts":1000,"kind":"a","flag":true,"page":"home","size":3}"#;
+    let later = r#"{"ts":2000,"kind":"a","flag":true,"page":"home","size":4}"#;
+    let input = format!("\u{feff}{first}\n\u{feff}{later}\n");
+    let (sink, summary) = run_text(&manifest(), &input, 100);
+    let results = sink.result_values();
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0]["a_total"], json!(3));
+    assert_eq!(summary.events_in, 2);
+    assert_eq!(sink.dead_letters.len(), 1, "{:?}", sink.dead_letters);
+    assert_eq!(sink.dead_letters[0].reason, "decode-invalid-json");
+    assert_eq!(sink.dead_letters[0].position, Some(Position::Line(2)));
+    assert_eq!(
+        sink.dead_letters[0].original,
+        format!("\u{feff}{later}").into_bytes()
+    );
+
+    // The mark of a line that is not an event is not kept in its original either.
+    let (sink, _) = run_text(&manifest(), "\u{feff}{\"ts\":\n", 100);
+    assert_eq!(sink.dead_letters[0].original, b"{\"ts\":".to_vec());
+}

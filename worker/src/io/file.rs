@@ -1,6 +1,7 @@
 //! Local mode's files: JSON lines in, JSON lines out.
 //!
-//! - input: one event per line (`-` or no file: stdin); blank lines are skipped.
+//! - input: one event per line (`-` or no file: stdin); blank lines are skipped; a UTF-8
+//!   byte-order mark at the very start is skipped.
 //! - output: one result per line.
 //! - dead letters and late events: one envelope per line,
 //!   `{"reason": ..., "detail": ..., "line": N, "original": "<the line, untouched>"}`:
@@ -17,6 +18,9 @@ use serde::Serialize;
 
 use super::{OutputRecord, Position, Rejected, Sink, Source, SourceRecord};
 use crate::time::watermark::PartitionId;
+
+/// The UTF-8 encoding of U+FEFF.
+const UTF8_BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
 
 /// Reads JSON lines.
 pub struct LineSource {
@@ -63,6 +67,11 @@ impl Source for LineSource {
                 return Ok(None);
             }
             self.line += 1;
+            // A UTF-8 byte-order mark at the start of the input (editors on Windows write
+            // one) marks the encoding, it is not part of the first event.
+            if self.line == 1 && self.buffer.starts_with(UTF8_BYTE_ORDER_MARK) {
+                self.buffer.drain(..UTF8_BYTE_ORDER_MARK.len());
+            }
             // The line ending is framing, not the event: `\n` or `\r\n`, once.
             if self.buffer.last() == Some(&b'\n') {
                 self.buffer.pop();

@@ -12,7 +12,7 @@ use sluice_crds::CheckedJob;
 use sluice_crds::pipeline::{AggregateFunction, StatelessStep, WindowedAggregate};
 
 use crate::dead_letter::{DeadLetterReason, Failure};
-use crate::time::event_time::{EventTimeField, MAX_EVENT_TIME, describe};
+use crate::time::event_time::{EventTimeField, describe};
 use crate::time::window::WindowAssigner;
 use crate::time::{Millis, duration_millis};
 use aggregate::Number128;
@@ -168,16 +168,15 @@ pub fn compile(job: &CheckedJob) -> Result<CompiledPipeline, CompileError> {
             })
         })
         .transpose()?;
-    let reach = keyed
-        .as_ref()
-        .and_then(|keyed| keyed.window.as_ref())
-        .map_or(0, |window| window.assigner.reach());
     Ok(CompiledPipeline {
-        event_time: EventTimeField {
-            field: job.source.event_time.field.clone(),
-            format: job.source.event_time.format,
-            latest: MAX_EVENT_TIME.saturating_sub(reach),
-        },
+        event_time: EventTimeField::new(
+            job.source.event_time.field.clone(),
+            job.source.event_time.format,
+            keyed
+                .as_ref()
+                .and_then(|keyed| keyed.window.as_ref())
+                .map(|window| &window.assigner),
+        ),
         max_out_of_orderness: duration_millis(job.source.max_out_of_orderness),
         idle_timeout: job.source.idle_timeout.map(duration_millis),
         key_groups: u32::from(job.key_groups.get()),

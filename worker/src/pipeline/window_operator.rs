@@ -3,9 +3,7 @@
 //! events within the allowed lateness, expires state after it, and says which events
 //! are late.
 
-use serde_json::Value;
-
-use crate::pipeline::aggregate::{Accumulator, Number128};
+use crate::pipeline::aggregate::{Accumulator, AggregateOverflow, AggregateValue, Number128};
 use crate::state::key_group::KeyGroup;
 use crate::state::{KeyedWindowState, StateError, TimerKind, WindowState};
 use crate::time::Millis;
@@ -22,7 +20,7 @@ pub struct WindowResult {
     /// Whether a result for this window was emitted before.
     pub is_update: bool,
     /// One value per aggregate output.
-    pub values: Vec<Value>,
+    pub values: Vec<AggregateValue>,
 }
 
 impl WindowResult {
@@ -51,6 +49,16 @@ pub enum Admission {
         /// The last window it belonged to.
         window: WindowRange,
     },
+    /// Adding it would take an aggregate of one of its windows out of range (a double
+    /// sum beyond the largest double): it is counted in none of them (a dead letter).
+    Overflow {
+        /// The window.
+        window: WindowRange,
+        /// The aggregate output (its index).
+        output: usize,
+        /// What would overflow.
+        overflow: AggregateOverflow,
+    },
 }
 
 /// The window operator and its keyed state.
@@ -60,6 +68,29 @@ pub struct WindowOperator {
     functions: Vec<AggregateFunction>,
     state: KeyedWindowState,
     assigned: Vec<WindowRange>,
+}
+
+/// The first of `ranges` (among `windows`) that `inputs` would overflow, as an admission.
+fn first_overflow(
+    windows: &[WindowState],
+    ranges: &[WindowRange],
+    inputs: &[Option<Number128>],
+) -> Option<Admission> {
+    for range in ranges {
+        let Some(window) = windows.iter().find(|window| window.range == *range) else {
+            continue;
+        };
+        for (output, (accumulator, input)) in window.accumulators.iter().zip(inputs).enumerate() {
+            if let Err(overflow) = accumulator.check(*input) {
+                return Some(Admission::Overflow {
+                    window: *range,
+                    output,
+                    overflow,
+                });
+            }
+        }
+    }
+    None
 }
 
 impl WindowOperator {
@@ -141,6 +172,13 @@ impl WindowOperator {
         let mut timers = Vec::new();
         let functions = &self.functions;
         let windows = self.state.windows_mut(group, key)?;
+        // All or nothing: an event that would overflow one of its windows is counted in
+        // none. (A new window takes any one input.)
+        if let Some(refused) = first_overflow(windows, &assigned, inputs) {
+            self.state.windows_changed(key, 0, &[]);
+            self.assigned = assigned;
+            return Ok(refused);
+        }
         for range in &assigned {
             let index = match windows.iter().position(|window| window.range == *range) {
                 Some(index) => index,
@@ -209,15 +247,38 @@ impl WindowOperator {
             return Ok(Admission::Late { window: merged });
         }
         merged_state.range = merged;
+        // The merged session first, then the event checked against it: an event that
+        // would overflow it is counted nowhere and the sessions stay as they were.
+        for index in &absorbed {
+            let old = &windows[*index];
+            merged_state.fired |= old.fired;
+            for (output, (accumulator, other)) in merged_state
+                .accumulators
+                .iter_mut()
+                .zip(&old.accumulators)
+                .enumerate()
+            {
+                if let Err(overflow) = accumulator.merge(other) {
+                    self.state.windows_changed(key, 0, &[]);
+                    return Ok(Admission::Overflow {
+                        window: merged,
+                        output,
+                        overflow,
+                    });
+                }
+            }
+        }
+        if let Some(refused) = first_overflow(
+            std::slice::from_ref(&merged_state),
+            std::slice::from_ref(&merged),
+            inputs,
+        ) {
+            self.state.windows_changed(key, 0, &[]);
+            return Ok(refused);
+        }
         let mut removed = Vec::with_capacity(absorbed.len());
         for index in absorbed.iter().rev() {
-            let old = windows.swap_remove(*index);
-            merged_state.fired |= old.fired;
-            for (accumulator, other) in merged_state.accumulators.iter_mut().zip(&old.accumulators)
-            {
-                accumulator.merge(other);
-            }
-            removed.push(old.range);
+            removed.push(windows.swap_remove(*index).range);
         }
         for (accumulator, input) in merged_state.accumulators.iter_mut().zip(inputs) {
             accumulator.add(*input);

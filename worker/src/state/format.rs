@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use sluice_crds::pipeline::AggregateFunction;
 
 use crate::pipeline::aggregate::Accumulator;
+use crate::pipeline::aggregate::exact_sum::ExactSum;
 use crate::time::Millis;
 use crate::time::window::WindowRange;
 
@@ -158,6 +159,10 @@ pub fn decode_timer_key(bytes: &[u8]) -> Option<(Millis, u8, WindowRange, KeyGro
 /// Appends the bytes of an accumulator: a tag, then its fields little-endian.
 /// `c` count (u64); `s` sum (i128 integer sum, f64 double sum, any-double flag u8);
 /// `m`/`M` min/max (presence bits u8, i128, f64); `a` avg (i128, f64, u64 count).
+/// A sum or mean whose double part is not one double is written whole: `S` (i128, any-double
+/// flag u8, exact sum) and `A` (i128, u64 count, exact sum), where an exact sum is the index
+/// of its lowest limb (u32), the number of limbs (u32) and the limbs (u64 each, least
+/// significant first, two's complement; limb i weighs 2^(64·(low+i) − 1088)).
 pub fn encode_accumulator(accumulator: &Accumulator, out: &mut Vec<u8>) {
     match accumulator {
         Accumulator::Count(count) => {
@@ -168,12 +173,20 @@ pub fn encode_accumulator(accumulator: &Accumulator, out: &mut Vec<u8>) {
             integers,
             doubles,
             any_double,
-        } => {
-            out.push(b's');
-            out.extend_from_slice(&integers.to_le_bytes());
-            out.extend_from_slice(&doubles.to_le_bytes());
-            out.push(u8::from(*any_double));
-        }
+        } => match as_one_double(doubles) {
+            Some(double) => {
+                out.push(b's');
+                out.extend_from_slice(&integers.to_le_bytes());
+                out.extend_from_slice(&double.to_le_bytes());
+                out.push(u8::from(*any_double));
+            }
+            None => {
+                out.push(b'S');
+                out.extend_from_slice(&integers.to_le_bytes());
+                out.push(u8::from(*any_double));
+                encode_exact_sum(doubles, out);
+            }
+        },
         Accumulator::Extreme {
             greatest,
             integer,
@@ -188,12 +201,20 @@ pub fn encode_accumulator(accumulator: &Accumulator, out: &mut Vec<u8>) {
             integers,
             doubles,
             count,
-        } => {
-            out.push(b'a');
-            out.extend_from_slice(&integers.to_le_bytes());
-            out.extend_from_slice(&doubles.to_le_bytes());
-            out.extend_from_slice(&count.to_le_bytes());
-        }
+        } => match as_one_double(doubles) {
+            Some(double) => {
+                out.push(b'a');
+                out.extend_from_slice(&integers.to_le_bytes());
+                out.extend_from_slice(&double.to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+            }
+            None => {
+                out.push(b'A');
+                out.extend_from_slice(&integers.to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+                encode_exact_sum(doubles, out);
+            }
+        },
     }
 }
 
@@ -205,8 +226,13 @@ pub fn decode_accumulator(bytes: &[u8]) -> Option<(Accumulator, &[u8])> {
         b'c' => Accumulator::Count(u64::from_le_bytes(reader.take()?)),
         b's' => Accumulator::Sum {
             integers: i128::from_le_bytes(reader.take()?),
-            doubles: f64::from_le_bytes(reader.take()?),
+            doubles: exact_of_one_double(f64::from_le_bytes(reader.take()?))?,
             any_double: reader.take::<1>()?[0] != 0,
+        },
+        b'S' => Accumulator::Sum {
+            integers: i128::from_le_bytes(reader.take()?),
+            any_double: reader.take::<1>()?[0] != 0,
+            doubles: reader.exact_sum()?,
         },
         b'M' | b'm' => {
             let present = reader.take::<1>()?[0];
@@ -220,12 +246,39 @@ pub fn decode_accumulator(bytes: &[u8]) -> Option<(Accumulator, &[u8])> {
         }
         b'a' => Accumulator::Average {
             integers: i128::from_le_bytes(reader.take()?),
-            doubles: f64::from_le_bytes(reader.take()?),
+            doubles: exact_of_one_double(f64::from_le_bytes(reader.take()?))?,
             count: u64::from_le_bytes(reader.take()?),
+        },
+        b'A' => Accumulator::Average {
+            integers: i128::from_le_bytes(reader.take()?),
+            count: u64::from_le_bytes(reader.take()?),
+            doubles: reader.exact_sum()?,
         },
         _ => return None,
     };
     Some((accumulator, reader.0))
+}
+
+/// The double an exact sum equals, if it equals one.
+fn as_one_double(sum: &ExactSum) -> Option<f64> {
+    let double = sum.to_f64();
+    (double.is_finite() && ExactSum::of_f64(double) == *sum).then_some(double)
+}
+
+/// The exact sum of a stored double (an infinite or NaN one, which state written before
+/// sums were exact could hold, has none: the entry is malformed).
+fn exact_of_one_double(double: f64) -> Option<ExactSum> {
+    double.is_finite().then(|| ExactSum::of_f64(double))
+}
+
+fn encode_exact_sum(sum: &ExactSum, out: &mut Vec<u8>) {
+    let (low, limbs) = sum.parts();
+    out.extend_from_slice(&low.to_le_bytes());
+    let count = u32::try_from(limbs.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&count.to_le_bytes());
+    for limb in limbs {
+        out.extend_from_slice(&limb.to_le_bytes());
+    }
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -235,6 +288,19 @@ impl Reader<'_> {
         let (head, rest) = self.0.split_first_chunk::<N>()?;
         self.0 = rest;
         Some(*head)
+    }
+
+    fn exact_sum(&mut self) -> Option<ExactSum> {
+        let low = u32::from_le_bytes(self.take()?);
+        let count = usize::try_from(u32::from_le_bytes(self.take()?)).ok()?;
+        if self.0.len() < count.checked_mul(8)? {
+            return None;
+        }
+        let mut limbs = Vec::with_capacity(count);
+        for _ in 0..count {
+            limbs.push(u64::from_le_bytes(self.take()?));
+        }
+        Some(ExactSum::from_parts(low, limbs))
     }
 }
 
@@ -423,15 +489,43 @@ mod tests {
         use crate::pipeline::aggregate::Number128;
         use AggregateFunction::{Avg, Count, Max, Min, Sum};
         for function in [Count, Sum, Min, Max, Avg] {
+            // One double sum that is a double (the fixed layout) and one that is not.
+            for doubles in [vec![2.25], vec![2.25, 1e-30]] {
+                let mut accumulator = Accumulator::new(function);
+                accumulator.add(Some(Number128::Integer(-7)));
+                for double in &doubles {
+                    accumulator.add(Some(Number128::Double(*double)));
+                }
+                let mut bytes = Vec::new();
+                encode_accumulator(&accumulator, &mut bytes);
+                bytes.push(0xff);
+                let (decoded, rest) = decode_accumulator(&bytes).unwrap();
+                assert_eq!(decoded, accumulator, "{function:?} of {doubles:?}");
+                assert_eq!(rest, &[0xff]);
+            }
+        }
+    }
+
+    #[test]
+    fn keeps_the_fixed_layout_when_the_double_sum_is_one_double() {
+        use crate::pipeline::aggregate::Number128;
+        use AggregateFunction::{Avg, Sum};
+        // The bytes of a sum and a mean written before sums were exact.
+        let mut sum = vec![b's'];
+        sum.extend_from_slice(&(-7i128).to_le_bytes());
+        sum.extend_from_slice(&2.25f64.to_le_bytes());
+        sum.push(1);
+        let mut mean = vec![b'a'];
+        mean.extend_from_slice(&(-7i128).to_le_bytes());
+        mean.extend_from_slice(&2.25f64.to_le_bytes());
+        mean.extend_from_slice(&2u64.to_le_bytes());
+        for (function, old_bytes) in [(Sum, sum), (Avg, mean)] {
             let mut accumulator = Accumulator::new(function);
             accumulator.add(Some(Number128::Integer(-7)));
             accumulator.add(Some(Number128::Double(2.25)));
             let mut bytes = Vec::new();
             encode_accumulator(&accumulator, &mut bytes);
-            bytes.push(0xff);
-            let (decoded, rest) = decode_accumulator(&bytes).unwrap();
-            assert_eq!(decoded, accumulator, "{function:?}");
-            assert_eq!(rest, &[0xff]);
+            assert_eq!(bytes, old_bytes, "{function:?}");
         }
     }
 

@@ -3,6 +3,7 @@
 
 use sluice_crds::pipeline::WindowKind;
 
+use super::event_time::{MAX_EVENT_TIME, MIN_EVENT_TIME};
 use super::{Millis, duration_millis};
 
 /// A window `[start, end)` in event time.
@@ -69,12 +70,35 @@ impl From<WindowKind> for WindowAssigner {
 }
 
 impl WindowAssigner {
-    /// How far past an event's time its windows may end: the size, or the session gap.
-    pub fn reach(&self) -> Millis {
-        match *self {
-            Self::Tumbling { size } | Self::Sliding { size, .. } => size,
-            Self::Session { gap } => gap,
-        }
+    /// The earliest and latest event times whose windows all lie within years 0000 to
+    /// 9999: every window starts at or after [`MIN_EVENT_TIME`] and ends at or before
+    /// [`MAX_EVENT_TIME`] (its end is exclusive, but it is written too), so both bounds
+    /// of every result can be written as RFC 3339 with a four-digit year. Exact: an event
+    /// time is within them exactly when [`Self::assign`] gives it only such windows (before
+    /// session merging, which only joins windows that are within them).
+    pub fn event_time_bounds(&self) -> (Millis, Millis) {
+        let (size, slide) = match *self {
+            Self::Tumbling { size } => (size, size),
+            Self::Sliding { size, slide } => (size, slide),
+            Self::Session { gap } => {
+                return (MIN_EVENT_TIME, MAX_EVENT_TIME.saturating_sub(gap));
+            }
+        };
+        // In i128: sizes come from durations and may be near i64::MAX.
+        let (size, slide) = (i128::from(size), i128::from(slide));
+        let (min, max) = (i128::from(MIN_EVENT_TIME), i128::from(MAX_EVENT_TIME));
+        // The windows of `t` start at the multiples of `slide` in (t - size, t]. The
+        // earliest starts at or after `min` when t - size >= (first multiple at or after
+        // min) - slide.
+        let first_start = -((-min).div_euclid(slide)) * slide;
+        let earliest = (first_start - slide + size).max(min);
+        // The latest, at floor(t / slide) * slide, ends at or before `max` when
+        // floor(t / slide) <= floor((max - size) / slide).
+        let latest = (((max - size).div_euclid(slide) + 1) * slide - 1).min(max);
+        let clamp = |time: i128| {
+            Millis::try_from(time).unwrap_or(if time < 0 { Millis::MIN } else { Millis::MAX })
+        };
+        (clamp(earliest), clamp(latest))
     }
 
     /// Whether windows of a key merge (sessions).
@@ -226,6 +250,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn event_time_bounds_are_exactly_the_times_with_writable_windows() {
+        use crate::time::event_time::{MAX_EVENT_TIME, MIN_EVENT_TIME};
+        let writable = |windows: &[WindowRange]| {
+            windows
+                .iter()
+                .all(|window| window.start >= MIN_EVENT_TIME && window.end <= MAX_EVENT_TIME)
+        };
+        let minute = 60_000;
+        let week = 7 * 24 * 3_600_000;
+        let assigners = [
+            WindowAssigner::Tumbling { size: minute },
+            WindowAssigner::Tumbling { size: week },
+            WindowAssigner::Tumbling { size: 7 },
+            WindowAssigner::Sliding {
+                size: 10 * minute,
+                slide: 5 * minute,
+            },
+            WindowAssigner::Sliding {
+                size: week,
+                slide: 3 * 3_600_000 + 7,
+            },
+            WindowAssigner::Sliding { size: 10, slide: 3 },
+            WindowAssigner::Session { gap: minute },
+        ];
+        let mut windows = Vec::new();
+        for assigner in assigners {
+            let (earliest, latest) = assigner.event_time_bounds();
+            for time in (earliest - 3..=earliest + 3).chain(latest - 3..=latest + 3) {
+                if !(MIN_EVENT_TIME..=MAX_EVENT_TIME).contains(&time) {
+                    continue;
+                }
+                assigner.assign(time, &mut windows);
+                assert_eq!(
+                    writable(&windows),
+                    (earliest..=latest).contains(&time),
+                    "{assigner:?} at {time} ({earliest}..={latest}): {windows:?}"
+                );
+            }
+        }
+        // A tumbling week does not divide the years: the first whole week starts after
+        // 0000-01-01, and earlier events would be in a week starting in year -0001.
+        let (earliest, _) = WindowAssigner::Tumbling { size: week }.event_time_bounds();
+        assert!(earliest > MIN_EVENT_TIME && earliest % week == 0);
     }
 
     #[test]

@@ -135,3 +135,151 @@ pub fn run_text(manifest: &str, input: &str, cache_entries: usize) -> (MemorySin
             .unwrap();
     (sink, summary)
 }
+
+/// An event-time format, spelled in manifests only by [`TimeFormat::manifest_name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeFormat {
+    Rfc3339,
+    UnixMillis,
+    UnixSeconds,
+}
+
+impl TimeFormat {
+    /// The manifest's spelling (the one place to change when the CRD's enums change case).
+    pub fn manifest_name(self) -> &'static str {
+        match self {
+            Self::Rfc3339 => "Rfc3339",
+            Self::UnixMillis => "UnixMillis",
+            Self::UnixSeconds => "UnixSeconds",
+        }
+    }
+}
+
+/// An aggregate function, spelled in manifests only by [`Function::manifest_name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Function {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+}
+
+impl Function {
+    /// The manifest's spelling (the one place to change when the CRD's enums change case).
+    pub fn manifest_name(self) -> &'static str {
+        match self {
+            Self::Count => "Count",
+            Self::Sum => "Sum",
+            Self::Min => "Min",
+            Self::Max => "Max",
+            Self::Avg => "Avg",
+        }
+    }
+}
+
+/// A window, its durations in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    Tumbling { size: i64 },
+    Sliding { size: i64, slide: i64 },
+    Session { gap: i64 },
+}
+
+/// A StreamJob keyed by `event.key`, with its time in the field `ts`: the parts tests vary.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub format: TimeFormat,
+    pub max_out_of_orderness_millis: i64,
+    pub window: Window,
+    /// `(output name, function, of)`.
+    pub aggregates: Vec<(String, Function, Option<String>)>,
+    /// Steps after the aggregate, as YAML list items (`- filter: "..."`).
+    pub after_window: Vec<String>,
+}
+
+impl Job {
+    /// A job with no aggregate yet and nothing after the window.
+    pub fn new(format: TimeFormat, window: Window) -> Self {
+        Self {
+            format,
+            max_out_of_orderness_millis: 0,
+            window,
+            aggregates: Vec::new(),
+            after_window: Vec::new(),
+        }
+    }
+
+    /// Adds an aggregate output.
+    pub fn aggregate(mut self, name: &str, function: Function, of: Option<&str>) -> Self {
+        self.aggregates
+            .push((name.to_string(), function, of.map(String::from)));
+        self
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> String {
+        let window = match self.window {
+            Window::Tumbling { size } => format!("tumbling: {{size: {size}ms}}"),
+            Window::Sliding { size, slide } => {
+                format!("sliding: {{size: {size}ms, slide: {slide}ms}}")
+            }
+            Window::Session { gap } => format!("session: {{gap: {gap}ms}}"),
+        };
+        let aggregates: Vec<(&str, &str, Option<&str>)> = self
+            .aggregates
+            .iter()
+            .map(|(name, function, of)| (name.as_str(), function.manifest_name(), of.as_deref()))
+            .collect();
+        // Zero out-of-orderness means the default's.
+        let out_of_orderness = match self.max_out_of_orderness_millis {
+            0 => "5s".to_string(),
+            millis => format!("{millis}ms"),
+        };
+        let mut job = job::JobBuilder::new()
+            .key_groups(128)
+            .time_format(self.format.manifest_name())
+            .out_of_orderness(&out_of_orderness)
+            .key_by("event.key")
+            .window(&window)
+            .aggregates(&aggregates);
+        for step in &self.after_window {
+            job = job.after_window(step.trim_start_matches("- "));
+        }
+        job.build()
+    }
+}
+
+/// The top-level fields of a flat JSON object line as their JSON text, in order (results
+/// are flat: strings, numbers and bools), so a number is seen exactly as written, digits
+/// beyond 64 bits included.
+pub fn raw_fields(line: &str) -> Vec<(String, String)> {
+    let bytes = line.as_bytes();
+    assert_eq!(bytes.first(), Some(&b'{'), "an object: {line}");
+    let mut fields = Vec::new();
+    let mut position = 1;
+    let string_end = |start: usize| {
+        let mut index = start + 1;
+        while bytes[index] != b'"' {
+            index += if bytes[index] == b'\\' { 2 } else { 1 };
+        }
+        index + 1
+    };
+    while bytes[position] != b'}' {
+        let name_end = string_end(position);
+        let name: String = serde_json::from_str(&line[position..name_end]).unwrap();
+        assert_eq!(bytes[name_end], b':', "{line}");
+        let value_start = name_end + 1;
+        let value_end = if bytes[value_start] == b'"' {
+            string_end(value_start)
+        } else {
+            value_start + line[value_start..].find([',', '}']).expect("a value ends")
+        };
+        fields.push((name, line[value_start..value_end].to_string()));
+        position = value_end;
+        if bytes[position] == b',' {
+            position += 1;
+        }
+    }
+    fields
+}
