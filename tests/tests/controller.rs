@@ -8,6 +8,8 @@
 //! `bash tests/cluster/images.sh` after building the worker) and the controller binary
 //! beside the tests (`cargo build --release --workspace --bins`).
 
+// Shared with tests/tests/node.rs, which uses the helpers this file does not.
+#[allow(dead_code)]
 mod common_node;
 
 use std::collections::BTreeSet;
