@@ -62,7 +62,7 @@ unit-test: ## tests that need no cluster
 
 # The worker tests run `sluice-worker run` processes; the chaos tests kill workers and the
 # broker, so they run alone, one at a time, after the others (their report is printed).
-E2E_SUITES := --lib --test api --test cluster --test kafka --test node --test worker
+E2E_SUITES := --lib --test api --test cluster --test kafka --test node --test worker --test savepoint
 e2e-test: ## tests against the local cluster and broker (run cluster-up first)
 	$(CARGO) build $(RELEASE) --workspace --bins
 	$(CARGO) test $(RELEASE) -p sluice-e2e $(E2E_SUITES) -- --test-threads 2

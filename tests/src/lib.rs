@@ -21,6 +21,7 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 
 pub mod controller;
+pub mod exactly_once;
 pub mod kafka;
 pub mod worker;
 

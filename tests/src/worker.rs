@@ -218,9 +218,27 @@ pub fn log_tail(path: &Path) -> String {
 
 /// A minimal HTTP/1.0 GET on loopback.
 pub fn http_get(address: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_request(address, "GET", path, None, "")
+}
+
+/// A minimal HTTP/1.0 request on loopback, with a bearer token when given.
+pub fn http_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    let authorization = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response

@@ -1,18 +1,19 @@
 //! The worker's admin API, on its own thread: `/healthz` (the process is alive),
-//! `/readyz` (state restored, partitions assigned, consuming) and `/metrics` (Prometheus
-//! text). Savepoint endpoints, behind a bearer token, are planned
-//! (docs/architecture.md, "Roadmap").
+//! `/readyz` (state restored, partitions assigned, consuming), `/metrics` (Prometheus
+//! text), and, behind a bearer token, `POST /v1/savepoints` and
+//! `GET /v1/savepoints/{id}` (docs/savepoints.md).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use prometheus_client::registry::Registry;
+use serde::Deserialize;
 
 use crate::run::WorkerStatus;
 
@@ -23,6 +24,9 @@ pub struct AdminState {
     pub status: Arc<WorkerStatus>,
     /// The metrics registry.
     pub registry: Arc<Mutex<Registry>>,
+    /// The bearer token the savepoint endpoints require (`None`: they refuse every
+    /// request).
+    pub token: Option<String>,
 }
 
 /// The routes.
@@ -31,7 +35,123 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route(
+            "/v1/savepoints",
+            post(request_savepoint).get(list_savepoints),
+        )
+        .route("/v1/savepoints/{id}", get(savepoint_status))
+        .route("/v1/resume", post(resume))
         .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// The refusal of a request without the token (`None`: it has it); compared in
+/// constant time.
+fn refusal(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = &state.token else {
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "savepoint requests need a token, and this worker has none: start it with --admin-token-file",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0;
+    (!same).then(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <token>)",
+        )
+    })
+}
+
+/// The body of `POST /v1/savepoints`, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavepointRequest {
+    /// Stop consuming once it is taken.
+    #[serde(default)]
+    stop: bool,
+    /// The id (the controller gives every worker of a job the same); default: from the
+    /// clock.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+async fn request_savepoint(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(refused) = refusal(&state, &headers) {
+        return refused;
+    }
+    let request: SavepointRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        SavepointRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(problem) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "failed to read the request body: {problem} (expected {{\"stop\": bool, \"id\": string}}, both optional)"
+                    ),
+                );
+            }
+        }
+    };
+    match state.status.savepoints.request(request.id, request.stop) {
+        Ok(id) => {
+            let status = state.status.savepoints.status(&id);
+            (StatusCode::ACCEPTED, Json(status)).into_response()
+        }
+        Err(refused) => error(StatusCode::CONFLICT, refused.to_string()),
+    }
+}
+
+async fn savepoint_status(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(refused) = refusal(&state, &headers) {
+        return refused;
+    }
+    match state.status.savepoints.status(&id) {
+        Some(status) => Json(status).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("this worker knows no savepoint {id:?}"),
+        ),
+    }
+}
+
+/// After a stop-with-savepoint: consume again.
+async fn resume(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refusal(&state, &headers) {
+        return refused;
+    }
+    let was_stopped = state.status.stopped.swap(false, Ordering::SeqCst);
+    Json(serde_json::json!({ "resumed": was_stopped })).into_response()
+}
+
+async fn list_savepoints(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refusal(&state, &headers) {
+        return refused;
+    }
+    Json(state.status.savepoints.all()).into_response()
 }
 
 async fn ready(State(state): State<AdminState>) -> impl IntoResponse {

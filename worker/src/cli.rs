@@ -48,6 +48,37 @@ pub enum Command {
     Local(LocalArgs),
     /// Check a StreamJob manifest the way the controller does; exit non-zero on error.
     Validate(ValidateArgs),
+    /// Check, list and delete savepoints (docs/savepoints.md).
+    #[command(subcommand)]
+    Savepoint(SavepointCommand),
+}
+
+/// `sluice-worker savepoint`.
+#[derive(Debug, Subcommand)]
+pub enum SavepointCommand {
+    /// Whether a StreamJob can restore a savepoint's state, and why not: exit 0 when it
+    /// can, 1 when it cannot (every file is fetched and its checksum checked).
+    Check {
+        /// The StreamJob manifest that would restore it.
+        #[arg(long)]
+        job: PathBuf,
+        /// The savepoint: `file:///…/<namespace>/<name>/<id>` or `s3://…/<id>`.
+        #[arg(long)]
+        savepoint: String,
+        /// Skip fetching the files (compatibility only).
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// The savepoints of one job: `<location>/<namespace>/<name>`.
+    List {
+        /// The job's savepoint directory.
+        location: String,
+    },
+    /// Delete a savepoint; table files another savepoint uses are kept.
+    Delete {
+        /// The savepoint.
+        savepoint: String,
+    },
 }
 
 /// `sluice-worker local`.
@@ -122,6 +153,22 @@ pub struct RunArgs {
     /// How long a Kafka request may take before the worker gives up on it and retries.
     #[arg(long, env = "SLUICE_KAFKA_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub kafka_timeout: Duration,
+    /// Where savepoints are written, `file:///path` or `s3://bucket/prefix`; default:
+    /// spec.savepoints.location. S3 credentials come from the AWS_* variables.
+    #[arg(long, env = "SLUICE_SAVEPOINT_LOCATION")]
+    pub savepoint_location: Option<String>,
+    /// Start from this savepoint (any parallelism), once: a worker restarted with the
+    /// same value keeps the state it made since.
+    #[arg(long, env = "SLUICE_RESTORE_FROM")]
+    pub restore_from: Option<String>,
+    /// A file holding the bearer token the admin API's savepoint endpoints require (a
+    /// mounted Secret); without it they refuse every request.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// The hash of the spec this worker runs, recorded in savepoints (set by the
+    /// controller).
+    #[arg(long, env = "SLUICE_SPEC_HASH")]
+    pub spec_hash: Option<String>,
     /// For recovery tests only: crash at a point of the commit protocol,
     /// `before-commit:<n>` or `after-commit:<n>` (the n-th checkpoint of this process).
     #[arg(long, env = "SLUICE_TEST_CRASH", hide = true)]
@@ -160,6 +207,94 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Local(args) => run_local(&args, cli.log_format),
         Command::Run(args) => run_worker(&args),
         Command::Validate(args) => Ok(run_validate(&args)),
+        Command::Savepoint(command) => run_savepoint(&command),
+    }
+}
+
+fn run_savepoint(command: &SavepointCommand) -> anyhow::Result<ExitCode> {
+    use crate::savepoint::{Directory, StateDescription, Url, manage, restore};
+    match command {
+        SavepointCommand::Check {
+            job,
+            savepoint,
+            no_verify,
+        } => {
+            let text = read_job(job)?;
+            let (manifest, checked) =
+                sluice_crds::load_manifest(&text).map_err(|error| anyhow::anyhow!("{error}"))?;
+            let identity = crate::savepoint::JobIdentity {
+                namespace: manifest
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                name: manifest.metadata.name.clone().unwrap_or_default(),
+            };
+            let url = Url::parse(savepoint)?;
+            let opened = match restore::Savepoint::open(&url) {
+                Ok(opened) => opened,
+                Err(error) => {
+                    println!("cannot restore: {error:#}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let problems = opened.problems(&identity, &StateDescription::of(&checked));
+            if !problems.is_empty() {
+                println!("cannot restore {url}:");
+                for problem in problems {
+                    println!("  - {problem}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            if !no_verify && let Err(error) = opened.verify() {
+                println!("cannot restore: {error:#}");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!(
+                "{}: can restore {url} (taken at parallelism {}, {} bytes, completed {})",
+                job.display(),
+                opened.manifest.parallelism,
+                opened.manifest.size(),
+                opened.manifest.completed_at
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        SavepointCommand::List { location } => {
+            let directory = Directory::open(&Url::parse(location)?)?;
+            println!(
+                "{:<32} {:<10} {:>11} {:>14}  COMPLETED",
+                "ID", "STATE", "PARALLELISM", "BYTES"
+            );
+            for listed in manage::list(&directory)? {
+                match &listed.manifest {
+                    Some(manifest) => println!(
+                        "{:<32} {:<10} {:>11} {:>14}  {}",
+                        listed.id,
+                        "complete",
+                        manifest.parallelism,
+                        manifest.size(),
+                        manifest.completed_at
+                    ),
+                    None => println!(
+                        "{:<32} {:<10} {:>11} {:>14}  -",
+                        listed.id, "incomplete", "-", listed.own_bytes
+                    ),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SavepointCommand::Delete { savepoint } => {
+            let url = Url::parse(savepoint)?;
+            let (job_url, id) = url
+                .split_last()
+                .with_context(|| format!("failed to delete {url}: it names no savepoint"))?;
+            let deleted = manage::delete(&Directory::open(&job_url)?, &id)?;
+            println!(
+                "deleted savepoint {id}: {} objects removed, {} shared files kept (used by other savepoints)",
+                deleted.objects, deleted.kept_shared
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -204,6 +339,25 @@ fn run_validate(args: &ValidateArgs) -> ExitCode {
     }
 }
 
+/// The savepoint location: the flag's, else the job's `spec.savepoints.location`.
+fn savepoint_location(args: &RunArgs) -> anyhow::Result<Option<crate::savepoint::Url>> {
+    let configured = match &args.savepoint_location {
+        Some(location) => Some(location.clone()),
+        None => {
+            let text = read_job(&args.job)?;
+            sluice_crds::load_manifest(&text)
+                .ok()
+                .and_then(|(manifest, _)| manifest.spec.savepoints)
+                .map(|savepoints| savepoints.location)
+        }
+    };
+    configured
+        .as_deref()
+        .map(crate::savepoint::Url::parse)
+        .transpose()
+        .context("failed to read the savepoint location (--savepoint-location or spec.savepoints.location)")
+}
+
 /// The ordinal of a StatefulSet pod from its host name `<name>-<ordinal>`.
 pub fn ordinal_from_host_name(host_name: &str) -> Option<u32> {
     host_name.rsplit_once('-')?.1.parse().ok()
@@ -236,16 +390,57 @@ fn run_worker(args: &RunArgs) -> anyhow::Result<ExitCode> {
         state_cache_entries: args.state_cache_entries,
         kafka_timeout: args.kafka_timeout,
         crash_point: args.crash_point,
+        savepoint_location: savepoint_location(args)?,
+        restore_from: args
+            .restore_from
+            .as_deref()
+            .map(crate::savepoint::Url::parse)
+            .transpose()
+            .context("failed to read --restore-from")?,
+        spec_hash: args.spec_hash.clone(),
+    };
+    let token = match &args.admin_token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| {
+                    format!(
+                        "failed to read the admin token {} (--admin-token-file)",
+                        path.display()
+                    )
+                })?
+                .trim()
+                .to_string();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "failed to use the admin token {}: the file is empty",
+                path.display()
+            );
+            Some(token)
+        }
+        None => None,
     };
     let metrics = crate::metrics::Metrics::default();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    let status = std::sync::Arc::new(crate::run::WorkerStatus::default());
+    let exchanges_events = sluice_crds::load_manifest(&read_job(&args.job)?)
+        .ok()
+        .is_some_and(|(_, job)| {
+            job.pipeline.windowed().is_some()
+                && job.source.partitioning == sluice_crds::streamjob::Partitioning::Any
+        });
+    let status = std::sync::Arc::new(crate::run::WorkerStatus::new(
+        crate::savepoint::Savepoints::with_rules(
+            options.savepoint_location.is_some(),
+            exchanges_events,
+            Some(crate::run::savepoint_records_directory(&args.state_dir)),
+        ),
+    ));
     crate::admin::serve(
         args.admin_address,
         crate::admin::AdminState {
             status: status.clone(),
             registry: std::sync::Arc::new(std::sync::Mutex::new(registry)),
+            token,
         },
     )?;
     // The engine runs on a thread whose stack is known, so the expression depth that

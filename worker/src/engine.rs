@@ -809,6 +809,7 @@ impl Engine {
             watermark: self.watermark(),
             partitions,
             channels,
+            restored_from: None,
         };
         if let Some(windows) = self.windows() {
             windows.state().checkpoint()?;

@@ -9,6 +9,8 @@
 //! - [`io`]: sources and sinks (files in local mode), dead-letter and late outputs.
 //! - [`engine`]: drives records through all of it.
 //! - [`local`]: `sluice-worker local`.
+//! - [`run`]: `sluice-worker run`, Kafka mode, exactly once; [`admin`] its admin API.
+//! - [`savepoint`]: savepoints: taking, restoring at any parallelism, checking.
 //!
 //! How it works, with the formats: `docs/worker.md`.
 
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod ownership;
 pub mod pipeline;
 pub mod run;
+pub mod savepoint;
 pub mod state;
 pub mod time;
 

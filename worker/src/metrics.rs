@@ -60,6 +60,8 @@ pub struct Metrics {
     pub checkpoint_duration: Histogram,
     /// How long committing a transaction takes.
     pub commit_duration: Histogram,
+    /// How long processing pauses for a savepoint (its checkpoint and snapshot).
+    pub savepoint_pause: Histogram,
     /// Checkpoints completed.
     pub checkpoints: Counter,
     /// Transactions aborted (the worker then returns to its last checkpoint).
@@ -88,6 +90,7 @@ impl Default for Metrics {
             state_size: Gauge::default(),
             checkpoint_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             commit_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            savepoint_pause: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             checkpoints: Counter::default(),
             aborted_transactions: Counter::default(),
             producer_queue: Gauge::default(),
@@ -169,6 +172,11 @@ impl Metrics {
             "checkpoint_duration_seconds",
             "How long writing a checkpoint takes",
             self.checkpoint_duration.clone(),
+        );
+        registry.register(
+            "savepoint_pause_seconds",
+            "How long processing pauses for a savepoint: its checkpoint and the snapshot's hard links",
+            self.savepoint_pause.clone(),
         );
         registry.register(
             "transaction_commit_duration_seconds",

@@ -34,6 +34,9 @@ use crate::io::kafka::{JobNames, SinkTopics, TransactionalSink, client_config};
 use crate::io::{Position, SourceRecord};
 use crate::metrics::{Metrics, PartitionLabels};
 use crate::ownership::{all_partitions, key_group_of_partition, ownership};
+use crate::savepoint::format::{KeyGroupRange, Part, SAVEPOINT_FORMAT_VERSION};
+use crate::savepoint::restore::{self as savepoint_restore, Owned};
+use crate::savepoint::{JobIdentity, SavepointState, Savepoints, StateDescription, Url};
 use crate::state::format::CheckpointRecord;
 use crate::state::key_group;
 use crate::state::rocksdb::RocksDbStore;
@@ -65,6 +68,12 @@ pub struct RunOptions {
     pub kafka_timeout: Duration,
     /// For tests of recovery only: crash at a point of the commit protocol.
     pub crash_point: Option<CrashPoint>,
+    /// Where savepoints are written (`spec.savepoints.location` unless set).
+    pub savepoint_location: Option<Url>,
+    /// A savepoint to start from, once (a restart keeps the state made since).
+    pub restore_from: Option<Url>,
+    /// The hash of the spec the worker runs (recorded in savepoints).
+    pub spec_hash: Option<String>,
 }
 
 /// A point of the commit protocol where a test makes the worker crash (abort, no
@@ -96,13 +105,46 @@ impl std::str::FromStr for CrashPoint {
     }
 }
 
-/// What the worker tells the admin API.
-#[derive(Debug, Default)]
+/// What the worker tells the admin API, and what the admin API asks of it.
+#[derive(Debug)]
 pub struct WorkerStatus {
     /// State restored, partitions assigned, consuming.
     pub ready: AtomicBool,
     /// Set on SIGTERM: commit and stop.
     pub shutdown: AtomicBool,
+    /// Set by a stop-with-savepoint: the worker committed, took the savepoint and no
+    /// longer consumes; it stays up until told to exit.
+    pub stopped: AtomicBool,
+    /// The savepoints asked for.
+    pub savepoints: Arc<Savepoints>,
+}
+
+impl WorkerStatus {
+    /// A worker's status, with its savepoint table.
+    pub fn new(savepoints: Savepoints) -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            savepoints: Arc::new(savepoints),
+        }
+    }
+}
+
+impl Default for WorkerStatus {
+    fn default() -> Self {
+        Self::new(Savepoints::new(false, None))
+    }
+}
+
+/// The directory of a worker's savepoint snapshots (hard links, removed once uploaded).
+pub fn snapshot_directory(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("savepoint-snapshots")
+}
+
+/// The directory where a worker records its savepoints' states across restarts.
+pub fn savepoint_records_directory(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("savepoint-states")
 }
 
 /// Why the loop stopped.
@@ -161,6 +203,14 @@ pub fn run(
         job.key_groups
     );
     let names = JobNames::new(&namespace, &name);
+    let identity = JobIdentity { namespace, name };
+    // Snapshots a crash left behind were never uploaded whole; their savepoints are
+    // reported failed (`Savepoints::new`).
+    let snapshots = snapshot_directory(&options.state_dir);
+    if snapshots.exists() {
+        std::fs::remove_dir_all(&snapshots)
+            .with_context(|| format!("failed to clear {}", snapshots.display()))?;
+    }
     let secret = match &options.kafka_properties {
         Some(directory) => crate::io::kafka::read_properties_directory(directory)?,
         None => BTreeMap::new(),
@@ -168,7 +218,7 @@ pub fn run(
     let base = client_config(&job, &secret)?;
     let mut attempt = 0u32;
     loop {
-        let outcome = Worker::start(options, &job, &names, &base, status, metrics)
+        let outcome = Worker::start(options, &job, &names, &identity, &base, status, metrics)
             .and_then(|mut worker| worker.run());
         status.ready.store(false, Ordering::SeqCst);
         match outcome {
@@ -278,9 +328,12 @@ struct Worker<'a> {
     options: &'a RunOptions,
     job: &'a CheckedJob,
     names: &'a JobNames,
+    identity: &'a JobIdentity,
     status: &'a Arc<WorkerStatus>,
     metrics: &'a Metrics,
     engine: Engine,
+    /// The key groups this worker owns.
+    owned_key_groups: std::ops::Range<u32>,
     sink: TransactionalSink,
     consumer: WorkerConsumer,
     admin: AdminClient<DefaultClientContext>,
@@ -304,6 +357,8 @@ struct Worker<'a> {
     exchange_buffer: Vec<u8>,
     /// Checkpoints this process made (for crash points).
     checkpoints_made: u64,
+    /// Consumption paused by a stop-with-savepoint.
+    paused: bool,
 }
 
 impl<'a> Worker<'a> {
@@ -311,6 +366,7 @@ impl<'a> Worker<'a> {
         options: &'a RunOptions,
         job: &'a CheckedJob,
         names: &'a JobNames,
+        identity: &'a JobIdentity,
         base: &ClientConfig,
         status: &'a Arc<WorkerStatus>,
         metrics: &'a Metrics,
@@ -412,6 +468,44 @@ impl<'a> Worker<'a> {
             .map(|element| Some(element.metadata().to_string()).filter(|text| !text.is_empty()))
             .collect();
 
+        // A savepoint to start from replaces the state, once.
+        if let Some(url) = &options.restore_from
+            && !savepoint_restore::already_restored(&options.state_dir, url)
+        {
+            let started = Instant::now();
+            let savepoint =
+                crate::savepoint::restore::Savepoint::open(url).map_err(Stop::Invalid)?;
+            let owned_here = Owned {
+                key_groups: (owned.key_groups.start, owned.key_groups.end),
+                partitions: owned
+                    .partitions
+                    .iter()
+                    .map(|partition| {
+                        (
+                            job.source.topics[usize::from(partition.topic)].clone(),
+                            partition.partition,
+                        )
+                    })
+                    .collect(),
+            };
+            let record = savepoint_restore::restore(
+                &savepoint,
+                identity,
+                &StateDescription::of(job),
+                &owned_here,
+                &options.state_dir,
+            )
+            .map_err(Stop::Invalid)?;
+            tracing::info!(
+                savepoint = %url,
+                taken_at_parallelism = savepoint.manifest.parallelism,
+                key_groups = ?owned.key_groups,
+                partitions = record.partitions.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "restored the savepoint"
+            );
+        }
+
         // Settle what a crash left pending, then return to the last complete checkpoint.
         let mut store =
             RocksDbStore::open(&options.state_dir).map_err(|error| Stop::Invalid(error.into()))?;
@@ -459,9 +553,15 @@ impl<'a> Worker<'a> {
         // Start offsets: the checkpoint's, else the committed ones, else the start
         // position resolved to a number now (so a restart never skips records).
         let restored_offsets = restored.as_ref().map(record_offsets).unwrap_or_default();
+        // Just restored from a savepoint: its offsets are the only ones to start from (the
+        // group's committed offsets are another run's).
+        let from_savepoint = restored
+            .as_ref()
+            .is_some_and(|record| record.restored_from.is_some());
         let committed_offsets: HashMap<(String, i32), i64> = committed
             .elements()
             .iter()
+            .filter(|_| !from_savepoint)
             .filter_map(|element| match element.offset() {
                 Offset::Offset(offset) => {
                     Some(((element.topic().to_string(), element.partition()), offset))
@@ -566,6 +666,9 @@ impl<'a> Worker<'a> {
                 .collect();
             engine.group_by_partition(groups);
         }
+        if from_savepoint {
+            check_repartition_retained(&consumer, names, &channel_starts, timeout)?;
+        }
         engine.assign_channels(&channel_starts);
         let channels: Vec<i32> = if exchange {
             owned.key_groups.clone().map(group_partition).collect()
@@ -620,8 +723,10 @@ impl<'a> Worker<'a> {
             options,
             job,
             names,
+            identity,
             status,
             metrics,
+            owned_key_groups: owned.key_groups.clone(),
             next_checkpoint_id: restored.as_ref().map_or(0, |record| record.id) + 1,
             engine,
             sink,
@@ -636,6 +741,7 @@ impl<'a> Worker<'a> {
             transactional_id,
             exchange_buffer: Vec::new(),
             checkpoints_made: 0,
+            paused: false,
             payload_buffer: Vec::new(),
             topic_buffer: String::new(),
         })
@@ -652,9 +758,46 @@ impl<'a> Worker<'a> {
         let mut next_lag = Instant::now();
         loop {
             if self.status.shutdown.load(Ordering::SeqCst) {
+                if self.status.stopped.load(Ordering::SeqCst) {
+                    // Stopped with a savepoint: the open transaction is empty, and nothing
+                    // may be written after the savepoint (not even windows a processing-time
+                    // idle timeout would fire), or a restore from it would write it twice.
+                    let _ = self
+                        .sink
+                        .producer()
+                        .abort_transaction(self.options.kafka_timeout);
+                    tracing::info!("stopped on request after a stop-with-savepoint");
+                    return Err(Stop::Requested);
+                }
                 self.checkpoint()?;
                 tracing::info!("stopped on request after committing the last transaction");
                 return Err(Stop::Requested);
+            }
+            if let Some((id, stop)) = self.status.savepoints.take_request() {
+                self.take_savepoint(&id)?;
+                if stop && !self.status.stopped.swap(true, Ordering::SeqCst) {
+                    if let Ok(assignment) = self.consumer.assignment() {
+                        let _ = self.consumer.pause(&assignment);
+                    }
+                    tracing::info!(
+                        savepoint = id,
+                        "stopped consuming after the savepoint; waiting to be told to exit"
+                    );
+                }
+            }
+            if self.status.stopped.load(Ordering::SeqCst) {
+                // Stop-with-savepoint: nothing is read, nothing is written; the open
+                // transaction stays empty until the worker is told to exit or resume.
+                self.paused = true;
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            if std::mem::take(&mut self.paused) {
+                if let Ok(assignment) = self.consumer.assignment() {
+                    let _ = self.consumer.resume(&assignment);
+                }
+                tracing::info!("consuming again after a stop-with-savepoint");
+                next_checkpoint = Instant::now() + interval;
             }
             // A batch of records, then the clock-driven work.
             let mut budget = 1_000;
@@ -782,9 +925,73 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
+    /// Takes this worker's part of savepoint `id`: a checkpoint (a transaction boundary),
+    /// hard links to its files, then an upload on another thread while processing goes
+    /// on. A failure is reported in the savepoint's state; one of the checkpoint also
+    /// starts the loop over, as any failed checkpoint does.
+    fn take_savepoint(&mut self, id: &str) -> Result<(), Stop> {
+        let savepoints = self.status.savepoints.clone();
+        let failed = |reason: String| SavepointState::Failed { reason };
+        let Some(location) = self.options.savepoint_location.clone() else {
+            savepoints.set(id, failed("no savepoint location is configured".into()));
+            return Ok(());
+        };
+        let started = Instant::now();
+        let record = match self.checkpoint() {
+            Ok(record) => record,
+            Err(stop) => {
+                savepoints.set(
+                    id,
+                    failed(format!(
+                        "failed to commit the checkpoint it starts from: {stop:?}"
+                    )),
+                );
+                return Err(stop);
+            }
+        };
+        let snapshot = snapshot_directory(&self.options.state_dir).join(id);
+        if snapshot.exists() {
+            let _ = std::fs::remove_dir_all(&snapshot);
+        }
+        if let Err(error) =
+            crate::state::rocksdb::link_checkpoint(&self.options.state_dir, record.id, &snapshot)
+        {
+            savepoints.set(id, failed(format!("failed to snapshot the state: {error}")));
+            return Ok(());
+        }
+        self.metrics
+            .savepoint_pause
+            .observe(started.elapsed().as_secs_f64());
+        let part = Part {
+            format_version: SAVEPOINT_FORMAT_VERSION,
+            savepoint: id.to_string(),
+            job: self.identity.clone(),
+            spec_hash: self.options.spec_hash.clone(),
+            state: StateDescription::of(self.job),
+            ordinal: self.options.ordinal,
+            parallelism: self.options.parallelism,
+            key_groups: KeyGroupRange {
+                first: self.owned_key_groups.start,
+                end: self.owned_key_groups.end,
+            },
+            checkpoint: record,
+            files: Vec::new(),
+            taken_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        savepoints.set(id, SavepointState::InProgress);
+        crate::savepoint::spawn_upload(
+            savepoints,
+            crate::savepoint::job_url(&location, self.identity),
+            part,
+            snapshot,
+        );
+        Ok(())
+    }
+
     /// Commits state, offsets and outputs together (docs/architecture.md, "Exactly
     /// once"). An abortable failure starts over from the last complete checkpoint.
-    fn checkpoint(&mut self) -> Result<(), Stop> {
+    /// Returns the checkpoint's record.
+    fn checkpoint(&mut self) -> Result<CheckpointRecord, Stop> {
         let now = self.now();
         self.engine.advance(now, &mut self.sink).map_err(restart)?;
         if self.exchange {
@@ -867,7 +1074,7 @@ impl<'a> Worker<'a> {
         self.metrics
             .producer_queue
             .set(i64::from(self.sink.in_flight()));
-        Ok(())
+        Ok(record)
     }
 
     fn crash_if(&self, point: CrashPoint) {
@@ -963,6 +1170,34 @@ fn wall_clock_millis() -> Millis {
         .map_or(0, |since| {
             Millis::try_from(since.as_millis()).unwrap_or(Millis::MAX)
         })
+}
+
+/// After a savepoint restore: the repartition records the savepoint's offsets point at
+/// must still be there (they are purged once committed; restoring a savepoint older than
+/// the purge would skip events).
+fn check_repartition_retained(
+    consumer: &WorkerConsumer,
+    names: &JobNames,
+    channel_starts: &BTreeMap<i32, i64>,
+    timeout: Duration,
+) -> Result<(), Stop> {
+    for (channel, start) in channel_starts {
+        let (low, _) = consumer
+            .fetch_watermarks(&names.repartition_topic, *channel, timeout)
+            .map_err(|error| {
+                restart(format!(
+                    "failed to read the offsets of {}/{channel}: {error}",
+                    names.repartition_topic
+                ))
+            })?;
+        if low > *start {
+            return Err(Stop::Invalid(anyhow::anyhow!(
+                "failed to restore the savepoint: it continues {}/{channel} from offset {start}, but records up to {low} were purged since it was taken (the job ran on after it); restore a newer savepoint",
+                names.repartition_topic
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The repartition partition of a key group.

@@ -430,6 +430,11 @@ pub struct CheckpointRecord {
     /// Every repartition partition read (`Any` partitioning), with its watermark clocks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<ChannelCheckpoint>,
+    /// Set on the checkpoint a savepoint restore makes: the savepoint's location. Its
+    /// partitions are the only offsets to start from (committed offsets of the consumer
+    /// group are newer, or another run's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
 }
 
 /// A repartition partition at a checkpoint: where it was read to, and the latest clock of

@@ -132,6 +132,16 @@ fn clone_database(from: &Path, to: &Path) -> Result<(), StateError> {
     Ok(())
 }
 
+/// Links the files of complete checkpoint `id` of the store in `state_dir` into `to` (a
+/// new directory): a snapshot that stays valid after the checkpoint is discarded, at the
+/// cost of hard links (what a savepoint uploads from).
+pub fn link_checkpoint(state_dir: &Path, id: u64, to: &Path) -> Result<(), StateError> {
+    let from = state_dir
+        .join("checkpoints")
+        .join(checkpoint_name(id, true));
+    clone_database(&from, to)
+}
+
 /// Makes a rename in `directory` durable.
 fn sync_directory(directory: &Path) -> Result<(), StateError> {
     fs::File::open(directory)
