@@ -206,9 +206,17 @@ async fn run_controllers(
     }
     let ready = http_state.ready.clone();
     tokio::spawn(async move {
+        // A store's readiness wakes only its last waiter (the Controller's, which polls it
+        // after this task), so ask again every 100 ms rather than wait once.
         for store in stores {
-            if store.wait_until_ready().await.is_err() {
-                return;
+            loop {
+                match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
+                    .await
+                {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => return,
+                    Err(_) => {}
+                }
             }
         }
         ready.store(true, Ordering::SeqCst);

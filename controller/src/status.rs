@@ -200,7 +200,7 @@ pub fn next_status(
     let transition = (previous.phase != status.phase
         || previous_reason != Some(reason.as_str())
         || (stalled && previous.last_error != status.last_error))
-        .then(|| Transition {
+        .then_some(Transition {
             warning: stalled,
             reason,
             message,
