@@ -64,7 +64,8 @@ trap cleanup EXIT
 echo "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, $(uname -sr); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "build: commit $(git -C "$repository" rev-parse --short HEAD)$(git -C "$repository" diff --quiet || echo '+changes'), $("$controller" --version), kwok $kwok_version, API server $SLUICE_K8S_VERSION"
 
-kubectl apply --server-side --field-manager=sluice-bench -f "$repository/crds/streamjobs.sluice.dev.yaml" >/dev/null
+# This checkout's CRD (other checkouts' tests may have applied theirs).
+kubectl apply --server-side --force-conflicts --field-manager=sluice-bench -f "$repository/crds/streamjobs.sluice.dev.yaml" >/dev/null
 kubectl wait --for=condition=Established crd/streamjobs.sluice.dev --timeout=60s >/dev/null
 kubectl delete namespace "$namespace" --ignore-not-found --wait=true --timeout=300s >/dev/null
 kubectl create namespace "$namespace" >/dev/null
