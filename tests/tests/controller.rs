@@ -737,7 +737,8 @@ async fn the_standby_takes_over_when_the_leader_dies() -> Result<()> {
         "takeover took {takeover:?}, more than the lease time (6s) and a renewal"
     );
     // The new leader reconciles: a scale shows in the status.
-    environment.kubectl(&["scale", "-n", namespace, "sj/page-views", "--replicas", "2"])?;
+    // (The example runs 2 workers: scale to another number, or nothing changes.)
+    environment.kubectl(&["scale", "-n", namespace, "sj/page-views", "--replicas", "3"])?;
     let jobs: Api<StreamJob> = Api::namespaced(client.clone(), namespace);
     wait_for(
         "the new leader to reconcile",
