@@ -19,6 +19,8 @@ events="${BENCH_EVENTS:-10000000}"
 short_events="${BENCH_SHORT_EVENTS:-2000000}"
 cache_entries="${BENCH_STATE_CACHE_ENTRIES:-500000}"
 small_cache_entries="${BENCH_SMALL_STATE_CACHE_ENTRIES:-100000}"
+many_keys_events="${BENCH_MANY_KEYS_EVENTS:-5000000}"
+many_keys_cache_entries="${BENCH_MANY_KEYS_CACHE_ENTRIES:-50000}"
 core="${BENCH_CORE:-0}"
 
 for binary in "$worker" "$generator"; do
@@ -40,8 +42,25 @@ input_for() {
   echo "$file"
 }
 
+# The many-keys input: 20,000 events per second of event time, half of them on pages
+# drawn from 100 million, so a one-minute window holds about 550,000 keys (11 times the
+# many-keys cache) and nearly every one is new.
+many_keys_input() {
+  local count="$1" file="$data/many-keys-$1.jsonl"
+  if [[ ! -s "$file" || ! -s "$file.info" ]]; then
+    echo "generating $count events into $file" >&2
+    "$generator" --events "$count" --keys 100000000 --events-per-second 20000 --seed 42 --output "$file.tmp" 2>&1 | sed "s|$file.tmp|$file|" > "$file.info.tmp"
+    mv "$file.tmp" "$file"
+    mv "$file.info.tmp" "$file.info"
+  fi
+  echo "input: $(cat "$file.info")" >&2
+  echo "$file"
+}
+
 # run <label> <job> <input> <events> <cache entries>: one line of the table. The worker's
-# progress log (every 2s) gives the most open windows seen.
+# progress log (every 2s) gives the most open windows seen, and the time the input ended
+# (the last progress line at or past the last event), hence the share of the run spent
+# after the last event (firing what is still open).
 run() {
   local label="$1" job="$2" input="$3" count="$4" entries="$5"
   local report="$data/time-$label.txt"
@@ -54,7 +73,28 @@ run() {
   seconds="$(awk -F: '{ if (NF == 3) print $1 * 3600 + $2 * 60 + $3; else print $1 * 60 + $2 }' <<< "$wall")"
   rate="$(awk -v n="$count" -v s="$seconds" 'BEGIN { printf "%.0f", n / s }')"
   open="$(grep -o 'open_windows=[0-9]*' "$report" | cut -d= -f2 | sort -n | tail -1)"
-  printf '| %-28s | %11s | %14s | %9s | %11s | %8s | %12s |\n' "$label" "$count" "$entries" "$seconds" "$rate" "$((rss / 1024))" "${open:--}"
+  after="$(python3 - "$report" <<'PYTHON'
+import re, sys
+from datetime import datetime
+stamps = {}
+for line in open(sys.argv[1], errors="replace"):
+    match = re.match(r"(\S+Z)\s+INFO .*(progress events=|local run finished)", line)
+    if match:
+        stamp = datetime.fromisoformat(match.group(1).replace("Z", "+00:00")[:26] + "+00:00")
+        stamps.setdefault("first", stamp)
+        if "progress" in line:
+            stamps["last_progress"] = stamp
+        else:
+            stamps["end"] = stamp
+if "end" in stamps and "last_progress" in stamps:
+    total = (stamps["end"] - stamps["first"]).total_seconds()
+    after = (stamps["end"] - stamps["last_progress"]).total_seconds()
+    print(f"{100 * after / max(total, 1e-9):.0f}%")
+else:
+    print("-")
+PYTHON
+)"
+  printf '| %-28s | %11s | %14s | %9s | %11s | %8s | %12s | %10s |\n' "$label" "$count" "$entries" "$seconds" "$rate" "$((rss / 1024))" "${open:--}" "$after"
 }
 
 long="$(input_for "$events")"
@@ -66,10 +106,12 @@ locked() { awk -v name="$1" '$0 == "name = \"" name "\"" { getline; gsub(/versio
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), Linux $(uname -r); pinned to core $core; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "build: commit $(git -C "$repository" rev-parse --short HEAD 2>/dev/null || echo unknown), rocksdb crate $(locked rocksdb) (librocksdb-sys $(locked librocksdb-sys)), $("$worker" --version)"
 echo
-printf '| %-28s | %11s | %14s | %9s | %11s | %8s | %12s |\n' pipeline events "cache entries" seconds "events/s" "RSS MiB" "open windows"
-printf '|%s|%s|%s|%s|%s|%s|%s|\n' ------------------------------ ------------- ---------------- ----------- ------------- ---------- --------------
+printf '| %-28s | %11s | %14s | %9s | %11s | %8s | %12s | %10s |\n' pipeline events "cache entries" seconds "events/s" "RSS MiB" "open windows" "after end"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------------------ ------------- ---------------- ----------- ------------- ---------- -------------- ------------
 run decode-only "$decode_only" "$long" "$events" "$cache_entries"
 run page-views "$page_views" "$long" "$events" "$cache_entries"
 run page-views-short "$page_views" "$short" "$short_events" "$cache_entries"
 run page-views-small-cache "$page_views" "$long" "$events" "$small_cache_entries"
 run page-views-small-cache-short "$page_views" "$short" "$short_events" "$small_cache_entries"
+many="$(many_keys_input "$many_keys_events")"
+run page-views-many-keys "$page_views" "$many" "$many_keys_events" "$many_keys_cache_entries"

@@ -146,13 +146,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 fn validate(path: &PathBuf) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("failed to read {}", path.display()))?;
-    let (job, _) = sluice_crds::load_manifest(&text)
-        .with_context(|| format!("{} is not a valid StreamJob", path.display()))?;
-    println!(
-        "{}: StreamJob {} is valid",
-        path.display(),
-        job.metadata.name.unwrap_or_default()
-    );
+    let manifest = sluice_crds::load_manifests(&text)
+        .with_context(|| format!("{} is not a valid manifest", path.display()))?;
+    let mut invalid = 0;
+    for skipped in &manifest.skipped {
+        println!(
+            "{}: document {} is {} {}, not a StreamJob: skipped",
+            path.display(),
+            skipped.document,
+            skipped.api_version,
+            skipped.kind
+        );
+    }
+    for job in &manifest.jobs {
+        let name = job.name.as_deref().unwrap_or("(unnamed)");
+        match &job.result {
+            Ok(_) => println!("{}: StreamJob {name} is valid", path.display()),
+            Err(error) => {
+                invalid += 1;
+                eprintln!(
+                    "{}: document {}: StreamJob {name} is invalid: {error}",
+                    path.display(),
+                    job.document
+                );
+            }
+        }
+    }
+    if manifest.jobs.is_empty() {
+        anyhow::bail!(
+            "{}: {}",
+            path.display(),
+            sluice_crds::manifest::ManifestError::NoStreamJob
+        );
+    }
+    if invalid > 0 {
+        anyhow::bail!(
+            "{}: {invalid} of {} StreamJobs are invalid",
+            path.display(),
+            manifest.jobs.len()
+        );
+    }
     Ok(())
 }
 

@@ -3,6 +3,9 @@
 //!
 //! - [`streamjob`]: [`StreamJobSpec`], what a user writes.
 //! - [`pipeline`]: pipeline steps as written and as checked.
+//! - [`expression`]: the limits of CEL expressions and the CEL environment they run in.
+//! - [`manifest`]: manifest files read as `kubectl apply` reads them, each StreamJob checked.
+//! - [`kafka`]: topic names, bootstrap servers and the client properties the worker owns.
 //! - [`status`]: [`StreamJobStatus`] and its kstatus conditions.
 //! - [`validate`](mod@validate): what the API server cannot check, for the controller and
 //!   the worker CLI.
@@ -11,6 +14,9 @@
 #![warn(missing_docs)]
 
 pub mod duration;
+pub mod expression;
+pub mod kafka;
+pub mod manifest;
 pub mod messages;
 pub mod pipeline;
 pub mod reference;
@@ -19,9 +25,10 @@ pub mod streamjob;
 pub mod validate;
 
 pub use duration::Duration;
+pub use manifest::{load_manifest, load_manifests};
 pub use status::StreamJobStatus;
 pub use streamjob::{StreamJob, StreamJobSpec};
-pub use validate::{CheckedJob, ValidationErrors, load_manifest, validate};
+pub use validate::{CheckedJob, ValidationErrors, validate};
 
 /// The CustomResourceDefinition and its committed YAML.
 pub mod crd {

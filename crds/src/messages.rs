@@ -85,3 +85,18 @@ pub const RULE_WINDOW_BEFORE_AGGREGATE: &str = concat!(
     step_kinds!(),
     ".indexOf(2) + 1"
 );
+
+/// What a savepoint location must look like (also the CRD's `pattern`).
+pub const SAVEPOINT_LOCATION_PATTERN: &str = r"^(file|s3|gs|az)://.+";
+
+/// A savepoint location that is not a URL Sluice writes to.
+pub const SAVEPOINT_LOCATION_INVALID: &str = "must be a URL of a mounted path (file:///savepoints) or an object store (s3://bucket/prefix, gs://, az://)";
+
+/// CEL: an int-or-string value is a Kubernetes quantity.
+pub const RULE_IS_QUANTITY: &str = "isQuantity(string(self))";
+
+/// A quantity (`volumeSize`, `resources`) that does not parse.
+pub const QUANTITY_INVALID: &str = "must be a Kubernetes quantity such as 500m, 2, 1.5Gi or 10Gi: a number, then optionally a suffix (m, k, M, G, T, Ki, Mi, Gi, Ti, or e and an exponent)";
+
+/// A Kafka client property the worker sets itself.
+pub const KAFKA_PROPERTY_OWNED: &str = "is set by the worker itself for exactly-once processing (it owns bootstrap.servers, group.id, transactional.id, enable.idempotence, isolation.level, enable.auto.commit, enable.auto.offset.store, auto.offset.reset and transaction.timeout.ms): remove it";

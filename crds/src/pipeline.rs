@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
+use crate::expression::MAX_EXPRESSION_LENGTH;
 use crate::messages;
 
 /// One step of a pipeline: exactly one of `filter`, `map`, `keyBy`, `window`, `aggregate`.
@@ -25,23 +26,23 @@ pub struct PipelineStep {
     /// `event.status == 200`. An expression that fails or is not a bool sends the event
     /// to the dead-letter output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 4096))]
+    #[schemars(length(min = 1, max = MAX_EXPRESSION_LENGTH))]
     pub filter: Option<String>,
 
     /// Replace each event by a new one with these fields, each a CEL expression over the
-    /// incoming event, for example `page: event.url`. Only these fields remain; the event
+    /// incoming event, for example `page: event.url.split('?')[0]`. Only these fields remain; the event
     /// time travels with the event, so the output need not keep the event-time field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxProperties" = 64, "x-kubernetes-validations" = [
         { "rule": "self.all(name, name.matches('^[A-Za-z_][A-Za-z0-9_]*$'))", "message": messages::OUTPUT_NAME_INVALID },
     ]))]
-    #[schemars(inner(length(min = 1, max = 4096)))]
+    #[schemars(inner(length(min = 1, max = MAX_EXPRESSION_LENGTH)))]
     pub map: Option<BTreeMap<String, String>>,
 
     /// The key of each event, a CEL expression such as `event.page`: windows and
     /// aggregates are per key, and keyed state is partitioned by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 4096))]
+    #[schemars(length(min = 1, max = MAX_EXPRESSION_LENGTH))]
     pub key_by: Option<String>,
 
     /// Group the events of each key into event-time windows.
@@ -129,7 +130,7 @@ pub struct Aggregation {
     pub function: AggregateFunction,
     /// The CEL expression to aggregate, a number (not needed for count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 4096))]
+    #[schemars(length(min = 1, max = MAX_EXPRESSION_LENGTH))]
     pub of: Option<String>,
 }
 

@@ -25,7 +25,43 @@ pub fn markdown() -> String {
         out.push('\n');
         rules(section, &schema["properties"][section], &mut out);
     }
+    out.push_str(&beyond_the_api_server());
     out
+}
+
+/// What `validate` and the controller check that the API server cannot.
+fn beyond_the_api_server() -> String {
+    use crate::expression::{MAX_EXPRESSION_DEPTH, MAX_EXPRESSION_LENGTH};
+    format!(
+        "## Checks beyond the API server\n\n\
+         `sluice-worker validate` and `sluice-controller validate` check everything above, \
+         in the API server's words where they can, and refuse what the API server cannot \
+         see. The controller runs the same checks on every StreamJob it receives and sets \
+         `Stalled` with the field and the fix when one fails; workers already running keep \
+         their last good spec.\n\n\
+         - Expressions (at most {MAX_EXPRESSION_LENGTH} characters, which the CRD enforces \
+         too) must parse, read only `event`, nest at most {MAX_EXPRESSION_DEPTH} levels \
+         (each operator, field, call and bracket adds one; evaluation must fit the stack of \
+         a worker thread), and have a type that fits their step: a filter gives a bool, a \
+         key a string, an int or a bool, an aggregate input a number. A step may read only \
+         fields the step before it produces (a map keeps only its own fields). The pattern \
+         of `matches` must be a regular expression (RE2 syntax).\n\
+         - Topics: the sink topic is not a source topic (a feedback loop), the dead-letter \
+         and late-data topics are not the sink topic, and every name is one Kafka accepts \
+         (letters, digits, `.`, `_`, `-`; not `.` or `..`).\n\
+         - `spec.kafka.bootstrapServers` is a comma-separated list of `host:port`, and \
+         `spec.kafka.properties` sets none of the properties the worker owns for \
+         exactly-once processing ({owned}).\n\
+         - Unknown fields, in `metadata` and `spec`, are refused with the nearest known \
+         name (`paralelism`: did you mean `parallelism`?). `kubectl apply` refuses them \
+         too with its default `--validate=strict`; with `--validate=warn` it only warns \
+         and with `--validate=false` it says nothing, and the API server drops them.\n\n",
+        owned = crate::kafka::OWNED_PROPERTIES
+            .iter()
+            .map(|name| format!("`{name}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 fn type_name(schema: &Value) -> String {

@@ -14,6 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
+use crate::expression::MAX_EXPRESSION_LENGTH;
 use crate::messages;
 use crate::pipeline::PipelineStep;
 use crate::status::StreamJobStatus;
@@ -131,11 +132,53 @@ pub struct StreamJobSpec {
 
     /// CPU and memory of each worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = quantity_rules)]
     pub resources: Option<ResourceRequirements>,
 
     /// The parts of the worker pods a user may set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplate>,
+}
+
+/// The longest quantity, and the most quantities of one map (`resources.limits`): bounds
+/// the API server needs to accept the cost of the `isQuantity` rule on each.
+pub const MAX_QUANTITY_LENGTH: u64 = 64;
+/// See [`MAX_QUANTITY_LENGTH`].
+pub const MAX_QUANTITIES: u64 = 16;
+
+/// Adds to every quantity of a schema (an int-or-string) the rule that it parses, with the
+/// bounds that let the API server estimate its cost. `validate` checks the same with
+/// its own parser of quantities.
+fn quantity_rules(schema: &mut schemars::Schema) {
+    fn walk(node: &mut serde_json::Value) {
+        let Some(fields) = node.as_object_mut() else {
+            return;
+        };
+        if fields.get("x-kubernetes-int-or-string") == Some(&serde_json::Value::Bool(true)) {
+            fields.insert("maxLength".into(), MAX_QUANTITY_LENGTH.into());
+            fields.insert(
+                "x-kubernetes-validations".into(),
+                serde_json::json!([{ "rule": messages::RULE_IS_QUANTITY, "message": messages::QUANTITY_INVALID }]),
+            );
+        }
+        if fields
+            .get("additionalProperties")
+            .and_then(|values| values.get("x-kubernetes-int-or-string"))
+            .is_some()
+        {
+            fields.insert("maxProperties".into(), MAX_QUANTITIES.into());
+        }
+        for child in fields.values_mut() {
+            walk(child);
+        }
+    }
+    if let Some(fields) = schema.as_object_mut() {
+        let mut whole = serde_json::Value::Object(std::mem::take(fields));
+        walk(&mut whole);
+        if let serde_json::Value::Object(walked) = whole {
+            *fields = walked;
+        }
+    }
 }
 
 /// The default number of workers.
@@ -322,7 +365,7 @@ pub struct Sink {
     /// A CEL expression over the result (`event`) giving the Kafka record key, for example
     /// `event.page`. Unset: the window's key is used when there is one, else no key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 4096))]
+    #[schemars(length(min = 1, max = MAX_EXPRESSION_LENGTH))]
     pub key: Option<String>,
 
     /// Topic for events that cannot be decoded or evaluated, with their original bytes
@@ -349,6 +392,7 @@ pub struct StateSpec {
 
     /// Size of each worker's state volume (RocksDB).
     #[serde(default = "default_volume_size")]
+    #[schemars(transform = quantity_rules)]
     pub volume_size: Quantity,
 
     /// How often a worker checkpoints: flushes state, commits its Kafka transaction and
@@ -382,7 +426,7 @@ fn default_checkpoint_interval() -> Duration {
 pub struct SavepointSpec {
     /// Where savepoints are written: `file:///path` on a volume mounted by every worker,
     /// or an object store URL such as `s3://bucket/prefix`.
-    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^(file|s3|gs|az)://.+"))]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = messages::SAVEPOINT_LOCATION_PATTERN))]
     pub location: String,
 
     /// Take a savepoint this often. Unset: only before upgrades and rescales, on

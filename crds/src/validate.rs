@@ -19,7 +19,7 @@ use crate::pipeline::{
     MAX_WINDOWS_PER_EVENT, PipelineStep, StatelessStep, Window, WindowKind, WindowSpec,
     WindowedAggregate,
 };
-use crate::streamjob::{EventTime, Partitioning, StartPosition, StreamJob, StreamJobSpec};
+use crate::streamjob::{EventTime, Partitioning, StartPosition, StreamJobSpec};
 use types::CelType;
 
 /// The variable an expression reads the event from.
@@ -127,72 +127,20 @@ pub struct CheckedSink {
     pub late_data_topic: Option<String>,
 }
 
-/// Why a manifest file could not be read as a StreamJob.
-#[derive(Debug, thiserror::Error)]
-pub enum ManifestError {
-    /// Not YAML.
-    #[error("failed to read the manifest as YAML: {0}")]
-    Yaml(#[from] serde_yaml_ng::Error),
-    /// A field of the wrong shape.
-    #[error("failed to read the manifest as a StreamJob: {field}: {message}")]
-    Field {
-        /// Path of the field.
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// Another kind of object.
-    #[error(
-        "the manifest is apiVersion {api_version:?} kind {kind:?}, expected apiVersion \"sluice.dev/v1alpha1\" kind \"StreamJob\""
-    )]
-    WrongKind {
-        /// The apiVersion found.
-        api_version: String,
-        /// The kind found.
-        kind: String,
-    },
-    /// It is a StreamJob, with problems.
-    #[error(transparent)]
-    Invalid(#[from] ValidationErrors),
-}
-
-/// Reads a StreamJob manifest (YAML or JSON) and validates it.
-pub fn load_manifest(text: &str) -> Result<(StreamJob, CheckedJob), ManifestError> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct TypeMeta {
-        #[serde(default)]
-        api_version: String,
-        #[serde(default)]
-        kind: String,
-    }
-    let type_meta: TypeMeta = serde_yaml_ng::from_str(text)?;
-    if type_meta.api_version != "sluice.dev/v1alpha1" || type_meta.kind != "StreamJob" {
-        return Err(ManifestError::WrongKind {
-            api_version: type_meta.api_version,
-            kind: type_meta.kind,
-        });
-    }
-    let job: StreamJob = serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(
-        text,
-    ))
-    .map_err(|error| {
-        let field = error.path().to_string();
-        let message = error.into_inner().to_string();
-        // The YAML error repeats the path of the enclosing map; say it once.
-        let message = match message.split_once(": ") {
-            Some((prefix, rest)) if field.starts_with(prefix) => rest.to_string(),
-            _ => message,
-        };
-        ManifestError::Field { field, message }
-    })?;
-    let checked = validate(&job.spec)?;
-    Ok((job, checked))
-}
+pub use crate::manifest::{ManifestError, load_manifest};
 
 /// Checks a spec: the rules of the CRD and the pipeline's CEL expressions.
 pub fn validate(spec: &StreamJobSpec) -> Result<CheckedJob, ValidationErrors> {
     let mut errors = Errors::default();
+    // The CRD's schema, on the spec as typed (defaults filled in).
+    let mut value = serde_json::to_value(spec).expect("a spec serializes");
+    schema::check(
+        &mut value,
+        &schema::root()["properties"]["spec"],
+        "spec",
+        &mut errors.0,
+    );
+    let schema_errors = errors.0.len();
     check_parallelism(spec, &mut errors);
     check_connections(spec, &mut errors);
     let (steps, fields_after_pipeline) = check_pipeline(&spec.pipeline, &mut errors);
@@ -205,6 +153,15 @@ pub fn validate(spec: &StreamJobSpec) -> Result<CheckedJob, ValidationErrors> {
             &mut errors,
         )
     });
+    // Where a check of its own reports a field, it says more than the schema's bound.
+    let (from_schema, own) = errors.0.split_at(schema_errors);
+    let mut merged: Vec<FieldError> = from_schema
+        .iter()
+        .filter(|error| !own.iter().any(|other| other.field == error.field))
+        .cloned()
+        .collect();
+    merged.extend_from_slice(own);
+    errors.0 = merged;
     let key_groups = u16::try_from(spec.max_parallelism)
         .ok()
         .and_then(NonZeroU16::new);
@@ -304,32 +261,12 @@ impl Errors {
     }
 }
 
+/// The CRD's rules across fields (ranges are the schema's).
 fn check_parallelism(spec: &StreamJobSpec, errors: &mut Errors) {
-    const LIMIT: i32 = 32768;
-    if !(1..=LIMIT).contains(&spec.max_parallelism) {
-        errors.add(
-            "spec.maxParallelism",
-            format!(
-                "must be between 1 and {LIMIT}, got {}",
-                spec.max_parallelism
-            ),
-        );
-    }
-    if spec.parallelism < 1 {
-        errors.add(
-            "spec.parallelism",
-            format!("must be at least 1, got {}", spec.parallelism),
-        );
-    } else if spec.parallelism > spec.max_parallelism {
+    if spec.parallelism > spec.max_parallelism {
         errors.add("spec.parallelism", messages::PARALLELISM_ABOVE_MAX);
     }
     if let Some(autoscaler) = &spec.autoscaler {
-        if autoscaler.min_parallelism < 1 {
-            errors.add(
-                "spec.autoscaler.minParallelism",
-                format!("must be at least 1, got {}", autoscaler.min_parallelism),
-            );
-        }
         if autoscaler.min_parallelism > autoscaler.max_parallelism {
             errors.add(
                 "spec.autoscaler.minParallelism",
@@ -342,24 +279,20 @@ fn check_parallelism(spec: &StreamJobSpec, errors: &mut Errors) {
                 messages::AUTOSCALER_MAX_ABOVE_KEY_GROUPS,
             );
         }
-        if !(1..=100).contains(&autoscaler.target_utilization_percent) {
-            errors.add(
-                "spec.autoscaler.targetUtilizationPercent",
-                format!(
-                    "must be a percentage between 1 and 100, got {}",
-                    autoscaler.target_utilization_percent
-                ),
-            );
-        }
     }
 }
 
 fn check_connections(spec: &StreamJobSpec, errors: &mut Errors) {
-    if spec.kafka.bootstrap_servers.trim().is_empty() {
-        errors.add(
-            "spec.kafka.bootstrapServers",
-            "must list at least one broker as host:port, for example kafka:9092",
-        );
+    if let Some(problem) = crate::kafka::bootstrap_servers_problem(&spec.kafka.bootstrap_servers) {
+        errors.add("spec.kafka.bootstrapServers", problem);
+    }
+    for name in spec.kafka.properties.keys() {
+        if crate::kafka::OWNED_PROPERTIES.contains(&name.as_str()) {
+            errors.add(
+                format!("spec.kafka.properties.{name}"),
+                messages::KAFKA_PROPERTY_OWNED,
+            );
+        }
     }
     if spec.source.topics.is_empty() {
         errors.add("spec.source.topics", "must name at least one topic to read");
@@ -407,20 +340,33 @@ fn check_connections(spec: &StreamJobSpec, errors: &mut Errors) {
             "must not be one of spec.source.topics, or results would be read again as input",
         );
     }
-    if let Some(savepoints) = &spec.savepoints {
-        let known = ["file://", "s3://", "gs://", "az://"];
-        if !known.iter().any(|scheme| {
-            savepoints.location.starts_with(scheme) && savepoints.location.len() > scheme.len()
-        }) {
+    // The CRD's isQuantity rules (its schema bounds their length).
+    let quantities = spec
+        .resources
+        .iter()
+        .flat_map(|resources| {
+            [
+                ("limits", &resources.limits),
+                ("requests", &resources.requests),
+            ]
+            .into_iter()
+            .flat_map(|(kind, values)| {
+                values.iter().flatten().map(move |(name, quantity)| {
+                    (format!("spec.resources.{kind}.{name}"), &quantity.0)
+                })
+            })
+        })
+        .chain([(
+            "spec.state.volumeSize".to_string(),
+            &spec.state.volume_size.0,
+        )]);
+    for (field, quantity) in quantities {
+        if quantity.chars().count() as u64 <= crate::streamjob::MAX_QUANTITY_LENGTH
+            && !quantity::is_quantity(quantity)
+        {
             errors.add(
-                "spec.savepoints.location",
-                "must be a URL of a mounted path (file:///savepoints) or an object store (s3://bucket/prefix, gs://, az://)",
-            );
-        }
-        if savepoints.retention.max_count < 1 {
-            errors.add(
-                "spec.savepoints.retention.maxCount",
-                "must keep at least 1 savepoint",
+                field,
+                format!("{quantity:?} {}", messages::QUANTITY_INVALID),
             );
         }
     }
@@ -428,14 +374,8 @@ fn check_connections(spec: &StreamJobSpec, errors: &mut Errors) {
 
 /// Kafka's own rule for topic names.
 fn check_topic_name(topic: &str, field: &str, errors: &mut Errors) {
-    let valid_characters = topic
-        .chars()
-        .all(|character| character.is_ascii_alphanumeric() || matches!(character, '.' | '_' | '-'));
-    if topic.is_empty() || topic.len() > 249 || !valid_characters || topic == "." || topic == ".." {
-        errors.add(
-            field,
-            format!("{topic:?} is not a valid Kafka topic name: use 1 to 249 letters, digits, '.', '_' or '-'"),
-        );
+    if let Some(problem) = crate::kafka::topic_name_problem(topic) {
+        errors.add(field, problem);
     }
 }
 
@@ -761,14 +701,10 @@ fn check_expression(
     expected: Expected,
     errors: &mut Errors,
 ) -> Option<Expression> {
-    let program = match cel::Program::compile(source) {
+    let program = match crate::expression::parse(source) {
         Ok(program) => program,
-        Err(parse_errors) => {
-            let detail = parse_errors.to_string().replace('\n', " ");
-            errors.add(
-                field,
-                format!("failed to parse the CEL expression {source:?}: {detail}"),
-            );
+        Err(problem) => {
+            errors.add(field, problem.to_string());
             return None;
         }
     };
@@ -792,6 +728,18 @@ fn check_expression(
                 format!(
                     "the CEL expression {source:?} reads event.{missing}, but the step before produces only {}: use one of them or add {missing} to that step",
                     available.join(", ")
+                ),
+            );
+            failed = true;
+        }
+    }
+    for pattern in regex_literals(program.expression()) {
+        if let Err(problem) = regex::Regex::new(pattern) {
+            let detail = problem.to_string().replace('\n', " ");
+            errors.add(
+                field,
+                format!(
+                    "the CEL expression {source:?} matches against {pattern:?}, which is not a regular expression (RE2 syntax): {detail}"
                 ),
             );
             failed = true;
@@ -846,6 +794,47 @@ fn check_expression(
         source: source.to_string(),
         event_fields: usage.event_fields,
     })
+}
+
+/// The literal patterns of the expression's `matches` calls.
+fn regex_literals(expression: &IdedExpr) -> Vec<&str> {
+    let mut patterns = Vec::new();
+    let mut pending = vec![expression];
+    while let Some(node) = pending.pop() {
+        match &node.expr {
+            Expr::Call(call) => {
+                if call.func_name == "matches"
+                    && let Some(IdedExpr {
+                        expr: Expr::Literal(LiteralValue::String(pattern)),
+                        ..
+                    }) = call.args.last()
+                {
+                    patterns.push(pattern.inner());
+                }
+                pending.extend(call.target.as_deref());
+                pending.extend(&call.args);
+            }
+            Expr::Select(select) => pending.push(&select.operand),
+            Expr::List(list) => pending.extend(&list.elements),
+            Expr::Map(map) => {
+                for entry in &map.entries {
+                    if let EntryExpr::MapEntry(entry) = &entry.expr {
+                        pending.push(&entry.key);
+                        pending.push(&entry.value);
+                    }
+                }
+            }
+            Expr::Comprehension(comprehension) => pending.extend([
+                &comprehension.iter_range,
+                &comprehension.accu_init,
+                &comprehension.loop_cond,
+                &comprehension.loop_step,
+                &comprehension.result,
+            ]),
+            Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) | Expr::Struct(_) => {}
+        }
+    }
+    patterns
 }
 
 /// What an expression reads.
@@ -960,6 +949,9 @@ impl Usage {
     }
 }
 
+pub(crate) mod metadata;
+mod quantity;
+pub(crate) mod schema;
 #[cfg(test)]
 mod tests;
 mod types;

@@ -231,3 +231,59 @@ fn committed_reference_matches_the_crd() {
         path.display()
     );
 }
+
+/// Every problem `load_manifests` finds in a file, one line each (empty when every
+/// StreamJob in it is valid).
+fn manifest_problems(manifest: &str) -> Vec<String> {
+    match sluice_crds::load_manifests(manifest) {
+        Err(error) => vec![error.to_string()],
+        Ok(loaded) if loaded.jobs.is_empty() => vec!["no StreamJob".to_string()],
+        Ok(loaded) => loaded
+            .jobs
+            .into_iter()
+            .filter_map(|job| job.result.err())
+            .map(|error| error.to_string())
+            .collect(),
+    }
+}
+
+#[test]
+fn every_valid_fixture_is_accepted() {
+    let files = yaml_files(&repository_root().join("tests/fixtures/valid"));
+    assert!(!files.is_empty(), "no valid fixtures");
+    for file in files {
+        let manifest = std::fs::read_to_string(&file).unwrap();
+        let problems = manifest_problems(&manifest);
+        assert!(problems.is_empty(), "{}: {problems:#?}", file.display());
+    }
+}
+
+/// What the API server accepts and `validate` refuses, each with its reason.
+#[test]
+fn every_stricter_fixture_is_refused_offline_with_its_message() {
+    let files = yaml_files(&repository_root().join("tests/fixtures/stricter"));
+    assert!(!files.is_empty(), "no stricter fixtures");
+    for file in files {
+        let manifest = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            header(&manifest, "stricter").is_some(),
+            "{} does not say why only validate refuses it ('# stricter: ')",
+            file.display()
+        );
+        let expected = header(&manifest, "expect-offline")
+            .unwrap_or_else(|| panic!("{} has no '# expect-offline: ' header", file.display()));
+        let problems = manifest_problems(&manifest);
+        assert!(
+            problems.iter().any(|problem| problem.contains(&expected)),
+            "{}: expected {expected:?} in {problems:#?}",
+            file.display()
+        );
+        // The CRD's own rules accept it: only validate can see the problem.
+        let cel = cel_errors(&manifest, None);
+        assert!(
+            cel.is_empty(),
+            "{}: the CRD's rules refuse it: {cel:#?}",
+            file.display()
+        );
+    }
+}

@@ -7,7 +7,7 @@
 //! Without either, every test fails with a message that says to run `make cluster-up`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -260,7 +260,12 @@ impl TestNamespace {
 
 /// The repository root (the e2e crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // `cargo test` sets the variable when it runs a test too: prefer that, since cargo
+    // reuses a test binary built from another checkout of the same tree (the shared
+    // target directory), whose compile-time path may be gone.
+    let manifest_directory = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_directory
         .parent()
         .expect("the e2e crate is inside the repository")
         .to_path_buf()

@@ -52,7 +52,7 @@ fn a_million_events_through_kills_and_crashes_give_each_result_exactly_once() ->
     let job = directory.join("streamjob.yaml");
     std::fs::write(
         &job,
-        serde_yaml_ng::to_string(&manifest(&environment, &source.name, &sink.name))?,
+        serde_json::to_string_pretty(&manifest(&environment, &source.name, &sink.name))?,
     )?;
 
     let mut workers = Vec::new();
@@ -147,7 +147,7 @@ fn exactly_once_holds_across_a_broker_restart() -> Result<()> {
     let job = directory.join("streamjob.yaml");
     std::fs::write(
         &job,
-        serde_yaml_ng::to_string(&manifest(&environment, &source.name, &sink.name))?,
+        serde_json::to_string_pretty(&manifest(&environment, &source.name, &sink.name))?,
     )?;
     let mut workers = Vec::new();
     for ordinal in 0..2 {

@@ -129,7 +129,7 @@ fn job(environment: &Environment, source: &str, sink: &str, partitioning: &str) 
     let mut manifest = manifest(environment, source, sink);
     manifest["metadata"]["name"] = Value::String(unique_name("rescale"));
     manifest["spec"]["source"]["partitioning"] = Value::String(partitioning.into());
-    std::fs::write(&manifest_path, serde_yaml_ng::to_string(&manifest)?)?;
+    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest)?)?;
     std::fs::write(directory.join("token"), TOKEN)?;
     Ok(Job {
         savepoints: directory.join("savepoints"),

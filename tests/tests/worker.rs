@@ -148,7 +148,9 @@ fn work_directory(name: &str) -> Result<PathBuf> {
 
 fn write_job(directory: &Path, manifest: &Value) -> Result<PathBuf> {
     let path = directory.join("streamjob.yaml");
-    std::fs::write(&path, serde_yaml_ng::to_string(manifest)?)?;
+    // JSON, a YAML subset with every key quoted: YAML 1.1 (what kubectl reads) would
+    // take an unquoted key such as `n` for a boolean.
+    std::fs::write(&path, serde_json::to_string_pretty(manifest)?)?;
     Ok(path)
 }
 

@@ -311,32 +311,79 @@ fn run_validate(args: &ValidateArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match sluice_crds::load_manifest(&text) {
-        Ok((job, checked)) => {
-            let name = job.metadata.name.as_deref().unwrap_or("(unnamed)");
-            println!(
-                "{}: StreamJob {name} is valid ({} pipeline steps)",
-                args.job.display(),
-                checked.pipeline.step_count()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(ManifestError::Invalid(errors)) => {
-            eprintln!(
-                "{}: invalid StreamJob, {} problem(s):",
-                args.job.display(),
-                errors.errors.len()
-            );
-            for error in &errors.errors {
-                eprintln!("  {}: {}", error.field, error.message);
+    let (report, valid) = validation_report(&args.job.display().to_string(), &text);
+    // A pre-commit hook shows what failed on stderr; a clean run prints to stdout.
+    if valid {
+        print!("{report}");
+        ExitCode::SUCCESS
+    } else {
+        eprint!("{report}");
+        ExitCode::FAILURE
+    }
+}
+
+/// What `validate` says about a manifest file: each StreamJob by name, valid or with every
+/// problem, and the documents of other kinds it skipped. The flag is whether every
+/// StreamJob is valid (and there is at least one).
+pub fn validation_report(file: &str, text: &str) -> (String, bool) {
+    use std::fmt::Write as _;
+    let manifest = match sluice_crds::load_manifests(text) {
+        Ok(manifest) => manifest,
+        Err(error) => return (format!("{file}: {error}\n"), false),
+    };
+    let mut report = String::new();
+    let several = manifest.jobs.len() + manifest.skipped.len() > 1;
+    for skipped in &manifest.skipped {
+        let _ = writeln!(
+            report,
+            "{file}: document {} is {} {} {}, not a StreamJob: skipped",
+            skipped.document,
+            skipped.api_version,
+            skipped.kind,
+            skipped.name.as_deref().unwrap_or("(unnamed)")
+        );
+    }
+    if manifest.jobs.is_empty() {
+        let _ = writeln!(report, "{file}: {}", ManifestError::NoStreamJob);
+        return (report, false);
+    }
+    let mut valid = true;
+    for job in &manifest.jobs {
+        let name = job.name.as_deref().unwrap_or("(unnamed)");
+        let label = if several {
+            format!(
+                "{file}: document {} (line {}): StreamJob {name}",
+                job.document, job.line
+            )
+        } else {
+            format!("{file}: StreamJob {name}")
+        };
+        match &job.result {
+            Ok((_, checked)) => {
+                let _ = writeln!(
+                    report,
+                    "{label} is valid ({} pipeline steps)",
+                    checked.pipeline.step_count()
+                );
             }
-            ExitCode::FAILURE
-        }
-        Err(error) => {
-            eprintln!("{}: {error}", args.job.display());
-            ExitCode::FAILURE
+            Err(ManifestError::Invalid(errors)) => {
+                valid = false;
+                let _ = writeln!(
+                    report,
+                    "{label} is invalid, {} problem(s):",
+                    errors.errors.len()
+                );
+                for error in &errors.errors {
+                    let _ = writeln!(report, "  {}: {}", error.field, error.message);
+                }
+            }
+            Err(error) => {
+                valid = false;
+                let _ = writeln!(report, "{label} is invalid: {error}");
+            }
         }
     }
+    (report, valid)
 }
 
 /// The savepoint location: the flag's, else the job's `spec.savepoints.location`.

@@ -758,9 +758,10 @@ impl Engine {
         sink.flush()
     }
 
-    /// Makes checkpoint `id` (with `token`, see `commit`): writes every change of state to the store with the
-    /// checkpoint record (each partition's next offset and clock, the watermark) in one
-    /// batch, and cuts a restorable copy, not yet complete. The caller commits the outputs
+    /// Makes checkpoint `id` (with `token`, see `commit`): writes every change of state
+    /// since the last checkpoint to the store with the checkpoint record (each
+    /// partition's next offset and clock, the watermark) in one batch, and cuts a
+    /// restorable copy, not yet complete. The caller commits the outputs
     /// and offsets (a Kafka transaction), then calls [`Self::complete_checkpoint`].
     pub fn checkpoint(&mut self, id: u64, token: &str) -> anyhow::Result<CheckpointRecord> {
         let clocks: BTreeMap<PartitionId, Option<Millis>> = self.watermarks.clocks().collect();
@@ -811,17 +812,18 @@ impl Engine {
             channels,
             restored_from: None,
         };
-        if let Some(windows) = self.windows() {
-            windows.state().checkpoint()?;
-        }
-        let store = self.store();
+        // The record and every change of state since the last checkpoint, in one batch.
         let mut batch = StateBatch::default();
         batch.put(
             Column::Meta,
             format::META_CHECKPOINT.to_vec(),
             serde_json::to_vec(&record)?,
         );
-        store.write(batch)?;
+        match &mut self.state {
+            EngineState::Windowed(windows) => windows.state().checkpoint_with(batch)?,
+            EngineState::Stateless(store) => store.write(batch)?,
+        }
+        let store = self.store();
         store.create_checkpoint(id)?;
         let size = store.size_bytes();
         self.metrics

@@ -552,7 +552,10 @@ impl<'a> Worker<'a> {
 
         // Start offsets: the checkpoint's, else the committed ones, else the start
         // position resolved to a number now (so a restart never skips records).
-        let restored_offsets = restored.as_ref().map(record_offsets).unwrap_or_default();
+        let restored_offsets = restored
+            .as_ref()
+            .map(|record| record_offsets(record, &names.repartition_topic))
+            .unwrap_or_default();
         // Just restored from a savepoint: its offsets are the only ones to start from (the
         // group's committed offsets are another run's).
         let from_savepoint = restored
@@ -1221,17 +1224,25 @@ fn add_offset(
     Ok(())
 }
 
-fn record_offsets(record: &CheckpointRecord) -> HashMap<(String, i32), i64> {
-    record
-        .partitions
-        .iter()
-        .map(|partition| {
-            (
-                (partition.topic.clone(), partition.partition),
-                partition.next_offset,
-            )
-        })
-        .collect()
+/// The next offset of every partition a checkpoint records: source partitions and
+/// repartition partitions (channels).
+fn record_offsets(
+    record: &CheckpointRecord,
+    repartition_topic: &str,
+) -> HashMap<(String, i32), i64> {
+    let sources = record.partitions.iter().map(|partition| {
+        (
+            (partition.topic.clone(), partition.partition),
+            partition.next_offset,
+        )
+    });
+    let channels = record.channels.iter().map(|channel| {
+        (
+            (repartition_topic.to_string(), channel.partition),
+            channel.next_offset,
+        )
+    });
+    sources.chain(channels).collect()
 }
 
 /// Creates the job's repartition topic with one partition per key group, or checks the
@@ -1268,14 +1279,29 @@ fn ensure_repartition_topic(
             )));
         }
     }
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|error| restart(format!("failed to read the metadata of {topic}: {error}")))?;
-    let found = metadata
-        .topics()
-        .iter()
-        .find(|found| found.name() == topic)
-        .map_or(0, |found| found.partitions().len());
+    // Right after another worker created the topic, a broker may still answer its
+    // metadata with an error or no partitions: that is "not yet", not a mismatch.
+    let deadline = Instant::now() + timeout;
+    let found = loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|error| restart(format!("failed to read the metadata of {topic}: {error}")))?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|found| found.name() == topic)
+            .filter(|found| found.error().is_none())
+            .map_or(0, |found| found.partitions().len());
+        if found > 0 {
+            break found;
+        }
+        if Instant::now() >= deadline {
+            return Err(restart(format!(
+                "failed to read the metadata of {topic}: the broker reports no partitions for it yet"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     if found != usize::try_from(partitions).unwrap_or(usize::MAX) {
         return Err(Stop::Invalid(anyhow::anyhow!(
             "failed to use the repartition topic {topic}: it has {found} partitions, but the job has {partitions} key groups (spec.maxParallelism); it belongs to another job or was changed by hand"

@@ -172,7 +172,7 @@ fn invalid_specs_name_the_field_and_the_fix() {
             "function the runtime does not have",
             Box::new(|spec| spec["pipeline"][0] = step("{filter: 'nosuchfunc(event.url)'}")),
             "spec.pipeline[0].filter",
-            "cannot be evaluated: it calls nosuchfunc(), which is not a function here; the functions are bool, bytes, contains,",
+            "cannot be evaluated: it calls nosuchfunc(), which is not a function here; the functions are bool, bytes, charAt, contains,",
         ),
         (
             "function with the wrong arguments",

@@ -3,12 +3,13 @@
 //! Event fields are JSON of unknown shape, so they are `dyn`: anything goes with them.
 //! Everything else has a type (literals, operators, functions), and a call that no
 //! overload of the runtime accepts is an error before the job runs, where the runtime
-//! would otherwise dead-letter every event: `1 + 'a'`, `size(1)`, `lowerAscii(...)` (not
-//! in the `cel` crate), `event.n + 1 > 'x'` (as in cel-go, `dyn + int` is an `int`).
+//! would otherwise dead-letter every event: `1 + 'a'`, `size(1)`, `'a'.lowerAscii(1)`,
+//! `event.n + 1 > 'x'` (as in cel-go, `dyn + int` is an `int`).
 //!
-//! The overloads below mirror what the `cel` crate's standard environment evaluates; a
-//! test runs every one of them, and compares this check's verdict with the runtime's on a
-//! table of expressions.
+//! The overloads below mirror what the worker's environment
+//! ([`crate::expression::environment`]: the `cel` crate's standard library and its strings
+//! extension) evaluates; a test runs every one of them, and compares this check's verdict
+//! with the runtime's on a table of expressions.
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
 
@@ -213,6 +214,24 @@ mod table {
         member("getMilliseconds", &[Timestamp], Int),
         member("getMilliseconds", &[Timestamp, String], Int),
         member("getMilliseconds", &[Duration], Int),
+        // The strings extension (cel-go's `ext.Strings`, as Kubernetes enables it).
+        // Indexes count code points; an index out of range is an error.
+        member("charAt", &[String, Int], String),
+        member("indexOf", &[String, String], Int),
+        member("indexOf", &[String, String, Int], Int),
+        member("lastIndexOf", &[String, String], Int),
+        member("lastIndexOf", &[String, String, Int], Int),
+        member("join", &[List], String),
+        member("join", &[List, String], String),
+        member("lowerAscii", &[String], String),
+        member("upperAscii", &[String], String),
+        member("replace", &[String, String, String], String),
+        member("replace", &[String, String, String, Int], String),
+        member("split", &[String, String], List),
+        member("split", &[String, String, Int], List),
+        member("substring", &[String, Int], String),
+        member("substring", &[String, Int, Int], String),
+        member("trim", &[String], String),
     ];
 }
 
@@ -491,7 +510,7 @@ mod tests {
     /// the table cannot claim what the `cel` crate does not do.
     #[test]
     fn every_overload_runs_in_the_runtime_with_its_result_type() {
-        let context = cel::Context::default();
+        let context = crate::expression::context();
         for overload in OVERLOADS {
             let arguments: Vec<&str> = overload
                 .parameters
@@ -513,6 +532,18 @@ mod tests {
                         *argument = parsed;
                     }
                 }
+            }
+            // Indexes within the one-character sample string; a list of strings to join.
+            match overload.name {
+                "charAt" | "indexOf" | "lastIndexOf" | "substring" => {
+                    for argument in arguments.iter_mut().skip(1) {
+                        if *argument == "2" {
+                            *argument = "0";
+                        }
+                    }
+                }
+                "join" => arguments[0] = "['a', 'b']",
+                _ => {}
             }
             let source = match (overload.name, overload.member) {
                 ("_[_]", _) => match overload.parameters[1] {
@@ -555,7 +586,7 @@ mod tests {
     /// check refuses fails at run time, and every one it accepts runs.
     #[test]
     fn the_check_refuses_exactly_what_the_runtime_cannot_evaluate() {
-        let context = cel::Context::default();
+        let context = crate::expression::context();
         let cases = [
             "1 + 2.0",
             "1 + 2u",
@@ -573,8 +604,14 @@ mod tests {
             "size('a', 2)",
             "nosuch(1)",
             "'a'.nosuch()",
-            "'A'.lowerAscii()",
-            "' a '.trim()",
+            "lowerAscii('A')",
+            "'A'.lowerAscii(1)",
+            "' a '.trim(' ')",
+            "'a,b'.split(1)",
+            "'a'.replace('a')",
+            "'abc'.substring('1')",
+            "(1).join()",
+            "'abc'.charAt(1u)",
             "max(1, 2)",
             "math.abs(-1)",
             "'abc'[0]",
@@ -613,6 +650,17 @@ mod tests {
             "dyn(1) + 1",
             "int('3') + 1",
             "string(1) + 'a'",
+            "'A'.lowerAscii()",
+            "' a '.trim()",
+            "'/a?b'.split('?')[0] + '/'",
+            "'a,b,c'.split(',', 2).size() == 2",
+            "'aXa'.replace('a', 'b') + 'c'",
+            "'aXa'.replace('a', 'b', 1).upperAscii()",
+            "'héllo'.substring(1) + 'x'",
+            "'héllo'.substring(1, 2).size()",
+            "['a', 'b'].join() + ['a', 'b'].join('-')",
+            "'abc'.indexOf('b') + 'abc'.lastIndexOf('b', 2)",
+            "'abc'.charAt(0) == 'a'",
         ];
         for source in cases {
             let verdict = check(source);
@@ -638,9 +686,20 @@ mod tests {
             ("event['user-id']", Ok(Dyn)),
             ("event.tags.exists(tag, tag == 'x')", Ok(Bool)),
             ("event.n + 1 > 'x'", Err("applies > to int and string")),
+            ("event.url.lowerAscii()", Ok(CelType::String)),
+            ("event.url.split('?')[0]", Ok(Dyn)),
+            ("event.url.split('?').size() > 1", Ok(Bool)),
             (
-                "event.url.lowerAscii()",
-                Err("calls lowerAscii(), which is not a function here"),
+                "event.url.lowerAscii(1)",
+                Err(
+                    "calls dyn.lowerAscii(int), which does not exist; lowerAscii takes string.lowerAscii()",
+                ),
+            ),
+            (
+                "event.tags.join(1)",
+                Err(
+                    "calls dyn.join(int), which does not exist; join takes list.join() or list.join(string)",
+                ),
             ),
             (
                 "size(event.a, 3)",

@@ -16,20 +16,9 @@ use sluice_crds::CheckedJob;
 use super::{OutputRecord, Position, Rejected, Sink};
 use crate::metrics::Metrics;
 
-/// Client properties the worker sets itself: a job may not override them, or exactly-once
-/// would silently break (validation refuses them in `spec.kafka.properties`; properties
-/// from the Secret are checked here).
-pub const OWNED_PROPERTIES: [&str; 9] = [
-    "bootstrap.servers",
-    "group.id",
-    "transactional.id",
-    "enable.idempotence",
-    "isolation.level",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "auto.offset.reset",
-    "transaction.timeout.ms",
-];
+/// Client properties the worker sets itself, defined with the validation that refuses
+/// them in `spec.kafka.properties` (properties from the Secret are checked here).
+pub use sluice_crds::kafka::OWNED_PROPERTIES;
 
 /// The names a job owns in Kafka, derived from its namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -107,6 +107,17 @@ pub trait StateStore {
     /// The value of one key.
     fn get(&self, column: Column, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
 
+    /// The values of `keys`, which are in ascending order (repeats allowed), one per key.
+    /// A store reads them in one forward pass (a range scan that skips what lies between),
+    /// so keys close together cost a step each rather than a seek each.
+    fn get_sorted(
+        &self,
+        column: Column,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        keys.iter().map(|key| self.get(column, key)).collect()
+    }
+
     /// Applies a batch atomically.
     fn write(&mut self, batch: StateBatch) -> Result<(), StateError>;
 

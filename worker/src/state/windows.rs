@@ -7,7 +7,7 @@
 //! A checkpoint writes every changed key. Timers are written to the store (batched) and
 //! read back in time order when the watermark passes them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -29,6 +29,9 @@ pub struct WindowState {
     pub fired: bool,
     /// One per aggregate output.
     pub accumulators: Vec<Accumulator>,
+    /// Whether it changed since it was last written to the store (set by whoever changes
+    /// it): a key's unchanged windows are not written again.
+    pub changed: bool,
 }
 
 /// What a timer does when the watermark passes it.
@@ -95,8 +98,74 @@ impl TimerSlot {
     }
 }
 
-/// The keys of a slot: key bytes and key group.
-type SlotMembers = FxHashSet<(Arc<[u8]>, KeyGroup)>;
+/// A key of a slot: key bytes and key group (the order of timers within a slot).
+type SlotMember = (Arc<[u8]>, KeyGroup);
+
+/// The keys of a slot: hashed while it fills (adding a key is a hash insert), ordered once
+/// it is taken in parts (when store timers due at the same time come in batches, so each
+/// batch takes the keys up to the last store timer without looking at the others again).
+enum SlotMembers {
+    Hashed(FxHashSet<SlotMember>),
+    Ordered(BTreeSet<SlotMember>),
+}
+
+impl Default for SlotMembers {
+    fn default() -> Self {
+        Self::Hashed(FxHashSet::default())
+    }
+}
+
+impl SlotMembers {
+    fn insert(&mut self, member: SlotMember) -> bool {
+        match self {
+            Self::Hashed(members) => members.insert(member),
+            Self::Ordered(members) => members.insert(member),
+        }
+    }
+
+    fn remove(&mut self, member: &SlotMember) -> bool {
+        match self {
+            Self::Hashed(members) => members.remove(member),
+            Self::Ordered(members) => members.remove(member),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Hashed(members) => members.is_empty(),
+            Self::Ordered(members) => members.is_empty(),
+        }
+    }
+
+    /// Every member, in order.
+    fn into_sorted(self) -> Vec<SlotMember> {
+        match self {
+            Self::Hashed(members) => {
+                let mut members: Vec<SlotMember> = members.into_iter().collect();
+                members.sort_unstable();
+                members
+            }
+            Self::Ordered(members) => members.into_iter().collect(),
+        }
+    }
+
+    /// Removes and returns, in order, the members not after `last`.
+    fn take_up_to(&mut self, last: &SlotMember) -> Vec<SlotMember> {
+        if let Self::Hashed(members) = self {
+            *self = Self::Ordered(std::mem::take(members).into_iter().collect());
+        }
+        let Self::Ordered(members) = self else {
+            return Vec::new();
+        };
+        let mut taken = Vec::new();
+        while let Some(first) = members.first()
+            && first <= last
+        {
+            taken.extend(members.pop_first());
+        }
+        taken
+    }
+}
 
 /// Timers in memory, grouped by slot: all keys of a window fire at once, so a slot holds
 /// many keys and adding one costs a hash insert.
@@ -141,15 +210,10 @@ impl MemoryTimers {
             }
             let partial = cutoff.filter(|cutoff| slot == TimerSlot::of(cutoff));
             let members = match partial {
-                None => entry.remove(),
+                None => entry.remove().into_sorted(),
                 Some(cutoff) => {
                     let members = entry.into_mut();
-                    let taken: SlotMembers = members
-                        .iter()
-                        .filter(|(key, group)| (key, group) <= (&cutoff.key, &cutoff.key_group))
-                        .cloned()
-                        .collect();
-                    members.retain(|member| !taken.contains(member));
+                    let taken = members.take_up_to(&(cutoff.key.clone(), cutoff.key_group));
                     if members.is_empty() {
                         self.slots.remove(&slot);
                     }
@@ -157,7 +221,6 @@ impl MemoryTimers {
                 }
             };
             self.count -= members.len();
-            let start = due.len();
             due.extend(members.into_iter().map(|(key, key_group)| Timer {
                 time: slot.time,
                 kind: slot.kind,
@@ -166,7 +229,6 @@ impl MemoryTimers {
                 key,
                 key_group,
             }));
-            due[start..].sort_unstable();
             if partial.is_some() {
                 break;
             }
@@ -217,8 +279,49 @@ struct CachedKey {
     removed: Vec<WindowRange>,
     /// Pending timers of this key held in memory (`timers` of the state).
     timers: Vec<(Millis, TimerKind, WindowRange)>,
+    /// Whether it may have changes the store lacks (it is then in `dirty_keys`).
     dirty: bool,
     last_used: u64,
+}
+
+impl CachedKey {
+    /// Adds this key's changes to `batch`: deletes of its removed windows, puts of its
+    /// new and changed ones. It is clean afterwards.
+    fn write_changes(
+        &mut self,
+        batch: &mut StateBatch,
+        stored_keys: &mut FxHashMap<u64, u32>,
+        value: &mut Vec<u8>,
+    ) {
+        let hash = key_hash(&self.key);
+        for range in self.removed.drain(..) {
+            let mut state_key = Vec::new();
+            format::window_key(self.key_group, &self.key, range, &mut state_key);
+            batch.delete(Column::Windows, state_key);
+            if let Some(count) = stored_keys.get_mut(&hash) {
+                *count -= 1;
+                if *count == 0 {
+                    stored_keys.remove(&hash);
+                }
+            }
+        }
+        for window in &mut self.windows {
+            let is_stored = self.stored.contains(&window.range);
+            if is_stored && !window.changed {
+                continue;
+            }
+            let mut state_key = Vec::new();
+            format::window_key(self.key_group, &self.key, window.range, &mut state_key);
+            format::window_value(window.fired, &window.accumulators, value);
+            batch.put(Column::Windows, state_key, value.clone());
+            window.changed = false;
+            if !is_stored {
+                self.stored.push(window.range);
+                *stored_keys.entry(hash).or_default() += 1;
+            }
+        }
+        self.dirty = false;
+    }
 }
 
 /// The hash of a key for [`KeyedWindowState::stored_keys`] (in memory only).
@@ -226,8 +329,22 @@ fn key_hash(key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key)
 }
 
-/// How many timers one store scan returns.
-const TIMER_SCAN_LIMIT: usize = 4096;
+/// How many timers one store scan returns. The windows of those whose key is not cached
+/// are then read in one pass in key order, so a larger batch means more of them share
+/// the blocks the pass reads.
+const TIMER_SCAN_LIMIT: usize = 32_768;
+
+/// The window a due timer is about, as [`KeyedWindowState::read_stored_windows`] found it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoredWindow {
+    /// The key is cached: the cache is the truth.
+    Cached,
+    /// Not read (the key is not cached, but the timer needs no read).
+    NotRead,
+    /// Read from the store: the window, or `None` when it is not there (a stale timer of
+    /// a session merged away).
+    Read(Option<WindowState>),
+}
 
 /// The windows of every key, cached, with their timers.
 ///
@@ -242,9 +359,10 @@ pub struct KeyedWindowState {
     epoch: u64,
     /// Timers of cached keys.
     timers: MemoryTimers,
-    /// Deletes of processed store timers and of windows expired in the store, written
-    /// with the next batch and always before the store is read.
-    pending_deletes: StateBatch,
+    /// Writes to windows of keys not cached (fired or expired in the store) and deletes
+    /// of processed store timers, written with the next batch and always before the
+    /// store is read.
+    pending_writes: StateBatch,
     /// Store timers below this key were processed (and deleted).
     timers_from: Vec<u8>,
     /// The earliest timer in the store not yet processed (`None`: none).
@@ -253,6 +371,10 @@ pub struct KeyedWindowState {
     /// hash share a count): a key missing from the cache whose hash has none is new, and
     /// the store is not read. Proportional to the open windows in the store, not history.
     stored_keys: FxHashMap<u64, u32>,
+    /// The cached keys that became dirty since they were last written (and some that
+    /// were evicted or written since: checked when read), so a checkpoint writes the
+    /// changes without looking at every cached key.
+    dirty_keys: Vec<Arc<[u8]>>,
     open_windows: u64,
     scratch: Vec<u8>,
 }
@@ -267,10 +389,11 @@ impl KeyedWindowState {
             cache_capacity: cache_capacity.max(1),
             epoch: 0,
             timers: MemoryTimers::default(),
-            pending_deletes: StateBatch::default(),
+            pending_writes: StateBatch::default(),
             timers_from: Vec::new(),
             next_store_timer: None,
             stored_keys: FxHashMap::default(),
+            dirty_keys: Vec::new(),
             open_windows: 0,
             scratch: Vec::new(),
         }
@@ -297,6 +420,16 @@ impl KeyedWindowState {
             if self.cached_windows >= self.cache_capacity {
                 self.evict()?;
             }
+            if self.dirty_keys.len() > 2 * self.cache.len() + 1024 {
+                // Keys evicted or written since outnumber the dirty ones: list them anew.
+                // (Only a key entering the cache makes the list grow between checkpoints.)
+                self.dirty_keys = self
+                    .cache
+                    .values()
+                    .filter(|entry| entry.dirty)
+                    .map(|entry| entry.key.clone())
+                    .collect();
+            }
             let windows = if !self.stored_keys.contains_key(&key_hash(key)) {
                 Vec::new()
             } else {
@@ -322,8 +455,11 @@ impl KeyedWindowState {
             action: "cache a key",
             message: "the key vanished from the cache".into(),
         })?;
-        entry.dirty = true;
         entry.last_used = self.epoch;
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty_keys.push(entry.key.clone());
+        }
         Ok(&mut entry.windows)
     }
 
@@ -337,7 +473,7 @@ impl KeyedWindowState {
     pub fn delete_stored_window(&mut self, key_group: KeyGroup, key: &[u8], range: WindowRange) {
         let mut state_key = Vec::new();
         format::window_key(key_group, key, range, &mut state_key);
-        self.pending_deletes.delete(Column::Windows, state_key);
+        self.pending_writes.delete(Column::Windows, state_key);
         let hash = key_hash(key);
         if let Some(count) = self.stored_keys.get_mut(&hash) {
             *count -= 1;
@@ -394,7 +530,7 @@ impl KeyedWindowState {
     }
 
     fn load(&mut self, key_group: KeyGroup, key: &[u8]) -> Result<Vec<WindowState>, StateError> {
-        self.flush_pending_deletes()?;
+        self.flush_pending_writes()?;
         format::key_prefix(key_group, key, &mut self.scratch);
         let prefix_length = self.scratch.len();
         let entries = self.store.scan_prefix(Column::Windows, &self.scratch)?;
@@ -410,6 +546,7 @@ impl KeyedWindowState {
                 range,
                 fired,
                 accumulators,
+                changed: false,
             });
         }
         Ok(windows)
@@ -423,39 +560,17 @@ impl KeyedWindowState {
         write_all: bool,
         mut evict: impl FnMut(&CachedKey) -> bool,
     ) -> Result<(), StateError> {
-        let mut batch = std::mem::take(&mut self.pending_deletes);
+        let mut batch = std::mem::take(&mut self.pending_writes);
         let mut value = Vec::new();
         let mut evicted_windows = 0;
         let stored_keys = &mut self.stored_keys;
         let mut earliest_timer = self.next_store_timer;
         let mut earliest_timer_key: Option<Vec<u8>> = None;
         let timers = &mut self.timers;
-        self.cache.retain(|key, entry| {
+        self.cache.retain(|_, entry| {
             let evicted = evict(entry);
             if entry.dirty && (evicted || write_all) {
-                for range in entry.removed.drain(..) {
-                    let mut state_key = Vec::new();
-                    format::window_key(entry.key_group, key, range, &mut state_key);
-                    batch.delete(Column::Windows, state_key);
-                    let hash = key_hash(key);
-                    if let Some(count) = stored_keys.get_mut(&hash) {
-                        *count -= 1;
-                        if *count == 0 {
-                            stored_keys.remove(&hash);
-                        }
-                    }
-                }
-                for window in &entry.windows {
-                    let mut state_key = Vec::new();
-                    format::window_key(entry.key_group, key, window.range, &mut state_key);
-                    format::window_value(window.fired, &window.accumulators, &mut value);
-                    batch.put(Column::Windows, state_key, value.clone());
-                    if !entry.stored.contains(&window.range) {
-                        entry.stored.push(window.range);
-                        *stored_keys.entry(key_hash(key)).or_default() += 1;
-                    }
-                }
-                entry.dirty = false;
+                entry.write_changes(&mut batch, stored_keys, &mut value);
             }
             if evicted {
                 evicted_windows += entry.windows.len();
@@ -557,7 +672,7 @@ impl KeyedWindowState {
         let mut from_store = Vec::new();
         let mut store_exhausted = true;
         if self.next_store_timer.is_some_and(|next| next <= watermark) {
-            self.flush_pending_deletes()?;
+            self.flush_pending_writes()?;
             let upper = watermark
                 .checked_add(1)
                 .map(|after| format::time_bytes(after).to_vec());
@@ -574,7 +689,7 @@ impl KeyedWindowState {
                     message: format!("malformed timer of {} bytes", timer_key.len()),
                 })?;
                 from_store.push(timer);
-                self.pending_deletes
+                self.pending_writes
                     .delete(Column::Timers, timer_key.clone());
             }
             if let Some(last) = keys.last() {
@@ -582,7 +697,7 @@ impl KeyedWindowState {
                 self.timers_from.push(0);
             }
             if store_exhausted {
-                self.flush_pending_deletes()?;
+                self.flush_pending_writes()?;
                 let next = self
                     .store
                     .scan_keys(Column::Timers, &self.timers_from, None, 1)?;
@@ -630,9 +745,124 @@ impl KeyedWindowState {
         Ok(merged)
     }
 
-    fn flush_pending_deletes(&mut self) -> Result<(), StateError> {
-        if !self.pending_deletes.is_empty() {
-            let batch = std::mem::take(&mut self.pending_deletes);
+    /// The windows of `timers` (due timers, in order) whose key is not cached, read from
+    /// the store in one forward pass in key-group/key/window order rather than a seek
+    /// each; expiries are read only with `read_expiries`. One per timer.
+    pub fn read_stored_windows(
+        &mut self,
+        timers: &[Timer],
+        read_expiries: bool,
+    ) -> Result<Vec<StoredWindow>, StateError> {
+        let mut found = Vec::with_capacity(timers.len());
+        let mut wanted = Vec::new();
+        for (index, timer) in timers.iter().enumerate() {
+            if self.cache.contains_key(&timer.key) {
+                found.push(StoredWindow::Cached);
+                continue;
+            }
+            found.push(StoredWindow::NotRead);
+            if timer.kind == TimerKind::Fire || read_expiries {
+                let mut state_key = Vec::new();
+                format::window_key(timer.key_group, &timer.key, timer.range(), &mut state_key);
+                wanted.push((state_key, index));
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(found);
+        }
+        self.flush_pending_writes()?;
+        wanted.sort_unstable();
+        let (keys, indices): (Vec<Vec<u8>>, Vec<usize>) = wanted.into_iter().unzip();
+        let values = self.store.get_sorted(Column::Windows, &keys)?;
+        for ((index, value), state_key) in indices.into_iter().zip(values).zip(&keys) {
+            let window = match value {
+                None => None,
+                Some(value) => Some(Self::decode_window(state_key, &value)?),
+            };
+            found[index] = StoredWindow::Read(window);
+        }
+        Ok(found)
+    }
+
+    fn decode_window(state_key: &[u8], value: &[u8]) -> Result<WindowState, StateError> {
+        let malformed = || StateError {
+            action: "decode window state",
+            message: format!("malformed entry of {} bytes", value.len()),
+        };
+        let key = format::key_of_window_key(state_key).ok_or_else(malformed)?;
+        let range = format::window_of_key(state_key, 6 + key.len()).ok_or_else(malformed)?;
+        let (fired, accumulators) = format::decode_window_value(value).ok_or_else(malformed)?;
+        Ok(WindowState {
+            range,
+            fired,
+            accumulators,
+            changed: false,
+        })
+    }
+
+    /// One window of a key that is not cached, as stored (`None`: not stored).
+    pub fn stored_window(
+        &mut self,
+        key_group: KeyGroup,
+        key: &[u8],
+        range: WindowRange,
+    ) -> Result<Option<WindowState>, StateError> {
+        self.flush_pending_writes()?;
+        let mut state_key = Vec::new();
+        format::window_key(key_group, key, range, &mut state_key);
+        match self.store.get(Column::Windows, &state_key)? {
+            Some(value) => Self::decode_window(&state_key, &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Records in the store that `window` of a key that is not cached fired (its result
+    /// was emitted) at `watermark`: with allowed lateness it is kept, marked fired, and
+    /// expires at its end plus the lateness; when that is already past (no lateness), it
+    /// is deleted. The key is not loaded into the cache.
+    pub fn fire_stored_window(
+        &mut self,
+        key_group: KeyGroup,
+        key: &[u8],
+        window: &WindowState,
+        allowed_lateness: Millis,
+        watermark: Millis,
+    ) {
+        if window.range.end.saturating_add(allowed_lateness) <= watermark {
+            // It expires at once too (no lateness, or the watermark jumped past it).
+            self.delete_stored_window(key_group, key, window.range);
+            return;
+        }
+        let mut state_key = Vec::new();
+        format::window_key(key_group, key, window.range, &mut state_key);
+        let mut value = Vec::new();
+        format::window_value(true, &window.accumulators, &mut value);
+        self.pending_writes.put(Column::Windows, state_key, value);
+        let expire = Timer {
+            time: window.range.end.saturating_add(allowed_lateness),
+            kind: TimerKind::Expire,
+            start: window.range.start,
+            end: window.range.end,
+            key: key.into(),
+            key_group,
+        };
+        let store_key = expire.store_key();
+        self.next_store_timer = Some(
+            self.next_store_timer
+                .map_or(expire.time, |next| next.min(expire.time)),
+        );
+        if store_key < self.timers_from {
+            // Earlier than store timers already processed (a watermark that jumped past
+            // the expiry too): scan again from it (the processed ones are deleted first).
+            self.timers_from.clone_from(&store_key);
+        }
+        self.pending_writes
+            .put(Column::Timers, store_key, Vec::new());
+    }
+
+    fn flush_pending_writes(&mut self) -> Result<(), StateError> {
+        if !self.pending_writes.is_empty() {
+            let batch = std::mem::take(&mut self.pending_writes);
             self.store.write(batch)?;
         }
         Ok(())
@@ -641,8 +871,28 @@ impl KeyedWindowState {
     /// Writes every change of the cached keys to the store, keeping the cache (timers of
     /// cached keys stay in memory: a restore rebuilds timers from window state).
     pub fn checkpoint(&mut self) -> Result<(), StateError> {
-        self.write_back(true, |_| false)?;
-        self.flush_pending_deletes()
+        self.checkpoint_with(StateBatch::default())
+    }
+
+    /// [`Self::checkpoint`], writing `batch` (a checkpoint record) in the same write
+    /// batch: one atomic write of what changed since the last one, found through the
+    /// list of dirty keys rather than a look at every cached key.
+    pub fn checkpoint_with(&mut self, mut batch: StateBatch) -> Result<(), StateError> {
+        batch
+            .operations
+            .append(&mut std::mem::take(&mut self.pending_writes).operations);
+        let mut value = Vec::new();
+        for key in std::mem::take(&mut self.dirty_keys) {
+            if let Some(entry) = self.cache.get_mut(&key)
+                && entry.dirty
+            {
+                entry.write_changes(&mut batch, &mut self.stored_keys, &mut value);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.store.write(batch)
     }
 
     /// Makes the in-memory bookkeeping agree with what the store holds, after the store
@@ -652,9 +902,10 @@ impl KeyedWindowState {
     pub fn rebuild_from_store(&mut self, allowed_lateness: Millis) -> Result<(), StateError> {
         const PAGE: usize = 65_536;
         self.cache.clear();
+        self.dirty_keys.clear();
         self.cached_windows = 0;
         self.timers = MemoryTimers::default();
-        self.pending_deletes = StateBatch::default();
+        self.pending_writes = StateBatch::default();
         self.timers_from.clear();
         self.next_store_timer = None;
         self.stored_keys.clear();
@@ -739,7 +990,8 @@ impl KeyedWindowState {
     /// Writes everything back and empties the cache, so the store holds all state.
     pub fn evict_all(&mut self) -> Result<(), StateError> {
         self.write_back(true, |_| true)?;
-        self.flush_pending_deletes()
+        self.dirty_keys.clear();
+        self.flush_pending_writes()
     }
 
     /// Window entries in the store once the cache is written back: equals
@@ -751,7 +1003,7 @@ impl KeyedWindowState {
 
     /// Timers pending, in memory and in the store.
     pub fn count_timers(&mut self) -> Result<u64, StateError> {
-        self.flush_pending_deletes()?;
+        self.flush_pending_writes()?;
         Ok(self.timers.count as u64 + self.store.count(Column::Timers)?)
     }
 }
@@ -767,6 +1019,7 @@ mod tests {
             range: WindowRange { start, end },
             fired: false,
             accumulators: vec![Accumulator::new(AggregateFunction::Count)],
+            changed: true,
         }
     }
 

@@ -210,7 +210,9 @@ impl JobBuilder {
             "metadata": {"name": "test"},
             "spec": spec,
         });
-        serde_yaml_ng::to_string(&manifest).expect("a manifest serializes")
+        // JSON, which is YAML too: serde_yaml_ng writes YAML 1.2 and leaves names such as
+        // `n` or `on` unquoted, which kubectl (YAML 1.1) and validate read as booleans.
+        serde_json::to_string_pretty(&manifest).expect("a manifest serializes")
     }
 }
 

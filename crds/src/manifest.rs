@@ -1,0 +1,299 @@
+//! Manifest files, read as `kubectl apply` reads them and checked as the API server and
+//! the controller check them.
+//!
+//! A file may hold several YAML documents (or be JSON). Each is converted to JSON as
+//! kubectl converts it ([`yaml`]); each StreamJob among them is checked in the API
+//! server's order: its `metadata`, then the CRD's schema (unknown fields, types, bounds),
+//! and only when those hold, the typed spec and [`crate::validate()`]. Documents of other
+//! kinds are skipped, as a pre-commit check of a folder of mixed manifests expects.
+
+pub mod yaml;
+
+use serde_json::Value;
+
+use crate::streamjob::StreamJob;
+use crate::validate::{CheckedJob, FieldError, ValidationErrors, metadata, schema};
+
+/// The largest manifest file read: the most the API server accepts in one request.
+pub const MAX_MANIFEST_BYTES: usize = 3 * 1024 * 1024;
+
+/// The `apiVersion` of a StreamJob.
+pub const API_VERSION: &str = "sluice.dev/v1alpha1";
+
+/// Why a manifest could not be read as a StreamJob.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Larger than [`MAX_MANIFEST_BYTES`].
+    #[error(
+        "the manifest is {bytes} bytes, more than the {MAX_MANIFEST_BYTES} the API server accepts in one request: split it"
+    )]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+    },
+    /// Not YAML that kubectl reads.
+    #[error("failed to read the manifest as YAML: {0}")]
+    Yaml(#[from] yaml::YamlError),
+    /// A field of the wrong shape, found when reading the typed StreamJob.
+    #[error("failed to read the manifest as a StreamJob: {field}: {message}")]
+    Field {
+        /// Path of the field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Another kind of object.
+    #[error(
+        "the manifest is apiVersion {api_version:?} kind {kind:?}, expected apiVersion \"sluice.dev/v1alpha1\" kind \"StreamJob\""
+    )]
+    WrongKind {
+        /// The apiVersion found.
+        api_version: String,
+        /// The kind found.
+        kind: String,
+    },
+    /// No document is a StreamJob.
+    #[error("the manifest holds no StreamJob (kind: StreamJob, apiVersion: sluice.dev/v1alpha1)")]
+    NoStreamJob,
+    /// Several StreamJobs where one is expected.
+    #[error("the manifest holds {count} StreamJobs where one is expected: give each its own file")]
+    SeveralStreamJobs {
+        /// How many.
+        count: usize,
+    },
+    /// It is a StreamJob, with problems.
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+}
+
+/// A StreamJob document of a manifest file, checked.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ManifestJob {
+    /// Its position in the file, from 1.
+    pub document: usize,
+    /// The line it starts at.
+    pub line: usize,
+    /// `metadata.name`, when it is a string.
+    pub name: Option<String>,
+    /// The StreamJob and its checked form, or what is wrong with it.
+    pub result: Result<(StreamJob, CheckedJob), ManifestError>,
+}
+
+/// A document that is not a StreamJob, skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SkippedDocument {
+    /// Its position in the file, from 1.
+    pub document: usize,
+    /// Its `apiVersion`.
+    pub api_version: String,
+    /// Its `kind`.
+    pub kind: String,
+    /// Its `metadata.name`, if any.
+    pub name: Option<String>,
+}
+
+/// The documents of a manifest file.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Manifest {
+    /// The StreamJobs (and documents that may be meant as one: no kind, another version).
+    pub jobs: Vec<ManifestJob>,
+    /// Documents of other kinds.
+    pub skipped: Vec<SkippedDocument>,
+}
+
+/// Reads every document of a manifest file and checks each StreamJob among them. Fails
+/// as a whole only when the file is too large or is not YAML.
+pub fn load_manifests(text: &str) -> Result<Manifest, ManifestError> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(ManifestError::TooLarge { bytes: text.len() });
+    }
+    let mut manifest = Manifest::default();
+    for (index, document) in yaml::documents(text)?.into_iter().enumerate() {
+        let number = index + 1;
+        let text_of = |name: &str| document.value.get(name).and_then(Value::as_str);
+        let name = document
+            .value
+            .get("metadata")
+            .and_then(|metadata| metadata.get("name"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let (api_version, kind) = (text_of("apiVersion"), text_of("kind"));
+        let is_stream_job = kind == Some("StreamJob")
+            && api_version.is_some_and(|version| version.starts_with("sluice.dev/"));
+        if let (Some(api_version), Some(kind), false) = (api_version, kind, is_stream_job) {
+            manifest.skipped.push(SkippedDocument {
+                document: number,
+                api_version: api_version.to_string(),
+                kind: kind.to_string(),
+                name,
+            });
+            continue;
+        }
+        manifest.jobs.push(ManifestJob {
+            document: number,
+            line: document.line,
+            name,
+            result: load_document(document.value),
+        });
+    }
+    Ok(manifest)
+}
+
+/// Reads a manifest file that holds one StreamJob (and maybe documents of other kinds)
+/// and checks it.
+pub fn load_manifest(text: &str) -> Result<(StreamJob, CheckedJob), ManifestError> {
+    let mut manifest = load_manifests(text)?;
+    match manifest.jobs.len() {
+        1 => manifest.jobs.remove(0).result,
+        0 => match manifest.skipped.as_slice() {
+            [only] => Err(ManifestError::WrongKind {
+                api_version: only.api_version.clone(),
+                kind: only.kind.clone(),
+            }),
+            _ => Err(ManifestError::NoStreamJob),
+        },
+        count => Err(ManifestError::SeveralStreamJobs { count }),
+    }
+}
+
+/// Checks one StreamJob document, in the order the API server does.
+fn load_document(mut object: Value) -> Result<(StreamJob, CheckedJob), ManifestError> {
+    let api_version = object.get("apiVersion").and_then(Value::as_str);
+    let kind = object.get("kind").and_then(Value::as_str);
+    if kind.is_some() && api_version.is_some() && api_version != Some(API_VERSION) {
+        return Err(ManifestError::WrongKind {
+            api_version: api_version.unwrap_or_default().to_string(),
+            kind: kind.unwrap_or_default().to_string(),
+        });
+    }
+    let mut errors: Vec<FieldError> = Vec::new();
+    for field in ["apiVersion", "kind"] {
+        if object.get(field).and_then(Value::as_str).is_none() {
+            errors.push(FieldError {
+                field: field.to_string(),
+                message: format!(
+                    "is required: a StreamJob has apiVersion: {API_VERSION} and kind: StreamJob"
+                ),
+            });
+        }
+    }
+    if !object.is_object() {
+        return Err(ValidationErrors {
+            errors: vec![FieldError {
+                field: "(document)".to_string(),
+                message: format!(
+                    "must be a mapping of fields, not {}",
+                    schema::kind_of(&object)
+                ),
+            }],
+        }
+        .into());
+    }
+    metadata::check(object.get("metadata"), &mut errors);
+    // The type fields and metadata are checked above; the CRD's schema does not describe
+    // them.
+    let mut header = serde_json::Map::new();
+    if let Some(fields) = object.as_object_mut() {
+        for name in ["apiVersion", "kind"] {
+            if let Some(value) = fields.remove(name) {
+                header.insert(name.to_string(), value);
+            }
+        }
+    }
+    let metadata = object
+        .as_object_mut()
+        .and_then(|fields| fields.remove("metadata"));
+    schema::check(&mut object, schema::root(), "", &mut errors);
+    if let Some(fields) = object.as_object_mut() {
+        fields.extend(header);
+    }
+    if !errors.is_empty() {
+        // As the API server: when the object does not fit the schema, the rules are not
+        // evaluated.
+        return Err(ValidationErrors { errors }.into());
+    }
+    if let (Some(fields), Some(mut metadata)) = (object.as_object_mut(), metadata) {
+        // Go decodes a null label or annotation as "".
+        for map in ["labels", "annotations"] {
+            if let Some(entries) = metadata.get_mut(map).and_then(Value::as_object_mut) {
+                for value in entries.values_mut() {
+                    if value.is_null() {
+                        *value = Value::String(String::new());
+                    }
+                }
+            }
+        }
+        fields.insert("metadata".to_string(), metadata);
+    }
+    let job: StreamJob = serde_path_to_error::deserialize(object).map_err(|error| {
+        let field = error.path().to_string();
+        let message = error.into_inner().to_string();
+        ManifestError::Field { field, message }
+    })?;
+    let checked = crate::validate(&job.spec)?;
+    Ok((job, checked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JOB: &str = "apiVersion: sluice.dev/v1alpha1\nkind: StreamJob\nmetadata:\n  name: NAME\nspec:\n  kafka: {bootstrapServers: kafka:9092}\n  source: {topics: [in], eventTime: {field: ts}}\n  pipeline:\n  - filter: FILTER\n  sink: {topic: out}\n";
+
+    fn job(name: &str, filter: &str) -> String {
+        JOB.replace("NAME", name).replace("FILTER", filter)
+    }
+
+    #[test]
+    fn each_stream_job_of_a_file_is_checked_and_named() {
+        let text = format!(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings}}\n---\n{}---\n{}",
+            job("good", "event.status == 200"),
+            job("bad", "event.status + 1"),
+        );
+        let manifest = load_manifests(&text).unwrap();
+        assert_eq!(
+            manifest.skipped,
+            [SkippedDocument {
+                document: 1,
+                api_version: "v1".to_string(),
+                kind: "ConfigMap".to_string(),
+                name: Some("settings".to_string()),
+            }]
+        );
+        let verdicts: Vec<(usize, Option<&str>, bool)> = manifest
+            .jobs
+            .iter()
+            .map(|job| (job.document, job.name.as_deref(), job.result.is_ok()))
+            .collect();
+        assert_eq!(verdicts, [(2, Some("good"), true), (3, Some("bad"), false)]);
+        let error = manifest.jobs[1].result.as_ref().unwrap_err().to_string();
+        assert!(error.contains("spec.pipeline[0].filter"), "{error}");
+        assert!(matches!(
+            load_manifest(&text),
+            Err(ManifestError::SeveralStreamJobs { count: 2 })
+        ));
+    }
+
+    #[test]
+    fn the_api_servers_order_schema_before_rules() {
+        // An unknown field and a bad expression: as the API server, the schema's problem
+        // is reported and the rules are not run.
+        let text = job("typo", "event.status +").replace("  kafka:", "  paralelism: 2\n  kafka:");
+        let error = load_manifest(&text).unwrap_err().to_string();
+        assert!(error.contains("did you mean \"parallelism\"?"), "{error}");
+        assert!(!error.contains("filter"), "{error}");
+    }
+
+    #[test]
+    fn files_beyond_the_api_servers_limit_are_not_read() {
+        let text = "#".repeat(MAX_MANIFEST_BYTES + 1);
+        assert!(matches!(
+            load_manifests(&text),
+            Err(ManifestError::TooLarge { .. })
+        ));
+    }
+}
