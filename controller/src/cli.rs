@@ -76,8 +76,14 @@ pub struct RunArgs {
     /// How many StreamJobs are reconciled at once.
     #[arg(long, env = "SLUICE_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
-    /// How often a healthy job is reconciled when nothing changed (repairs what no watch
-    /// sees, such as an edited admin-token Secret).
+    /// How long a job's reconcile waits after the last change that asked for it, so a
+    /// burst of changes (a new job's children appearing, its StatefulSet's status moving)
+    /// is one reconcile; 0s: at once. It delays every reconcile, a new job's first status
+    /// too.
+    #[arg(long, env = "SLUICE_DEBOUNCE", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub debounce: Duration,
+    /// How often a healthy job is reconciled when nothing changed (repairs what a watch
+    /// missed).
     #[arg(long, env = "SLUICE_RESYNC_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
     /// Run only while holding a Lease, so several replicas can run with one active. Off
@@ -119,6 +125,7 @@ impl RunArgs {
             },
             http_address: self.http_address,
             concurrency: self.concurrency.max(1),
+            debounce: self.debounce,
             leader_election: self.leader_election.then(|| LeaderElection {
                 lease_name: self.lease_name.clone(),
                 lease_namespace: self.lease_namespace.clone(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use kube::runtime::events::{Recorder, Reporter};
 
 use crate::backoff::Backoff;
+use crate::cache::ChildCache;
 use crate::metrics::Metrics;
 
 /// The worker image of this controller's own version.
@@ -50,6 +51,9 @@ pub struct Context {
     pub backoff: Arc<Backoff>,
     /// The settings.
     pub settings: Arc<Settings>,
+    /// The cached children of the jobs this context's controller watches (one per watched
+    /// namespace; empty until `run` sets it).
+    pub children: ChildCache,
 }
 
 impl Context {
@@ -70,6 +74,15 @@ impl Context {
             metrics,
             backoff: Arc::default(),
             settings: Arc::new(settings),
+            children: ChildCache::default(),
+        }
+    }
+
+    /// The same context over the children cache of one watch scope.
+    pub fn with_children(&self, children: ChildCache) -> Self {
+        Self {
+            children,
+            ..self.clone()
         }
     }
 }

@@ -6,6 +6,8 @@
 //! - [`reconcile`]: one StreamJob, in phases: dereference → validate → build → apply →
 //!   orphans → status.
 //! - [`build`]: the pure builders of every child object.
+//! - [`cache`]: what the watches know of the children: which applies a reconcile can skip,
+//!   which child changes trigger one.
 //! - [`status`]: the pure status decision (phase, kstatus conditions, transitions).
 //! - [`names`]: the names and labels of the children.
 //! - [`spec_hash`](mod@spec_hash): which spec the workers run.
@@ -20,6 +22,7 @@
 
 pub mod backoff;
 pub mod build;
+pub mod cache;
 pub mod cli;
 pub mod context;
 pub mod error;

@@ -11,6 +11,10 @@ pub const JOB_LABEL: &str = "sluice.dev/job";
 /// Annotation on the worker pods: the spec hash they run (a change restarts them).
 pub const SPEC_HASH_ANNOTATION: &str = "sluice.dev/spec-hash";
 
+/// Annotation on every child: the hash of the object as the controller built it, so a
+/// reconcile skips the apply of a child the watches show is already that (see `cache`).
+pub const APPLIED_HASH_ANNOTATION: &str = "sluice.dev/applied-hash";
+
 /// The longest StreamJob name the controller accepts: a StatefulSet's pods carry the label
 /// `controller-revision-hash: <name>-<10 characters>`, which must fit in 63.
 pub const MAX_JOB_NAME_LENGTH: usize = 52;

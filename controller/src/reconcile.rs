@@ -1,10 +1,15 @@
 //! The reconciler: one StreamJob, in named phases.
 //!
-//! dereference (reads: the Secret it names, the admin token) → validate (pure:
-//! `sluice_crds::validate` and the controller's own rules) → build (pure, infallible:
-//! every child) → apply (server-side apply, one field manager, the StatefulSet last) →
-//! delete orphans → status (pure decision, written only when it changed) and an Event
-//! per transition or failure.
+//! dereference (reads: the Secret it names) → validate (pure: `sluice_crds::validate` and
+//! the controller's own rules) → build (pure, infallible: every child) → plan (pure: which
+//! children the watches show are not yet what was built, see `cache`) → for a new
+//! generation, the status first (observedGeneration, Reconciling) → apply (server-side
+//! apply, one field manager; the independent children at once, the StatefulSet last) →
+//! delete orphans → status (pure decision, written only when it changed) and an Event per
+//! transition or failure.
+//!
+//! A steady-state reconcile (every child in sync) sends no request but a status write
+//! when the workers changed; a new job has its first status after one request.
 //!
 //! A spec only the user can fix stalls the job (`Stalled`, an Event, no requeue: the next
 //! edit reconciles it) and applies nothing, so running workers keep their last good spec.
@@ -13,9 +18,8 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -27,6 +31,7 @@ use sluice_crds::{CheckedJob, StreamJob, ValidationErrors};
 use tracing::{debug, info, instrument, warn};
 
 use crate::build::{BuildInputs, Children, Orphan, build, job_name};
+use crate::cache::{ChildCache, cached, in_sync, stamp};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind};
 use crate::names::{ChildNames, FIELD_MANAGER, MAX_JOB_NAME_LENGTH, TOKEN_FILE};
@@ -42,7 +47,9 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action,
         // Garbage collection deletes the children through their owner references.
         return Ok(Action::await_change());
     }
-    match phases(&job, &ctx).await {
+    // The job as this reconcile last wrote its status (the status phase compares with it).
+    let mut job = StreamJob::clone(&job);
+    match phases(&mut job, &ctx).await {
         Ok(action) => {
             ctx.backoff.succeeded(&key);
             Ok(action)
@@ -60,7 +67,7 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action,
                     message: error.to_string(),
                 }
             };
-            if let Err(status_error) = report(&job, &ctx, &observation).await {
+            if let Err(status_error) = report(&mut job, &ctx, &observation).await {
                 warn!("{status_error}");
             }
             match error.kind() {
@@ -94,19 +101,60 @@ fn object_key(job: &StreamJob) -> String {
     format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
 }
 
-async fn phases(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
-    let references = dereference(job, ctx).await?;
+async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
+    // After a start, decide from a full cache rather than apply every child again.
+    ctx.children.wait_until_ready().await;
+    dereference(job, ctx).await?;
     let checked = validate(job)?;
+    let namespace = job.namespace().unwrap_or_default();
+    let names = ChildNames::of(&job_name(job));
     let spec_hash = spec_hash(&job.spec);
-    let children = build(&BuildInputs {
-        job,
-        checked: &checked,
-        default_image: &ctx.settings.worker_image,
-        admin_token: &references.admin_token,
-        spec_hash: &spec_hash,
-    });
-    let workers = apply(job, ctx, &children).await?;
-    delete_orphans(job, ctx, &children).await?;
+    let cached_token = cached(&ctx.children.admin_tokens, &namespace, &names.admin_token)
+        .and_then(|secret| token_of(&secret));
+    // The build reads the spec; the status phase updates `job.status`.
+    let built_from = job.clone();
+    let build_with = |admin_token: &str| {
+        build(&BuildInputs {
+            job: &built_from,
+            checked: &checked,
+            default_image: &ctx.settings.worker_image,
+            admin_token,
+            spec_hash: &spec_hash,
+        })
+    };
+    let mut children = build_with(cached_token.as_deref().unwrap_or_default());
+    let mut plan = plan(&mut children, &ctx.children, &namespace);
+    let cached_workers = cached(&ctx.children.workers, &namespace, &names.workers);
+    if job
+        .status
+        .as_ref()
+        .and_then(|status| status.observed_generation)
+        != job.metadata.generation
+    {
+        // Write-ahead: the new generation is recorded as in progress before anything is
+        // applied, so a new job has a status after one request.
+        let mut workers = WorkerCounts::of(cached_workers.as_deref().unwrap_or(&children.workers));
+        if plan.workers {
+            workers.rolled_out = false;
+        }
+        let observation = Observation::Applied {
+            spec_hash: spec_hash.clone(),
+            workers,
+        };
+        report(job, ctx, &observation).await?;
+    }
+    if cached_token.is_none() {
+        // Not seen by the watch (a new job, or a Secret created a moment ago): read it, so
+        // the workers' token never changes.
+        let token = read_admin_token(ctx, &namespace, &names.admin_token).await?;
+        children = build_with(&token);
+        plan = Plan {
+            admin_token: true,
+            ..self::plan(&mut children, &ctx.children, &namespace)
+        };
+    }
+    let workers = apply(ctx, &namespace, &children, &plan, cached_workers).await?;
+    delete_orphans(ctx, &namespace, &children, &names).await?;
     report(
         job,
         ctx,
@@ -119,43 +167,46 @@ async fn phases(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(ctx.settings.resync_interval))
 }
 
-/// What the dereference phase read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct References {
-    /// The admin-API token: the existing Secret's, else a new one.
-    pub admin_token: String,
+/// The reads phase: the Secret of `spec.kafka.secretRef` must exist. Only its metadata is
+/// read: the controller never holds Kafka credentials, so it is not watched either.
+pub async fn dereference(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
+    let Some(reference) = &job.spec.kafka.secret_ref else {
+        return Ok(());
+    };
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let found = secrets
+        .get_metadata_opt(&reference.name)
+        .await
+        .map_err(Error::api(format!("read Secret {}", reference.name)))?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(Error::MissingReference {
+            kind: "Secret",
+            name: reference.name.clone(),
+            field: "spec.kafka.secretRef",
+        }),
+    }
 }
 
-/// Reads what the job refers to: the Secret of `spec.kafka.secretRef` must exist (only
-/// its metadata is read: the controller never holds Kafka credentials), and the admin
-/// token is kept from the existing Secret so the workers' token does not change.
-pub async fn dereference(job: &StreamJob, ctx: &Context) -> Result<References, Error> {
-    let namespace = job.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    if let Some(reference) = &job.spec.kafka.secret_ref {
-        let found = secrets
-            .get_metadata_opt(&reference.name)
-            .await
-            .map_err(Error::api(format!("read Secret {}", reference.name)))?;
-        if found.is_none() {
-            return Err(Error::MissingReference {
-                kind: "Secret",
-                name: reference.name.clone(),
-                field: "spec.kafka.secretRef",
-            });
-        }
-    }
-    let names = ChildNames::of(&job_name(job));
+/// The admin token of the existing Secret `name`, else a new one.
+async fn read_admin_token(ctx: &Context, namespace: &str, name: &str) -> Result<String, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let existing = secrets
-        .get_opt(&names.admin_token)
+        .get_opt(name)
         .await
-        .map_err(Error::api(format!("read Secret {}", names.admin_token)))?;
-    let admin_token = existing
-        .and_then(|secret| secret.data?.remove(TOKEN_FILE))
-        .and_then(|bytes| String::from_utf8(bytes.0).ok())
+        .map_err(Error::api(format!("read Secret {name}")))?;
+    Ok(existing
+        .as_ref()
+        .and_then(token_of)
+        .unwrap_or_else(new_token))
+}
+
+fn token_of(secret: &Secret) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(TOKEN_FILE)?;
+    String::from_utf8(bytes.0.clone())
+        .ok()
         .filter(|token| !token.is_empty())
-        .unwrap_or_else(new_token);
-    Ok(References { admin_token })
 }
 
 /// A new admin token: 32 random bytes as hex.
@@ -163,6 +214,79 @@ fn new_token() -> String {
     let mut bytes = [0_u8; 32];
     getrandom::fill(&mut bytes).expect("the operating system provides randomness");
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Which children to apply: those whose cached copy is not in sync with what was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The ServiceAccount (when the build has one).
+    pub service_account: bool,
+    /// The admin-token Secret.
+    pub admin_token: bool,
+    /// The job ConfigMap.
+    pub job_config: bool,
+    /// The headless Service.
+    pub service: bool,
+    /// The PodDisruptionBudget.
+    pub disruption_budget: bool,
+    /// The StatefulSet.
+    pub workers: bool,
+}
+
+/// Stamps every child with its hash and compares with the cache (pure but for reading
+/// the cache).
+pub fn plan(children: &mut Children, cache: &ChildCache, namespace: &str) -> Plan {
+    fn needed<K: Resource + Serialize>(object: &mut K, meta: Option<&ObjectMeta>) -> bool {
+        let hash = stamp(object);
+        !meta.is_some_and(|meta| in_sync(meta, &hash))
+    }
+    let service_account = match children.service_account.as_mut() {
+        Some(account) => {
+            let found = cached(&cache.service_accounts, namespace, &account.name_any());
+            needed(account, found.as_ref().map(|found| &found.metadata))
+        }
+        None => false,
+    };
+    let admin_token = cached(
+        &cache.admin_tokens,
+        namespace,
+        &children.admin_token.name_any(),
+    );
+    let job_config = cached(
+        &cache.job_configs,
+        namespace,
+        &children.job_config.name_any(),
+    );
+    let service = cached(&cache.services, namespace, &children.service.name_any());
+    let disruption_budget = cached(
+        &cache.disruption_budgets,
+        namespace,
+        &children.disruption_budget.name_any(),
+    );
+    let workers = cached(&cache.workers, namespace, &children.workers.name_any());
+    Plan {
+        service_account,
+        admin_token: needed(
+            &mut children.admin_token,
+            admin_token.as_ref().map(|found| &found.metadata),
+        ),
+        job_config: needed(
+            &mut children.job_config,
+            job_config.as_ref().map(|found| &found.metadata),
+        ),
+        service: needed(
+            &mut children.service,
+            service.as_ref().map(|found| &found.metadata),
+        ),
+        disruption_budget: needed(
+            &mut children.disruption_budget,
+            disruption_budget.as_ref().map(|found| &found.metadata),
+        ),
+        workers: needed(
+            &mut children.workers,
+            workers.as_ref().map(|found| &found.metadata),
+        ),
+    }
 }
 
 /// Checks the job: `sluice_crds::validate` (the CRD's rules and the pipeline's CEL), and
@@ -196,19 +320,64 @@ pub fn validate(job: &StreamJob) -> Result<CheckedJob, Error> {
     }
 }
 
-/// Applies every child with server-side apply, the StatefulSet last (so its pods start
-/// once, with everything they mount present); returns the StatefulSet as the API server
-/// answered, status included.
-async fn apply(job: &StreamJob, ctx: &Context, children: &Children) -> Result<StatefulSet, Error> {
-    let namespace = job.namespace().unwrap_or_default();
-    if let Some(account) = &children.service_account {
-        apply_one::<ServiceAccount>(ctx, &namespace, account).await?;
+/// Applies the children of the plan with server-side apply: the independent ones at once,
+/// then the StatefulSet (so its pods start once, with everything they mount present).
+/// Returns the StatefulSet as the API server answered, or as cached when in sync.
+async fn apply(
+    ctx: &Context,
+    namespace: &str,
+    children: &Children,
+    plan: &Plan,
+    cached_workers: Option<Arc<StatefulSet>>,
+) -> Result<StatefulSet, Error> {
+    tokio::try_join!(
+        apply_if(
+            ctx,
+            namespace,
+            children
+                .service_account
+                .as_ref()
+                .filter(|_| plan.service_account)
+        ),
+        apply_if(
+            ctx,
+            namespace,
+            Some(&children.admin_token).filter(|_| plan.admin_token)
+        ),
+        apply_if(
+            ctx,
+            namespace,
+            Some(&children.job_config).filter(|_| plan.job_config)
+        ),
+        apply_if(
+            ctx,
+            namespace,
+            Some(&children.service).filter(|_| plan.service)
+        ),
+        apply_if(
+            ctx,
+            namespace,
+            Some(&children.disruption_budget).filter(|_| plan.disruption_budget)
+        ),
+    )?;
+    match cached_workers {
+        Some(workers) if !plan.workers => Ok(StatefulSet::clone(&workers)),
+        _ => apply_one::<StatefulSet>(ctx, namespace, &children.workers).await,
     }
-    apply_one::<Secret>(ctx, &namespace, &children.admin_token).await?;
-    apply_one::<ConfigMap>(ctx, &namespace, &children.job_config).await?;
-    apply_one::<Service>(ctx, &namespace, &children.service).await?;
-    apply_one::<PodDisruptionBudget>(ctx, &namespace, &children.disruption_budget).await?;
-    apply_one::<StatefulSet>(ctx, &namespace, &children.workers).await
+}
+
+async fn apply_if<K>(ctx: &Context, namespace: &str, object: Option<&K>) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    match object {
+        Some(object) => apply_one(ctx, namespace, object).await.map(drop),
+        None => Ok(()),
+    }
 }
 
 async fn apply_one<K>(ctx: &Context, namespace: &str, object: &K) -> Result<K, Error>
@@ -228,13 +397,20 @@ where
         .map_err(Error::api(format!("apply {} {name}", K::kind(&()))))
 }
 
-/// Deletes the children this build no longer produces.
-async fn delete_orphans(job: &StreamJob, ctx: &Context, children: &Children) -> Result<(), Error> {
-    let namespace = job.namespace().unwrap_or_default();
-    for orphan in children.orphans(&ChildNames::of(&job_name(job))) {
+/// Deletes the children this build no longer produces and the watches still show.
+async fn delete_orphans(
+    ctx: &Context,
+    namespace: &str,
+    children: &Children,
+    names: &ChildNames,
+) -> Result<(), Error> {
+    for orphan in children.orphans(names) {
         match orphan {
             Orphan::ServiceAccount(name) => {
-                let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &namespace);
+                if cached(&ctx.children.service_accounts, namespace, &name).is_none() {
+                    continue;
+                }
+                let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
                 match api.delete(&name, &DeleteParams::background()).await {
                     Ok(_) => info!("deleted ServiceAccount {name}: podTemplate names another"),
                     Err(kube::Error::Api(status)) if status.code == 404 => {}
@@ -250,7 +426,12 @@ async fn delete_orphans(job: &StreamJob, ctx: &Context, children: &Children) -> 
 
 /// The status phase: decides the next status, writes it when it changed (server-side
 /// apply on the status subresource) and publishes an Event for a transition.
-async fn report(job: &StreamJob, ctx: &Context, observation: &Observation) -> Result<(), Error> {
+/// `job.status` becomes what was written.
+async fn report(
+    job: &mut StreamJob,
+    ctx: &Context,
+    observation: &Observation,
+) -> Result<(), Error> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let (status, transition) = next_status(job, observation, &now);
     if job.status.as_ref() != Some(&status) {
@@ -269,6 +450,7 @@ async fn report(job: &StreamJob, ctx: &Context, observation: &Observation) -> Re
         )
         .await
         .map_err(Error::api(format!("write the status of StreamJob {name}")))?;
+        job.status = Some(status);
     }
     if let Some(transition) = transition {
         publish(job, ctx, &transition).await;

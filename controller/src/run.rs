@@ -3,8 +3,9 @@
 //! runs the controllers only while this process holds the Lease.
 //!
 //! Triggers: a StreamJob's spec (its generation: the controller's own status writes do
-//! not reconcile again), any change to a child it owns (metadata-only watches filtered by
-//! the `managed-by` label, so hand edits and deletions are put back at once), a retry
+//! not reconcile again), a change that matters to a child it owns (watches filtered by the
+//! `managed-by` label, cached for the reconciles to decide from, see `cache`: hand edits
+//! and deletions are put back at once, a StatefulSet's status updates the job's), a retry
 //! after a failure (per-job backoff), and a resync every `--resync-interval`.
 
 use std::future::Future;
@@ -17,7 +18,7 @@ use anyhow::{Context as _, anyhow};
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
@@ -30,6 +31,7 @@ use sluice_crds::StreamJob;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::cache::{ChildCache, Signature, significant, trim_meta, trim_workers};
 use crate::context::{Context, Settings};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
@@ -47,6 +49,8 @@ pub struct RunOptions {
     pub http_address: SocketAddr,
     /// How many jobs are reconciled at once.
     pub concurrency: u16,
+    /// How long a reconcile waits after the last change that asked for it.
+    pub debounce: Duration,
     /// Leader election; `None`: this process always leads (one replica, or a shell).
     pub leader_election: Option<LeaderElection>,
     /// This process's name in Events and in the Lease.
@@ -196,8 +200,7 @@ async fn run_controllers(
     let mut stores = Vec::new();
     let mut controllers = Vec::new();
     for scope in scopes {
-        let (store, controller) =
-            controller_for(context.clone(), scope, options.concurrency, stop.clone());
+        let (store, controller) = controller_for(context.clone(), scope, options, stop.clone());
         stores.push(store);
         controllers.push(controller);
     }
@@ -236,11 +239,13 @@ where
     }
 }
 
-/// A metadata-only watch of the children of kind `K` the controller manages: enough to
-/// map a change to its owner, and light on memory with thousands of jobs.
-fn owned<K>(
+/// A metadata-only watch of the children of kind `K` the controller manages, cached in
+/// `writer` (trimmed): enough to tell whether a child is in sync and to map a change to its
+/// owner, and light on memory with thousands of jobs. Yields the changes that matter.
+fn owned_metadata<K>(
     client: Client,
     namespace: Option<&str>,
+    writer: reflector::store::Writer<PartialObjectMeta<K>>,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -255,15 +260,46 @@ where
         Some(namespace) => Api::namespaced(client, namespace),
         None => Api::all(client),
     };
-    watcher(api, watcher::Config::default().labels(MANAGED_SELECTOR))
+    let events = watcher(api, watcher::Config::default().labels(MANAGED_SELECTOR))
         .default_backoff()
-        .touched_objects()
+        .modify(|object| trim_meta(&mut object.metadata))
+        .reflect(writer);
+    significant(events)
+}
+
+/// A full watch of the children of kind `K` the controller manages (the StatefulSets, for
+/// their status; the admin-token Secrets, for the token), trimmed by `trim` and cached in
+/// `writer`. Yields the changes that matter.
+fn owned_objects<K>(
+    client: Client,
+    namespace: Option<&str>,
+    writer: reflector::store::Writer<K>,
+    trim: fn(&mut K),
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Signature
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let events = watcher(
+        api::<K>(client, namespace),
+        watcher::Config::default().labels(MANAGED_SELECTOR),
+    )
+    .default_backoff()
+    .modify(trim)
+    .reflect(writer);
+    significant(events)
 }
 
 fn controller_for(
     context: Arc<Context>,
     namespace: Option<String>,
-    concurrency: u16,
+    options: &RunOptions,
     stop: watch::Receiver<bool>,
 ) -> (Store<StreamJob>, impl Future<Output = ()>) {
     let client = context.client.clone();
@@ -279,18 +315,63 @@ fn controller_for(
     )
     .applied_objects()
     .predicate_filter(predicates::generation, Default::default());
+    let (workers, workers_writer) = reflector::store();
+    let (admin_tokens, admin_tokens_writer) = reflector::store();
+    let (job_configs, job_configs_writer) = reflector::store();
+    let (services, services_writer) = reflector::store();
+    let (disruption_budgets, disruption_budgets_writer) = reflector::store();
+    let (service_accounts, service_accounts_writer) = reflector::store();
+    let context = Arc::new(context.with_children(ChildCache::new(
+        workers,
+        admin_tokens,
+        job_configs,
+        services,
+        disruption_budgets,
+        service_accounts,
+    )));
     let scope = namespace.unwrap_or("all namespaces").to_string();
     let shutdown = async move {
         let mut stop = stop;
         let _ = stop.wait_for(|stop| *stop).await;
     };
     let controller = Controller::for_stream(jobs, reader.clone())
-        .owns_stream(owned::<StatefulSet>(client.clone(), namespace))
-        .owns_stream(owned::<ConfigMap>(client.clone(), namespace))
-        .owns_stream(owned::<Service>(client.clone(), namespace))
-        .owns_stream(owned::<PodDisruptionBudget>(client.clone(), namespace))
-        .owns_stream(owned::<ServiceAccount>(client, namespace))
-        .with_config(controller::Config::default().concurrency(concurrency))
+        .owns_stream(owned_objects::<StatefulSet>(
+            client.clone(),
+            namespace,
+            workers_writer,
+            trim_workers,
+        ))
+        .owns_stream(owned_objects::<Secret>(
+            client.clone(),
+            namespace,
+            admin_tokens_writer,
+            |secret| trim_meta(&mut secret.metadata),
+        ))
+        .owns_stream(owned_metadata::<ConfigMap>(
+            client.clone(),
+            namespace,
+            job_configs_writer,
+        ))
+        .owns_stream(owned_metadata::<Service>(
+            client.clone(),
+            namespace,
+            services_writer,
+        ))
+        .owns_stream(owned_metadata::<PodDisruptionBudget>(
+            client.clone(),
+            namespace,
+            disruption_budgets_writer,
+        ))
+        .owns_stream(owned_metadata::<ServiceAccount>(
+            client,
+            namespace,
+            service_accounts_writer,
+        ))
+        .with_config(
+            controller::Config::default()
+                .concurrency(options.concurrency)
+                .debounce(options.debounce),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(move |result| {
