@@ -9,7 +9,8 @@
 #   bash bench/controller-scale.sh
 #
 # Settings (environment): BENCH_JOBS (1000), BENCH_NAMESPACE (sluice-bench),
-# BENCH_CONCURRENCY (the controller's --concurrency, 16), SLUICE_CONTROLLER_BIN and
+# BENCH_CONCURRENCY (the controller's --concurrency, 16), BENCH_DEBOUNCE (its --debounce,
+# 0s), BENCH_APPLY_RATE (jobs per second, 0: a burst), SLUICE_CONTROLLER_BIN and
 # SLUICE_BENCH_CONTROLLER_BIN (default: the release binaries of CARGO_TARGET_DIR),
 # KWOK_VERSION (v0.8.0). kwok is built once with `go install` into the cache.
 #
@@ -24,6 +25,7 @@ state="${SLUICE_STATE:-/var/tmp/sluice-cluster}"
 jobs="${BENCH_JOBS:-1000}"
 namespace="${BENCH_NAMESPACE:-sluice-bench}"
 concurrency="${BENCH_CONCURRENCY:-16}"
+debounce="${BENCH_DEBOUNCE:-0s}"
 controller="${SLUICE_CONTROLLER_BIN:-$target/release/sluice-controller}"
 driver="${SLUICE_BENCH_CONTROLLER_BIN:-$target/release/sluice-bench-controller}"
 kwok_version="${KWOK_VERSION:-v0.8.0}"
@@ -136,7 +138,7 @@ done
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 "$controller" --log-format json --log info run \
   --namespace="$namespace" --leader-election=false \
-  --concurrency="$concurrency" \
+  --concurrency="$concurrency" --debounce="$debounce" \
   --http-address="127.0.0.1:$port" \
   --identity=sluice-bench \
   2> "$work/controller.log" &
@@ -150,4 +152,4 @@ done
 BENCH_JOBS="$jobs" BENCH_NAMESPACE="$namespace" \
   BENCH_CONTROLLER_ADDRESS="127.0.0.1:$port" BENCH_CONTROLLER_PID="$controller_pid" \
   "$driver"
-echo "controller concurrency $concurrency; $(grep -c '"level":"WARN"' "$work/controller.log" || true) warnings in its log"
+echo "controller concurrency $concurrency, debounce $debounce; $(grep -c '"level":"WARN"' "$work/controller.log" || true) warnings in its log"
