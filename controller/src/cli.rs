@@ -73,7 +73,8 @@ pub struct RunArgs {
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "SLUICE_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
     pub http_address: SocketAddr,
-    /// How many StreamJobs are reconciled at once.
+    /// How many StreamJobs are reconciled at once, and how many API requests they have in
+    /// flight at most.
     #[arg(long, env = "SLUICE_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
     /// How long a job's reconcile waits after the last change that asked for it, so a
@@ -122,6 +123,9 @@ impl RunArgs {
             settings: Settings {
                 worker_image: self.worker_image.clone(),
                 resync_interval: self.resync_interval,
+                // As many requests as reconciles: concurrent applies within a reconcile
+                // shorten one job's latency, not the API server's total work.
+                requests_in_flight: usize::from(self.concurrency.max(1)),
             },
             http_address: self.http_address,
             concurrency: self.concurrency.max(1),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::runtime::events::{Recorder, Reporter};
+use tokio::sync::Semaphore;
 
 use crate::backoff::Backoff;
 use crate::cache::ChildCache;
@@ -27,6 +28,10 @@ pub struct Settings {
     /// How often a healthy job is reconciled with no event (repairs what no watch sees,
     /// such as an edited admin-token Secret).
     pub resync_interval: Duration,
+    /// How many API requests the reconciles have in flight at most, all jobs together (the
+    /// watches aside): each in-flight request holds a connection and its buffers, so this
+    /// bounds the controller's memory when many reconciles apply children at once.
+    pub requests_in_flight: usize,
 }
 
 impl Default for Settings {
@@ -34,6 +39,7 @@ impl Default for Settings {
         Self {
             worker_image: default_worker_image(),
             resync_interval: Duration::from_secs(600),
+            requests_in_flight: 16,
         }
     }
 }
@@ -51,6 +57,8 @@ pub struct Context {
     pub backoff: Arc<Backoff>,
     /// The settings.
     pub settings: Arc<Settings>,
+    /// Permits for the reconciles' API requests (`Settings::requests_in_flight`).
+    pub requests: Arc<Semaphore>,
     /// The cached children of the jobs this context's controller watches (one per watched
     /// namespace; empty until `run` sets it).
     pub children: ChildCache,
@@ -73,9 +81,20 @@ impl Context {
             client,
             metrics,
             backoff: Arc::default(),
+            requests: Arc::new(Semaphore::new(settings.requests_in_flight.max(1))),
             settings: Arc::new(settings),
             children: ChildCache::default(),
         }
+    }
+
+    /// Sends `request` once fewer than `Settings::requests_in_flight` are in flight.
+    pub async fn limited<T>(&self, request: impl std::future::Future<Output = T>) -> T {
+        let _permit = self
+            .requests
+            .acquire()
+            .await
+            .expect("the request permits are never closed");
+        request.await
     }
 
     /// The same context over the children cache of one watch scope.

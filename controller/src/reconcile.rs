@@ -175,8 +175,8 @@ pub async fn dereference(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
     };
     let secrets: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    let found = secrets
-        .get_metadata_opt(&reference.name)
+    let found = ctx
+        .limited(secrets.get_metadata_opt(&reference.name))
         .await
         .map_err(Error::api(format!("read Secret {}", reference.name)))?;
     match found {
@@ -192,8 +192,8 @@ pub async fn dereference(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
 /// The admin token of the existing Secret `name`, else a new one.
 async fn read_admin_token(ctx: &Context, namespace: &str, name: &str) -> Result<String, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let existing = secrets
-        .get_opt(name)
+    let existing = ctx
+        .limited(secrets.get_opt(name))
         .await
         .map_err(Error::api(format!("read Secret {name}")))?;
     Ok(existing
@@ -392,7 +392,7 @@ where
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
     // force: the controller owns these fields; a hand edit of them is put back.
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(object))
+    ctx.limited(api.patch(&name, &params, &Patch::Apply(object)))
         .await
         .map_err(Error::api(format!("apply {} {name}", K::kind(&()))))
 }
@@ -411,7 +411,10 @@ async fn delete_orphans(
                     continue;
                 }
                 let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
-                match api.delete(&name, &DeleteParams::background()).await {
+                match ctx
+                    .limited(api.delete(&name, &DeleteParams::background()))
+                    .await
+                {
                     Ok(_) => info!("deleted ServiceAccount {name}: podTemplate names another"),
                     Err(kube::Error::Api(status)) if status.code == 404 => {}
                     Err(error) => {
@@ -443,11 +446,11 @@ async fn report(
             "kind": StreamJob::kind(&()),
             "status": status,
         });
-        api.patch_status(
+        ctx.limited(api.patch_status(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
-        )
+        ))
         .await
         .map_err(Error::api(format!("write the status of StreamJob {name}")))?;
         job.status = Some(status);
@@ -475,7 +478,10 @@ async fn publish(job: &StreamJob, ctx: &Context, transition: &Transition) {
         action: "Reconcile".to_string(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
+    if let Err(error) = ctx
+        .limited(ctx.recorder.publish(&event, &job.object_ref(&())))
+        .await
+    {
         warn!("unable to publish event {}: {error}", transition.reason);
     }
 }

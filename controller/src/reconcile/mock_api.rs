@@ -37,6 +37,7 @@ fn context() -> (Arc<Context>, Handle) {
     let settings = Settings {
         worker_image: fixtures::DEFAULT_IMAGE.to_string(),
         resync_interval: Duration::from_secs(600),
+        requests_in_flight: 16,
     };
     let context = Context::new(
         client,
