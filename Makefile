@@ -5,13 +5,16 @@
 export SLUICE_CACHE ?= /var/cache/sluice
 export CARGO_TARGET_DIR ?= $(SLUICE_CACHE)/target
 BUILD_LOCK ?= /var/tmp/sluice-build.lock
+# Held by whatever uses the shared local cluster and broker (tests, benchmarks, other
+# checkouts): the chaos and recovery tests kill the broker and the API server.
+E2E_LOCK ?= /var/tmp/sluice-e2e.lock
 CARGO := flock $(BUILD_LOCK) cargo
 RELEASE := --release
 CLUSTER := bash tests/cluster/cluster.sh
 
 .PHONY: help demo test deps build fmt fmt-check clippy crd crd-check unit-test e2e-test \
         cluster-up cluster-down cluster-status cluster-recovery-test cluster-isolation-test \
-        images bench doc
+        images bench doc unused-deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -26,7 +29,7 @@ demo: deps ## run the page-views example in local mode (no cluster, no broker)
 # The recovery and isolation tests are in the recipe, not the prerequisites: they kill the
 # API server and the broker and take the cluster down, so they must start only after
 # e2e-test has finished, and one after the other, even under make -j.
-test: deps fmt-check clippy crd-check doc unit-test build cluster-up e2e-test ## everything CI runs (the node's images need the built binaries)
+test: deps fmt-check unused-deps clippy crd-check doc unit-test build cluster-up e2e-test ## everything CI runs (the node's images need the built binaries)
 	$(MAKE) --no-print-directory cluster-recovery-test
 	$(MAKE) --no-print-directory cluster-isolation-test
 
@@ -64,14 +67,14 @@ unit-test: ## tests that need no cluster
 # `sluice-controller run` processes beside them, with worker pods from the image cluster-up
 # builds from the release binary; the chaos tests kill workers and the broker, so they run
 # alone, one at a time, after the others (their report is printed).
-E2E_SUITES := --lib --test api --test cluster --test kafka --test node --test validate --test worker --test savepoint --test controller
+E2E_SUITES := --lib --test api --test cluster --test kafka --test node --test s3 --test validate --test worker --test savepoint --test controller
 # The tests are built under the build lock and run without it: the broker-restart test
 # runs `cluster.sh up`, which may rebuild the node's images under that same lock.
 e2e-test: ## tests against the local cluster and broker (run cluster-up first)
 	$(CARGO) build $(RELEASE) --workspace --bins
 	$(CARGO) test $(RELEASE) -p sluice-e2e $(E2E_SUITES) --test chaos --no-run
-	cargo test $(RELEASE) -p sluice-e2e $(E2E_SUITES) -- --test-threads 2
-	cargo test $(RELEASE) -p sluice-e2e --test chaos -- --test-threads 1 --nocapture
+	flock $(E2E_LOCK) cargo test $(RELEASE) -p sluice-e2e $(E2E_SUITES) -- --test-threads 2
+	flock $(E2E_LOCK) cargo test $(RELEASE) -p sluice-e2e --test chaos -- --test-threads 1 --nocapture
 
 cluster-up: ## start (or reuse) the local Kubernetes control plane, node and Kafka broker
 	$(CLUSTER) up
@@ -83,10 +86,10 @@ cluster-status: ## show what runs
 	$(CLUSTER) status
 
 cluster-recovery-test: ## kill -9 the API server and the broker, up; down (no leftovers), up; leaves it up
-	bash tests/cluster/recovery-test.sh
+	flock $(E2E_LOCK) bash tests/cluster/recovery-test.sh
 
 cluster-isolation-test: ## plant another Kubernetes' chain, cgroup and netns; down and up leave them intact; up refuses beside a kubelet
-	bash tests/cluster/isolation-test.sh
+	flock $(E2E_LOCK) bash tests/cluster/isolation-test.sh
 
 images: ## build the controller and worker images and load them into the local node
 	bash tests/cluster/images.sh
@@ -94,6 +97,9 @@ images: ## build the controller and worker images and load them into the local n
 bench: ## local-mode throughput and memory (see bench/README.md)
 	$(CARGO) build $(RELEASE) --workspace --bins
 	bash bench/local-throughput.sh
+
+unused-deps: ## fail when a crate declares a dependency its code never uses (cargo-machete)
+	bash hack/unused-deps.sh
 
 doc: ## API documentation of the API crate; broken links and missing docs fail
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc $(RELEASE) --no-deps -p sluice-crds

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use sluice_e2e::exactly_once::{
-    generate, manifest, produce, produce_flush, read_output, verify, work_directory,
+    Expected, generate, manifest, produce, produce_flush, read_output, verify, work_directory,
 };
 use sluice_e2e::kafka::TestTopic;
 use sluice_e2e::worker::{WorkerProcess, WorkerSpec};
@@ -28,6 +28,69 @@ fn worker_spec(directory: &Path, job: &Path, ordinal: u32, crash: Option<String>
         extra: crash
             .map(|point| vec!["--crash-point".into(), point])
             .unwrap_or_default(),
+        env: Vec::new(),
+    }
+}
+
+/// A running chaos scenario: `events` generated events already in the source topic, and
+/// two workers started on them.
+struct Scenario {
+    environment: Environment,
+    sink: TestTopic,
+    // Kept so the topic is deleted when the scenario ends.
+    _source: TestTopic,
+    expected: Expected,
+    directory: std::path::PathBuf,
+    job: std::path::PathBuf,
+    workers: Vec<WorkerProcess>,
+}
+
+impl Scenario {
+    fn start(name: &str, events: usize, keys: u64) -> Result<Self> {
+        let environment = Environment::load()?;
+        let source = TestTopic::create(&environment, "chaos-in", 4)?;
+        let sink = TestTopic::create(&environment, "chaos-out", 4)?;
+        let (input, expected) = generate(events, 4, keys);
+        let started = Instant::now();
+        produce(&environment, &source.name, &input)?;
+        produce_flush(&environment, &source.name, input.len())?;
+        eprintln!(
+            "{name}: produced {events} events in {:?}",
+            started.elapsed()
+        );
+        let directory = work_directory(name)?;
+        let job = directory.join("streamjob.yaml");
+        std::fs::write(
+            &job,
+            serde_json::to_string_pretty(&manifest(&environment, &source.name, &sink.name))?,
+        )?;
+        let mut workers = Vec::new();
+        for ordinal in 0..2 {
+            let mut worker =
+                WorkerProcess::start(&environment, &worker_spec(&directory, &job, ordinal, None))?;
+            worker.wait_ready(Duration::from_secs(60))?;
+            workers.push(worker);
+        }
+        Ok(Self {
+            environment,
+            sink,
+            _source: source,
+            expected,
+            directory,
+            job,
+            workers,
+        })
+    }
+
+    /// Reads the committed output until every expected result is there, and checks it.
+    fn verify_output(&self) -> Result<String> {
+        let output = read_output(
+            &self.environment,
+            &self.sink.name,
+            self.expected.len(),
+            Instant::now() + Duration::from_secs(600),
+        )?;
+        verify(&self.expected, &output)
     }
 }
 
@@ -36,32 +99,12 @@ fn worker_spec(directory: &Path, job: &Path, ordinal: u32, crash: Option<String>
 /// state directory: every window's result is committed exactly once, and right.
 #[test]
 fn a_million_events_through_kills_and_crashes_give_each_result_exactly_once() -> Result<()> {
-    let environment = Environment::load()?;
     let events = std::env::var("SLUICE_CHAOS_EVENTS")
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(1_000_000);
-    let source = TestTopic::create(&environment, "chaos-in", 4)?;
-    let sink = TestTopic::create(&environment, "chaos-out", 4)?;
-    let (input, expected) = generate(events, 4, 2_000);
     let started = Instant::now();
-    produce(&environment, &source.name, &input)?;
-    produce_flush(&environment, &source.name, input.len())?;
-    eprintln!("chaos: produced {events} events in {:?}", started.elapsed());
-    let directory = work_directory("chaos")?;
-    let job = directory.join("streamjob.yaml");
-    std::fs::write(
-        &job,
-        serde_json::to_string_pretty(&manifest(&environment, &source.name, &sink.name))?,
-    )?;
-
-    let mut workers = Vec::new();
-    for ordinal in 0..2 {
-        let mut worker =
-            WorkerProcess::start(&environment, &worker_spec(&directory, &job, ordinal, None))?;
-        worker.wait_ready(Duration::from_secs(60))?;
-        workers.push(worker);
-    }
+    let mut scenario = Scenario::start("chaos", events, 2_000)?;
     let mut state: u64 = 7;
     let mut random = move |bound: u64| {
         state = state
@@ -86,13 +129,18 @@ fn a_million_events_through_kills_and_crashes_give_each_result_exactly_once() ->
         let ordinal = usize::try_from(random(2))?;
         let crash = step.clone();
         match &step {
-            None => workers[ordinal].kill()?,
+            None => scenario.workers[ordinal].kill()?,
             Some(_) => {
                 // Restarted with a crash point: it crashes by itself at that commit.
-                workers[ordinal].kill()?;
+                scenario.workers[ordinal].kill()?;
                 let mut crashing = WorkerProcess::start(
-                    &environment,
-                    &worker_spec(&directory, &job, u32::try_from(ordinal)?, crash),
+                    &scenario.environment,
+                    &worker_spec(
+                        &scenario.directory,
+                        &scenario.job,
+                        u32::try_from(ordinal)?,
+                        crash,
+                    ),
                 )?;
                 let status = crashing.wait(Duration::from_secs(120))?;
                 ensure!(
@@ -102,8 +150,13 @@ fn a_million_events_through_kills_and_crashes_give_each_result_exactly_once() ->
             }
         }
         let mut restarted = WorkerProcess::start(
-            &environment,
-            &worker_spec(&directory, &job, u32::try_from(ordinal)?, None),
+            &scenario.environment,
+            &worker_spec(
+                &scenario.directory,
+                &scenario.job,
+                u32::try_from(ordinal)?,
+                None,
+            ),
         )?;
         let resumed = restarted.wait_ready(Duration::from_secs(60))?;
         resume_times.push(resumed);
@@ -111,22 +164,16 @@ fn a_million_events_through_kills_and_crashes_give_each_result_exactly_once() ->
             "chaos: worker {ordinal} {} then restarted; ready again in {resumed:?}",
             step.as_deref().unwrap_or("killed (SIGKILL)")
         );
-        workers[ordinal] = restarted;
+        scenario.workers[ordinal] = restarted;
     }
-    let output = read_output(
-        &environment,
-        &sink.name,
-        expected.len(),
-        Instant::now() + Duration::from_secs(600),
-    )?;
-    let summary = verify(&expected, &output)?;
+    let summary = scenario.verify_output()?;
     let slowest = resume_times.iter().max().copied().unwrap_or_default();
     eprintln!(
         "chaos: {events} events, {} kills and crashes, slowest resume {slowest:?}, total {:?}: {summary}",
         resume_times.len(),
         started.elapsed()
     );
-    for worker in &mut workers {
+    for worker in &mut scenario.workers {
         let status = worker.terminate(Duration::from_secs(60))?;
         ensure!(status.success(), "SIGTERM stops a worker cleanly: {status}");
     }
@@ -137,27 +184,20 @@ fn a_million_events_through_kills_and_crashes_give_each_result_exactly_once() ->
 /// the output is still exactly once.
 #[test]
 fn exactly_once_holds_across_a_broker_restart() -> Result<()> {
-    let environment = Environment::load()?;
-    let source = TestTopic::create(&environment, "chaos-in", 4)?;
-    let sink = TestTopic::create(&environment, "chaos-out", 4)?;
-    let (input, expected) = generate(200_000, 4, 500);
-    produce(&environment, &source.name, &input)?;
-    produce_flush(&environment, &source.name, input.len())?;
-    let directory = work_directory("broker-restart")?;
-    let job = directory.join("streamjob.yaml");
-    std::fs::write(
-        &job,
-        serde_json::to_string_pretty(&manifest(&environment, &source.name, &sink.name))?,
-    )?;
-    let mut workers = Vec::new();
-    for ordinal in 0..2 {
-        let mut worker =
-            WorkerProcess::start(&environment, &worker_spec(&directory, &job, ordinal, None))?;
-        worker.wait_ready(Duration::from_secs(60))?;
-        workers.push(worker);
+    let mut scenario = Scenario::start("broker-restart", 200_000, 500)?;
+    // Killed once both workers have committed work.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scenario.workers.iter().any(|worker| {
+        worker
+            .metric("sluice_worker_checkpoints_total")
+            .unwrap_or(0.0)
+            < 1.0
+    }) {
+        ensure!(Instant::now() < deadline, "no checkpoint in 60 s");
+        std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(2));
     kill_broker()?;
+    // Down for a while, as a real outage: the workers' requests fail and retry.
     std::thread::sleep(Duration::from_secs(3));
     let status = std::process::Command::new("bash")
         .arg(repo_root().join("tests/cluster/cluster.sh"))
@@ -165,15 +205,9 @@ fn exactly_once_holds_across_a_broker_restart() -> Result<()> {
         .status()
         .context("failed to run cluster.sh up")?;
     ensure!(status.success(), "cluster.sh up brought the broker back");
-    let output = read_output(
-        &environment,
-        &sink.name,
-        expected.len(),
-        Instant::now() + Duration::from_secs(600),
-    )?;
-    let summary = verify(&expected, &output)?;
+    let summary = scenario.verify_output()?;
     eprintln!("broker restart: {summary}");
-    for worker in &mut workers {
+    for worker in &mut scenario.workers {
         ensure!(worker.running(), "a worker survived the broker's restart");
         let status = worker.terminate(Duration::from_secs(60))?;
         ensure!(status.success(), "{status}");

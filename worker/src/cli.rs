@@ -387,17 +387,17 @@ pub fn validation_report(file: &str, text: &str) -> (String, bool) {
 }
 
 /// The savepoint location: the flag's, else the job's `spec.savepoints.location`.
-fn savepoint_location(args: &RunArgs) -> anyhow::Result<Option<crate::savepoint::Url>> {
-    let configured = match &args.savepoint_location {
-        Some(location) => Some(location.clone()),
-        None => {
-            let text = read_job(&args.job)?;
-            sluice_crds::load_manifest(&text)
-                .ok()
-                .and_then(|(manifest, _)| manifest.spec.savepoints)
-                .map(|savepoints| savepoints.location)
-        }
-    };
+fn savepoint_location(
+    args: &RunArgs,
+    manifest: &sluice_crds::StreamJob,
+) -> anyhow::Result<Option<crate::savepoint::Url>> {
+    let configured = args.savepoint_location.clone().or_else(|| {
+        manifest
+            .spec
+            .savepoints
+            .as_ref()
+            .map(|savepoints| savepoints.location.clone())
+    });
     configured
         .as_deref()
         .map(crate::savepoint::Url::parse)
@@ -411,6 +411,9 @@ pub fn ordinal_from_host_name(host_name: &str) -> Option<u32> {
 }
 
 fn run_worker(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    // Read and checked once; everything below uses this copy.
+    let (manifest, job) = sluice_crds::load_manifest(&read_job(&args.job)?)
+        .map_err(|error| anyhow::anyhow!("failed to load {}: {error}", args.job.display()))?;
     let ordinal = match args.ordinal {
         Some(ordinal) => ordinal,
         None => {
@@ -437,7 +440,7 @@ fn run_worker(args: &RunArgs) -> anyhow::Result<ExitCode> {
         state_cache_entries: args.state_cache_entries,
         kafka_timeout: args.kafka_timeout,
         crash_point: args.crash_point,
-        savepoint_location: savepoint_location(args)?,
+        savepoint_location: savepoint_location(args, &manifest)?,
         restore_from: args
             .restore_from
             .as_deref()
@@ -469,12 +472,8 @@ fn run_worker(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let metrics = crate::metrics::Metrics::default();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    let exchanges_events = sluice_crds::load_manifest(&read_job(&args.job)?)
-        .ok()
-        .is_some_and(|(_, job)| {
-            job.pipeline.windowed().is_some()
-                && job.source.partitioning == sluice_crds::streamjob::Partitioning::Any
-        });
+    let exchanges_events = job.pipeline.windowed().is_some()
+        && job.source.partitioning == sluice_crds::streamjob::Partitioning::Any;
     let status = std::sync::Arc::new(crate::run::WorkerStatus::new(
         crate::savepoint::Savepoints::with_rules(
             options.savepoint_location.is_some(),
@@ -495,7 +494,7 @@ fn run_worker(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let outcome = std::thread::Builder::new()
         .name("worker".into())
         .stack_size(crate::pipeline::expression::EVALUATION_STACK_BYTES)
-        .spawn(move || crate::run::run(&options, &status, &metrics))?
+        .spawn(move || crate::run::run(&manifest, &job, &options, &status, &metrics))?
         .join()
         .map_err(|_| anyhow::anyhow!("the worker thread panicked"))??;
     match outcome {

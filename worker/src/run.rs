@@ -24,8 +24,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
-use sluice_crds::CheckedJob;
 use sluice_crds::streamjob::{Partitioning, StartPosition};
+use sluice_crds::{CheckedJob, StreamJob};
 
 use crate::commit;
 use crate::engine::{Engine, EngineOptions, Routed};
@@ -172,14 +172,12 @@ fn restart(reason: impl std::fmt::Display) -> Stop {
 /// Runs the worker until it is asked to stop or fenced. Returns whether it stopped
 /// cleanly (requested), or the reason it was fenced.
 pub fn run(
+    manifest: &StreamJob,
+    job: &CheckedJob,
     options: &RunOptions,
     status: &Arc<WorkerStatus>,
     metrics: &Metrics,
 ) -> anyhow::Result<Result<(), String>> {
-    let text = std::fs::read_to_string(&options.job)
-        .with_context(|| format!("failed to read the StreamJob {}", options.job.display()))?;
-    let (manifest, job) = sluice_crds::load_manifest(&text)
-        .map_err(|error| anyhow::anyhow!("failed to load {}: {error}", options.job.display()))?;
     let name = manifest
         .metadata
         .name
@@ -215,10 +213,10 @@ pub fn run(
         Some(directory) => crate::io::kafka::read_properties_directory(directory)?,
         None => BTreeMap::new(),
     };
-    let base = client_config(&job, &secret)?;
+    let base = client_config(job, &secret)?;
     let mut attempt = 0u32;
     loop {
-        let outcome = Worker::start(options, &job, &names, &identity, &base, status, metrics)
+        let outcome = Worker::start(options, job, &names, &identity, &base, status, metrics)
             .and_then(|mut worker| worker.run());
         status.ready.store(false, Ordering::SeqCst);
         match outcome {
