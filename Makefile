@@ -63,9 +63,11 @@ crd-check: ## fail when the committed CRD differs from the Rust types
 unit-test: ## tests that need no cluster
 	$(CARGO) test $(RELEASE) --workspace --exclude sluice-e2e
 
-# The worker tests run `sluice-worker run` processes; the chaos tests kill workers and the
-# broker, so they run alone, one at a time, after the others (their report is printed).
-E2E_SUITES := --lib --test api --test cluster --test kafka --test node --test s3 --test validate --test worker --test savepoint
+# The worker tests run `sluice-worker run` processes; the controller tests run
+# `sluice-controller run` processes beside them, with worker pods from the image cluster-up
+# builds from the release binary; the chaos tests kill workers and the broker, so they run
+# alone, one at a time, after the others (their report is printed).
+E2E_SUITES := --lib --test api --test cluster --test kafka --test node --test s3 --test validate --test worker --test savepoint --test controller
 # The tests are built under the build lock and run without it: the broker-restart test
 # runs `cluster.sh up`, which may rebuild the node's images under that same lock.
 e2e-test: ## tests against the local cluster and broker (run cluster-up first)

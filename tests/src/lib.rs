@@ -20,6 +20,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 
+pub mod controller;
 pub mod exactly_once;
 pub mod kafka;
 pub mod s3_gate;

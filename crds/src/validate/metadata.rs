@@ -5,8 +5,8 @@
 use serde_json::{Map, Value};
 
 use super::FieldError;
-use crate::messages;
 use super::schema::{kind_of, unknown_field};
+use crate::messages;
 
 /// The fields of `ObjectMeta`, with the JSON type each must have.
 const FIELDS: [(&str, Kind); 15] = [
@@ -269,7 +269,10 @@ mod tests {
                 "",
             ),
             (json!({"name": "a".repeat(52)}), ""),
-            (json!({"name": "a".repeat(53)}), "the job's Service and worker pods"),
+            (
+                json!({"name": "a".repeat(53)}),
+                "the job's Service and worker pods",
+            ),
             (json!({"name": "a".repeat(253)}), "at most 52 lowercase"),
             (json!({"name": "page.views"}), "starting with a letter"),
             (json!({"name": "1page"}), "starting with a letter"),
