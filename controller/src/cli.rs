@@ -13,7 +13,9 @@ use kube::{Api, Client};
 use sluice_crds::StreamJob;
 
 use crate::context::{Settings, default_worker_image};
-use crate::run::{LeaderElection, RunOptions, default_identity};
+use crate::run::{
+    LeaderElection, RunOptions, WebhookCertificates, WebhookOptions, default_identity,
+};
 use crate::telemetry::LogFormat;
 
 /// The controller's command line.
@@ -41,7 +43,7 @@ pub struct Cli {
 pub enum Command {
     /// Reconcile StreamJobs into running workers until SIGTERM: in a pod (the Helm chart)
     /// with in-cluster configuration, or from a shell with KUBECONFIG.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the StreamJob CustomResourceDefinition as YAML.
     Crd,
     /// Check a StreamJob manifest as the controller does; exits non-zero when invalid.
@@ -108,6 +110,42 @@ pub struct RunArgs {
     /// name and a random suffix.
     #[arg(long, env = "SLUICE_IDENTITY")]
     pub identity: Option<String>,
+    /// Serve the validating admission webhook (HTTPS, path /validate-streamjob) on this
+    /// address, so `kubectl apply` refuses what the controller would; unset: no webhook.
+    #[arg(long, env = "SLUICE_WEBHOOK_ADDRESS")]
+    pub webhook_address: Option<SocketAddr>,
+    /// Serve the certificate in this directory (`tls.crt`, `tls.key`: a cert-manager
+    /// Certificate's Secret mounted there), re-read when it changes; unset: the controller
+    /// generates one and keeps it in --webhook-secret.
+    #[arg(long, env = "SLUICE_WEBHOOK_CERTIFICATE_DIRECTORY")]
+    pub webhook_certificate_directory: Option<PathBuf>,
+    /// The Secret (type kubernetes.io/tls) holding the generated certificate and its CA.
+    #[arg(
+        long,
+        env = "SLUICE_WEBHOOK_SECRET",
+        default_value = "sluice-controller-webhook"
+    )]
+    pub webhook_secret: String,
+    /// The Secret's namespace; default: the pod's own (POD_NAMESPACE), else the
+    /// kubeconfig's.
+    #[arg(long, env = "SLUICE_WEBHOOK_SECRET_NAMESPACE")]
+    pub webhook_secret_namespace: Option<String>,
+    /// The ValidatingWebhookConfiguration whose caBundle the controller writes with the CA
+    /// of the generated certificate; unset: another party writes it.
+    #[arg(long, env = "SLUICE_WEBHOOK_CONFIGURATION")]
+    pub webhook_configuration: Option<String>,
+    /// The host names the generated certificate is for: the webhook Service's DNS names
+    /// (`<service>.<namespace>.svc`), or an IP address the API server calls; comma-separated
+    /// or repeated. Required when the controller generates the certificate.
+    #[arg(
+        long = "webhook-host",
+        value_delimiter = ',',
+        env = "SLUICE_WEBHOOK_HOSTS"
+    )]
+    pub webhook_hosts: Vec<String>,
+    /// How long a generated certificate is valid; it is renewed when a third is left.
+    #[arg(long, env = "SLUICE_WEBHOOK_CERTIFICATE_VALIDITY", default_value = "365d", value_parser = humantime::parse_duration)]
+    pub webhook_certificate_validity: Duration,
 }
 
 impl RunArgs {
@@ -137,6 +175,24 @@ impl RunArgs {
                 renew_before: self.lease_renew_before,
             }),
             identity: self.identity.clone().unwrap_or_else(default_identity),
+            webhook: self.webhook_address.map(|address| WebhookOptions {
+                address,
+                certificates: match &self.webhook_certificate_directory {
+                    Some(directory) => WebhookCertificates::Directory(directory.clone()),
+                    None => WebhookCertificates::Generated {
+                        secret: self.webhook_secret.clone(),
+                        namespace: self.webhook_secret_namespace.clone(),
+                        configuration: self.webhook_configuration.clone(),
+                        hosts: self
+                            .webhook_hosts
+                            .iter()
+                            .map(|host| host.trim().to_string())
+                            .filter(|host| !host.is_empty())
+                            .collect(),
+                        validity: self.webhook_certificate_validity,
+                    },
+                },
+            }),
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod run;
 pub mod spec_hash;
 pub mod status;
 pub mod telemetry;
+pub mod webhook;
 
 #[cfg(test)]
 mod fixtures;

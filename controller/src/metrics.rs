@@ -45,6 +45,13 @@ pub fn verb<B>(request: &http::Request<B>) -> &'static str {
     }
 }
 
+/// The label of an admission review's verdict.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `allowed` or `denied`.
+    pub verdict: &'static str,
+}
+
 /// The label of a phase.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -91,6 +98,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Requests sent to the Kubernetes API, by verb.
     pub api_requests: Family<RequestLabels, Counter>,
+    /// StreamJob creates and updates the validating webhook answered, by verdict.
+    pub admission_reviews: Family<AdmissionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -102,6 +111,7 @@ impl Default for Metrics {
             jobs: Family::default(),
             leader: Gauge::default(),
             api_requests: Family::default(),
+            admission_reviews: Family::default(),
         }
     }
 }
@@ -140,6 +150,20 @@ impl Metrics {
             "Requests sent to the Kubernetes API, by verb (a watch counts once, when opened)",
             self.api_requests.clone(),
         );
+        registry.register(
+            "admission_reviews",
+            "StreamJob creates and updates the validating webhook answered, by verdict",
+            self.admission_reviews.clone(),
+        );
+    }
+
+    /// Counts an admission review the webhook answered.
+    pub fn count_admission(&self, allowed: bool) {
+        self.admission_reviews
+            .get_or_create(&AdmissionLabels {
+                verdict: if allowed { "allowed" } else { "denied" },
+            })
+            .inc();
     }
 
     /// A layer for the kube client that counts every request in `api_requests`.

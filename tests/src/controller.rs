@@ -47,6 +47,8 @@ pub struct ControllerSpec {
     pub identity: String,
     /// Where its log goes (appended).
     pub log: PathBuf,
+    /// More flags of `sluice-controller run` (the webhook's, for example).
+    pub extra_args: Vec<String>,
 }
 
 /// A running controller process.
@@ -96,6 +98,7 @@ impl ControllerProcess {
                 command.arg("--leader-election=false");
             }
         }
+        command.args(&spec.extra_args);
         let child = command
             .stdout(Stdio::null())
             .stderr(log)

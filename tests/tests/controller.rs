@@ -57,6 +57,7 @@ fn controller(
             lease_duration: Duration::from_secs(6),
             identity: identity.to_string(),
             log,
+            extra_args: Vec::new(),
         },
     )
 }
@@ -773,4 +774,183 @@ async fn the_standby_takes_over_when_the_leader_dies() -> Result<()> {
     ensure!(holder.is_none(), "the Lease is still held by {holder:?}");
     delete_namespace(&client, namespace).await;
     Ok(())
+}
+
+/// The validating webhook (issue 18.1): with it, `kubectl apply` refuses what the
+/// controller would refuse, with the field and the fix; the controller generates its
+/// certificate, keeps it in a Secret and writes its CA into the configuration. The
+/// configuration only covers this test's namespace, so the other tests never call it.
+#[tokio::test]
+async fn the_webhook_refuses_at_apply_what_the_controller_would_refuse() -> Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    let environment = Environment::load()?;
+    let node = node_env().await?;
+    let client = node.client.clone();
+    install_crd(&client).await?;
+    let namespace = "e2e-ctl-webhook";
+    fresh_namespace(&client, namespace).await?;
+    let configuration_name = unique_name("e2e-sluice-webhook");
+    let configurations: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let address = sluice_e2e::worker::free_address()?;
+    // As the chart installs it, with the address of a controller running on this machine
+    // and no caBundle: the controller writes it.
+    let configuration: ValidatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": configuration_name},
+        "webhooks": [{
+            "name": "streamjobs.sluice.dev",
+            "clientConfig": {"url": format!("https://{address}/validate-streamjob")},
+            "rules": [{
+                "apiGroups": ["sluice.dev"], "apiVersions": ["v1alpha1"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["streamjobs"],
+                "scope": "Namespaced"
+            }],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "failurePolicy": "Fail",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10
+        }]
+    }))?;
+    configurations
+        .create(&PostParams::default(), &configuration)
+        .await?;
+    let outcome = async {
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name("e2e-webhook")));
+        eprintln!("controller e2e-webhook logs to {}", log.display());
+        let mut controller = ControllerProcess::start(
+            &environment,
+            &ControllerSpec {
+                namespaces: vec![namespace.to_string()],
+                worker_image: node.worker_image.clone(),
+                lease: None,
+                lease_duration: Duration::from_secs(6),
+                identity: "e2e-webhook".to_string(),
+                log,
+                extra_args: vec![
+                    format!("--webhook-address={address}"),
+                    "--webhook-secret=sluice-webhook-certificate".to_string(),
+                    format!("--webhook-secret-namespace={namespace}"),
+                    format!("--webhook-configuration={configuration_name}"),
+                    format!("--webhook-host={}", address.ip()),
+                ],
+            },
+        )?;
+        controller.wait_ready(Duration::from_secs(30))?;
+        // The certificate is in its Secret and the CA in the configuration.
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let secret = secrets.get("sluice-webhook-certificate").await?;
+        ensure!(
+            secret.type_.as_deref() == Some("kubernetes.io/tls"),
+            "{:?}",
+            secret.type_
+        );
+        let ca = secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get("ca.crt"))
+            .context("no ca.crt")?
+            .clone();
+        let written = configurations.get(&configuration_name).await?;
+        ensure!(
+            written
+                .webhooks
+                .as_ref()
+                .and_then(|hooks| hooks[0].client_config.ca_bundle.clone())
+                == Some(ca),
+            "the configuration's caBundle is not the Secret's CA"
+        );
+
+        let topics = Topics::create(&environment, 1)?;
+        let valid = page_views(&node, namespace, "valid", &topics)?;
+        let with_filter = |name: &str, filter: &str| -> Result<StreamJob> {
+            let mut job = page_views(&node, namespace, name, &topics)?;
+            job.spec.pipeline[0] = serde_json::from_value(json!({"filter": filter}))?;
+            Ok(job)
+        };
+        let mut feedback = page_views(&node, namespace, "feedback", &topics)?;
+        feedback.spec.sink.topic = topics.source.name.clone();
+        let refused = [
+            (
+                with_filter("unparsed", "event.status ==")?,
+                "spec.pipeline[0].filter",
+            ),
+            (
+                with_filter("int-filter", "event.status + 1")?,
+                "spec.pipeline[0].filter",
+            ),
+            (
+                with_filter("unknown-variable", "status == 200")?,
+                "spec.pipeline[0].filter",
+            ),
+            (feedback, "spec.sink.topic"),
+        ];
+        let jobs: Api<StreamJob> = Api::namespaced(client.clone(), namespace);
+        for (job, field) in &refused {
+            let name = job.metadata.name.clone().unwrap_or_default();
+            let error = match apply_job(&client, job).await {
+                Ok(()) => bail!("the API server created {name}, which the controller refuses"),
+                Err(error) => format!("{error:#}"),
+            };
+            ensure!(
+                error.contains("denied the request") && error.contains(field),
+                "{name}: {error}"
+            );
+            ensure!(jobs.get_opt(&name).await?.is_none(), "{name} exists");
+        }
+        apply_job(&client, &valid).await?;
+        // An update to an invalid spec is refused too; the job keeps its spec.
+        let broken = {
+            let mut job = valid.clone();
+            job.spec.pipeline[0] = serde_json::from_value(json!({"filter": "event.status =="}))?;
+            job
+        };
+        ensure!(
+            apply_job(&client, &broken).await.is_err(),
+            "an update to an invalid filter was accepted"
+        );
+        ensure!(
+            jobs.get("valid").await?.spec == valid.spec,
+            "the refused update changed the job"
+        );
+        let denied =
+            controller.metric("sluice_controller_admission_reviews_total{verdict=\"denied\"}")?;
+        ensure!(denied >= 5.0, "denied reviews counted: {denied}");
+
+        // A restarted controller serves the certificate it stored, not a new one.
+        let version = secret.metadata.resource_version.clone();
+        controller.kill()?;
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name("e2e-webhook")));
+        let mut spec = controller.spec.clone();
+        spec.log = log;
+        let mut restarted = ControllerProcess::start(&environment, &spec)?;
+        restarted.wait_ready(Duration::from_secs(30))?;
+        ensure!(
+            secrets
+                .get("sluice-webhook-certificate")
+                .await?
+                .metadata
+                .resource_version
+                == version,
+            "the restarted controller replaced a certificate that was still good"
+        );
+        // Refused by the webhook itself (not a failure to call it, which failurePolicy
+        // Fail would also turn into an error): the restarted process serves the
+        // certificate the configuration trusts.
+        let error = match apply_job(&client, &refused[0].0).await {
+            Ok(()) => bail!("the restarted controller's webhook accepted an invalid job"),
+            Err(error) => format!("{error:#}"),
+        };
+        ensure!(
+            error.contains("denied the request") && error.contains(refused[0].1),
+            "after the restart: {error}"
+        );
+        jobs.delete("valid", &Default::default()).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = configurations
+        .delete(&configuration_name, &Default::default())
+        .await;
+    delete_namespace(&client, namespace).await;
+    outcome
 }

@@ -17,3 +17,17 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
+
+{{/* "true" when cert-manager issues the webhook's certificate. */}}
+{{- define "sluice.webhookCertManager" -}}
+{{- $mode := toString .Values.webhook.certManager -}}
+{{- if eq $mode "auto" -}}
+{{- .Capabilities.APIVersions.Has "cert-manager.io/v1" -}}
+{{- else -}}
+{{- eq $mode "true" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "sluice.webhookName" -}}
+{{- include "sluice.fullname" . }}-webhook
+{{- end -}}
