@@ -281,7 +281,38 @@ struct CachedKey {
     timers: Vec<(Millis, TimerKind, WindowRange)>,
     /// Whether it may have changes the store lacks (it is then in `dirty_keys`).
     dirty: bool,
+    /// The eviction epoch it was last used in.
     last_used: u64,
+    /// How often it was used lately: one more per use after the first, one less per
+    /// eviction epoch without use, at most [`MAX_HITS`] (see [`evicts`]).
+    hits: u8,
+}
+
+/// The most [`CachedKey::hits`] counts: a key used often stays through this many
+/// eviction epochs without use.
+const MAX_HITS: u8 = 3;
+
+/// The passes of an eviction, in order: each runs only while the cache is still above
+/// its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EvictionPass {
+    /// Keys not used again since they entered the cache (nearly all keys, when most
+    /// are new): a key used often is kept, so its next event needs no read.
+    Unproven,
+    /// Keys not used since the last eviction.
+    Idle,
+    /// Any key.
+    Any,
+}
+
+/// Whether `pass` evicts a key used `hits` times lately and last in epoch `last_used`,
+/// in eviction epoch `epoch`.
+fn evicts(pass: EvictionPass, hits: u8, last_used: u64, epoch: u64) -> bool {
+    match pass {
+        EvictionPass::Unproven => hits == 0,
+        EvictionPass::Idle => last_used < epoch,
+        EvictionPass::Any => true,
+    }
 }
 
 impl CachedKey {
@@ -416,6 +447,7 @@ impl KeyedWindowState {
         key_group: KeyGroup,
         key: &[u8],
     ) -> Result<&mut Vec<WindowState>, StateError> {
+        let mut hit = true;
         if !self.cache.contains_key(key) {
             if self.cached_windows >= self.cache_capacity {
                 self.evict()?;
@@ -436,6 +468,7 @@ impl KeyedWindowState {
                 self.load(key_group, key)?
             };
             self.cached_windows += windows.len();
+            let loaded = !windows.is_empty();
             let key: Arc<[u8]> = key.into();
             self.cache.insert(
                 key.clone(),
@@ -448,14 +481,20 @@ impl KeyedWindowState {
                     timers: Vec::new(),
                     dirty: false,
                     last_used: self.epoch,
+                    // A key read back from the store was used before: it counts once.
+                    hits: u8::from(loaded),
                 },
             );
+            hit = false;
         }
         let entry = self.cache.get_mut(key).ok_or_else(|| StateError {
             action: "cache a key",
             message: "the key vanished from the cache".into(),
         })?;
         entry.last_used = self.epoch;
+        if hit {
+            entry.hits = entry.hits.saturating_add(1).min(MAX_HITS);
+        }
         if !entry.dirty {
             entry.dirty = true;
             self.dirty_keys.push(entry.key.clone());
@@ -484,11 +523,12 @@ impl KeyedWindowState {
         self.open_windows -= 1;
     }
 
-    /// Marks a key as the first to evict: it was only loaded to fire or expire a window,
-    /// and is less likely to be needed soon than the keys events touched.
+    /// Marks a key as not used by its last [`Self::windows_mut`]: that was to fire or
+    /// expire a window, which says nothing of its next event.
     pub fn release(&mut self, key: &[u8]) {
         if let Some(entry) = self.cache.get_mut(key) {
             entry.last_used = 0;
+            entry.hits = entry.hits.saturating_sub(1);
         }
     }
 
@@ -558,7 +598,7 @@ impl KeyedWindowState {
     fn write_back(
         &mut self,
         write_all: bool,
-        mut evict: impl FnMut(&CachedKey) -> bool,
+        mut evict: impl FnMut(&mut CachedKey) -> bool,
     ) -> Result<(), StateError> {
         let mut batch = std::mem::take(&mut self.pending_writes);
         let mut value = Vec::new();
@@ -613,29 +653,31 @@ impl KeyedWindowState {
         Ok(())
     }
 
-    /// Makes room: writes back and drops the keys not used since the last eviction, then
-    /// any others, until the cache is at 80% of its capacity.
+    /// Makes room: writes back and drops keys until the cache is at 80% of its
+    /// capacity, first those not used again since they entered it, then those not used
+    /// since the last eviction, then any (see [`evicts`]). The keys kept that were not
+    /// used since the last eviction count one use less.
     fn evict(&mut self) -> Result<(), StateError> {
         let target = self.cache_capacity / 5 * 4;
         let epoch = self.epoch;
-        let mut excess = self.cached_windows.saturating_sub(target);
-        self.write_back(false, |entry| {
-            if excess > 0 && entry.last_used < epoch {
-                excess = excess.saturating_sub(entry.windows.len().max(1));
-                true
-            } else {
-                false
+        for pass in [
+            EvictionPass::Unproven,
+            EvictionPass::Idle,
+            EvictionPass::Any,
+        ] {
+            let mut excess = self.cached_windows.saturating_sub(target);
+            if excess == 0 && pass != EvictionPass::Unproven {
+                break;
             }
-        })?;
-        let mut excess = self.cached_windows.saturating_sub(target);
-        if excess > 0 {
             self.write_back(false, |entry| {
-                if excess > 0 {
+                if excess > 0 && evicts(pass, entry.hits, entry.last_used, epoch) {
                     excess = excess.saturating_sub(entry.windows.len().max(1));
-                    true
-                } else {
-                    false
+                    return true;
                 }
+                if pass == EvictionPass::Unproven && entry.last_used < epoch {
+                    entry.hits = entry.hits.saturating_sub(1);
+                }
+                false
             })?;
         }
         self.epoch += 1;
@@ -1084,6 +1126,61 @@ mod tests {
         assert_eq!(due, expected);
         assert!(state.due_timers(Millis::MAX).unwrap().is_empty());
         assert_eq!(state.count_timers().unwrap(), 0);
+    }
+
+    #[test]
+    fn which_keys_each_eviction_pass_drops() {
+        use EvictionPass::{Any, Idle, Unproven};
+        // (pass, hits, last used, epoch now, evicted)
+        let table = [
+            (Unproven, 0, 5, 5, true),
+            (Unproven, 0, 4, 5, true),
+            (Unproven, 1, 4, 5, false),
+            (Unproven, MAX_HITS, 0, 5, false),
+            (Idle, 0, 5, 5, false),
+            (Idle, MAX_HITS, 4, 5, true),
+            (Idle, 1, 5, 5, false),
+            (Any, MAX_HITS, 5, 5, true),
+            (Any, 0, 0, 0, true),
+        ];
+        for (pass, hits, last_used, epoch, evicted) in table {
+            assert_eq!(
+                evicts(pass, hits, last_used, epoch),
+                evicted,
+                "{pass:?} hits {hits} last used {last_used} epoch {epoch}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_used_often_stay_cached_while_new_keys_stream_through() {
+        // A cache of 100 windows; 10 hot keys used between every 20 new ones.
+        let mut state = KeyedWindowState::new(Box::new(MemoryStore::default()), 100);
+        let hot: Vec<Vec<u8>> = (0..10)
+            .map(|key| format!("hot{key}").into_bytes())
+            .collect();
+        for round in 0..200 {
+            for key in &hot {
+                let windows = state.windows_mut(0, key).unwrap();
+                if windows.is_empty() {
+                    windows.push(window(0, 10));
+                    state.windows_changed(key, 1, &[]);
+                }
+            }
+            for new in 0..20 {
+                let key = format!("new{round}-{new}").into_bytes();
+                state.windows_mut(0, &key).unwrap().push(window(0, 10));
+                state.windows_changed(&key, 1, &[]);
+            }
+            assert!(state.cached_windows() <= 100);
+            if round > 2 {
+                for key in &hot {
+                    assert!(state.is_cached(key), "round {round}");
+                }
+            }
+        }
+        assert_eq!(state.open_windows(), 10 + 200 * 20);
+        assert_eq!(state.count_stored_windows().unwrap(), 10 + 200 * 20);
     }
 
     #[test]
