@@ -365,6 +365,18 @@ fn key_hash(key: &[u8]) -> u64 {
 /// the blocks the pass reads.
 const TIMER_SCAN_LIMIT: usize = 32_768;
 
+/// From how many timers one store scan returns their deletion is one range deletion
+/// rather than a delete each: a window fired in the store then costs no memtable insert
+/// for its timer. Below it, deletes each, so that a run firing a few store timers at a
+/// time does not pile up range tombstones, which every later read must step over.
+const TIMER_RANGE_DELETE_FROM: usize = 256;
+
+/// Whether the `scanned` timers one store scan returned are deleted with one range
+/// deletion (see [`TIMER_RANGE_DELETE_FROM`]).
+fn delete_timers_as_range(scanned: usize) -> bool {
+    scanned >= TIMER_RANGE_DELETE_FROM
+}
+
 /// The window a due timer is about, as [`KeyedWindowState::read_stored_windows`] found it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoredWindow {
@@ -725,18 +737,29 @@ impl KeyedWindowState {
                 TIMER_SCAN_LIMIT,
             )?;
             store_exhausted = keys.len() < TIMER_SCAN_LIMIT;
+            let as_range = delete_timers_as_range(keys.len());
             for timer_key in &keys {
                 let timer = Timer::from_store_key(timer_key).ok_or_else(|| StateError {
                     action: "decode a timer",
                     message: format!("malformed timer of {} bytes", timer_key.len()),
                 })?;
                 from_store.push(timer);
-                self.pending_writes
-                    .delete(Column::Timers, timer_key.clone());
+                if !as_range {
+                    self.pending_writes
+                        .delete(Column::Timers, timer_key.clone());
+                }
             }
             if let Some(last) = keys.last() {
-                self.timers_from.clone_from(last);
-                self.timers_from.push(0);
+                let mut after_last = last.clone();
+                after_last.push(0);
+                if as_range {
+                    // Every timer in [timers_from, last] is one just read (pending
+                    // writes were written before the scan). Written now, the deletion
+                    // precedes any timer put from here on, even one in that range.
+                    self.store
+                        .delete_range(Column::Timers, &self.timers_from, &after_last)?;
+                }
+                self.timers_from = after_last;
             }
             if store_exhausted {
                 self.flush_pending_writes()?;
@@ -1149,6 +1172,66 @@ mod tests {
                 evicted,
                 "{pass:?} hits {hits} last used {last_used} epoch {epoch}"
             );
+        }
+    }
+
+    #[test]
+    fn many_store_timers_are_deleted_as_one_range() {
+        // (timers one scan returned, deleted as one range)
+        let table = [
+            (0, false),
+            (1, false),
+            (TIMER_RANGE_DELETE_FROM - 1, false),
+            (TIMER_RANGE_DELETE_FROM, true),
+            (TIMER_SCAN_LIMIT, true),
+        ];
+        for (scanned, as_range) in table {
+            assert_eq!(
+                delete_timers_as_range(scanned),
+                as_range,
+                "{scanned} timers"
+            );
+        }
+    }
+
+    #[test]
+    fn store_timers_fire_once_whether_deleted_one_by_one_or_as_a_range() {
+        for keys in [10, TIMER_RANGE_DELETE_FROM * 3] {
+            // A cache of 1 window: nearly every timer goes to the store.
+            let mut state = KeyedWindowState::new(Box::new(MemoryStore::default()), 1);
+            for index in 0..keys {
+                let key = format!("k{index:05}").into_bytes();
+                let end = 10 + i64::try_from(index % 3).unwrap();
+                state.windows_mut(0, &key).unwrap().push(window(0, end));
+                state.windows_changed(&key, 1, &[]);
+                state.add_timer(end, TimerKind::Fire, WindowRange { start: 0, end }, 0, &key);
+            }
+            let mut due = 0;
+            loop {
+                let timers = state.due_timers(11).unwrap();
+                if timers.is_empty() {
+                    break;
+                }
+                due += timers.len();
+            }
+            let expected = (0..keys).filter(|index| index % 3 < 2).count();
+            assert_eq!(due, expected, "{keys} keys");
+            assert_eq!(state.count_timers().unwrap(), (keys - expected) as u64);
+            // A timer scheduled again below the ones processed is still found.
+            let key = b"k00000".to_vec();
+            state.windows_mut(0, &key).unwrap();
+            state.add_timer(
+                5,
+                TimerKind::Expire,
+                WindowRange { start: 0, end: 5 },
+                0,
+                &key,
+            );
+            state.evict_all().unwrap();
+            let timers = state.due_timers(11).unwrap();
+            assert_eq!(timers.len(), 1, "{keys} keys");
+            assert_eq!(timers[0].time, 5);
+            assert!(state.due_timers(11).unwrap().is_empty());
         }
     }
 
