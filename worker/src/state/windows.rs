@@ -281,7 +281,38 @@ struct CachedKey {
     timers: Vec<(Millis, TimerKind, WindowRange)>,
     /// Whether it may have changes the store lacks (it is then in `dirty_keys`).
     dirty: bool,
+    /// The eviction epoch it was last used in.
     last_used: u64,
+    /// How often it was used lately: one more per use after the first, one less per
+    /// eviction epoch without use, at most [`MAX_HITS`] (see [`evicts`]).
+    hits: u8,
+}
+
+/// The most [`CachedKey::hits`] counts: a key used often stays through this many
+/// eviction epochs without use.
+const MAX_HITS: u8 = 3;
+
+/// The passes of an eviction, in order: each runs only while the cache is still above
+/// its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EvictionPass {
+    /// Keys not used again since they entered the cache (nearly all keys, when most
+    /// are new): a key used often is kept, so its next event needs no read.
+    Unproven,
+    /// Keys not used since the last eviction.
+    Idle,
+    /// Any key.
+    Any,
+}
+
+/// Whether `pass` evicts a key used `hits` times lately and last in epoch `last_used`,
+/// in eviction epoch `epoch`.
+fn evicts(pass: EvictionPass, hits: u8, last_used: u64, epoch: u64) -> bool {
+    match pass {
+        EvictionPass::Unproven => hits == 0,
+        EvictionPass::Idle => last_used < epoch,
+        EvictionPass::Any => true,
+    }
 }
 
 impl CachedKey {
@@ -333,6 +364,18 @@ fn key_hash(key: &[u8]) -> u64 {
 /// are then read in one pass in key order, so a larger batch means more of them share
 /// the blocks the pass reads.
 const TIMER_SCAN_LIMIT: usize = 32_768;
+
+/// From how many timers one store scan returns their deletion is one range deletion
+/// rather than a delete each: a window fired in the store then costs no memtable insert
+/// for its timer. Below it, deletes each, so that a run firing a few store timers at a
+/// time does not pile up range tombstones, which every later read must step over.
+const TIMER_RANGE_DELETE_FROM: usize = 256;
+
+/// Whether the `scanned` timers one store scan returned are deleted with one range
+/// deletion (see [`TIMER_RANGE_DELETE_FROM`]).
+fn delete_timers_as_range(scanned: usize) -> bool {
+    scanned >= TIMER_RANGE_DELETE_FROM
+}
 
 /// The window a due timer is about, as [`KeyedWindowState::read_stored_windows`] found it.
 #[derive(Clone, Debug, PartialEq)]
@@ -416,6 +459,7 @@ impl KeyedWindowState {
         key_group: KeyGroup,
         key: &[u8],
     ) -> Result<&mut Vec<WindowState>, StateError> {
+        let mut hit = true;
         if !self.cache.contains_key(key) {
             if self.cached_windows >= self.cache_capacity {
                 self.evict()?;
@@ -436,6 +480,7 @@ impl KeyedWindowState {
                 self.load(key_group, key)?
             };
             self.cached_windows += windows.len();
+            let loaded = !windows.is_empty();
             let key: Arc<[u8]> = key.into();
             self.cache.insert(
                 key.clone(),
@@ -448,14 +493,20 @@ impl KeyedWindowState {
                     timers: Vec::new(),
                     dirty: false,
                     last_used: self.epoch,
+                    // A key read back from the store was used before: it counts once.
+                    hits: u8::from(loaded),
                 },
             );
+            hit = false;
         }
         let entry = self.cache.get_mut(key).ok_or_else(|| StateError {
             action: "cache a key",
             message: "the key vanished from the cache".into(),
         })?;
         entry.last_used = self.epoch;
+        if hit {
+            entry.hits = entry.hits.saturating_add(1).min(MAX_HITS);
+        }
         if !entry.dirty {
             entry.dirty = true;
             self.dirty_keys.push(entry.key.clone());
@@ -484,11 +535,12 @@ impl KeyedWindowState {
         self.open_windows -= 1;
     }
 
-    /// Marks a key as the first to evict: it was only loaded to fire or expire a window,
-    /// and is less likely to be needed soon than the keys events touched.
+    /// Marks a key as not used by its last [`Self::windows_mut`]: that was to fire or
+    /// expire a window, which says nothing of its next event.
     pub fn release(&mut self, key: &[u8]) {
         if let Some(entry) = self.cache.get_mut(key) {
             entry.last_used = 0;
+            entry.hits = entry.hits.saturating_sub(1);
         }
     }
 
@@ -558,7 +610,7 @@ impl KeyedWindowState {
     fn write_back(
         &mut self,
         write_all: bool,
-        mut evict: impl FnMut(&CachedKey) -> bool,
+        mut evict: impl FnMut(&mut CachedKey) -> bool,
     ) -> Result<(), StateError> {
         let mut batch = std::mem::take(&mut self.pending_writes);
         let mut value = Vec::new();
@@ -613,29 +665,31 @@ impl KeyedWindowState {
         Ok(())
     }
 
-    /// Makes room: writes back and drops the keys not used since the last eviction, then
-    /// any others, until the cache is at 80% of its capacity.
+    /// Makes room: writes back and drops keys until the cache is at 80% of its
+    /// capacity, first those not used again since they entered it, then those not used
+    /// since the last eviction, then any (see [`evicts`]). The keys kept that were not
+    /// used since the last eviction count one use less.
     fn evict(&mut self) -> Result<(), StateError> {
         let target = self.cache_capacity / 5 * 4;
         let epoch = self.epoch;
-        let mut excess = self.cached_windows.saturating_sub(target);
-        self.write_back(false, |entry| {
-            if excess > 0 && entry.last_used < epoch {
-                excess = excess.saturating_sub(entry.windows.len().max(1));
-                true
-            } else {
-                false
+        for pass in [
+            EvictionPass::Unproven,
+            EvictionPass::Idle,
+            EvictionPass::Any,
+        ] {
+            let mut excess = self.cached_windows.saturating_sub(target);
+            if excess == 0 && pass != EvictionPass::Unproven {
+                break;
             }
-        })?;
-        let mut excess = self.cached_windows.saturating_sub(target);
-        if excess > 0 {
             self.write_back(false, |entry| {
-                if excess > 0 {
+                if excess > 0 && evicts(pass, entry.hits, entry.last_used, epoch) {
                     excess = excess.saturating_sub(entry.windows.len().max(1));
-                    true
-                } else {
-                    false
+                    return true;
                 }
+                if pass == EvictionPass::Unproven && entry.last_used < epoch {
+                    entry.hits = entry.hits.saturating_sub(1);
+                }
+                false
             })?;
         }
         self.epoch += 1;
@@ -683,18 +737,29 @@ impl KeyedWindowState {
                 TIMER_SCAN_LIMIT,
             )?;
             store_exhausted = keys.len() < TIMER_SCAN_LIMIT;
+            let as_range = delete_timers_as_range(keys.len());
             for timer_key in &keys {
                 let timer = Timer::from_store_key(timer_key).ok_or_else(|| StateError {
                     action: "decode a timer",
                     message: format!("malformed timer of {} bytes", timer_key.len()),
                 })?;
                 from_store.push(timer);
-                self.pending_writes
-                    .delete(Column::Timers, timer_key.clone());
+                if !as_range {
+                    self.pending_writes
+                        .delete(Column::Timers, timer_key.clone());
+                }
             }
             if let Some(last) = keys.last() {
-                self.timers_from.clone_from(last);
-                self.timers_from.push(0);
+                let mut after_last = last.clone();
+                after_last.push(0);
+                if as_range {
+                    // Every timer in [timers_from, last] is one just read (pending
+                    // writes were written before the scan). Written now, the deletion
+                    // precedes any timer put from here on, even one in that range.
+                    self.store
+                        .delete_range(Column::Timers, &self.timers_from, &after_last)?;
+                }
+                self.timers_from = after_last;
             }
             if store_exhausted {
                 self.flush_pending_writes()?;
@@ -1084,6 +1149,121 @@ mod tests {
         assert_eq!(due, expected);
         assert!(state.due_timers(Millis::MAX).unwrap().is_empty());
         assert_eq!(state.count_timers().unwrap(), 0);
+    }
+
+    #[test]
+    fn which_keys_each_eviction_pass_drops() {
+        use EvictionPass::{Any, Idle, Unproven};
+        // (pass, hits, last used, epoch now, evicted)
+        let table = [
+            (Unproven, 0, 5, 5, true),
+            (Unproven, 0, 4, 5, true),
+            (Unproven, 1, 4, 5, false),
+            (Unproven, MAX_HITS, 0, 5, false),
+            (Idle, 0, 5, 5, false),
+            (Idle, MAX_HITS, 4, 5, true),
+            (Idle, 1, 5, 5, false),
+            (Any, MAX_HITS, 5, 5, true),
+            (Any, 0, 0, 0, true),
+        ];
+        for (pass, hits, last_used, epoch, evicted) in table {
+            assert_eq!(
+                evicts(pass, hits, last_used, epoch),
+                evicted,
+                "{pass:?} hits {hits} last used {last_used} epoch {epoch}"
+            );
+        }
+    }
+
+    #[test]
+    fn many_store_timers_are_deleted_as_one_range() {
+        // (timers one scan returned, deleted as one range)
+        let table = [
+            (0, false),
+            (1, false),
+            (TIMER_RANGE_DELETE_FROM - 1, false),
+            (TIMER_RANGE_DELETE_FROM, true),
+            (TIMER_SCAN_LIMIT, true),
+        ];
+        for (scanned, as_range) in table {
+            assert_eq!(
+                delete_timers_as_range(scanned),
+                as_range,
+                "{scanned} timers"
+            );
+        }
+    }
+
+    #[test]
+    fn store_timers_fire_once_whether_deleted_one_by_one_or_as_a_range() {
+        for keys in [10, TIMER_RANGE_DELETE_FROM * 3] {
+            // A cache of 1 window: nearly every timer goes to the store.
+            let mut state = KeyedWindowState::new(Box::new(MemoryStore::default()), 1);
+            for index in 0..keys {
+                let key = format!("k{index:05}").into_bytes();
+                let end = 10 + i64::try_from(index % 3).unwrap();
+                state.windows_mut(0, &key).unwrap().push(window(0, end));
+                state.windows_changed(&key, 1, &[]);
+                state.add_timer(end, TimerKind::Fire, WindowRange { start: 0, end }, 0, &key);
+            }
+            let mut due = 0;
+            loop {
+                let timers = state.due_timers(11).unwrap();
+                if timers.is_empty() {
+                    break;
+                }
+                due += timers.len();
+            }
+            let expected = (0..keys).filter(|index| index % 3 < 2).count();
+            assert_eq!(due, expected, "{keys} keys");
+            assert_eq!(state.count_timers().unwrap(), (keys - expected) as u64);
+            // A timer scheduled again below the ones processed is still found.
+            let key = b"k00000".to_vec();
+            state.windows_mut(0, &key).unwrap();
+            state.add_timer(
+                5,
+                TimerKind::Expire,
+                WindowRange { start: 0, end: 5 },
+                0,
+                &key,
+            );
+            state.evict_all().unwrap();
+            let timers = state.due_timers(11).unwrap();
+            assert_eq!(timers.len(), 1, "{keys} keys");
+            assert_eq!(timers[0].time, 5);
+            assert!(state.due_timers(11).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn keys_used_often_stay_cached_while_new_keys_stream_through() {
+        // A cache of 100 windows; 10 hot keys used between every 20 new ones.
+        let mut state = KeyedWindowState::new(Box::new(MemoryStore::default()), 100);
+        let hot: Vec<Vec<u8>> = (0..10)
+            .map(|key| format!("hot{key}").into_bytes())
+            .collect();
+        for round in 0..200 {
+            for key in &hot {
+                let windows = state.windows_mut(0, key).unwrap();
+                if windows.is_empty() {
+                    windows.push(window(0, 10));
+                    state.windows_changed(key, 1, &[]);
+                }
+            }
+            for new in 0..20 {
+                let key = format!("new{round}-{new}").into_bytes();
+                state.windows_mut(0, &key).unwrap().push(window(0, 10));
+                state.windows_changed(&key, 1, &[]);
+            }
+            assert!(state.cached_windows() <= 100);
+            if round > 2 {
+                for key in &hot {
+                    assert!(state.is_cached(key), "round {round}");
+                }
+            }
+        }
+        assert_eq!(state.open_windows(), 10 + 200 * 20);
+        assert_eq!(state.count_stored_windows().unwrap(), 10 + 200 * 20);
     }
 
     #[test]
