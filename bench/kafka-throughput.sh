@@ -12,6 +12,7 @@
 # Every run reads the same input topic, bench-input-<events>-p<partitions>-<any|url>
 # (keyed by url for sluice-keyed and peer-keyed), loaded once and kept for the next run
 # (BENCH_DELETE_INPUT=1 deletes it after the run); each run deletes its own topics.
+# BENCH_PERF=<file> records a 40 s perf profile of the worker (sluice, sluice-keyed).
 # `latency` runs one worker on a fresh topic and `sluice-bench-kafka latency` against it.
 #
 # Needs the local broker (`make cluster-up`) and the release binaries (`make build`), or
@@ -138,6 +139,11 @@ run_sluice() {
   local started
   started=$(date +%s.%N)
   start_worker "$name" "$topic" "$partitioning"
+  if [[ -n "${BENCH_PERF:-}" ]]; then
+    # A sample of the worker mid-run (99 Hz, DWARF stacks): 20 s in, for 40 s.
+    (sleep 20 && perf record -F 99 --call-graph dwarf,16384 -p "$WORKER_PID" -o "$BENCH_PERF" -- sleep 40 \
+      > "$BENCH_PERF.log" 2>&1) &
+  fi
   "$tool" --bootstrap "$bootstrap" wait --group "sluice.bench.$name" --topic "$topic" >&2
   local finished cpu
   finished=$(date +%s.%N)
