@@ -145,6 +145,12 @@ run_sluice() {
       > "$BENCH_PERF.log" 2>&1) &
   fi
   "$tool" --bootstrap "$bootstrap" wait --group "sluice.bench.$name" --topic "$topic" >&2
+  if [[ "$partitioning" == Any ]]; then
+    # The source offsets commit with the repartition records they made: once they are at
+    # the end, the repartition topic holds every event; wait until those are committed
+    # too (aggregated, and their results visible), as the peer waits for its own.
+    "$tool" --bootstrap "$bootstrap" wait --group "sluice.bench.$name" --topic "sluice.bench.$name.repartition" >&2
+  fi
   local finished cpu
   finished=$(date +%s.%N)
   cpu=$(cpu_of "$WORKER_PID")
