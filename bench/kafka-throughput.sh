@@ -118,6 +118,17 @@ start_worker() {
   "$worker" --log-format json run --job "$job" --namespace bench --ordinal 0 --parallelism 1 \
     --state-dir "$state_root/$name" --admin-address 127.0.0.1:0 2> "$state_root/$name.log" &
   WORKER_PID=$!
+  # shellcheck disable=SC2064 # the pid now
+  trap "kill $WORKER_PID 2>/dev/null || true" EXIT
+}
+
+# wait_for <group> <topic>: until the group's committed offsets reach the topic's end,
+# again after an error (a broker that just restarted answers NotCoordinator for a while).
+wait_for() {
+  until "$tool" --bootstrap "$bootstrap" wait --group "$1" --topic "$2" >&2; do
+    log "wait failed; again in 1s"
+    sleep 1
+  done
 }
 
 # stop_worker <name>: stops the worker and deletes the job's topics and state.
@@ -144,12 +155,12 @@ run_sluice() {
     (sleep 20 && perf record -F 99 --call-graph dwarf,16384 -p "$WORKER_PID" -o "$BENCH_PERF" -- sleep 40 \
       > "$BENCH_PERF.log" 2>&1) &
   fi
-  "$tool" --bootstrap "$bootstrap" wait --group "sluice.bench.$name" --topic "$topic" >&2
+  wait_for "sluice.bench.$name" "$topic"
   if [[ "$partitioning" == Any ]]; then
     # The source offsets commit with the repartition records they made: once they are at
     # the end, the repartition topic holds every event; wait until those are committed
     # too (aggregated, and their results visible), as the peer waits for its own.
-    "$tool" --bootstrap "$bootstrap" wait --group "sluice.bench.$name" --topic "sluice.bench.$name.repartition" >&2
+    wait_for "sluice.bench.$name" "sluice.bench.$name.repartition"
   fi
   local finished cpu
   finished=$(date +%s.%N)
