@@ -31,7 +31,7 @@ generator="$bin/sluice-bench-generate"
 data="$cache/bench"
 events="${BENCH_EVENTS:-10000000}"
 partitions="${BENCH_PARTITIONS:-2}"
-interval="${BENCH_CHECKPOINT_INTERVAL:-10s}"
+interval="${BENCH_CHECKPOINT_INTERVAL:-5s}"
 state_root="${BENCH_STATE:-/var/tmp/sluice-bench}"
 what="${1:-all}"
 
