@@ -5,6 +5,9 @@
 export SLUICE_CACHE ?= /var/cache/sluice
 export CARGO_TARGET_DIR ?= $(SLUICE_CACHE)/target
 BUILD_LOCK ?= /var/tmp/sluice-build.lock
+# Held by whatever uses the shared local cluster and broker (tests, benchmarks, other
+# checkouts): the chaos and recovery tests kill the broker and the API server.
+E2E_LOCK ?= /var/tmp/sluice-e2e.lock
 CARGO := flock $(BUILD_LOCK) cargo
 RELEASE := --release
 CLUSTER := bash tests/cluster/cluster.sh
@@ -26,7 +29,7 @@ demo: deps ## run the page-views example in local mode (no cluster, no broker)
 # The recovery and isolation tests are in the recipe, not the prerequisites: they kill the
 # API server and the broker and take the cluster down, so they must start only after
 # e2e-test has finished, and one after the other, even under make -j.
-test: deps fmt-check clippy crd-check doc unit-test build cluster-up e2e-test ## everything CI runs (the node's images need the built binaries)
+test: deps fmt-check unused-deps clippy crd-check doc unit-test build cluster-up e2e-test ## everything CI runs (the node's images need the built binaries)
 	$(MAKE) --no-print-directory cluster-recovery-test
 	$(MAKE) --no-print-directory cluster-isolation-test
 
@@ -60,16 +63,18 @@ crd-check: ## fail when the committed CRD differs from the Rust types
 unit-test: ## tests that need no cluster
 	$(CARGO) test $(RELEASE) --workspace --exclude sluice-e2e
 
-# The worker tests run `sluice-worker run` processes; the chaos tests kill workers and the
-# broker, so they run alone, one at a time, after the others (their report is printed).
-E2E_SUITES := --lib --test api --test cluster --test kafka --test node --test validate --test worker --test savepoint
+# The worker tests run `sluice-worker run` processes; the controller tests run
+# `sluice-controller run` processes beside them, with worker pods from the image cluster-up
+# builds from the release binary; the chaos tests kill workers and the broker, so they run
+# alone, one at a time, after the others (their report is printed).
+E2E_SUITES := --lib --test api --test cluster --test kafka --test node --test s3 --test validate --test worker --test savepoint --test controller
 # The tests are built under the build lock and run without it: the broker-restart test
 # runs `cluster.sh up`, which may rebuild the node's images under that same lock.
 e2e-test: ## tests against the local cluster and broker (run cluster-up first)
 	$(CARGO) build $(RELEASE) --workspace --bins
 	$(CARGO) test $(RELEASE) -p sluice-e2e $(E2E_SUITES) --test chaos --no-run
-	cargo test $(RELEASE) -p sluice-e2e $(E2E_SUITES) -- --test-threads 2
-	cargo test $(RELEASE) -p sluice-e2e --test chaos -- --test-threads 1 --nocapture
+	flock $(E2E_LOCK) cargo test $(RELEASE) -p sluice-e2e $(E2E_SUITES) -- --test-threads 2
+	flock $(E2E_LOCK) cargo test $(RELEASE) -p sluice-e2e --test chaos -- --test-threads 1 --nocapture
 
 cluster-up: ## start (or reuse) the local Kubernetes control plane, node and Kafka broker
 	$(CLUSTER) up
@@ -81,10 +86,10 @@ cluster-status: ## show what runs
 	$(CLUSTER) status
 
 cluster-recovery-test: ## kill -9 the API server and the broker, up; down (no leftovers), up; leaves it up
-	bash tests/cluster/recovery-test.sh
+	flock $(E2E_LOCK) bash tests/cluster/recovery-test.sh
 
 cluster-isolation-test: ## plant another Kubernetes' chain, cgroup and netns; down and up leave them intact; up refuses beside a kubelet
-	bash tests/cluster/isolation-test.sh
+	flock $(E2E_LOCK) bash tests/cluster/isolation-test.sh
 
 images: ## build the controller and worker images and load them into the local node
 	bash tests/cluster/images.sh

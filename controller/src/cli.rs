@@ -1,13 +1,20 @@
-//! The command line: print the CRD, validate a manifest exactly as the controller will,
-//! and check that the controller can reach the API server and read StreamJobs (`doctor`).
+//! The command line: run the controller, print the CRD, validate a manifest exactly as
+//! the controller will, and check that the controller can reach the API server and read
+//! StreamJobs (`doctor`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use kube::api::ListParams;
 use kube::{Api, Client};
 use sluice_crds::StreamJob;
+
+use crate::context::{Settings, default_worker_image};
+use crate::run::{LeaderElection, RunOptions, default_identity};
+use crate::telemetry::LogFormat;
 
 /// The controller's command line.
 #[derive(Parser)]
@@ -17,6 +24,13 @@ use sluice_crds::StreamJob;
     about = "The Sluice controller for StreamJobs"
 )]
 pub struct Cli {
+    /// How log lines are written: `text` for people, `json` for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "SLUICE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Which log lines are written: a level (`info`, `debug`) or a tracing filter such as
+    /// `info,sluice_controller=debug,kube=warn`.
+    #[arg(long, default_value = "info", global = true, env = "SLUICE_LOG")]
+    pub log: String,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -25,6 +39,9 @@ pub struct Cli {
 /// The commands.
 #[derive(Subcommand)]
 pub enum Command {
+    /// Reconcile StreamJobs into running workers until SIGTERM: in a pod (the Helm chart)
+    /// with in-cluster configuration, or from a shell with KUBECONFIG.
+    Run(RunArgs),
     /// Print the StreamJob CustomResourceDefinition as YAML.
     Crd,
     /// Check a StreamJob manifest as the controller does; exits non-zero when invalid.
@@ -42,9 +59,92 @@ pub enum Command {
     },
 }
 
+/// `sluice-controller run`.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Namespaces whose StreamJobs are reconciled, comma-separated or repeated; default:
+    /// all namespaces (the chart's ClusterRole allows both).
+    #[arg(long = "namespace", value_delimiter = ',', env = "SLUICE_NAMESPACES")]
+    pub namespaces: Vec<String>,
+    /// The worker image of jobs whose spec.image is unset; default: the sluice-worker image
+    /// of this controller's version.
+    #[arg(long, env = "SLUICE_WORKER_IMAGE", default_value_t = default_worker_image())]
+    pub worker_image: String,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "SLUICE_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub http_address: SocketAddr,
+    /// How many StreamJobs are reconciled at once, and how many API requests they have in
+    /// flight at most.
+    #[arg(long, env = "SLUICE_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+    /// How long a job's reconcile waits after the last change that asked for it, so a
+    /// burst of changes (a new job's children appearing, its StatefulSet's status moving)
+    /// is one reconcile; 0s: at once. It delays every reconcile, a new job's first status
+    /// too.
+    #[arg(long, env = "SLUICE_DEBOUNCE", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub debounce: Duration,
+    /// How often a healthy job is reconciled when nothing changed (repairs what a watch
+    /// missed).
+    #[arg(long, env = "SLUICE_RESYNC_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+    /// Run only while holding a Lease, so several replicas can run with one active. Off
+    /// (`--leader-election=false`) for a single process from a shell.
+    #[arg(long, env = "SLUICE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// The Lease's name.
+    #[arg(long, env = "SLUICE_LEASE_NAME", default_value = "sluice-controller")]
+    pub lease_name: String,
+    /// The Lease's namespace; default: the pod's own (POD_NAMESPACE), else the kubeconfig's.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long the Lease is held without renewal: a standby takes over at most this long
+    /// after the leader dies (at once after a clean shutdown, which releases it).
+    #[arg(long, env = "SLUICE_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// How long before the Lease expires the leader renews it.
+    #[arg(long, env = "SLUICE_LEASE_RENEW_BEFORE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lease_renew_before: Duration,
+    /// This process's name in the Lease and in Events; default: POD_NAME, else the host
+    /// name and a random suffix.
+    #[arg(long, env = "SLUICE_IDENTITY")]
+    pub identity: Option<String>,
+}
+
+impl RunArgs {
+    /// The options of `run::run`.
+    pub fn options(&self) -> RunOptions {
+        RunOptions {
+            namespaces: self
+                .namespaces
+                .iter()
+                .map(|namespace| namespace.trim().to_string())
+                .filter(|namespace| !namespace.is_empty())
+                .collect(),
+            settings: Settings {
+                worker_image: self.worker_image.clone(),
+                resync_interval: self.resync_interval,
+                // As many requests as reconciles: concurrent applies within a reconcile
+                // shorten one job's latency, not the API server's total work.
+                requests_in_flight: usize::from(self.concurrency.max(1)),
+            },
+            http_address: self.http_address,
+            concurrency: self.concurrency.max(1),
+            debounce: self.debounce,
+            leader_election: self.leader_election.then(|| LeaderElection {
+                lease_name: self.lease_name.clone(),
+                lease_namespace: self.lease_namespace.clone(),
+                lease_duration: self.lease_duration,
+                renew_before: self.lease_renew_before,
+            }),
+            identity: self.identity.clone().unwrap_or_else(default_identity),
+        }
+    }
+}
+
 /// Runs a command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => crate::run::run(args.options()).await,
         Command::Crd => {
             print!("{}", sluice_crds::crd::yaml());
             Ok(())
@@ -124,4 +224,48 @@ async fn doctor(namespace: Option<String>) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_flags_have_defaults_for_a_shell() {
+        let cli = Cli::try_parse_from(["sluice-controller", "run"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let options = args.options();
+        assert!(options.namespaces.is_empty());
+        assert_eq!(options.settings.worker_image, default_worker_image());
+        assert!(options.leader_election.is_some());
+        assert_eq!(cli.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn run_flags_name_namespaces_and_turn_off_leader_election() {
+        let cli = Cli::try_parse_from([
+            "sluice-controller",
+            "--log-format",
+            "json",
+            "run",
+            "--namespace",
+            "a,b",
+            "--namespace",
+            "c",
+            "--leader-election=false",
+            "--worker-image",
+            "localhost/sluice-worker:dev",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let options = args.options();
+        assert_eq!(options.namespaces, ["a", "b", "c"]);
+        assert!(options.leader_election.is_none());
+        assert_eq!(options.settings.worker_image, "localhost/sluice-worker:dev");
+        assert_eq!(cli.log_format, LogFormat::Json);
+    }
 }

@@ -22,12 +22,22 @@ impl ErrorKind {
             Self::MissingReference => "MissingReference",
         }
     }
+
+    /// Whether only a change by the user can fix it (kstatus `Stalled`), as opposed to a
+    /// failure that a retry may get past.
+    pub fn stalls(self) -> bool {
+        match self {
+            Self::InvalidSpec | Self::MissingReference => true,
+            Self::KubernetesApi => false,
+        }
+    }
 }
 
 /// A failure of the controller, with its context.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The spec failed `sluice_crds::validate`.
+    /// The spec failed `sluice_crds::validate` (or a rule of the controller's own, such as
+    /// the length of the name).
     #[error("failed to validate StreamJob {name}: {source}")]
     InvalidSpec {
         /// The StreamJob.
@@ -64,6 +74,26 @@ impl Error {
             Self::MissingReference { .. } => ErrorKind::MissingReference,
         }
     }
+
+    /// What the user reads in the `Stalled` condition: each field and its fix, one per
+    /// line, without the job's name (the condition is on the job).
+    pub fn user_message(&self) -> String {
+        match self {
+            Self::InvalidSpec { source, .. } => source
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => other.to_string(),
+        }
+    }
+
+    /// Wraps a client error with what was attempted.
+    pub fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let action = action.into();
+        move |source| Self::KubernetesApi { action, source }
+    }
 }
 
 #[cfg(test)]
@@ -82,5 +112,30 @@ mod tests {
             "unable to find Secret kafka-credentials that spec.kafka.secretRef refers to: create it, or fix spec.kafka.secretRef"
         );
         assert_eq!(error.kind().as_str(), "MissingReference");
+        assert!(error.kind().stalls());
+    }
+
+    #[test]
+    fn invalid_spec_lists_each_field_and_its_fix() {
+        let error = Error::InvalidSpec {
+            name: "x".into(),
+            source: sluice_crds::ValidationErrors {
+                errors: vec![
+                    sluice_crds::validate::FieldError {
+                        field: "spec.pipeline[0].filter".into(),
+                        message: "must give a bool".into(),
+                    },
+                    sluice_crds::validate::FieldError {
+                        field: "metadata.name".into(),
+                        message: "too long".into(),
+                    },
+                ],
+            },
+        };
+        assert_eq!(
+            error.user_message(),
+            "spec.pipeline[0].filter: must give a bool; metadata.name: too long"
+        );
+        assert!(!ErrorKind::KubernetesApi.stalls());
     }
 }

@@ -1,19 +1,42 @@
 //! The Sluice controller as a library: `main.rs` only parses the command line and calls in.
 //!
-//! - [`cli`]: the commands (`crd`, `validate`, `doctor`).
-//! - [`context`]: what every reconcile is handed: the client, the metrics, the settings.
+//! - [`cli`]: the commands (`run`, `crd`, `validate`, `doctor`).
+//! - [`run`](mod@run): the runtime: watches, controllers per namespace, leader election,
+//!   shutdown.
+//! - [`reconcile`]: one StreamJob, in phases: dereference → validate → build → apply →
+//!   orphans → status.
+//! - [`build`]: the pure builders of every child object.
+//! - [`cache`]: what the watches know of the children: which applies a reconcile can skip,
+//!   which child changes trigger one.
+//! - [`status`]: the pure status decision (phase, kstatus conditions, transitions).
+//! - [`names`]: the names and labels of the children.
+//! - [`spec_hash`](mod@spec_hash): which spec the workers run.
+//! - [`context`]: what every reconcile is handed: client, recorder, metrics, backoff,
+//!   settings.
 //! - [`error`]: the controller's errors; each has a kind that labels metrics and events.
-//! - [`metrics`]: the controller's Prometheus metrics.
+//! - [`backoff`]: per-job exponential backoff after failures.
+//! - [`metrics`], [`http`], [`telemetry`]: metrics, health endpoints, logs.
 //!
-//! The reconciler (`reconcile.rs`: dereference → validate → build → apply → orphans →
-//! status), the pure builders of every child object (`build/`), the change
-//! classification, the upgrade state machine (`lifecycle/`) and the autoscaler
-//! (`autoscaler/`) are planned (docs/architecture.md, "Roadmap").
+//! The upgrade state machine (`lifecycle/`) and the autoscaler (`autoscaler/`) are
+//! planned (docs/architecture.md).
 
+pub mod backoff;
+pub mod build;
+pub mod cache;
 pub mod cli;
 pub mod context;
 pub mod error;
+pub mod http;
 pub mod metrics;
+pub mod names;
+pub mod reconcile;
+pub mod run;
+pub mod spec_hash;
+pub mod status;
+pub mod telemetry;
+
+#[cfg(test)]
+mod fixtures;
 
 pub use context::Context;
 pub use error::{Error, ErrorKind};

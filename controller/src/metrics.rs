@@ -1,11 +1,15 @@
 //! The controller's metrics (prometheus-client), under the `sluice_controller` prefix:
-//! reconciles, failures by error kind, and how long a reconcile takes.
+//! reconciles, failures by error kind, how long a reconcile takes, and StreamJobs by phase.
+
+use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use sluice_crds::status::Phase;
 
 use crate::error::ErrorKind;
 
@@ -14,6 +18,62 @@ use crate::error::ErrorKind;
 pub struct ErrorLabels {
     /// The error kind.
     pub kind: &'static str,
+}
+
+/// The label of an API request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `read` (get or list), `watch`, `create`, `patch`, `update`, `delete`.
+    pub verb: &'static str,
+}
+
+/// The Kubernetes verb of a request: its method, and `watch=true` in the query.
+pub fn verb<B>(request: &http::Request<B>) -> &'static str {
+    let watch = request
+        .uri()
+        .query()
+        .is_some_and(|query| query.split('&').any(|pair| pair == "watch=true"));
+    match *request.method() {
+        http::Method::GET if watch => "watch",
+        // get and list: the path alone does not tell them apart without discovery.
+        http::Method::GET => "read",
+        http::Method::POST => "create",
+        http::Method::PATCH => "patch",
+        http::Method::PUT => "update",
+        http::Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
+/// The label of a phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// The phase (`Unknown` before the first status).
+    pub phase: &'static str,
+}
+
+/// Every phase label, so a phase with no job reads 0 rather than disappearing.
+pub const PHASES: [&str; 7] = [
+    "Unknown",
+    "Pending",
+    "Deploying",
+    "Running",
+    "Upgrading",
+    "Suspended",
+    "Failed",
+];
+
+/// The label of `phase`.
+pub fn phase_label(phase: Option<Phase>) -> &'static str {
+    match phase {
+        None => "Unknown",
+        Some(Phase::Pending) => "Pending",
+        Some(Phase::Deploying) => "Deploying",
+        Some(Phase::Running) => "Running",
+        Some(Phase::Upgrading) => "Upgrading",
+        Some(Phase::Suspended) => "Suspended",
+        Some(Phase::Failed) => "Failed",
+    }
 }
 
 /// The controller's metrics. Cloning shares them.
@@ -25,6 +85,12 @@ pub struct Metrics {
     pub failures: Family<ErrorLabels, Counter>,
     /// How long reconciles take, in seconds.
     pub reconcile_duration: Histogram,
+    /// StreamJobs by phase (set from the controller's cache at each scrape).
+    pub jobs: Family<PhaseLabels, Gauge>,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: Gauge,
+    /// Requests sent to the Kubernetes API, by verb.
+    pub api_requests: Family<RequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -33,6 +99,9 @@ impl Default for Metrics {
             reconciles: Counter::default(),
             failures: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            jobs: Family::default(),
+            leader: Gauge::default(),
+            api_requests: Family::default(),
         }
     }
 }
@@ -56,6 +125,28 @@ impl Metrics {
             "How long a reconcile takes",
             self.reconcile_duration.clone(),
         );
+        registry.register(
+            "streamjobs",
+            "StreamJobs by phase, as last reported in their status",
+            self.jobs.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            self.leader.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API, by verb (a watch counts once, when opened)",
+            self.api_requests.clone(),
+        );
+    }
+
+    /// A layer for the kube client that counts every request in `api_requests`.
+    pub fn count_requests(&self) -> CountRequests {
+        CountRequests {
+            counter: self.api_requests.clone(),
+        }
     }
 
     /// Counts a failure of `kind`.
@@ -66,23 +157,160 @@ impl Metrics {
             })
             .inc();
     }
+
+    /// Counts a reconcile and returns a timer that records its duration when dropped.
+    pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
+        self.reconciles.inc();
+        ReconcileTimer {
+            histogram: &self.reconcile_duration,
+            start: Instant::now(),
+        }
+    }
+
+    /// Sets the jobs-by-phase gauges from the phases of every cached job.
+    pub fn set_phases(&self, phases: impl IntoIterator<Item = Option<Phase>>) {
+        let mut counts = [0_i64; PHASES.len()];
+        for phase in phases {
+            let label = phase_label(phase);
+            if let Some(index) = PHASES.iter().position(|known| *known == label) {
+                counts[index] += 1;
+            }
+        }
+        for (phase, count) in PHASES.iter().zip(counts) {
+            self.jobs.get_or_create(&PhaseLabels { phase }).set(count);
+        }
+    }
+}
+
+/// A tower layer that counts the requests of the client it wraps.
+#[derive(Clone, Debug)]
+pub struct CountRequests {
+    counter: Family<RequestLabels, Counter>,
+}
+
+impl<S> tower::Layer<S> for CountRequests {
+    type Service = Counted<S>;
+
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted {
+            inner,
+            counter: self.counter.clone(),
+        }
+    }
+}
+
+/// A service whose requests are counted.
+#[derive(Clone, Debug)]
+pub struct Counted<S> {
+    inner: S,
+    counter: Family<RequestLabels, Counter>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Counted<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        self.counter
+            .get_or_create(&RequestLabels {
+                verb: verb(&request),
+            })
+            .inc();
+        self.inner.call(request)
+    }
+}
+
+/// Records how long a reconcile took when dropped (whatever way it ends).
+pub struct ReconcileTimer<'a> {
+    histogram: &'a Histogram,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn encoded(metrics: &Metrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
     #[test]
     fn failures_are_labelled_by_kind() {
         let metrics = Metrics::default();
-        let mut registry = Registry::default();
-        metrics.register(&mut registry);
         metrics.failure(ErrorKind::InvalidSpec);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let text = encoded(&metrics);
         assert!(
             text.contains("sluice_controller_reconcile_failures_total{kind=\"InvalidSpec\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn requests_are_counted_by_verb() {
+        let cases = [
+            (
+                "GET",
+                "/apis/apps/v1/statefulsets?watch=true&resourceVersion=1",
+                "watch",
+            ),
+            ("GET", "/api/v1/namespaces/a/secrets/x", "read"),
+            (
+                "PATCH",
+                "/api/v1/namespaces/a/configmaps/x?fieldManager=f",
+                "patch",
+            ),
+            (
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/a/events",
+                "create",
+            ),
+            ("DELETE", "/api/v1/namespaces/a/serviceaccounts/x", "delete"),
+        ];
+        for (method, uri, expect) in cases {
+            let request = http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(())
+                .unwrap();
+            assert_eq!(verb(&request), expect, "{method} {uri}");
+        }
+    }
+
+    #[test]
+    fn jobs_are_counted_by_phase_and_a_timer_records_a_duration() {
+        let metrics = Metrics::default();
+        metrics.set_phases([Some(Phase::Running), Some(Phase::Running), None]);
+        drop(metrics.reconcile_started());
+        let text = encoded(&metrics);
+        for line in [
+            "sluice_controller_streamjobs{phase=\"Running\"} 2",
+            "sluice_controller_streamjobs{phase=\"Unknown\"} 1",
+            "sluice_controller_streamjobs{phase=\"Failed\"} 0",
+            "sluice_controller_reconciles_total 1",
+            "sluice_controller_reconcile_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

@@ -32,10 +32,12 @@ pub use validate::{CheckedJob, ValidationErrors, validate};
 
 /// The CustomResourceDefinition and its committed YAML.
 pub mod crd {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        CustomResourceDefinition, ValidationRule,
+    };
     use kube::CustomResourceExt;
 
-    use crate::StreamJob;
+    use crate::{StreamJob, messages};
 
     /// Name of the CRD object.
     pub const NAME: &str = "streamjobs.sluice.dev";
@@ -43,9 +45,27 @@ pub mod crd {
     /// The generated CRD YAML committed in the repository, relative to the `crds` crate.
     pub const COMMITTED_PATH: &str = "streamjobs.sluice.dev.yaml";
 
-    /// The CRD generated from the Rust types.
+    /// The CRD generated from the Rust types, with the rule on the root that only the root
+    /// may hold: the StreamJob's `metadata.name` must also name its workers.
     pub fn definition() -> CustomResourceDefinition {
-        StreamJob::crd()
+        let mut definition = StreamJob::crd();
+        for version in &mut definition.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|validation| validation.open_api_v3_schema.as_mut())
+            {
+                schema
+                    .x_kubernetes_validations
+                    .get_or_insert_with(Vec::new)
+                    .push(ValidationRule {
+                        rule: messages::RULE_JOB_NAME.to_string(),
+                        message: Some(messages::JOB_NAME_INVALID.to_string()),
+                        ..ValidationRule::default()
+                    });
+            }
+        }
+        definition
     }
 
     /// The CRD as YAML, exactly as `crdgen` writes it.

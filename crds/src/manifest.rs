@@ -110,6 +110,8 @@ pub fn load_manifests(text: &str) -> Result<Manifest, ManifestError> {
     if text.len() > MAX_MANIFEST_BYTES {
         return Err(ManifestError::TooLarge { bytes: text.len() });
     }
+    // kubectl's YAML reader skips a UTF-8 byte-order mark (as editors on Windows write one).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut manifest = Manifest::default();
     for (index, document) in yaml::documents(text)?.into_iter().enumerate() {
         let number = index + 1;
@@ -286,6 +288,13 @@ mod tests {
         let error = load_manifest(&text).unwrap_err().to_string();
         assert!(error.contains("did you mean \"parallelism\"?"), "{error}");
         assert!(!error.contains("filter"), "{error}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_as_kubectl_skips_it() {
+        let text = format!("\u{feff}{}", job("marked", "event.status == 200"));
+        let (job, _) = load_manifest(&text).unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("marked"));
     }
 
     #[test]

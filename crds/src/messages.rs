@@ -3,6 +3,19 @@
 //! from `kubectl apply`, from `sluice-worker validate` and in the controller's events.
 //! Each names the field and the fix.
 
+/// The longest StreamJob name: the worker pods carry the label
+/// `controller-revision-hash: <name>-<10 characters>`, which must fit in 63.
+pub const MAX_JOB_NAME_LENGTH: usize = 52;
+
+/// The CEL rule on the StreamJob's root for `metadata.name`: the job's name is also the name
+/// of its headless Service (an RFC 1035 label: starting with a letter, no dots) and the stem
+/// of its pods' names and labels (at most [`MAX_JOB_NAME_LENGTH`]).
+pub const RULE_JOB_NAME: &str =
+    "self.metadata.name.size() <= 52 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+
+/// A StreamJob name the workers cannot take.
+pub const JOB_NAME_INVALID: &str = "metadata.name must be at most 52 lowercase letters, digits and '-', starting with a letter and ending with a letter or a digit (as in page-views-v2): the job's Service and worker pods take its name";
+
 /// `spec.parallelism` above `spec.maxParallelism`.
 pub const PARALLELISM_ABOVE_MAX: &str = "spec.parallelism must not exceed spec.maxParallelism (the number of key groups): lower parallelism, or raise maxParallelism before the job has state";
 

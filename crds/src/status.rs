@@ -38,7 +38,8 @@ pub struct StreamJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
 
-    /// Records not yet processed, summed over the source partitions.
+    /// Records not yet processed, summed over the source partitions (planned: the
+    /// autoscaler reads it from Kafka and writes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer_lag: Option<i64>,
 
@@ -46,25 +47,26 @@ pub struct StreamJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployed: Option<DeployedSpec>,
 
-    /// The newest completed savepoint.
+    /// The newest completed savepoint (planned: written by the job lifecycle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_savepoint: Option<SavepointRecord>,
 
-    /// Recent savepoints, newest first (at most ten).
+    /// Recent savepoints, newest first, at most ten (planned: written by the job lifecycle).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub savepoint_history: Vec<SavepointRecord>,
 
     /// The upgrade, rescale or restart in progress, recorded before any step is taken so
-    /// a restarted controller resumes it.
+    /// a restarted controller resumes it (planned: written by the job lifecycle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeStatus>,
 
-    /// The autoscaler's latest figures and decision.
+    /// The autoscaler's latest figures and decision (planned: written by the autoscaler).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<AutoscalerStatus>,
 
-    /// The latest error, until a reconcile succeeds.
+    /// The latest error, until a reconcile succeeds: for a stalled job each field and
+    /// its fix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
@@ -72,17 +74,19 @@ pub struct StreamJobStatus {
 /// Where a StreamJob is in its lifecycle.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum Phase {
-    /// Accepted, workers not yet created.
+    /// Accepted, no worker pod created yet.
     Pending,
-    /// Workers are starting.
+    /// Workers are starting (or restarting) on the deployed spec.
     Deploying,
     /// All workers run the deployed spec.
     Running,
-    /// Moving to a new spec or parallelism.
+    /// Moving to a new spec or parallelism (`Ready` says which: `Upgrading` or
+    /// `Rescaling`).
     Upgrading,
-    /// Stopped on request (`spec.suspend`).
+    /// Stopped on request (`spec.suspend`): no worker runs, the volumes keep the state.
     Suspended,
-    /// Cannot make progress without a change by the user (see `Stalled`).
+    /// Cannot make progress without a change by the user (see `Stalled`); workers
+    /// already running keep their last good spec.
     Failed,
 }
 

@@ -37,7 +37,9 @@ use crate::status::StreamJobStatus;
     printcolumn = r#"{"name":"Parallelism","type":"integer","jsonPath":".spec.parallelism","description":"Desired number of workers"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas","description":"Workers that are ready"}"#,
     printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.consumerLag","description":"Records not yet processed, summed over the source partitions"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Spec","type":"string","priority":1,"jsonPath":".status.deployed.specHash","description":"Hash of the spec the workers run"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message","description":"Why the job is or is not ready"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [

@@ -129,6 +129,20 @@ pub struct CheckedSink {
 
 pub use crate::manifest::{ManifestError, load_manifest};
 
+/// Checks that a StreamJob named `name` can name its workers (the CRD's rule on
+/// `metadata.name`, [`messages::RULE_JOB_NAME`]); the controller checks it too, for jobs
+/// created before the CRD had the rule.
+pub fn validate_name(name: &str) -> Result<(), FieldError> {
+    if metadata::names_workers(name) {
+        Ok(())
+    } else {
+        Err(FieldError {
+            field: "metadata.name".to_string(),
+            message: format!("{name:?}: {}", messages::JOB_NAME_INVALID),
+        })
+    }
+}
+
 /// Checks a spec: the rules of the CRD and the pipeline's CEL expressions.
 pub fn validate(spec: &StreamJobSpec) -> Result<CheckedJob, ValidationErrors> {
     let mut errors = Errors::default();

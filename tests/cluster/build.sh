@@ -2,8 +2,9 @@
 # Builds (or reuses from the cache) every binary and jar the local cluster runs:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy
 #   (one `go build`, version-stamped), etcd, helm (stamped with the Kubernetes minor),
-#   a tiny loopback forwarder, and the Kafka classpath from Maven Central.
-# Usage: build.sh [all|k8s|etcd|helm|forward|kafka]...   (default: all)
+#   a tiny loopback forwarder, the Kafka classpath from Maven Central, and SeaweedFS's weed
+#   (the S3-compatible server).
+# Usage: build.sh [all|k8s|etcd|helm|forward|kafka|seaweedfs]...   (default: all)
 # Every compile step holds ${SLUICE_BUILD_LOCK} so it never runs beside another heavy build.
 set -euo pipefail
 
@@ -179,6 +180,56 @@ build_helm() {
   log "helm: $("${bin}" version --short)"
 }
 
+# SeaweedFS's `weed` (master, volume server, filer and the S3 gateway in one binary). Its
+# go.mod has a replace directive (go-bip39), which `go install pkg@version` refuses, so a
+# wrapper module carries the module's replace lines and `go get`s the weed package.
+SEAWEEDFS_MODULE=github.com/seaweedfs/seaweedfs
+
+resolve_seaweedfs() {
+  [[ -x "${SEAWEEDFS_BIN_DIR}/weed" ]] && return 0
+  require_go
+  local logfile="${BUILD_LOG_DIR}/seaweedfs-${SEAWEEDFS_VERSION}.log"
+  local dir="${WRAP_DIR}/seaweedfs-${SEAWEEDFS_VERSION}"
+  [[ -f "${dir}/.resolved" ]] && return 0
+  log "seaweedfs ${SEAWEEDFS_VERSION}: resolving modules (log ${logfile})"
+  mkdir -p "${dir}"
+  run_with_progress "resolve seaweedfs modules" "${logfile}" 1800 prepare_seaweedfs_module "${dir}"
+}
+
+prepare_seaweedfs_module() {
+  local dir="$1" gomod line
+  cd "${dir}"
+  rm -f go.mod go.sum .resolved
+  go mod init sluice.local/seaweedfs-build
+  gomod=$(go mod download -json "${SEAWEEDFS_MODULE}@${SEAWEEDFS_VERSION}" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
+  [[ -f "${gomod}" ]] || die "failed to download the go.mod of ${SEAWEEDFS_MODULE}@${SEAWEEDFS_VERSION}"
+  # Single-line `replace A => B vX` directives only (all the module has); a local-path
+  # replace could not work outside its tree anyway.
+  while read -r line; do
+    go mod edit -replace="${line}"
+  done < <(sed -n 's#^replace[[:space:]]\{1,\}\([^ ]*\) => \([^ ]*\) \(v[^ ]*\)[[:space:]]*$#\1=\2@\3#p' "${gomod}")
+  go get "${SEAWEEDFS_MODULE}/weed@${SEAWEEDFS_VERSION}"
+  touch .resolved
+}
+
+build_seaweedfs() {
+  local bin="${SEAWEEDFS_BIN_DIR}/weed"
+  if [[ -x "${bin}" ]]; then
+    log "seaweedfs ${SEAWEEDFS_VERSION}: cached in ${SEAWEEDFS_BIN_DIR}"
+    return 0
+  fi
+  resolve_seaweedfs
+  local logfile="${BUILD_LOG_DIR}/seaweedfs-${SEAWEEDFS_VERSION}.log"
+  local dir="${WRAP_DIR}/seaweedfs-${SEAWEEDFS_VERSION}" tmp="${SEAWEEDFS_BIN_DIR}.tmp"
+  local flags="-s -w -X ${SEAWEEDFS_MODULE}/weed/util/version.COMMIT=${SEAWEEDFS_VERSION##*-}"
+  log "seaweedfs ${SEAWEEDFS_VERSION}: compiling weed (log ${logfile})"
+  rm -rf "${tmp}" && mkdir -p "${tmp}"
+  (cd "${dir}" && run_with_progress "build seaweedfs" "${logfile}" 3600 with_build_lock \
+    go build -trimpath -ldflags "${flags}" -o "${tmp}/weed" "${SEAWEEDFS_MODULE}/weed")
+  rm -rf "${SEAWEEDFS_BIN_DIR}" && mv "${tmp}" "${SEAWEEDFS_BIN_DIR}"
+  log "seaweedfs: $("${bin}" version 2>&1 | head -1)"
+}
+
 # A std-only TCP forwarder: the API server listens on the bridge address (reachable by pods),
 # and this makes it reachable on 127.0.0.1 too. Keyed by the source's hash.
 forwarder_path() {
@@ -230,9 +281,11 @@ build_all() {
   resolve_etcd
   resolve_helm
   resolve_k8s
+  resolve_seaweedfs
   build_etcd
   build_helm
   build_k8s
+  build_seaweedfs
 }
 
 main() {
@@ -247,7 +300,8 @@ main() {
       helm) build_helm ;;
       forward) build_forwarder ;;
       kafka) fetch_kafka ;;
-      *) die "unknown build target ${target} (all|k8s|etcd|helm|forward|kafka)" ;;
+      seaweedfs) build_seaweedfs ;;
+      *) die "unknown build target ${target} (all|k8s|etcd|helm|forward|kafka|seaweedfs)" ;;
     esac
   done
 }

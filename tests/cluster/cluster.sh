@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The local Sluice cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
-# a single-node KRaft Kafka broker, built from the package registries and run as plain
-# processes (no Docker). The node (kubelet, containerd, kube-proxy) is tests/cluster/node.sh.
+# The local Sluice cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# a single-node KRaft Kafka broker and SeaweedFS's S3 gateway, built from the package
+# registries and run as plain processes (no Docker). The node (kubelet, containerd, kube-proxy) is tests/cluster/node.sh.
 #
 #   cluster.sh up       build or reuse binaries, start what is not running, wait until ready
 #   cluster.sh down     stop what `up` started (by pid), remove runtime state and the bridge
@@ -313,6 +313,105 @@ ensure_kafka() {
     "${logfile}" 30 kafka_answers "${SLUICE_BRIDGE_IP}" "${SLUICE_KAFKA_POD_PORT}"
 }
 
+# --- SeaweedFS (the S3-compatible server) --------------------------------------------------
+
+SEAWEEDFS_DIR="${SLUICE_STATE}/seaweedfs"
+SEAWEEDFS_DEADLINE=90
+
+# The identities of the S3 gateway: one, with the static test credentials, allowed everything.
+write_seaweedfs_config() {
+  mkdir -p "${SEAWEEDFS_DIR}/data"
+  cat >"${SEAWEEDFS_DIR}/s3.json.tmp" <<JSON
+{
+  "identities": [
+    {
+      "name": "sluice-e2e",
+      "credentials": [
+        {"accessKey": "${SLUICE_S3_ACCESS_KEY_ID}", "secretKey": "${SLUICE_S3_SECRET_ACCESS_KEY}"}
+      ],
+      "actions": ["Admin", "Read", "List", "Tagging", "Write"]
+    }
+  ]
+}
+JSON
+  chmod 600 "${SEAWEEDFS_DIR}/s3.json.tmp"
+  mv "${SEAWEEDFS_DIR}/s3.json.tmp" "${SEAWEEDFS_DIR}/s3.json"
+}
+
+# Ready: ListBuckets answers with our credentials (the filer behind the gateway is up).
+s3_ready() { s3_request GET / -o /dev/null; }
+
+s3_bucket_exists() { s3_request HEAD "/${SLUICE_S3_BUCKET}" -o /dev/null; }
+
+# Writes, reads back and deletes an object: the master has writable volumes (none are made
+# until the first write; a full disk makes them read-only) and the whole path works.
+s3_probe() {
+  local key="${SLUICE_S3_BUCKET}/.sluice-cluster-probe" body got
+  body="probe $(date +%s%N)"
+  s3_request PUT "/${key}" --data-binary "${body}" -o /dev/null || return 1
+  got=$(s3_request GET "/${key}") || return 1
+  s3_request DELETE "/${key}" -o /dev/null || return 1
+  [[ "${got}" == "${body}" ]]
+}
+
+ensure_seaweedfs() {
+  local pidfile logfile
+  pidfile=$(pidfile_of seaweedfs)
+  logfile=$(logfile_of seaweedfs)
+  if ! pid_alive "${pidfile}"; then
+    local port
+    for port in "${SLUICE_S3_PORT}" "${SLUICE_SEAWEEDFS_MASTER_PORT}" "${SLUICE_SEAWEEDFS_VOLUME_PORT}" \
+      "${SLUICE_SEAWEEDFS_FILER_PORT}"; do
+      ensure_port_free seaweedfs 127.0.0.1 "${port}"
+      ensure_port_free seaweedfs 127.0.0.1 "$((port + 10000))"
+    done
+    write_seaweedfs_config
+    # One process: master, volume server, filer and S3 gateway, every listener on 127.0.0.1
+    # (gRPC on each port + 10000). It writes under ${SEAWEEDFS_DIR} (data, the filer's
+    # LevelDB, the HTTP unix sockets, default /tmp) and to its log (-logtostderr: glog would
+    # write files to /tmp), except the gRPC unix sockets, fixed at /tmp/seaweedfs-*-grpc-PORT.sock
+    # (removed by down). Off: the master's telemetry (it would report to seaweedfs.com), the
+    # Iceberg and Lance catalog ports. minFreeSpace: volumes turn read-only below it (default
+    # 1% of the disk, 2.5 GB here). Started from its own directory: weed reads
+    # master.toml/filer.toml/security.toml from ".". The election timeout (default 10s) is
+    # what a restart waits before the lone master leads again: 17s instead of 5s.
+    (cd "${SEAWEEDFS_DIR}" && start_daemon seaweedfs "${pidfile}" "${logfile}" "${SEAWEEDFS_BIN_DIR}/weed" \
+      -logtostderr server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="${SEAWEEDFS_DIR}/data" \
+      -master.port="${SLUICE_SEAWEEDFS_MASTER_PORT}" -master.telemetry=false -master.electionTimeout=2s \
+      -master.volumeSizeLimitMB=512 -volume.max=32 -volume.minFreeSpace=256MiB \
+      -volume.port="${SLUICE_SEAWEEDFS_VOLUME_PORT}" -volume.preStopSeconds=0 \
+      -filer -filer.port="${SLUICE_SEAWEEDFS_FILER_PORT}" -filer.localSocket="${SEAWEEDFS_DIR}/filer.sock" \
+      -s3 -s3.port="${SLUICE_S3_PORT}" -s3.config="${SEAWEEDFS_DIR}/s3.json" \
+      -s3.localSocket="${SEAWEEDFS_DIR}/s3.sock" -s3.port.iceberg=0 -s3.port.lance=0)
+  else
+    log "seaweedfs already running (pid $(<"${pidfile}"))"
+  fi
+  WAIT_PIDFILE="${pidfile}" wait_until "seaweedfs S3 on ${S3_URL}" "${logfile}" "${SEAWEEDFS_DEADLINE}" s3_ready
+  if ! s3_bucket_exists; then
+    s3_request PUT "/${SLUICE_S3_BUCKET}" -o /dev/null ||
+      fail_component seaweedfs "${logfile}" "creating bucket ${SLUICE_S3_BUCKET} failed"
+    log "seaweedfs: created bucket ${SLUICE_S3_BUCKET}"
+  fi
+  WAIT_PIDFILE="${pidfile}" wait_until "seaweedfs: put/get/delete in ${SLUICE_S3_BUCKET}" "${logfile}" 60 s3_probe
+}
+
+# weed's gRPC unix sockets have fixed paths in /tmp, named after our gRPC ports; it removes
+# them when it stops cleanly, not when killed. Each is removed once nothing listens on its
+# port (a weed of someone else's on the same port, which `up` would have refused to run
+# beside, keeps its socket).
+remove_seaweedfs_sockets() {
+  local service port socket
+  for service in master:"${SLUICE_SEAWEEDFS_MASTER_PORT}" volume:"${SLUICE_SEAWEEDFS_VOLUME_PORT}" \
+    filer:"${SLUICE_SEAWEEDFS_FILER_PORT}" s3:"${SLUICE_S3_PORT}"; do
+    port=$((${service#*:} + 10000))
+    socket="/tmp/seaweedfs-${service%%:*}-grpc-${port}.sock"
+    if [[ -S "${socket}" ]] && ! tcp_open 127.0.0.1 "${port}"; then
+      rm -f "${socket}"
+      log "removed ${socket} (left by a killed weed)"
+    fi
+  done
+}
+
 # --- environment file ----------------------------------------------------------------------
 
 write_env_file() {
@@ -325,6 +424,11 @@ export SLUICE_KAFKA_BOOTSTRAP_POD="${SLUICE_BRIDGE_IP}:${SLUICE_KAFKA_POD_PORT}"
 export SLUICE_K8S_VERSION="${K8S_VERSION}"
 export SLUICE_KUBECTL="${K8S_BIN_DIR}/kubectl"
 export SLUICE_HELM="${HELM_BIN_DIR}/helm"
+export SLUICE_S3_ENDPOINT="${S3_URL}"
+export SLUICE_S3_REGION="${SLUICE_S3_REGION}"
+export SLUICE_S3_BUCKET="${SLUICE_S3_BUCKET}"
+export SLUICE_S3_ACCESS_KEY_ID="${SLUICE_S3_ACCESS_KEY_ID}"
+export SLUICE_S3_SECRET_ACCESS_KEY="${SLUICE_S3_SECRET_ACCESS_KEY}"
 export PATH="${K8S_BIN_DIR}:${HELM_BIN_DIR}:\${PATH}"
 ENV
   mv "${ENV_FILE}.tmp" "${ENV_FILE}"
@@ -351,7 +455,7 @@ cmd_up() {
   if [[ "${SLUICE_NODE:-1}" != "0" && -f "${NODE_SCRIPT}" ]]; then
     SLUICE_T0="${SLUICE_T0}" bash "${NODE_SCRIPT}" preflight || die "cluster up: stopped before starting anything (node preflight, above)"
   fi
-  log "sluice cluster up: kubernetes ${K8S_VERSION}, etcd ${ETCD_VERSION}, helm ${HELM_VERSION}, kafka ${KAFKA_VERSION}"
+  log "sluice cluster up: kubernetes ${K8S_VERSION}, etcd ${ETCD_VERSION}, helm ${HELM_VERSION}, kafka ${KAFKA_VERSION}, seaweedfs ${SEAWEEDFS_VERSION}"
   log "state in ${SLUICE_STATE}, caches in ${SLUICE_CACHE}"
   mkdir -p "${RUN_DIR}" "${LOG_DIR}" "${KUBECONFIG_DIR}"
   build_all
@@ -364,13 +468,15 @@ cmd_up() {
   ensure_controller_manager
   ensure_scheduler
   ensure_kafka
+  ensure_seaweedfs
   write_env_file
   node_up
   log "cluster is up in $(($(date +%s) - SLUICE_T0))s"
   cat >&2 <<USAGE
 
-  source ${ENV_FILE}      # KUBECONFIG, SLUICE_KAFKA_BOOTSTRAP, kubectl and helm on PATH
+  source ${ENV_FILE}      # KUBECONFIG, SLUICE_KAFKA_BOOTSTRAP, SLUICE_S3_*, kubectl and helm on PATH
   kubectl get --raw /readyz
+  s3: ${S3_URL} bucket ${SLUICE_S3_BUCKET} (access key ${SLUICE_S3_ACCESS_KEY_ID}, secret ${SLUICE_S3_SECRET_ACCESS_KEY})
   logs: ${LOG_DIR}/<component>.log
 
 USAGE
@@ -387,9 +493,10 @@ cmd_down() {
     }
   fi
   local component
-  for component in kafka kube-scheduler kube-controller-manager apiserver-relay kube-apiserver etcd; do
+  for component in seaweedfs kafka kube-scheduler kube-controller-manager apiserver-relay kube-apiserver etcd; do
     stop_daemon "${component}" "$(pidfile_of "${component}")"
   done
+  remove_seaweedfs_sockets
   remove_bridge
   # Keep the logs for post-mortems; everything else is runtime state. After a failed node
   # down, node/ stays too: it may still hold mounts (never rm -rf through them), and the
@@ -427,6 +534,11 @@ cmd_status() {
   status_line kube-controller-manager component_healthy 10257 || healthy=1
   status_line kube-scheduler component_healthy 10259 || healthy=1
   status_line kafka tcp_open 127.0.0.1 "${SLUICE_KAFKA_HOST_PORT}" || healthy=1
+  status_line seaweedfs s3_bucket_exists || healthy=1
+  if pid_alive "$(pidfile_of seaweedfs)"; then
+    printf '  s3: %s bucket %s, access key %s (credentials in %s/s3.json)\n' "${S3_URL}" \
+      "${SLUICE_S3_BUCKET}" "${SLUICE_S3_ACCESS_KEY_ID}" "${SEAWEEDFS_DIR}"
+  fi
   if [[ -f "${NODE_SCRIPT}" ]]; then
     bash "${NODE_SCRIPT}" status || healthy=1
   fi

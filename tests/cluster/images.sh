@@ -214,11 +214,20 @@ build_sluice_image() {
   strip --strip-debug "${ctx}/prebuilt/sluice-${comp}"
   log "sluice-${comp} image: buildah bud -f ${comp}/Containerfile (BINARIES=prebuilt, BASE_IMAGE=${BASE_IMAGE_REF})"
   : >"${logfile}"
-  run_with_progress "sluice-${comp} image" "${logfile}" 900 locked \
+  # The lock is taken before the 900 s start: waiting behind another build (a developer's
+  # cargo in another checkout) is not this build being slow.
+  local lock_fd
+  exec {lock_fd}>"${SLUICE_BUILD_LOCK}"
+  if ! flock -n "${lock_fd}"; then
+    log "  waiting for the build lock ${SLUICE_BUILD_LOCK} (another heavy build is running)"
+    flock -w 3600 "${lock_fd}" || die "the build lock ${SLUICE_BUILD_LOCK} stayed taken for an hour"
+  fi
+  run_with_progress "sluice-${comp} image" "${logfile}" 900 \
     buildah --root "${BUILDAH_ROOT}" --runroot "${BUILDAH_RUNROOT}" --storage-driver vfs \
     bud --isolation chroot --layers=false --pull=never \
     --build-arg BINARIES=prebuilt --build-arg "BASE_IMAGE=${BASE_IMAGE_REF}" \
     -t "${ref}" -f "${containerfile}" "${ctx}"
+  exec {lock_fd}>&-
   push_archive "${ref}" "${archive}"
   rm -rf "${ctx}"
   log "sluice-${comp} image: ${ref} -> ${archive} ($(du -h "${archive}" | cut -f1))"

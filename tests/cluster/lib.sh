@@ -146,3 +146,19 @@ run_with_progress() {
   ((status == 0)) || fail_component "${name}" "${file}" "exited with status ${status}"
   log "${name} done in $(($(date +%s) - start))s"
 }
+
+# s3_request METHOD PATH [CURL ARGS...]: a request to the cluster's S3 gateway, signed with
+# SigV4 (curl --aws-sigv4) with the static test credentials of versions.sh, so it goes through
+# the gateway's authentication like any client's. Fails on an HTTP error.
+S3_URL="http://127.0.0.1:${SLUICE_S3_PORT}"
+s3_request() {
+  local method="$1" path="$2"
+  shift 2
+  local verb=(-X "${method}")
+  [[ "${method}" != HEAD ]] || verb=(--head) # -X HEAD would wait for a body
+  # curl 7.88 signs no x-amz-content-sha256 header; without one SeaweedFS refuses a request
+  # with a body (SignatureDoesNotMatch). Given, it is signed too.
+  curl -sf --max-time 10 "${verb[@]}" --aws-sigv4 "aws:amz:${SLUICE_S3_REGION}:s3" \
+    --user "${SLUICE_S3_ACCESS_KEY_ID}:${SLUICE_S3_SECRET_ACCESS_KEY}" \
+    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@" "${S3_URL}${path}"
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What README.md promises about recovery, checked: `kill -9` of kube-apiserver, then `up`,
 # gives a ready API server with etcd's data intact; `kill -9` of the Kafka broker, then
-# `up`, gives a broker that answers and still has its data; `down` removes everything
+# `up`, gives a broker that answers and still has its data; the same for SeaweedFS (an
+# object written before the kill reads back through S3); `down` removes everything
 # (node.sh down fails on leftovers; this script also checks for listeners, processes and
 # the bridge) and `up` afterwards brings back a Ready node.
 #
@@ -26,7 +27,11 @@ MARKER="recovery-$(date +%s)-$$"
 TOPIC="sluice-recovery-test"
 CONFIGMAP="sluice-recovery-test"
 # Ports the cluster listens on (README.md, NODE.md); none may be held after `down`.
-OUR_PORTS=(2379 2380 6443 9092 9093 9094 10248 10249 10250 10256 10257 10259)
+OUR_PORTS=(2379 2380 6443 9092 9093 9094 10248 10249 10250 10256 10257 10259
+  "${SLUICE_S3_PORT}" "${SLUICE_SEAWEEDFS_MASTER_PORT}" "${SLUICE_SEAWEEDFS_VOLUME_PORT}"
+  "${SLUICE_SEAWEEDFS_FILER_PORT}" "$((SLUICE_S3_PORT + 10000))" "$((SLUICE_SEAWEEDFS_MASTER_PORT + 10000))"
+  "$((SLUICE_SEAWEEDFS_VOLUME_PORT + 10000))" "$((SLUICE_SEAWEEDFS_FILER_PORT + 10000))")
+S3_KEY="${SLUICE_S3_BUCKET}/sluice-recovery-test/${MARKER}"
 
 TIMINGS=()
 CURRENT_STEP="start"
@@ -132,7 +137,7 @@ expect_consumed() {
 
 # After `down`: nothing of ours listens, runs or is left on the network.
 expect_nothing_left() {
-  local port held=() dir pid cmdline processes=()
+  local port held=() dir pid cmdline processes=() socket
   for port in "${OUR_PORTS[@]}"; do
     if [[ -n "$(ss -Hltn "sport = :${port}" 2>/dev/null)" ]]; then
       held+=("$(ss -Hltnp "sport = :${port}" 2>/dev/null | tr -s ' ')")
@@ -150,6 +155,13 @@ expect_nothing_left() {
   done
   ((${#processes[@]} == 0)) || die "after down, processes of the cluster still run: ${processes[*]}"
   ! ip link show "${SLUICE_BRIDGE}" >/dev/null 2>&1 || die "after down, bridge ${SLUICE_BRIDGE} still exists"
+  local sockets=()
+  for port in "${OUR_PORTS[@]}"; do
+    for socket in /tmp/seaweedfs-*-grpc-"${port}".sock; do
+      [[ ! -e "${socket}" ]] || sockets+=("${socket}")
+    done
+  done
+  ((${#sockets[@]} == 0)) || die "after down, SeaweedFS's sockets are still there: ${sockets[*]}"
   [[ ! -e "${SLUICE_STATE}/run" && ! -e "${SLUICE_STATE}/node/pids" ]] ||
     die "after down, pid files are still in ${SLUICE_STATE}"
   log "after down: no listener on ports ${OUR_PORTS[*]}, no process of the cluster, no bridge"
@@ -197,6 +209,22 @@ main() {
   expect_consumed "before-${MARKER}" "after-${MARKER}"
   log "broker restarted (pid ${old_pid} -> ${new_pid}); it answers and kept the record produced before the kill"
   expect_readyz
+
+  step "kill -9 SeaweedFS, then up"
+  s3_request PUT "/${S3_KEY}" --data-binary "${MARKER}" -o /dev/null ||
+    die "failed to put s3://${S3_KEY} at ${S3_URL}"
+  old_pid="$(kill_component seaweedfs)"
+  if tcp_open 127.0.0.1 "${SLUICE_S3_PORT}"; then
+    die "something still listens on ${S3_URL} after SeaweedFS (pid ${old_pid}) was killed"
+  fi
+  cluster up
+  new_pid=$(<"${RUN_DIR}/seaweedfs.pid")
+  [[ "${new_pid}" != "${old_pid}" ]] || die "up did not start a new SeaweedFS (pid ${old_pid})"
+  local object
+  object="$(s3_request GET "/${S3_KEY}")" || die "s3://${S3_KEY} is gone after SeaweedFS restarted"
+  [[ "${object}" == "${MARKER}" ]] || die "s3://${S3_KEY} holds '${object}', not '${MARKER}'"
+  s3_request DELETE "/${S3_KEY}" -o /dev/null || die "failed to delete s3://${S3_KEY}"
+  log "SeaweedFS restarted (pid ${old_pid} -> ${new_pid}); the object put before the kill reads back"
 
   step "down (fails on leftovers), then up"
   cluster down

@@ -20,8 +20,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 
+pub mod controller;
 pub mod exactly_once;
 pub mod kafka;
+pub mod s3_gate;
 pub mod worker;
 
 /// Where `cluster.sh` keeps its runtime state when `SLUICE_STATE` is not set.
@@ -159,6 +161,96 @@ fn run_checked(command: &mut Command) -> Result<String> {
         String::from_utf8_lossy(&output.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The cluster's S3-compatible server (SeaweedFS's S3 gateway, which `cluster.sh up` starts
+/// on 127.0.0.1:8333 with static test credentials and a bucket `sluice-savepoints`).
+#[derive(Clone, Debug)]
+pub struct S3Settings {
+    /// `http://127.0.0.1:8333`: path-style requests, plain HTTP.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Where the settings came from, for error messages.
+    pub origin: String,
+}
+
+impl S3Settings {
+    /// The `SLUICE_S3_*` environment variables when `SLUICE_S3_ENDPOINT` is set (any
+    /// S3-compatible server), else the env file `cluster.sh up` writes.
+    pub fn load() -> Result<Self> {
+        const NAMES: [&str; 5] = [
+            "SLUICE_S3_ENDPOINT",
+            "SLUICE_S3_REGION",
+            "SLUICE_S3_BUCKET",
+            "SLUICE_S3_ACCESS_KEY_ID",
+            "SLUICE_S3_SECRET_ACCESS_KEY",
+        ];
+        let from_process = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let (values, origin): (HashMap<String, String>, String) =
+            if from_process("SLUICE_S3_ENDPOINT").is_some() {
+                (
+                    NAMES
+                        .iter()
+                        .filter_map(|name| Some(((*name).to_owned(), from_process(name)?)))
+                        .collect(),
+                    "the SLUICE_S3_* environment variables".to_owned(),
+                )
+            } else {
+                let env_file = state_dir().join("env");
+                let text = std::fs::read_to_string(&env_file).map_err(|error| {
+                    anyhow::anyhow!(
+                        "no S3 server: SLUICE_S3_ENDPOINT is not set, and {} cannot be read \
+                         ({error}); run `make cluster-up` (bash tests/cluster/cluster.sh up) first",
+                        env_file.display()
+                    )
+                })?;
+                (parse_env_file(&text), env_file.display().to_string())
+            };
+        let get = |name: &str| {
+            values.get(name).cloned().with_context(|| {
+                format!(
+                    "{origin} does not set {name} (a cluster started before SeaweedFS was added? \
+                     rerun `make cluster-up`)"
+                )
+            })
+        };
+        Ok(Self {
+            endpoint: get("SLUICE_S3_ENDPOINT")?,
+            region: get("SLUICE_S3_REGION")?,
+            bucket: get("SLUICE_S3_BUCKET")?,
+            access_key_id: get("SLUICE_S3_ACCESS_KEY_ID")?,
+            secret_access_key: get("SLUICE_S3_SECRET_ACCESS_KEY")?,
+            origin,
+        })
+    }
+}
+
+impl S3Settings {
+    /// The standard `AWS_*` variables a worker reads for an `s3://` location
+    /// (docs/savepoints.md), pointing at `endpoint` (the server's, or a proxy's in front
+    /// of it).
+    pub fn worker_env(&self, endpoint: &str) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", self.access_key_id.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_access_key.as_str()),
+            ("AWS_REGION", self.region.as_str()),
+            ("AWS_ENDPOINT", endpoint),
+            (
+                "AWS_ALLOW_HTTP",
+                if endpoint.starts_with("http://") {
+                    "true"
+                } else {
+                    "false"
+                },
+            ),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+    }
 }
 
 /// `${SLUICE_STATE}`, where `cluster.sh` keeps the running cluster's state.

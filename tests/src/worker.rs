@@ -56,6 +56,8 @@ pub struct WorkerSpec {
     pub log: PathBuf,
     /// More arguments.
     pub extra: Vec<String>,
+    /// More environment variables (e.g. the `AWS_*` of an `s3://` savepoint location).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running worker process.
@@ -93,6 +95,7 @@ impl WorkerProcess {
             .arg("--admin-address")
             .arg(admin.to_string())
             .args(&spec.extra)
+            .envs(spec.env.iter().map(|(name, value)| (name, value)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -28,6 +28,7 @@ fn worker_spec(directory: &Path, job: &Path, ordinal: u32, crash: Option<String>
         extra: crash
             .map(|point| vec!["--crash-point".into(), point])
             .unwrap_or_default(),
+        env: Vec::new(),
     }
 }
 

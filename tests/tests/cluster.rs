@@ -40,6 +40,19 @@ const EXPECTED_LISTENERS: &[(&str, &[&str])] = &[
     ("kube-proxy", &["127.0.0.1:10249", "127.0.0.1:10256"]),
     // CRI streaming server on a random loopback port.
     ("containerd", &["127.0.0.1:*"]),
+    // S3 gateway, master, volume server, filer; each with gRPC on its port + 10000.
+    (
+        "seaweedfs",
+        &[
+            "127.0.0.1:8333",
+            "127.0.0.1:9333",
+            "127.0.0.1:8380",
+            "127.0.0.1:8888",
+            "127.0.0.1:19333",
+            "127.0.0.1:18380",
+            "127.0.0.1:18888",
+        ],
+    ),
 ];
 
 /// The node's cgroup root (`SLUICE_NODE_CGROUP_ROOT` in `tests/cluster/versions.sh`, the

@@ -1,9 +1,13 @@
 //! Savepoints against the real broker, with real worker processes: a job rescaled
 //! 2 → 3 → 1 through stop-with-savepoint and `--restore-from` commits exactly the results
-//! of an uninterrupted run, checked independently as in the chaos test; the admin API
-//! refuses savepoint requests without the token.
+//! of an uninterrupted run, checked independently as in the chaos test, with its
+//! savepoints on a volume (`file://`) and on the cluster's S3 server (`s3://`, SeaweedFS);
+//! `sluice-worker savepoint list | check | delete` against S3; a worker killed while its
+//! part is being uploaded leaves no restorable savepoint, reports it failed, and goes on
+//! exactly once; the admin API refuses savepoint requests without the token.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -12,15 +16,33 @@ use sluice_e2e::exactly_once::{
     generate, manifest, produce, produce_flush, read_output, verify, work_directory,
 };
 use sluice_e2e::kafka::TestTopic;
-use sluice_e2e::worker::{WorkerProcess, WorkerSpec, http_request, log_tail};
-use sluice_e2e::{Environment, unique_name};
+use sluice_e2e::s3_gate::S3Gate;
+use sluice_e2e::worker::{WorkerProcess, WorkerSpec, http_request, log_tail, worker_binary};
+use sluice_e2e::{Environment, S3Settings, unique_name};
 
 const TOKEN: &str = "e2e-admin-token";
+
+/// Where a test's savepoints go.
+enum Store {
+    /// A directory of the test's.
+    File,
+    /// A prefix of its own in the cluster's S3 bucket, through `endpoint` (the server's,
+    /// or a gate's in front of it).
+    S3 {
+        settings: S3Settings,
+        endpoint: String,
+    },
+}
 
 struct Job {
     directory: PathBuf,
     manifest: PathBuf,
-    savepoints: PathBuf,
+    /// `spec.savepoints.location` (the worker's `--savepoint-location`).
+    location: String,
+    /// The `AWS_*` variables of an `s3://` location, for workers and the command line.
+    env: Vec<(String, String)>,
+    namespace: String,
+    name: String,
 }
 
 impl Job {
@@ -28,20 +50,71 @@ impl Job {
         let token = self.directory.join("token");
         let mut arguments = vec![
             "--savepoint-location".to_string(),
-            format!("file://{}", self.savepoints.display()),
+            self.location.clone(),
             "--admin-token-file".into(),
             token.display().to_string(),
         ];
         arguments.extend_from_slice(extra);
         WorkerSpec {
             job: self.manifest.clone(),
-            namespace: "savepoints".into(),
+            namespace: self.namespace.clone(),
             ordinal,
             parallelism,
             state_dir: self.directory.join(format!("{run}-state-{ordinal}")),
             log: self.directory.join(format!("{run}-worker-{ordinal}.log")),
             extra: arguments,
+            env: self.env.clone(),
         }
+    }
+
+    /// The job's savepoints: `<location>/<namespace>/<name>`.
+    fn savepoints(&self) -> String {
+        format!("{}/{}/{}", self.location, self.namespace, self.name)
+    }
+
+    /// `sluice-worker savepoint ARGS`: its exit code and output.
+    fn savepoint_command(&self, arguments: &[&str]) -> Result<(i32, String)> {
+        let output = Command::new(worker_binary()?)
+            .arg("savepoint")
+            .args(arguments)
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
+            .output()
+            .context("failed to run sluice-worker savepoint")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok((output.status.code().unwrap_or(-1), text))
+    }
+
+    /// `savepoint list` of the job: each savepoint's id and state (complete, incomplete).
+    fn list(&self) -> Result<Vec<(String, String)>> {
+        let (code, text) = self.savepoint_command(&["list", &self.savepoints()])?;
+        ensure!(
+            code == 0,
+            "savepoint list {} failed: {text}",
+            self.savepoints()
+        );
+        Ok(text
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                Some((words.next()?.to_string(), words.next()?.to_string()))
+            })
+            .collect())
+    }
+
+    /// `savepoint check --job MANIFEST --savepoint LOCATION`.
+    fn check(&self, manifest: &Path, savepoint: &str) -> Result<(i32, String)> {
+        self.savepoint_command(&[
+            "check",
+            "--job",
+            &manifest.display().to_string(),
+            "--savepoint",
+            savepoint,
+        ])
     }
 
     fn start(
@@ -102,11 +175,14 @@ fn stop_with_savepoint(workers: &[WorkerProcess], id: &str) -> Result<String> {
         }
     }
     let location = location.context("a completed savepoint has a location")?;
-    let manifest = Path::new(location.trim_start_matches("file://")).join("manifest.json");
+    let mut manifest = false;
+    for worker in workers {
+        let (_, body) = request(worker, "GET", &format!("/v1/savepoints/{id}"), "")?;
+        manifest |= body["manifest"] == true;
+    }
     ensure!(
-        manifest.exists(),
-        "the manifest is written: {}",
-        manifest.display()
+        manifest,
+        "no worker reports the manifest of {location} written"
     );
     Ok(location)
 }
@@ -147,32 +223,66 @@ fn terminate(workers: Vec<WorkerProcess>) -> Result<()> {
     Ok(())
 }
 
-fn job(environment: &Environment, source: &str, sink: &str, partitioning: &str) -> Result<Job> {
+fn job(
+    environment: &Environment,
+    source: &str,
+    sink: &str,
+    partitioning: &str,
+    store: &Store,
+) -> Result<Job> {
     let directory = work_directory("savepoint")?;
     let manifest_path = directory.join("streamjob.yaml");
+    let name = unique_name("rescale");
+    let namespace = "savepoints".to_string();
     let mut manifest = manifest(environment, source, sink);
-    manifest["metadata"]["name"] = Value::String(unique_name("rescale"));
+    manifest["metadata"]["name"] = Value::String(name.clone());
+    // As the controller would run it: `savepoint check` takes the job's identity from here.
+    manifest["metadata"]["namespace"] = Value::String(namespace.clone());
     manifest["spec"]["source"]["partitioning"] = Value::String(partitioning.into());
     std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest)?)?;
     std::fs::write(directory.join("token"), TOKEN)?;
+    let (location, env) = match store {
+        Store::File => (
+            format!("file://{}", directory.join("savepoints").display()),
+            Vec::new(),
+        ),
+        Store::S3 { settings, endpoint } => (
+            format!("s3://{}/e2e/{}", settings.bucket, unique_name("savepoints")),
+            settings.worker_env(endpoint),
+        ),
+    };
     Ok(Job {
-        savepoints: directory.join("savepoints"),
         manifest: manifest_path,
         directory,
+        location,
+        env,
+        namespace,
+        name,
     })
+}
+
+/// The job's manifest with a tumbling window of 2 s instead of 1 s, which cannot restore
+/// its savepoints.
+fn incompatible_manifest(job: &Job) -> Result<PathBuf> {
+    let mut manifest: Value = serde_json::from_str(&std::fs::read_to_string(&job.manifest)?)?;
+    manifest["spec"]["pipeline"][1] = serde_json::json!({"window": {"tumbling": {"size": "2s"}}});
+    let path = job.directory.join("streamjob-window-2s.yaml");
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest)?)?;
+    Ok(path)
 }
 
 /// Parallelism 2, stop-with-savepoint after the first third of the input; 3 workers
 /// restored from it, stop-with-savepoint after the second third; 1 worker restored from
 /// that to the end. The committed output holds each window's result exactly once.
-fn rescale_through_savepoints(partitioning: &str) -> Result<()> {
+/// Returns the job and its two savepoints' locations.
+fn rescale_through_savepoints(partitioning: &str, store: &Store) -> Result<(Job, String, String)> {
     // The generated keys are on every partition, so only `Any` partitioning (the
     // repartition topic) gives one result per key and window.
     let environment = Environment::load()?;
     let source = TestTopic::create(&environment, "savepoint-in", 4)?;
     let sink = TestTopic::create(&environment, "savepoint-out", 4)?;
     let (input, expected) = generate(60_000, 4, 300);
-    let job = job(&environment, &source.name, &sink.name, partitioning)?;
+    let job = job(&environment, &source.name, &sink.name, partitioning, store)?;
     let thirds: Vec<Vec<Vec<String>>> = (0..3)
         .map(|third| {
             input
@@ -223,12 +333,278 @@ fn rescale_through_savepoints(partitioning: &str) -> Result<()> {
         Instant::now() + Duration::from_secs(300),
     )?;
     let summary = verify(&expected, &output)?;
-    eprintln!("savepoint ({partitioning}): rescaled 2 → 3 → 1: {summary}");
+    eprintln!(
+        "savepoint ({partitioning}, {}): rescaled 2 → 3 → 1: {summary}",
+        job.location
+    );
     terminate(one)?;
-    Ok(())
+    Ok((job, first, second))
 }
 
 #[test]
 fn a_job_rescaled_through_savepoints_commits_each_result_exactly_once() -> Result<()> {
-    rescale_through_savepoints("Any")
+    rescale_through_savepoints("Any", &Store::File).map(|_| ())
+}
+
+/// The same through S3, then the command line against S3: both savepoints listed
+/// complete, the job's manifest can restore them and a 2 s window cannot, and deleting the
+/// first keeps the second (which shares its table files) whole and restorable.
+#[test]
+fn a_job_rescaled_through_s3_savepoints_commits_each_result_exactly_once() -> Result<()> {
+    let settings = S3Settings::load()?;
+    let endpoint = settings.endpoint.clone();
+    let (job, first, second) =
+        rescale_through_savepoints("Any", &Store::S3 { settings, endpoint })?;
+    ensure!(
+        first.starts_with(&format!("{}/", job.savepoints())),
+        "the savepoint {first} is in the job's directory {}",
+        job.savepoints()
+    );
+
+    let listed = job.list()?;
+    let expected = vec![
+        ("sp-three".to_string(), "complete".to_string()),
+        ("sp-two".to_string(), "complete".to_string()),
+    ];
+    ensure!(listed == expected, "savepoint list: {listed:?}");
+
+    let (code, text) = job.check(&job.manifest, &first)?;
+    ensure!(
+        code == 0 && text.contains("can restore"),
+        "check {first}: {code} {text}"
+    );
+    let (code, text) = job.check(&incompatible_manifest(&job)?, &second)?;
+    ensure!(
+        code == 1 && text.contains("window"),
+        "check of a 2 s window against {second}: {code} {text}"
+    );
+
+    let (code, text) = job.savepoint_command(&["delete", &first])?;
+    ensure!(
+        code == 0 && text.contains("deleted savepoint sp-two"),
+        "delete {first}: {code} {text}"
+    );
+    eprintln!("savepoint delete {first}: {}", text.trim());
+    let listed = job.list()?;
+    ensure!(
+        listed == expected[..1],
+        "savepoint list after deleting sp-two: {listed:?}"
+    );
+    // The child is still whole: check fetches every file and its checksum.
+    let (code, text) = job.check(&job.manifest, &second)?;
+    ensure!(
+        code == 0 && text.contains("can restore"),
+        "check {second} after deleting its parent: {code} {text}"
+    );
+    let (code, text) = job.savepoint_command(&["delete", &second])?;
+    ensure!(code == 0, "delete {second}: {code} {text}");
+    ensure!(
+        job.list()?.is_empty(),
+        "savepoints left in {}",
+        job.savepoints()
+    );
+    Ok(())
+}
+
+/// Waits until savepoint `id` of `worker` is `Completed` with its manifest written.
+fn wait_completed(worker: &WorkerProcess, id: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, body) = request(worker, "GET", &format!("/v1/savepoints/{id}"), "")?;
+        match body["state"].as_str() {
+            Some("Completed") if body["manifest"] == true => {
+                return body["location"]
+                    .as_str()
+                    .map(str::to_string)
+                    .context("a completed savepoint has a location");
+            }
+            Some("Failed") => bail!("savepoint {id} failed: {body}"),
+            _ if Instant::now() > deadline => bail!("savepoint {id} not done: {body}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Asks `worker` for savepoint `id`, waits until the gate holds the request `hold` picks
+/// (the upload is stuck there), and kills the worker (SIGKILL). Then: the savepoint has no
+/// manifest, `savepoint check` refuses it and says why, and the restarted worker reports
+/// it failed.
+fn kill_during_upload(
+    environment: &Environment,
+    job: &Job,
+    gate: &S3Gate,
+    mut worker: WorkerProcess,
+    id: &str,
+    hold: impl Fn(&sluice_e2e::s3_gate::Request, usize) -> bool + Send + 'static,
+) -> Result<WorkerProcess> {
+    gate.hold_when(hold);
+    let (status, body) = request(
+        &worker,
+        "POST",
+        "/v1/savepoints",
+        &format!(r#"{{"id": "{id}", "stop": true}}"#),
+    )?;
+    ensure!(status == 202, "savepoint {id} accepted: {status} {body}");
+    let held = gate
+        .wait_held(Duration::from_secs(60))
+        .with_context(|| log_tail(&worker.spec.log))?;
+    let (_, body) = request(&worker, "GET", &format!("/v1/savepoints/{id}"), "")?;
+    ensure!(
+        body["state"] == "InProgress",
+        "savepoint {id} is being uploaded while {} {} is held: {body}",
+        held.method,
+        held.target
+    );
+    worker.kill()?;
+    gate.open();
+    eprintln!(
+        "savepoint {id}: worker killed while {} {} was held",
+        held.method, held.target
+    );
+
+    let broken = format!("{}/{id}", job.savepoints());
+    let listed = job.list()?;
+    ensure!(
+        !listed.contains(&(id.to_string(), "complete".to_string())),
+        "the interrupted savepoint {id} is listed complete: {listed:?}"
+    );
+    let (code, text) = job.check(&job.manifest, &broken)?;
+    ensure!(
+        code == 1 && text.contains("no manifest.json"),
+        "check of the interrupted savepoint {broken}: exit {code}, {text}"
+    );
+    eprintln!("savepoint check {broken}: exit {code}: {}", text.trim());
+
+    let restarted = job.start(environment, "crash", 1, &[])?;
+    let worker = restarted.into_iter().next().context("one worker")?;
+    let (_, body) = request(&worker, "GET", &format!("/v1/savepoints/{id}"), "")?;
+    ensure!(
+        body["state"] == "Failed"
+            && body["reason"]
+                .as_str()
+                .is_some_and(|reason| reason.contains("restarted")),
+        "the restarted worker reports savepoint {id} failed: {body}"
+    );
+    Ok(worker)
+}
+
+/// A worker killed while its part is uploaded to S3: once mid-upload (its second file
+/// held by a gate in front of the server), once with its files and part written but not
+/// the manifest. Neither savepoint is ever complete: `list` never shows it complete,
+/// `check` and `--restore-from` refuse it with the reason, the restarted worker reports it
+/// failed; a savepoint after them succeeds, and the committed output holds each result
+/// exactly once.
+#[test]
+fn a_worker_killed_during_an_s3_savepoint_upload_leaves_no_restorable_savepoint() -> Result<()> {
+    let environment = Environment::load()?;
+    let settings = S3Settings::load()?;
+    let gate = S3Gate::start(&settings.endpoint)?;
+    let source = TestTopic::create(&environment, "savepoint-crash-in", 4)?;
+    let sink = TestTopic::create(&environment, "savepoint-crash-out", 4)?;
+    let (input, expected) = generate(60_000, 4, 300);
+    let store = Store::S3 {
+        settings,
+        endpoint: gate.endpoint(),
+    };
+    // Keys are on every partition: `Any` (the repartition topic), whose savepoints stop the
+    // worker at its cut; it is resumed after the one that succeeds.
+    let job = job(&environment, &source.name, &sink.name, "Any", &store)?;
+    let thirds: Vec<Vec<Vec<String>>> = (0..3)
+        .map(|third| {
+            input
+                .iter()
+                .map(|records| {
+                    let size = records.len().div_ceil(3);
+                    records
+                        .iter()
+                        .skip(third * size)
+                        .take(size)
+                        .cloned()
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+
+    produce(&environment, &source.name, &thirds[0])?;
+    let worker = job
+        .start(&environment, "crash", 1, &[])?
+        .into_iter()
+        .next()
+        .context("one worker")?;
+    let count = |third: &Vec<Vec<String>>| third.iter().map(Vec::len).sum::<usize>();
+    wait_for_events(std::slice::from_ref(&worker), count(&thirds[0]) / 2)?;
+    // Mid-upload: the first PUT goes through, the second is held.
+    let worker = kill_during_upload(
+        &environment,
+        &job,
+        &gate,
+        worker,
+        "sp-mid-upload",
+        |request, puts| request.method == "PUT" && puts >= 1,
+    )?;
+    produce(&environment, &source.name, &thirds[1])?;
+    wait_for_events(std::slice::from_ref(&worker), count(&thirds[1]) / 2)?;
+    // Every file and the part written; the manifest held.
+    let worker = kill_during_upload(
+        &environment,
+        &job,
+        &gate,
+        worker,
+        "sp-before-manifest",
+        |request, _| request.method == "PUT" && request.target.ends_with("/manifest.json"),
+    )?;
+    let listed = job.list()?;
+    ensure!(
+        listed.contains(&("sp-before-manifest".to_string(), "incomplete".to_string())),
+        "a savepoint with its part but no manifest is listed incomplete: {listed:?}"
+    );
+
+    // A savepoint after the crashes succeeds, and is restorable.
+    let (status, body) = request(
+        &worker,
+        "POST",
+        "/v1/savepoints",
+        r#"{"id": "sp-after-crashes", "stop": true}"#,
+    )?;
+    ensure!(status == 202, "{status} {body}");
+    let after = wait_completed(&worker, "sp-after-crashes")?;
+    let (status, body) = request(&worker, "POST", "/v1/resume", "")?;
+    ensure!(status == 200 || status == 202, "resume: {status} {body}");
+    let (code, text) = job.check(&job.manifest, &after)?;
+    ensure!(
+        code == 0 && text.contains("can restore"),
+        "check {after}: {code} {text}"
+    );
+
+    produce(&environment, &source.name, &thirds[2])?;
+    produce_flush(&environment, &source.name, input.len())?;
+    let output = read_output(
+        &environment,
+        &sink.name,
+        expected.len(),
+        Instant::now() + Duration::from_secs(300),
+    )?;
+    let summary = verify(&expected, &output)?;
+    eprintln!("savepoint: killed twice during an S3 upload: {summary}");
+    terminate(vec![worker])?;
+
+    // A worker told to restore the interrupted savepoint refuses to start.
+    let broken = format!("{}/sp-before-manifest", job.savepoints());
+    let restore = ["--restore-from".to_string(), broken.clone()];
+    let mut refused = WorkerProcess::start(&environment, &job.spec("refused", 0, 1, &restore))?;
+    let status = refused.wait(Duration::from_secs(60))?;
+    let log = std::fs::read_to_string(&refused.spec.log).unwrap_or_default();
+    ensure!(
+        !status.success() && log.contains("no manifest.json"),
+        "a worker restoring {broken} exits with the reason: {status}\n{}",
+        log_tail(&refused.spec.log)
+    );
+
+    for (id, _) in job.list()? {
+        let location = format!("{}/{id}", job.savepoints());
+        let (code, text) = job.savepoint_command(&["delete", &location])?;
+        ensure!(code == 0, "delete {location}: {code} {text}");
+    }
+    Ok(())
 }

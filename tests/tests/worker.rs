@@ -163,6 +163,7 @@ fn spec(directory: &Path, job: &Path, ordinal: u32, parallelism: u32, state: &st
         state_dir: directory.join(state),
         log: directory.join(format!("worker-{ordinal}.log")),
         extra: Vec::new(),
+        env: Vec::new(),
     }
 }
 

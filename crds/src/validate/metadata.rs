@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use super::FieldError;
 use super::schema::{kind_of, unknown_field};
+use crate::messages;
 
 /// The fields of `ObjectMeta`, with the JSON type each must have.
 const FIELDS: [(&str, Kind); 15] = [
@@ -110,6 +111,9 @@ pub(crate) fn check(metadata: Option<&Value>, errors: &mut Vec<FieldError>) {
                     "metadata.name".to_string(),
                     format!("{name:?} is not a valid name: {problem}"),
                 );
+            } else if let Err(error) = super::validate_name(name) {
+                // The CRD's rule on its root (`messages::RULE_JOB_NAME`), in Rust.
+                add(error.field, error.message);
             }
         }
     }
@@ -186,6 +190,13 @@ pub(crate) fn dns_subdomain(name: &str) -> Option<String> {
     Some("use lowercase letters, digits, '-' and '.', starting and ending with a letter or a digit (as in page-views or page-views.v2)".to_string())
 }
 
+/// Whether a StreamJob named `name` can name its workers: an RFC 1035 label (a letter
+/// first, no dots) of at most [`messages::MAX_JOB_NAME_LENGTH`] characters.
+pub(crate) fn names_workers(name: &str) -> bool {
+    is_dns_label(name, messages::MAX_JOB_NAME_LENGTH)
+        && name.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+}
+
 /// Why `name` is not a lowercase RFC 1123 label, if it is not.
 fn dns_label(name: &str) -> Option<String> {
     (!is_dns_label(name, 63)).then(|| {
@@ -254,10 +265,17 @@ mod tests {
         let cases = [
             (json!({"name": "page-views"}), ""),
             (
-                json!({"name": "a.b-c", "labels": {"app": null, "x.io/y": "z"}}),
+                json!({"name": "a-b-c", "labels": {"app": null, "x.io/y": "z"}}),
                 "",
             ),
-            (json!({"name": "a".repeat(253)}), ""),
+            (json!({"name": "a".repeat(52)}), ""),
+            (
+                json!({"name": "a".repeat(53)}),
+                "the job's Service and worker pods",
+            ),
+            (json!({"name": "a".repeat(253)}), "at most 52 lowercase"),
+            (json!({"name": "page.views"}), "starting with a letter"),
+            (json!({"name": "1page"}), "starting with a letter"),
             (json!({}), "metadata.name: is required"),
             (
                 json!({"generateName": "job-"}),

@@ -1,0 +1,564 @@
+//! The reconciler: one StreamJob, in named phases.
+//!
+//! dereference (reads: the Secret it names) → validate (pure: `sluice_crds::validate` and
+//! the controller's own rules) → build (pure, infallible: every child) → plan (pure: which
+//! children the watches show are not yet what was built, see `cache`) → for a new
+//! generation, the status first (observedGeneration, Reconciling) → apply (server-side
+//! apply, one field manager; the independent children at once, the StatefulSet last) →
+//! delete orphans → status (pure decision, written only when it changed) and an Event per
+//! transition or failure.
+//!
+//! A steady-state reconcile (every child in sync) sends no request but a status write
+//! when the workers changed; a new job has its first status after one request.
+//!
+//! A spec only the user can fix stalls the job (`Stalled`, an Event, no requeue: the next
+//! edit reconciles it) and applies nothing, so running workers keep their last good spec.
+//! Other failures requeue with per-job exponential backoff.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sluice_crds::{CheckedJob, StreamJob, ValidationErrors};
+use tracing::{debug, info, instrument, warn};
+
+use crate::build::{BuildInputs, Children, Orphan, build, job_name};
+use crate::cache::{ChildCache, cached, in_sync, stamp};
+use crate::context::Context;
+use crate::error::{Error, ErrorKind};
+use crate::names::{ChildNames, FIELD_MANAGER, TOKEN_FILE};
+use crate::spec_hash::spec_hash;
+use crate::status::{Observation, Transition, WorkerCounts, next_status};
+
+/// Reconciles one StreamJob (the `Controller`'s reconcile function).
+#[instrument(skip_all, fields(namespace = %job.namespace().unwrap_or_default(), job = %job.name_any()))]
+pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started();
+    let key = object_key(&job);
+    if job.metadata.deletion_timestamp.is_some() {
+        // Garbage collection deletes the children through their owner references.
+        return Ok(Action::await_change());
+    }
+    // The job as this reconcile last wrote its status (the status phase compares with it).
+    let mut job = StreamJob::clone(&job);
+    match phases(&mut job, &ctx).await {
+        Ok(action) => {
+            ctx.backoff.succeeded(&key);
+            Ok(action)
+        }
+        Err(error) => {
+            ctx.metrics.failure(error.kind());
+            warn!(kind = error.kind().as_str(), "{error}");
+            let observation = if error.kind().stalls() {
+                Observation::Stalled {
+                    reason: error.kind(),
+                    message: error.user_message(),
+                }
+            } else {
+                Observation::Failed {
+                    message: error.to_string(),
+                }
+            };
+            if let Err(status_error) = report(&mut job, &ctx, &observation).await {
+                warn!("{status_error}");
+            }
+            match error.kind() {
+                // Nothing but an edit can fix the spec, and an edit triggers a reconcile.
+                ErrorKind::InvalidSpec => {
+                    ctx.backoff.succeeded(&key);
+                    Ok(Action::await_change())
+                }
+                // A missing Secret may be created (Secrets are not watched), the API may
+                // come back: retry with backoff.
+                ErrorKind::MissingReference | ErrorKind::KubernetesApi => Err(error),
+            }
+        }
+    }
+}
+
+/// What the `Controller` does after a failed reconcile: retry this job alone, later each
+/// time it fails again.
+pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff.failed(&object_key(&job));
+    debug!(
+        namespace = %job.namespace().unwrap_or_default(),
+        job = %job.name_any(),
+        kind = error.kind().as_str(),
+        "retrying in {delay:?}"
+    );
+    Action::requeue(delay)
+}
+
+fn object_key(job: &StreamJob) -> String {
+    format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
+}
+
+async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
+    // After a start, decide from a full cache rather than apply every child again.
+    ctx.children.wait_until_ready().await;
+    dereference(job, ctx).await?;
+    let checked = validate(job)?;
+    let namespace = job.namespace().unwrap_or_default();
+    let names = ChildNames::of(&job_name(job));
+    let spec_hash = spec_hash(&job.spec);
+    let cached_token = cached(&ctx.children.admin_tokens, &namespace, &names.admin_token)
+        .and_then(|secret| token_of(&secret));
+    // The build reads the spec; the status phase updates `job.status`.
+    let built_from = job.clone();
+    let build_with = |admin_token: &str| {
+        build(&BuildInputs {
+            job: &built_from,
+            checked: &checked,
+            default_image: &ctx.settings.worker_image,
+            admin_token,
+            spec_hash: &spec_hash,
+        })
+    };
+    let mut children = build_with(cached_token.as_deref().unwrap_or_default());
+    let mut plan = plan(&mut children, &ctx.children, &namespace);
+    let cached_workers = cached(&ctx.children.workers, &namespace, &names.workers);
+    if job
+        .status
+        .as_ref()
+        .and_then(|status| status.observed_generation)
+        != job.metadata.generation
+    {
+        // Write-ahead: the new generation is recorded as in progress before anything is
+        // applied, so a new job has a status after one request.
+        let mut workers = WorkerCounts::of(cached_workers.as_deref().unwrap_or(&children.workers));
+        if plan.workers {
+            workers.rolled_out = false;
+        }
+        let observation = Observation::Applied {
+            spec_hash: spec_hash.clone(),
+            workers,
+        };
+        report(job, ctx, &observation).await?;
+    }
+    if cached_token.is_none() {
+        // Not seen by the watch (a new job, or a Secret created a moment ago): read it, so
+        // the workers' token never changes.
+        let token = read_admin_token(ctx, &namespace, &names.admin_token).await?;
+        children = build_with(&token);
+        plan = Plan {
+            admin_token: true,
+            ..self::plan(&mut children, &ctx.children, &namespace)
+        };
+    }
+    let workers = apply(ctx, &namespace, &children, &plan, cached_workers).await?;
+    delete_orphans(ctx, &namespace, &children, &names).await?;
+    report(
+        job,
+        ctx,
+        &Observation::Applied {
+            spec_hash,
+            workers: WorkerCounts::of(&workers),
+        },
+    )
+    .await?;
+    Ok(Action::requeue(ctx.settings.resync_interval))
+}
+
+/// The reads phase: the Secret of `spec.kafka.secretRef` must exist. Only its metadata is
+/// read: the controller never holds Kafka credentials, so it is not watched either.
+pub async fn dereference(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
+    let Some(reference) = &job.spec.kafka.secret_ref else {
+        return Ok(());
+    };
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let found = ctx
+        .limited(secrets.get_metadata_opt(&reference.name))
+        .await
+        .map_err(Error::api(format!("read Secret {}", reference.name)))?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(Error::MissingReference {
+            kind: "Secret",
+            name: reference.name.clone(),
+            field: "spec.kafka.secretRef",
+        }),
+    }
+}
+
+/// The admin token of the existing Secret `name`, else a new one.
+async fn read_admin_token(ctx: &Context, namespace: &str, name: &str) -> Result<String, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let existing = ctx
+        .limited(secrets.get_opt(name))
+        .await
+        .map_err(Error::api(format!("read Secret {name}")))?;
+    Ok(existing
+        .as_ref()
+        .and_then(token_of)
+        .unwrap_or_else(new_token))
+}
+
+fn token_of(secret: &Secret) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(TOKEN_FILE)?;
+    String::from_utf8(bytes.0.clone())
+        .ok()
+        .filter(|token| !token.is_empty())
+}
+
+/// A new admin token: 32 random bytes as hex.
+fn new_token() -> String {
+    let mut bytes = [0_u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system provides randomness");
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Which children to apply: those whose cached copy is not in sync with what was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The ServiceAccount (when the build has one).
+    pub service_account: bool,
+    /// The admin-token Secret.
+    pub admin_token: bool,
+    /// The job ConfigMap.
+    pub job_config: bool,
+    /// The headless Service.
+    pub service: bool,
+    /// The PodDisruptionBudget.
+    pub disruption_budget: bool,
+    /// The StatefulSet.
+    pub workers: bool,
+}
+
+/// Stamps every child with its hash and compares with the cache (pure but for reading
+/// the cache).
+pub fn plan(children: &mut Children, cache: &ChildCache, namespace: &str) -> Plan {
+    fn needed<K: Resource + Serialize>(object: &mut K, meta: Option<&ObjectMeta>) -> bool {
+        let hash = stamp(object);
+        !meta.is_some_and(|meta| in_sync(meta, &hash))
+    }
+    let service_account = match children.service_account.as_mut() {
+        Some(account) => {
+            let found = cached(&cache.service_accounts, namespace, &account.name_any());
+            needed(account, found.as_ref().map(|found| &found.metadata))
+        }
+        None => false,
+    };
+    let admin_token = cached(
+        &cache.admin_tokens,
+        namespace,
+        &children.admin_token.name_any(),
+    );
+    let job_config = cached(
+        &cache.job_configs,
+        namespace,
+        &children.job_config.name_any(),
+    );
+    let service = cached(&cache.services, namespace, &children.service.name_any());
+    let disruption_budget = cached(
+        &cache.disruption_budgets,
+        namespace,
+        &children.disruption_budget.name_any(),
+    );
+    let workers = cached(&cache.workers, namespace, &children.workers.name_any());
+    Plan {
+        service_account,
+        admin_token: needed(
+            &mut children.admin_token,
+            admin_token.as_ref().map(|found| &found.metadata),
+        ),
+        job_config: needed(
+            &mut children.job_config,
+            job_config.as_ref().map(|found| &found.metadata),
+        ),
+        service: needed(
+            &mut children.service,
+            service.as_ref().map(|found| &found.metadata),
+        ),
+        disruption_budget: needed(
+            &mut children.disruption_budget,
+            disruption_budget.as_ref().map(|found| &found.metadata),
+        ),
+        workers: needed(
+            &mut children.workers,
+            workers.as_ref().map(|found| &found.metadata),
+        ),
+    }
+}
+
+/// Checks the job: `sluice_crds::validate` (the CRD's rules and the pipeline's CEL), and
+/// the CRD's rule on the name (a job created before the CRD had it may break it).
+pub fn validate(job: &StreamJob) -> Result<CheckedJob, Error> {
+    let name = job_name(job);
+    let mut errors = Vec::new();
+    if let Err(error) = sluice_crds::validate::validate_name(&name) {
+        errors.push(error);
+    }
+    match sluice_crds::validate(&job.spec) {
+        Ok(checked) if errors.is_empty() => Ok(checked),
+        Ok(_) => Err(Error::InvalidSpec {
+            name,
+            source: ValidationErrors { errors },
+        }),
+        Err(invalid) => {
+            errors.extend(invalid.errors);
+            Err(Error::InvalidSpec {
+                name,
+                source: ValidationErrors { errors },
+            })
+        }
+    }
+}
+
+/// Applies the children of the plan with server-side apply: the independent ones at once,
+/// then the StatefulSet (so its pods start once, with everything they mount present).
+/// Returns the StatefulSet as the API server answered, or as cached when in sync.
+async fn apply(
+    ctx: &Context,
+    namespace: &str,
+    children: &Children,
+    plan: &Plan,
+    cached_workers: Option<Arc<StatefulSet>>,
+) -> Result<StatefulSet, Error> {
+    tokio::try_join!(
+        apply_if(
+            ctx,
+            namespace,
+            children
+                .service_account
+                .as_ref()
+                .filter(|_| plan.service_account)
+        ),
+        apply_if(
+            ctx,
+            namespace,
+            Some(&children.admin_token).filter(|_| plan.admin_token)
+        ),
+        apply_if(
+            ctx,
+            namespace,
+            Some(&children.job_config).filter(|_| plan.job_config)
+        ),
+        apply_if(
+            ctx,
+            namespace,
+            Some(&children.service).filter(|_| plan.service)
+        ),
+        apply_if(
+            ctx,
+            namespace,
+            Some(&children.disruption_budget).filter(|_| plan.disruption_budget)
+        ),
+    )?;
+    match cached_workers {
+        Some(workers) if !plan.workers => Ok(StatefulSet::clone(&workers)),
+        _ => apply_one::<StatefulSet>(ctx, namespace, &children.workers).await,
+    }
+}
+
+async fn apply_if<K>(ctx: &Context, namespace: &str, object: Option<&K>) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    match object {
+        Some(object) => apply_one(ctx, namespace, object).await.map(drop),
+        None => Ok(()),
+    }
+}
+
+async fn apply_one<K>(ctx: &Context, namespace: &str, object: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    // force: the controller owns these fields; a hand edit of them is put back.
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    ctx.limited(api.patch(&name, &params, &Patch::Apply(object)))
+        .await
+        .map_err(Error::api(format!("apply {} {name}", K::kind(&()))))
+}
+
+/// Deletes the children this build no longer produces and the watches still show.
+async fn delete_orphans(
+    ctx: &Context,
+    namespace: &str,
+    children: &Children,
+    names: &ChildNames,
+) -> Result<(), Error> {
+    for orphan in children.orphans(names) {
+        match orphan {
+            Orphan::ServiceAccount(name) => {
+                if cached(&ctx.children.service_accounts, namespace, &name).is_none() {
+                    continue;
+                }
+                let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), namespace);
+                match ctx
+                    .limited(api.delete(&name, &DeleteParams::background()))
+                    .await
+                {
+                    Ok(_) => info!("deleted ServiceAccount {name}: podTemplate names another"),
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(error) => {
+                        return Err(Error::api(format!("delete ServiceAccount {name}"))(error));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The status phase: decides the next status, writes it when it changed (server-side
+/// apply on the status subresource) and publishes an Event for a transition.
+/// `job.status` becomes what was written.
+async fn report(
+    job: &mut StreamJob,
+    ctx: &Context,
+    observation: &Observation,
+) -> Result<(), Error> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let (status, transition) = next_status(job, observation, &now);
+    if job.status.as_ref() != Some(&status) {
+        let name = job_name(job);
+        let api: Api<StreamJob> =
+            Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+        let patch = serde_json::json!({
+            "apiVersion": StreamJob::api_version(&()),
+            "kind": StreamJob::kind(&()),
+            "status": status,
+        });
+        ctx.limited(api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        ))
+        .await
+        .map_err(Error::api(format!("write the status of StreamJob {name}")))?;
+        job.status = Some(status);
+    }
+    if let Some(transition) = transition {
+        publish(job, ctx, &transition).await;
+    }
+    Ok(())
+}
+
+async fn publish(job: &StreamJob, ctx: &Context, transition: &Transition) {
+    if transition.warning {
+        warn!(reason = %transition.reason, "{}", transition.message);
+    } else {
+        info!(reason = %transition.reason, "{}", transition.message);
+    }
+    let event = Event {
+        type_: if transition.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: transition.reason.clone(),
+        note: Some(truncate(&transition.message, 1024)),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    };
+    if let Err(error) = ctx
+        .limited(ctx.recorder.publish(&event, &job.object_ref(&())))
+        .await
+    {
+        warn!("unable to publish event {}: {error}", transition.reason);
+    }
+}
+
+/// At most `limit` bytes, cut at a character boundary (an Event's note is at most 1 kB).
+fn truncate(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_string();
+    }
+    let mut end = limit.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    #[test]
+    fn validation_reports_the_field_and_the_fix() {
+        struct Case {
+            name: &'static str,
+            change: fn(&mut StreamJob),
+            expect_fields: &'static [&'static str],
+        }
+        let cases = [
+            Case {
+                name: "valid",
+                change: |_| {},
+                expect_fields: &[],
+            },
+            Case {
+                name: "a filter that does not type-check",
+                change: |job| {
+                    job.spec.pipeline[0] =
+                        serde_json::from_value(serde_json::json!({"filter": "size(1) > 0"}))
+                            .unwrap();
+                },
+                expect_fields: &["spec.pipeline[0].filter"],
+            },
+            Case {
+                name: "a name too long for pod labels",
+                change: |job| job.metadata.name = Some("x".repeat(53)),
+                expect_fields: &["metadata.name"],
+            },
+            Case {
+                name: "a name with a dot, which a Service cannot take",
+                change: |job| job.metadata.name = Some("page.views".to_string()),
+                expect_fields: &["metadata.name"],
+            },
+        ];
+        for case in cases {
+            let mut job = fixtures::job();
+            (case.change)(&mut job);
+            let fields: Vec<String> = match validate(&job) {
+                Ok(_) => Vec::new(),
+                Err(Error::InvalidSpec { source, .. }) => {
+                    source.errors.into_iter().map(|error| error.field).collect()
+                }
+                Err(other) => panic!("{}: {other}", case.name),
+            };
+            assert_eq!(fields, case.expect_fields, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn event_notes_fit_in_a_kilobyte() {
+        assert_eq!(truncate("short", 1024), "short");
+        let long = "é".repeat(1000);
+        let cut = truncate(&long, 1024);
+        assert!(cut.len() <= 1024);
+        assert!(cut.ends_with("..."));
+    }
+
+    #[test]
+    fn tokens_are_random_hex() {
+        let (first, second) = (new_token(), new_token());
+        assert_eq!(first.len(), 64);
+        assert_ne!(first, second);
+        assert!(first.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}
+
+#[cfg(test)]
+mod mock_api;
