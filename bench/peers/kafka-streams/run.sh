@@ -11,6 +11,8 @@
 # bench options (or the environment variable in brackets):
 #   --events N               events to generate and load [BENCH_EVENTS] (default 1000000)
 #   --input FILE             JSON lines to load instead of the generated input
+#   --input-topic TOPIC      read this existing topic instead (no generating, no loading,
+#                            never deleted); for --variant keyed it must be keyed by url
 #   --partitions P           input topic partitions [BENCH_PARTITIONS] (default 2)
 #   --variant repartition|keyed
 #                            repartition: no key, selectKey(url) makes a repartition hop
@@ -160,12 +162,13 @@ bench() {
   local events="${BENCH_EVENTS:-1000000}" input="" partitions="${BENCH_PARTITIONS:-2}"
   local variant="${BENCH_VARIANT:-repartition}" threads="${BENCH_THREADS:-1}"
   local commit="${BENCH_COMMIT_INTERVAL_MS:-10000}" compression="${BENCH_COMPRESSION:-lz4}"
-  local delete_input=0 dump_output="" extra=()
+  local delete_input=0 dump_output="" extra=() topic="" topic_given=""
   cpus="${BENCH_CPUS:-}"
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --events) events="$2"; shift 2 ;;
       --input) input="$2"; shift 2 ;;
+      --input-topic) topic="$2"; shift 2 ;;
       --partitions) partitions="$2"; shift 2 ;;
       --variant) variant="$2"; shift 2 ;;
       --threads) threads="$2"; shift 2 ;;
@@ -182,18 +185,24 @@ bench() {
     fail "read the options" "--variant $variant" "use repartition or keyed"
   build_peer
   bootstrap
-  local name
-  if [[ -n "$input" ]]; then
-    [[ -r "$input" ]] || fail "read the input" "cannot read $input" "give a JSON-lines file"
-    name="file-$(basename "$input" .jsonl | tr -c 'a-zA-Z0-9\n-' '-')"
+  if [[ -z "$topic" ]]; then
+    local name
+    if [[ -n "$input" ]]; then
+      [[ -r "$input" ]] || fail "read the input" "cannot read $input" "give a JSON-lines file"
+      name="file-$(basename "$input" .jsonl | tr -c 'a-zA-Z0-9\n-' '-')"
+    else
+      input="$(generated_input "$events")"
+      name="$events"
+    fi
+    local keyed=0 key_name=any
+    [[ "$variant" == keyed ]] && keyed=1 key_name=url
+    topic="bench-peer-input-$name-p$partitions-key-$key_name-$compression"
+    load_topic "$topic" "$input" "$partitions" "$keyed" "$compression"
   else
-    input="$(generated_input "$events")"
-    name="$events"
+    say "input: the existing topic $topic"
+    delete_input=0
+    topic_given=1
   fi
-  local keyed=0 key_name=any
-  [[ "$variant" == keyed ]] && keyed=1 key_name=url
-  local topic="bench-peer-input-$name-p$partitions-key-$key_name-$compression"
-  load_topic "$topic" "$input" "$partitions" "$keyed" "$compression"
 
   local run
   run="bench-peer-run-$(date +%Y%m%d-%H%M%S)"
@@ -213,7 +222,7 @@ bench() {
   tool delete --bootstrap "$SLUICE_KAFKA_BOOTSTRAP" --prefix "$run-" >&2 || say "could not delete the run's topics: '$0 clean' will"
   if [[ "$delete_input" == 1 ]]; then
     tool delete --bootstrap "$SLUICE_KAFKA_BOOTSTRAP" --prefix "$topic" >&2
-  else
+  elif [[ -z "$topic_given" ]]; then
     say "input topic $topic kept for the next run ('$0 clean' deletes it)"
   fi
   say "report (also in $results/$run.json):"

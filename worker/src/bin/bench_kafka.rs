@@ -43,6 +43,16 @@ enum Command {
         #[arg(long)]
         partitions: i32,
     },
+    /// Delete every topic whose name starts with `prefix`.
+    DeleteTopics {
+        #[arg(long)]
+        prefix: String,
+    },
+    /// Print the number of records in a topic (end minus beginning offsets).
+    Count {
+        #[arg(long)]
+        topic: String,
+    },
     /// Write a JSON-lines file into a topic.
     Load {
         #[arg(long)]
@@ -88,6 +98,9 @@ enum Command {
         /// The job's maximum out-of-orderness, milliseconds (part of the window wait).
         #[arg(long, default_value_t = 5000)]
         out_of_orderness: i64,
+        /// How long to keep reading results after the last event, seconds.
+        #[arg(long, default_value_t = 90)]
+        drain: u64,
     },
 }
 
@@ -319,6 +332,7 @@ fn latency(
     rate: u64,
     seconds: u64,
     out_of_orderness: i64,
+    drain: u64,
 ) -> anyhow::Result<()> {
     let producer: BaseProducer = config(bootstrap).set("linger.ms", "5").create()?;
     let consumer: BaseConsumer = config(bootstrap)
@@ -338,7 +352,7 @@ fn latency(
     let mut sent = 0u64;
     let mut latencies = Vec::new();
     let mut page = 0u64;
-    while started.elapsed() < Duration::from_secs(seconds) + Duration::from_secs(90) {
+    while started.elapsed() < Duration::from_secs(seconds) + Duration::from_secs(drain) {
         if started.elapsed() < Duration::from_secs(seconds) {
             while Instant::now() >= next {
                 page = (page + 7919) % 1000;
@@ -421,6 +435,48 @@ fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result
     }
 }
 
+fn delete_topics(bootstrap: &str, prefix: &str) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let consumer: BaseConsumer = config(bootstrap).create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(30))?;
+    let names: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|topic| topic.name().to_owned())
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = config(bootstrap).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    for result in futures::executor::block_on(admin.delete_topics(&refs, &options))? {
+        match result {
+            Ok(name) => eprintln!("deleted {name}"),
+            Err((name, code)) => eprintln!("could not delete {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+fn count(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = config(bootstrap).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let found = metadata.topics().first().context("no metadata")?;
+    if found.error().is_some() || found.partitions().is_empty() {
+        bail!("no topic {topic}");
+    }
+    let mut total = 0;
+    for partition in found.partitions() {
+        let (low, high) =
+            consumer.fetch_watermarks(topic, partition.id(), Duration::from_secs(30))?;
+        total += high - low;
+    }
+    println!("{} {total}", found.partitions().len());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let arguments = Arguments::parse();
     match &arguments.command {
@@ -448,6 +504,7 @@ fn main() -> anyhow::Result<()> {
             rate,
             seconds,
             out_of_orderness,
+            drain,
         } => latency(
             &arguments.bootstrap,
             input,
@@ -455,6 +512,9 @@ fn main() -> anyhow::Result<()> {
             *rate,
             *seconds,
             *out_of_orderness,
+            *drain,
         ),
+        Command::DeleteTopics { prefix } => delete_topics(&arguments.bootstrap, prefix),
+        Command::Count { topic } => count(&arguments.bootstrap, topic),
     }
 }
