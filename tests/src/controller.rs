@@ -3,7 +3,7 @@
 //! killed (SIGKILL).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,22 +14,7 @@ use crate::worker::{free_address, http_get, log_tail};
 
 /// The controller binary: `SLUICE_CONTROLLER_BIN`, else the one built beside this test.
 pub fn controller_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("SLUICE_CONTROLLER_BIN").filter(|path| !path.is_empty()) {
-        return Ok(PathBuf::from(path));
-    }
-    let test = std::env::current_exe().context("failed to find the test executable")?;
-    let path = test
-        .parent()
-        .and_then(Path::parent)
-        .map(|directory| directory.join("sluice-controller"))
-        .context("failed to find the target directory")?;
-    if !path.is_file() {
-        bail!(
-            "{} does not exist: build it first (`make build`), or set SLUICE_CONTROLLER_BIN",
-            path.display()
-        );
-    }
-    Ok(path)
+    crate::built_binary("SLUICE_CONTROLLER_BIN", "sluice-controller")
 }
 
 /// How one controller runs.

@@ -442,6 +442,28 @@ where
     }
 }
 
+/// A binary of this workspace: the path in the environment variable `variable` when set,
+/// else `name` in the target directory this test executable was built into.
+pub fn built_binary(variable: &str, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    if let Some(path) = std::env::var_os(variable).filter(|path| !path.is_empty()) {
+        return Ok(std::path::PathBuf::from(path));
+    }
+    // target/release/deps/<test> -> target/release/<name>
+    let test = std::env::current_exe().context("failed to find the test executable")?;
+    let path = test
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|directory| directory.join(name))
+        .context("failed to find the target directory")?;
+    anyhow::ensure!(
+        path.is_file(),
+        "{} does not exist: build it first (`make build`), or set {variable}",
+        path.display()
+    );
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

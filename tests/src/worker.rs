@@ -14,23 +14,7 @@ use crate::Environment;
 
 /// The worker binary: `SLUICE_WORKER_BIN`, else the one built beside this test.
 pub fn worker_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("SLUICE_WORKER_BIN").filter(|path| !path.is_empty()) {
-        return Ok(PathBuf::from(path));
-    }
-    // target/release/deps/<test> → target/release/sluice-worker
-    let test = std::env::current_exe().context("failed to find the test executable")?;
-    let path = test
-        .parent()
-        .and_then(Path::parent)
-        .map(|directory| directory.join("sluice-worker"))
-        .context("failed to find the target directory")?;
-    if !path.is_file() {
-        bail!(
-            "{} does not exist: build the worker first (`make build`), or set SLUICE_WORKER_BIN",
-            path.display()
-        );
-    }
-    Ok(path)
+    crate::built_binary("SLUICE_WORKER_BIN", "sluice-worker")
 }
 
 /// A free port on loopback for an admin API.

@@ -73,25 +73,6 @@ fn expected_of(folder: &str, path: &Path) -> Result<Expected> {
     })
 }
 
-/// A binary of this workspace: `$<variable>`, else the one built beside this test.
-fn binary(variable: &str, name: &str) -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os(variable).filter(|path| !path.is_empty()) {
-        return Ok(PathBuf::from(path));
-    }
-    let test = std::env::current_exe().context("failed to find the test executable")?;
-    let path = test
-        .parent()
-        .and_then(Path::parent)
-        .map(|directory| directory.join(name))
-        .context("failed to find the target directory")?;
-    ensure!(
-        path.is_file(),
-        "{} does not exist: build it first (`make build`), or set {variable}",
-        path.display()
-    );
-    Ok(path)
-}
-
 /// What one run of a `validate` command did.
 struct Run {
     accepted: bool,
@@ -186,8 +167,8 @@ async fn validate_gives_the_api_servers_verdict_on_every_fixture() -> Result<()>
     let environment = Environment::load()?;
     let client = environment.client().await?;
     install_crd(&client).await?;
-    let worker = binary("SLUICE_WORKER_BIN", "sluice-worker")?;
-    let controller = binary("SLUICE_CONTROLLER_BIN", "sluice-controller")?;
+    let worker = sluice_e2e::built_binary("SLUICE_WORKER_BIN", "sluice-worker")?;
+    let controller = sluice_e2e::built_binary("SLUICE_CONTROLLER_BIN", "sluice-controller")?;
     let namespace = TestNamespace::create(&client, "e2e-validate").await?;
     let generated = std::env::temp_dir().join(sluice_e2e::unique_name("validate-fixtures"));
     std::fs::create_dir_all(&generated)?;
