@@ -15,7 +15,7 @@ use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use sluice_e2e::kafka::{TIMEOUT, TestTopic, config, producer};
-use sluice_e2e::worker::{WorkerProcess, WorkerSpec};
+use sluice_e2e::worker::{WorkerProcess, WorkerSpec, log_tail};
 use sluice_e2e::{Environment, repo_root, unique_name};
 
 /// A record read back from a topic.
@@ -490,8 +490,12 @@ fn a_second_worker_with_the_same_ordinal_fences_the_first() -> Result<()> {
         Ok(())
     };
     produce(0, 3_000)?;
-    let mut first =
-        WorkerProcess::start(&environment, &spec(&directory, &job, 0, 1, "state-first"))?;
+    // Each its own log: the assertions below say which one was fenced.
+    let spec_of = |state: &str| WorkerSpec {
+        log: directory.join(format!("{state}.log")),
+        ..spec(&directory, &job, 0, 1, state)
+    };
+    let mut first = WorkerProcess::start(&environment, &spec_of("state-first"))?;
     first.wait_ready(Duration::from_secs(60))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while first
@@ -512,9 +516,11 @@ fn a_second_worker_with_the_same_ordinal_fences_the_first() -> Result<()> {
         .arg(directory.join("state-second"))
         .status()?;
     ensure!(status.success(), "copied the frozen worker's volume");
-    let mut second =
-        WorkerProcess::start(&environment, &spec(&directory, &job, 0, 1, "state-second"))?;
+    let mut second = WorkerProcess::start(&environment, &spec_of("state-second"))?;
     second.wait_ready(Duration::from_secs(60))?;
+    // Events waiting when the first wakes: it is fenced while producing them (librdkafka
+    // then fails each send with a generic fatal error) as often as while committing.
+    produce(3_000, 4_000)?;
     first.resume()?;
     let status = first.wait(Duration::from_secs(60))?;
     assert_eq!(
@@ -522,9 +528,20 @@ fn a_second_worker_with_the_same_ordinal_fences_the_first() -> Result<()> {
         Some(3),
         "the fenced worker exits with code 3"
     );
-    let log = std::fs::read_to_string(directory.join("worker-0.log"))?;
+    let log = std::fs::read_to_string(directory.join("state-first.log"))?;
     assert!(log.contains("fenced"), "the fenced worker says why");
-    produce(3_000, 6_000)?;
+    assert!(
+        !log.contains("starting over"),
+        "the fenced worker does not start over (that would fence the newer one): {}",
+        log_tail(&directory.join("state-first.log"))
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        second.running(),
+        "the newer worker keeps running: {}",
+        log_tail(&directory.join("state-second.log"))
+    );
+    produce(4_000, 6_000)?;
     // Far ahead on both partitions: every window fires.
     for partition in 0..2 {
         send_to(

@@ -251,14 +251,36 @@ fn sleep_unless_shutdown(delay: Duration, status: &WorkerStatus) {
 
 /// Whether a Kafka error means this worker was fenced by another with its ordinal.
 fn is_fenced(error: &KafkaError) -> bool {
+    error.rdkafka_error_code().is_some_and(is_fenced_code)
+}
+
+fn is_fenced_code(code: RDKafkaErrorCode) -> bool {
     matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::ProducerFenced
-                | RDKafkaErrorCode::InvalidProducerEpoch
-                | RDKafkaErrorCode::Fenced
-        )
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::Fenced
     )
+}
+
+/// `stop`, or `Stop::Fenced` when the producer's fatal error (librdkafka's
+/// `rd_kafka_fatal_error`) says it was fenced: a restart would then take the
+/// transactional id back from the newer worker.
+fn fenced_or(
+    stop: Stop,
+    fatal_error: Option<(RDKafkaErrorCode, String)>,
+    ordinal: u32,
+    transactional_id: &str,
+) -> Stop {
+    let Stop::Restart { reason, .. } = &stop else {
+        return stop;
+    };
+    match fatal_error {
+        Some((code, message)) if is_fenced_code(code) => Stop::Fenced(format!(
+            "fenced: another worker with ordinal {ordinal} (transactional id {transactional_id}) started and took over; this one stops ({reason}: {message})"
+        )),
+        _ => stop,
+    }
 }
 
 fn kafka_stop(action: &str, error: KafkaError, ordinal: u32, transactional_id: &str) -> Stop {
@@ -752,7 +774,26 @@ impl<'a> Worker<'a> {
         Millis::try_from(self.started.elapsed().as_millis()).unwrap_or(Millis::MAX)
     }
 
+    /// Runs until a stop. A step that failed because another worker took this one's
+    /// transactional id reports it as fenced, whatever error the step itself saw: once
+    /// fenced, librdkafka fails every produce with a generic fatal error, and starting
+    /// over would fence the newer worker in turn.
     fn run(&mut self) -> Result<(), Stop> {
+        self.run_until_stopped()
+            .map_err(|stop| self.fenced_or(stop))
+    }
+
+    /// `stop`, or `Stop::Fenced` if the producer was fenced.
+    fn fenced_or(&self, stop: Stop) -> Stop {
+        fenced_or(
+            stop,
+            self.sink.producer().client().fatal_error(),
+            self.options.ordinal,
+            &self.transactional_id,
+        )
+    }
+
+    fn run_until_stopped(&mut self) -> Result<(), Stop> {
         let interval = self.job.spec.state.checkpoint_interval.get();
         let mut next_checkpoint = Instant::now() + interval;
         let mut next_advance = Instant::now();
@@ -1340,4 +1381,117 @@ fn abort_removed_ordinals(
 /// by its own background thread; no async runtime is needed).
 fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
     futures::executor::block_on(future)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn restart_stop() -> Stop {
+        restart("failed to produce to job.repartition: Local: Fatal error")
+    }
+
+    #[test]
+    fn a_failed_step_is_a_fencing_only_when_the_producer_says_so() {
+        let fenced = |code| Some((code, "fenced by a newer instance".to_string()));
+        type FatalError = Option<(RDKafkaErrorCode, String)>;
+        let cases: [(&str, Stop, FatalError, bool); 6] = [
+            ("no fatal error: start over", restart_stop(), None, false),
+            (
+                "fenced producer (librdkafka's own code)",
+                restart_stop(),
+                fenced(RDKafkaErrorCode::Fenced),
+                true,
+            ),
+            (
+                "fenced producer (the broker's code)",
+                restart_stop(),
+                fenced(RDKafkaErrorCode::ProducerFenced),
+                true,
+            ),
+            (
+                "old epoch",
+                restart_stop(),
+                fenced(RDKafkaErrorCode::InvalidProducerEpoch),
+                true,
+            ),
+            (
+                "another fatal error: start over with a new producer",
+                restart_stop(),
+                fenced(RDKafkaErrorCode::OutOfOrderSequenceNumber),
+                false,
+            ),
+            (
+                "a requested stop stays requested",
+                Stop::Requested,
+                fenced(RDKafkaErrorCode::Fenced),
+                false,
+            ),
+        ];
+        for (case, stop, fatal_error, expect_fenced) in cases {
+            let decided = fenced_or(stop, fatal_error, 2, "ns.job.2");
+            match decided {
+                Stop::Fenced(reason) => {
+                    assert!(expect_fenced, "{case}: fenced");
+                    assert!(
+                        reason.contains("ordinal 2") && reason.contains("ns.job.2"),
+                        "{case}: {reason}"
+                    );
+                    assert!(reason.contains("failed to produce"), "{case}: {reason}");
+                }
+                other => assert!(!expect_fenced, "{case}: {other:?}"),
+            }
+        }
+    }
+
+    /// What a fenced transactional producer does in librdkafka, against its in-process
+    /// mock broker: once a newer producer took the transactional id, the older one's sends
+    /// fail with a generic code, so only the producer's fatal error says it was fenced.
+    #[test]
+    fn after_fencing_a_send_fails_without_saying_fenced() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("a mock broker");
+        cluster
+            .create_topic("topic", 1, 1)
+            .expect("a topic on the mock broker");
+        let producer = |id: &str| -> BaseProducer {
+            let producer: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", cluster.bootstrap_servers())
+                .set("transactional.id", id)
+                .create()
+                .expect("a producer");
+            producer
+                .init_transactions(Duration::from_secs(10))
+                .expect("init_transactions");
+            producer
+        };
+        let older = producer("sluice-test.0");
+        older.begin_transaction().expect("begin_transaction");
+        // What the broker answers a producer whose epoch a newer one bumped (as in the
+        // failure this test was written for: "Failed to add partition to transaction:
+        // Producer attempted an operation with an old epoch").
+        cluster.request_errors(
+            rdkafka::types::RDKafkaApiKey::AddPartitionsToTxn,
+            &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH; 5],
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let error = loop {
+            let record = rdkafka::producer::BaseRecord::<(), [u8]>::to("topic").payload(b"x");
+            if let Err((error, _)) = older.send(record) {
+                break error;
+            }
+            older.poll(Duration::from_millis(10));
+            assert!(
+                Instant::now() < deadline,
+                "the older producer was never fenced"
+            );
+        };
+        assert!(!is_fenced(&error), "the send says {error}, not fenced");
+        let stop = fenced_or(
+            restart(format!("failed to produce: {error}")),
+            older.client().fatal_error(),
+            0,
+            "sluice-test.0",
+        );
+        assert!(matches!(stop, Stop::Fenced(_)), "{stop:?}");
+    }
 }
