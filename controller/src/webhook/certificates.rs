@@ -329,7 +329,7 @@ async fn ensure_secret(client: &Client, options: &GeneratedOptions) -> anyhow::R
                     None => secrets.create(&PostParams::default(), &secret).await,
                     Some(found) => {
                         // Replace only the version read: a concurrent renewal wins once.
-                        secret.metadata.resource_version = found.metadata.resource_version;
+                        keep_metadata(&found, &mut secret);
                         secrets
                             .replace(&options.secret, &PostParams::default(), &secret)
                             .await
@@ -353,6 +353,20 @@ async fn ensure_secret(client: &Client, options: &GeneratedOptions) -> anyhow::R
     Err(anyhow!(
         "the webhook's Secret {place} changed under every attempt to store a certificate"
     ))
+}
+
+/// What a replacement keeps of the Secret it replaces: its version (so a concurrent
+/// renewal wins once), its labels (the chart creates the Secret, with a placeholder, so
+/// that `helm uninstall` deletes it: Helm's `managed-by` must stay), and its annotations
+/// under ours (ours say what the certificate is).
+fn keep_metadata(found: &Secret, secret: &mut Secret) {
+    secret.metadata.resource_version = found.metadata.resource_version.clone();
+    let mut labels = secret.metadata.labels.take().unwrap_or_default();
+    labels.extend(found.metadata.labels.clone().unwrap_or_default());
+    secret.metadata.labels = (!labels.is_empty()).then_some(labels);
+    let mut annotations = found.metadata.annotations.clone().unwrap_or_default();
+    annotations.extend(secret.metadata.annotations.take().unwrap_or_default());
+    secret.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
 }
 
 /// Writes the CA into every webhook of the configuration, if it is not there already.
@@ -558,5 +572,47 @@ mod tests {
         let mut secret = build_secret("sluice", "sluice-webhook", &bundle);
         secret.metadata.annotations = None;
         assert_eq!(read_secret(&secret), None);
+    }
+
+    /// The placeholder Secret the chart creates (so `helm uninstall` deletes it) is replaced
+    /// with a certificate that keeps Helm's labels, and its annotations under ours.
+    #[test]
+    fn a_replacement_keeps_the_replaced_secrets_labels_and_annotations() {
+        let bundle = generate(&hosts(), OffsetDateTime::now_utc(), YEAR).unwrap();
+        let found: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "sluice-webhook-certificate",
+                "resourceVersion": "41",
+                "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                "annotations": {
+                    "meta.helm.sh/release-name": "sluice",
+                    NOT_AFTER_ANNOTATION: "2000-01-01T00:00:00Z",
+                },
+            },
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": "", "tls.key": ""},
+        }))
+        .unwrap();
+        assert_eq!(
+            read_secret(&found),
+            None,
+            "the chart's empty Secret is no bundle"
+        );
+        let mut secret = build_secret("sluice", "sluice-webhook-certificate", &bundle);
+        keep_metadata(&found, &mut secret);
+        assert_eq!(secret.metadata.resource_version.as_deref(), Some("41"));
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm");
+        let annotations = secret.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations["meta.helm.sh/release-name"], "sluice");
+        assert_ne!(
+            annotations[NOT_AFTER_ANNOTATION], "2000-01-01T00:00:00Z",
+            "ours win"
+        );
+        assert_eq!(
+            read_secret(&secret),
+            Some(bundle),
+            "and it reads back whole"
+        );
     }
 }
