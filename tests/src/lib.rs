@@ -135,9 +135,41 @@ impl Environment {
         run_checked(
             Command::new(&self.helm)
                 .args(arguments)
+                .env("KUBECONFIG", &self.kubeconfig)
                 .current_dir(repo_root()),
         )
     }
+}
+
+/// The documents of a multi-document YAML stream as helm prints it, each with its
+/// `# Source:` path (empty when it has none).
+pub fn rendered_documents(stream: &str) -> Result<Vec<(String, String, serde_yaml_ng::Value)>> {
+    let mut documents = Vec::new();
+    let mut current = String::new();
+    let mut flush = |text: &mut String| -> Result<()> {
+        let body = std::mem::take(text);
+        if body.trim().is_empty() {
+            return Ok(());
+        }
+        let (source, rest) = match body.strip_prefix("# Source: ") {
+            Some(tail) => tail.split_once('\n').unwrap_or((tail, "")),
+            None => ("", body.as_str()),
+        };
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(rest)
+            .with_context(|| format!("failed to parse a rendered document ({source}):\n{rest}"))?;
+        documents.push((source.to_owned(), rest.to_owned(), value));
+        Ok(())
+    };
+    for line in stream.lines() {
+        if line == "---" {
+            flush(&mut current)?;
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    flush(&mut current)?;
+    Ok(documents)
 }
 
 /// Runs a tool and returns its stdout; fails naming the command line, with its stderr.

@@ -16,7 +16,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_yaml_ng::Value as Yaml;
-use sluice_e2e::{Environment, read_repo_file, state_dir};
+use sluice_e2e::{Environment, read_repo_file, rendered_documents, state_dir};
 
 /// The address of the project's bridge (`SLUICE_BRIDGE_IP` in `tests/cluster/versions.sh`).
 const BRIDGE_ADDRESS: &str = "10.244.0.1";
@@ -93,37 +93,6 @@ fn pinned_version(name: &str) -> Result<String> {
     Ok(default)
 }
 
-/// The documents of a multi-document YAML stream as helm prints it, each with its
-/// `# Source:` path (empty when it has none).
-fn rendered_documents(stream: &str) -> Result<Vec<(String, String, Yaml)>> {
-    let mut documents = Vec::new();
-    let mut current = String::new();
-    let mut flush = |text: &mut String| -> Result<()> {
-        let body = std::mem::take(text);
-        if body.trim().is_empty() {
-            return Ok(());
-        }
-        let (source, rest) = match body.strip_prefix("# Source: ") {
-            Some(tail) => tail.split_once('\n').unwrap_or((tail, "")),
-            None => ("", body.as_str()),
-        };
-        let value: Yaml = serde_yaml_ng::from_str(rest)
-            .with_context(|| format!("failed to parse a rendered document ({source}):\n{rest}"))?;
-        documents.push((source.to_owned(), rest.to_owned(), value));
-        Ok(())
-    };
-    for line in stream.lines() {
-        if line == "---" {
-            flush(&mut current)?;
-        } else {
-            current.push_str(line);
-            current.push('\n');
-        }
-    }
-    flush(&mut current)?;
-    Ok(documents)
-}
-
 fn yaml_string<'a>(value: &'a Yaml, path: &[&str]) -> Option<&'a str> {
     path.iter()
         .try_fold(value, |value, key| value.get(key))?
@@ -198,9 +167,19 @@ fn helm_template_renders_the_controller_identity_without_crds() -> Result<()> {
             ),
         }
     };
+    // The controller's ClusterRole and binding (the webhook's are beside them).
+    let named = |kind: &str, name: &str| -> Result<&Yaml> {
+        by_kind
+            .get(kind)
+            .into_iter()
+            .flatten()
+            .copied()
+            .find(|document| yaml_string(document, &["metadata", "name"]) == Some(name))
+            .with_context(|| format!("helm template charts/sluice rendered no {kind} {name}"))
+    };
     let service_account = single("ServiceAccount")?;
-    let cluster_role = single("ClusterRole")?;
-    let binding = single("ClusterRoleBinding")?;
+    let cluster_role = named("ClusterRole", "sluice-controller")?;
+    let binding = named("ClusterRoleBinding", "sluice-controller")?;
     ensure!(
         !by_kind.contains_key("CustomResourceDefinition"),
         "helm template without --include-crds rendered a CRD (kinds: {kinds:?})"
