@@ -244,6 +244,56 @@ fn pod_metric(pod: &Pod, name: &str) -> Result<f64> {
         .sum())
 }
 
+/// Once the workers read the far-future events, sends the example's input and expects
+/// exactly its output in the sink topic (read_committed), nothing more.
+async fn page_views_output(
+    environment: &Environment,
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topics: &Topics,
+    pods: &[Pod],
+    far: &[u8],
+) -> Result<()> {
+    // The input once both far-future events are read, then one more to fire every window.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pods
+        .iter()
+        .map(|pod| pod_metric(pod, "sluice_worker_events_in_total").unwrap_or(0.0))
+        .sum::<f64>()
+        < 2.0
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the far-future events were not read"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let input = std::fs::read_to_string(repo_root().join("examples/page-views/input.jsonl"))?;
+    for line in input.lines() {
+        send(producer, &topics.source.name, 0, line.as_bytes())?;
+    }
+    send(producer, &topics.source.name, 0, far)?;
+    producer.flush(TIMEOUT)?;
+    let mut expected = meaningful_lines("examples/page-views/expected-output.jsonl")?;
+    let reader = consumer(environment, &topics.sink.name, 2, "read_committed")?;
+    let mut actual: Vec<String> = poll_messages(&reader, expected.len(), Duration::from_secs(120))?
+        .into_iter()
+        .map(|(_, value)| value)
+        .collect();
+    let extra = poll_messages(&reader, 1, Duration::from_secs(5))?;
+    ensure!(
+        extra.is_empty(),
+        "records beyond the expected ones: {extra:?}"
+    );
+    actual.sort();
+    expected.sort();
+    assert_eq!(
+        actual, expected,
+        "results in the sink topic (read_committed)"
+    );
+
+    Ok(())
+}
+
 /// Requests of the controller other than watches (which stay open).
 fn calls(controller: &ControllerProcess) -> Result<f64> {
     let total = controller.metric("sluice_controller_api_requests_total")?;
@@ -349,43 +399,7 @@ async fn page_views_from_kubectl_apply_to_exactly_its_output() -> Result<()> {
     let reasons = event_reasons(&client, namespace, name).await?;
     ensure!(reasons.contains("Running"), "events: {reasons:?}");
 
-    // The input once both far-future events are read, then one more to fire every window.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pods
-        .iter()
-        .map(|pod| pod_metric(pod, "sluice_worker_events_in_total").unwrap_or(0.0))
-        .sum::<f64>()
-        < 2.0
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "the far-future events were not read"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let input = std::fs::read_to_string(repo_root().join("examples/page-views/input.jsonl"))?;
-    for line in input.lines() {
-        send(&producer, &topics.source.name, 0, line.as_bytes())?;
-    }
-    send(&producer, &topics.source.name, 0, &far)?;
-    producer.flush(TIMEOUT)?;
-    let mut expected = meaningful_lines("examples/page-views/expected-output.jsonl")?;
-    let reader = consumer(&environment, &topics.sink.name, 2, "read_committed")?;
-    let mut actual: Vec<String> = poll_messages(&reader, expected.len(), Duration::from_secs(120))?
-        .into_iter()
-        .map(|(_, value)| value)
-        .collect();
-    let extra = poll_messages(&reader, 1, Duration::from_secs(5))?;
-    ensure!(
-        extra.is_empty(),
-        "records beyond the expected ones: {extra:?}"
-    );
-    actual.sort();
-    expected.sort();
-    assert_eq!(
-        actual, expected,
-        "results in the sink topic (read_committed)"
-    );
+    page_views_output(&environment, &producer, &topics, &pods, &far).await?;
 
     // Idle: no API request but the open watches over a minute.
     let before = (
@@ -953,4 +967,309 @@ async fn the_webhook_refuses_at_apply_what_the_controller_would_refuse() -> Resu
         .await;
     delete_namespace(&client, namespace).await;
     outcome
+}
+
+/// Cluster-scoped objects a release named `release` may have left (a run interrupted
+/// before `helm uninstall`, its namespace deleted since): a leftover webhook configuration
+/// would refuse every StreamJob of the namespace while nothing serves it.
+fn remove_leftover_release(environment: &Environment, release: &str) -> Result<()> {
+    environment.kubectl(&[
+        "delete",
+        "clusterrole,clusterrolebinding,validatingwebhookconfiguration",
+        "-l",
+        &format!("app.kubernetes.io/instance={release}"),
+        "--ignore-not-found",
+        "--wait=true",
+    ])?;
+    Ok(())
+}
+
+/// As users install Sluice: `helm install` of charts/sluice into a fresh namespace, the
+/// controller a pod of the node (in-cluster client, its webhook on), the page-views example
+/// from `kubectl apply` to exactly its output; `helm upgrade` to another controller image
+/// keeps the workers running and writes nothing twice; `helm uninstall` leaves no
+/// controller resource behind, and the job, its workers and volumes stay.
+#[tokio::test]
+async fn the_chart_runs_page_views_through_an_upgrade_and_an_uninstall() -> Result<()> {
+    let environment = Environment::load()?;
+    let node = node_env().await?;
+    let client = node.client.clone();
+    install_crd(&client).await?;
+    let namespace = "e2e-chart";
+    let release = "e2e-sluice";
+    fresh_namespace(&client, namespace).await?;
+    remove_leftover_release(&environment, release)?;
+    let (repository, tag) = node
+        .controller_image
+        .rsplit_once(':')
+        .context("the controller image has no tag")?;
+    let watched = format!("watchNamespaces={{{namespace}}}");
+    let installed = Instant::now();
+    environment.helm(&[
+        "install",
+        release,
+        "charts/sluice",
+        "-n",
+        namespace,
+        "--set",
+        &format!("image.repository={repository}"),
+        "--set",
+        &format!("image.tag={tag}"),
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        &format!("workerImage={}", node.worker_image),
+        "--set",
+        &watched,
+        "--set",
+        "replicas=1",
+        "--wait",
+        "--timeout=300s",
+    ])?;
+    eprintln!("helm install --wait took {:?}", installed.elapsed());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let controller_selector =
+        format!("app.kubernetes.io/instance={release},app.kubernetes.io/component=controller");
+    let controller_pods = pods
+        .list(&ListParams::default().labels(&controller_selector))
+        .await?
+        .items;
+    ensure!(
+        controller_pods.len() == 1 && common_node::pod_is_ready(&controller_pods[0]),
+        "controller pods: {:?}",
+        controller_pods
+            .iter()
+            .map(|pod| (pod.metadata.name.clone(), common_node::pod_phase(pod)))
+            .collect::<Vec<_>>()
+    );
+    let controller_pod = &controller_pods[0];
+    let pod_spec = controller_pod.spec.clone().context("pod without spec")?;
+    ensure!(
+        pod_spec.service_account_name.as_deref() == Some(release),
+        "the controller runs as {:?}",
+        pod_spec.service_account_name
+    );
+
+    let topics = Topics::create(&environment, 3)?;
+    let far = serde_json::to_vec(
+        &json!({"timestamp": "2099-12-31T00:00:00Z", "status": 0, "url": "/", "latencyMs": 0}),
+    )?;
+    let producer = producer(&environment, None)?;
+    for partition in [1, 2] {
+        send(&producer, &topics.source.name, partition, &far)?;
+    }
+    producer.flush(TIMEOUT)?;
+    let name = "page-views";
+    // The webhook the chart installed: the API server calls the controller's pod, which
+    // refuses a filter that does not parse and admits the example.
+    let mut invalid = page_views(&node, namespace, "invalid-filter", &topics)?;
+    invalid.spec.pipeline[0] = serde_json::from_value(json!({"filter": "event.status =="}))?;
+    match apply_job(&client, &invalid).await {
+        Ok(()) => bail!("the API server created a job whose filter does not parse"),
+        Err(error) => {
+            let error = format!("{error:#}");
+            ensure!(
+                error.contains("denied the request") && error.contains("spec.pipeline[0].filter"),
+                "refused without the webhook's answer: {error}"
+            );
+        }
+    }
+    apply_job(&client, &page_views(&node, namespace, name, &topics)?).await?;
+    environment.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "-n",
+        namespace,
+        "streamjob/page-views",
+        "--timeout=300s",
+    ])?;
+    let mut workers = Vec::new();
+    for ordinal in 0..2 {
+        workers.push(wait_pod_ready(&client, namespace, &format!("{name}-{ordinal}")).await?);
+    }
+    page_views_output(&environment, &producer, &topics, &workers, &far).await?;
+
+    // helm upgrade to another controller image: a new controller pod, the same workers.
+    let upgraded_tag = "e2e-upgrade";
+    let socket = sluice_e2e::state_dir().join("node/containerd/containerd.sock");
+    let tagged = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(&socket)
+        .args(["--namespace", "k8s.io", "images", "tag", "--force"])
+        .arg(&node.controller_image)
+        .arg(format!("{repository}:{upgraded_tag}"))
+        .output()
+        .context("failed to run ctr")?;
+    ensure!(
+        tagged.status.success(),
+        "ctr images tag: {}",
+        String::from_utf8_lossy(&tagged.stderr)
+    );
+    let worker_uids: Vec<_> = workers.iter().map(|pod| pod.metadata.uid.clone()).collect();
+    environment.helm(&[
+        "upgrade",
+        release,
+        "charts/sluice",
+        "-n",
+        namespace,
+        "--reuse-values",
+        "--set",
+        &format!("image.tag={upgraded_tag}"),
+        "--wait",
+        "--timeout=300s",
+    ])?;
+    let upgraded = wait_for(
+        "one controller pod, of the new image, ready",
+        Duration::from_secs(120),
+        || async {
+            let found = pods
+                .list(&ListParams::default().labels(&controller_selector))
+                .await?
+                .items;
+            let images: Vec<_> = found
+                .iter()
+                .filter_map(|pod| pod.spec.as_ref()?.containers.first()?.image.clone())
+                .collect();
+            match &found[..] {
+                [pod]
+                    if common_node::pod_is_ready(pod)
+                        && images == [format!("{repository}:{upgraded_tag}")]
+                        && pod.metadata.uid != controller_pod.metadata.uid =>
+                {
+                    Ok(Some(pod.clone()))
+                }
+                _ => bail!("controller pods with images {images:?}"),
+            }
+        },
+    )
+    .await?;
+    eprintln!(
+        "controller upgraded: pod {:?}",
+        upgraded.metadata.name.unwrap_or_default()
+    );
+    // The new controller reconciles the job (Ready, the same generation) and leaves the
+    // workers alone: the same pods, still reading (one more event), nothing written twice.
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), namespace);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let job = wait_condition(&client, namespace, name, "Ready", "True", READY_TIMEOUT).await?;
+    ensure!(
+        job.status
+            .as_ref()
+            .and_then(|status| status.observed_generation)
+            == job.metadata.generation,
+        "status {}",
+        describe_job(&job)
+    );
+    let before: f64 = workers
+        .iter()
+        .map(|pod| pod_metric(pod, "sluice_worker_events_in_total").unwrap_or(0.0))
+        .sum();
+    send(&producer, &topics.source.name, 0, &far)?;
+    producer.flush(TIMEOUT)?;
+    let mut now_workers = Vec::new();
+    for ordinal in 0..2 {
+        now_workers.push(pods.get(&format!("{name}-{ordinal}")).await?);
+    }
+    ensure!(
+        now_workers
+            .iter()
+            .map(|pod| pod.metadata.uid.clone())
+            .collect::<Vec<_>>()
+            == worker_uids,
+        "the controller upgrade restarted the workers"
+    );
+    wait_for(
+        "the workers to read an event after the upgrade",
+        Duration::from_secs(60),
+        || async {
+            let after: f64 = now_workers
+                .iter()
+                .map(|pod| pod_metric(pod, "sluice_worker_events_in_total").unwrap_or(0.0))
+                .sum();
+            if after > before {
+                Ok(Some(()))
+            } else {
+                bail!("events in: {before} -> {after}")
+            }
+        },
+    )
+    .await?;
+    let expected = meaningful_lines("examples/page-views/expected-output.jsonl")?;
+    let reader = consumer(&environment, &topics.sink.name, 2, "read_committed")?;
+    let all = poll_messages(&reader, expected.len() + 1, Duration::from_secs(15))?;
+    ensure!(
+        all.len() == expected.len(),
+        "the sink holds {} records after the upgrade, {} expected (nothing twice)",
+        all.len(),
+        expected.len()
+    );
+
+    // helm uninstall: nothing of the controller left; the job and its workers stay.
+    environment.helm(&[
+        "uninstall",
+        release,
+        "-n",
+        namespace,
+        "--wait",
+        "--timeout=120s",
+    ])?;
+    let left_cluster_wide = environment.kubectl(&[
+        "get",
+        "clusterrole,clusterrolebinding,validatingwebhookconfiguration",
+        "-l",
+        &format!("app.kubernetes.io/instance={release}"),
+        "-o",
+        "name",
+    ])?;
+    let left_here = environment.kubectl(&[
+        "get",
+        "deployment,replicaset,service,serviceaccount,secret,configmap,role,rolebinding,lease",
+        "-n",
+        namespace,
+        "-o",
+        "name",
+    ])?;
+    ensure!(
+        left_cluster_wide.trim().is_empty(),
+        "helm uninstall left cluster-wide: {left_cluster_wide}"
+    );
+    let controller_left: Vec<&str> = left_here
+        .lines()
+        .filter(|line| line.contains(release))
+        .collect();
+    ensure!(
+        controller_left.is_empty(),
+        "helm uninstall left in {namespace}: {controller_left:?}"
+    );
+    wait_for(
+        "the controller pod to go",
+        Duration::from_secs(60),
+        || async {
+            let found = pods
+                .list(&ListParams::default().labels(&controller_selector))
+                .await?
+                .items;
+            if found.is_empty() {
+                Ok(Some(()))
+            } else {
+                bail!("{} controller pods", found.len())
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        jobs.get_opt(name).await?.is_some(),
+        "the StreamJob went with the chart"
+    );
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    ensure!(
+        claims.list(&ListParams::default()).await?.items.len() == 2,
+        "the workers' volumes went with the chart"
+    );
+    for ordinal in 0..2 {
+        let pod = pods.get(&format!("{name}-{ordinal}")).await?;
+        ensure!(common_node::pod_is_ready(&pod), "worker {ordinal} stopped");
+    }
+    delete_namespace(&client, namespace).await;
+    Ok(())
 }
