@@ -12,7 +12,7 @@ CARGO := flock $(BUILD_LOCK) cargo
 RELEASE := --release
 CLUSTER := bash tests/cluster/cluster.sh
 
-.PHONY: help demo test deps build fmt fmt-check clippy crd crd-check unit-test e2e-test \
+.PHONY: help demo demo-local test deps build fmt fmt-check clippy crd crd-check unit-test e2e-test \
         cluster-up cluster-down cluster-status cluster-recovery-test cluster-isolation-test \
         images bench doc unused-deps
 
@@ -22,7 +22,11 @@ help: ## list the targets
 # Builds select the whole workspace (--workspace --bins): cargo unifies dependency features
 # over the packages of one invocation, and a worker-only build would differ from the
 # workspace's and compile RocksDB a second time.
-demo: deps ## run the page-views example in local mode (no cluster, no broker)
+demo: deps ## the page-views example on the local cluster: Kafka, images, the chart, a StreamJob, its results
+	$(CARGO) build $(RELEASE) --workspace --bins
+	bash hack/demo-cluster.sh
+
+demo-local: deps ## the page-views example in local mode (no cluster, no broker)
 	$(CARGO) build $(RELEASE) --workspace --bins
 	bash hack/demo.sh
 
@@ -67,14 +71,20 @@ unit-test: ## tests that need no cluster
 # `sluice-controller run` processes beside them, with worker pods from the image cluster-up
 # builds from the release binary; the chaos tests kill workers and the broker, so they run
 # alone, one at a time, after the others (their report is printed).
-E2E_SUITES := --lib --test api --test cluster --test kafka --test node --test s3 --test validate --test worker --test savepoint --test controller
+E2E_SUITES := --lib --test api --test chart --test cluster --test kafka --test node --test s3 --test validate --test worker --test savepoint --test controller
 # The tests are built under the build lock and run without it: the broker-restart test
 # runs `cluster.sh up`, which may rebuild the node's images under that same lock.
+# Every cargo call here selects the whole workspace with all its targets, as `build` does:
+# cargo unifies features over what one call selects, so `--bins` alone or `-p sluice-e2e`
+# would compile the workspace's crates again with other features (8.5 minutes of a warm
+# `make test`), and the binaries the tests run would differ from those in the node's
+# images. `--workspace --test NAME` selects the e2e crate's suites only (no other package
+# has them); `--lib` runs every crate's unit tests again too (seconds).
 e2e-test: ## tests against the local cluster and broker (run cluster-up first)
-	$(CARGO) build $(RELEASE) --workspace --bins
-	$(CARGO) test $(RELEASE) -p sluice-e2e $(E2E_SUITES) --test chaos --no-run
-	flock $(E2E_LOCK) cargo test $(RELEASE) -p sluice-e2e $(E2E_SUITES) -- --test-threads 2
-	flock $(E2E_LOCK) cargo test $(RELEASE) -p sluice-e2e --test chaos -- --test-threads 1 --nocapture
+	$(CARGO) build $(RELEASE) --workspace --all-targets
+	$(CARGO) test $(RELEASE) --workspace $(E2E_SUITES) --test chaos --no-run
+	flock $(E2E_LOCK) cargo test $(RELEASE) --workspace $(E2E_SUITES) -- --test-threads 2
+	flock $(E2E_LOCK) cargo test $(RELEASE) --workspace --test chaos -- --test-threads 1 --nocapture
 
 cluster-up: ## start (or reuse) the local Kubernetes control plane, node and Kafka broker
 	$(CLUSTER) up

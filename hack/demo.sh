@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The page-views example in local mode: no cluster, no broker. `make demo` builds the
+# The page-views example in local mode: no cluster, no broker. `make demo-local` builds the
 # worker first; to run it by hand: cargo build --release -p sluice-worker && bash hack/demo.sh
 set -euo pipefail
 
@@ -7,7 +7,7 @@ repository="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${SLUICE_CACHE:-/var/cache/sluice}"
 worker="${CARGO_TARGET_DIR:-$cache/target}/release/sluice-worker"
 example="$repository/examples/page-views"
-[[ -x "$worker" ]] || { echo "missing $worker: run 'make demo'" >&2; exit 1; }
+[[ -x "$worker" ]] || { echo "missing $worker: run 'make demo-local'" >&2; exit 1; }
 
 output="$(mktemp -d)"
 trap 'rm -rf "$output"' EXIT

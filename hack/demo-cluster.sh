@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# The real product, on this machine: the local Kubernetes cluster and Kafka broker up
+# (tests/cluster/cluster.sh, built from source, cached), the worker and controller images
+# built from the release binaries and loaded into the node, the chart installed, the
+# page-views example applied as a StreamJob, sample events produced, and the windowed
+# results printed as they arrive. `make demo` runs it after building the binaries; it is
+# idempotent (a second run reuses the cluster, upgrades the release and starts the job
+# over on fresh topics). `make demo-local` is the engine alone, on files.
+set -euo pipefail
+
+repository="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repository"
+state="${SLUICE_STATE:-/var/tmp/sluice-cluster}"
+namespace="${SLUICE_DEMO_NAMESPACE:-sluice-demo}"
+release_namespace=sluice-system
+release=sluice
+example=examples/page-views
+started=$SECONDS
+
+bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+step() { printf '[%4ds] %s\n' "$((SECONDS - started))" "$*"; }
+fail() {
+  printf '\033[31mdemo: %s\033[0m\n' "$1" >&2
+  [[ -n "${2:-}" ]] && printf 'fix: %s\n' "$2" >&2
+  exit 1
+}
+
+for tool in kcat jq; do
+  command -v "$tool" >/dev/null || fail "$tool is missing" "make deps (it installs the Debian packages the demo needs)"
+done
+
+bold "1. The local cluster and broker (first run: about 40 minutes of builds, then cached)"
+bash tests/cluster/cluster.sh up || fail "the local cluster did not come up" \
+  "read the message above; 'bash tests/cluster/cluster.sh status' shows each component and its log"
+# shellcheck disable=SC1091
+source "$state/env"
+kubectl() { command "${SLUICE_KUBECTL:-kubectl}" "$@"; }
+helm_bin="${SLUICE_HELM:-$(command -v helm || true)}"
+[[ -x "$helm_bin" ]] || fail "helm is missing" "bash tests/cluster/cluster.sh up installs it, then source $state/env"
+step "Kubernetes $(kubectl version -o json | jq -r .serverVersion.gitVersion), Kafka at $SLUICE_KAFKA_BOOTSTRAP (pods: $SLUICE_KAFKA_BOOTSTRAP_POD)"
+
+bold "2. The images, from the release binaries, in the node"
+bash tests/cluster/images.sh sluice || fail "the images were not built" "make build, then rerun"
+worker_image="${SLUICE_WORKER_IMAGE:-localhost/sluice-worker:dev}"
+controller_image="${SLUICE_CONTROLLER_IMAGE:-localhost/sluice-controller:dev}"
+step "worker $worker_image, controller $controller_image"
+
+bold "3. Sluice, with Helm"
+kubectl apply --server-side --force-conflicts -f charts/sluice/crds/ >/dev/null
+step "CRD streamjobs.sluice.dev applied (Helm never upgrades a CRD)"
+kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+"$helm_bin" upgrade --install "$release" charts/sluice -n "$release_namespace" --create-namespace \
+  --set image.repository="${controller_image%:*}" --set image.tag="${controller_image##*:}" \
+  --set image.pullPolicy=Never --set workerImage="$worker_image" \
+  --set replicas=1 --set "watchNamespaces={$namespace}" \
+  --wait --timeout 5m >/dev/null || fail "helm install did not finish" \
+  "kubectl -n $release_namespace describe pods; kubectl -n $release_namespace logs deploy/$release-controller"
+step "$(kubectl -n "$release_namespace" get deploy "$release-controller" -o jsonpath='{.metadata.name}: {.status.readyReplicas}/{.spec.replicas} ready')"
+
+bold "4. Fresh topics and the StreamJob"
+if kubectl -n "$namespace" get streamjob page-views >/dev/null 2>&1; then
+  kubectl -n "$namespace" delete streamjob page-views --wait=true >/dev/null
+  kubectl -n "$namespace" delete pvc -l sluice.dev/job=page-views --wait=true >/dev/null 2>&1 || true
+  step "deleted the previous run's job and volumes"
+fi
+topics=(page-views page-views-per-minute page-views-late page-views-dead-letters)
+kafka_tool() {
+  java -Xmx128m -cp "${KAFKA_HOME:-/var/cache/sluice/kafka/4.4.0}/libs/*" \
+    -Dlog4j2.level=warn "$@" 2>/dev/null
+}
+suffix="$(date +%H%M%S)"
+for topic in "${topics[@]}"; do
+  partitions=1
+  [[ "$topic" == page-views ]] && partitions=3
+  kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$SLUICE_KAFKA_BOOTSTRAP" \
+    --create --topic "$topic-$suffix" --partitions "$partitions" --replication-factor 1 >/dev/null \
+    || fail "could not create topic $topic-$suffix" "is the broker up? bash tests/cluster/cluster.sh status"
+done
+step "topics ${topics[*]/%/-$suffix}"
+# The example as written, pointed at this broker and these topics: the input is read by
+# key (one partition per page, as the expected output assumes), the images are local.
+sed -e "s|bootstrapServers: kafka:9092|bootstrapServers: $SLUICE_KAFKA_BOOTSTRAP_POD|" \
+  -e "s|topics: \[page-views\]|topics: [page-views-$suffix]\n    partitioning: ByKey|" \
+  -e "s|topic: page-views-per-minute|topic: page-views-per-minute-$suffix|" \
+  -e "s|deadLetterTopic: page-views-dead-letters|deadLetterTopic: page-views-dead-letters-$suffix|" \
+  -e "s|lateDataTopic: page-views-late|lateDataTopic: page-views-late-$suffix|" \
+  -e "s|volumeSize: 1Gi|volumeSize: 64Mi|" -e "s|checkpointInterval: 10s|checkpointInterval: 1s|" \
+  -e "s|^spec:|spec:\n  imagePullPolicy: Never|" \
+  "$example/streamjob.yaml" | kubectl -n "$namespace" apply -f - \
+  || fail "kubectl apply refused the StreamJob" "the message above names the field"
+applied=$SECONDS
+kubectl -n "$namespace" wait --for=condition=Ready streamjob/page-views --timeout=5m >/dev/null \
+  || fail "the job did not become Ready" "kubectl -n $namespace describe streamjob page-views"
+step "Ready $((SECONDS - applied))s after kubectl apply"
+kubectl -n "$namespace" get streamjob page-views
+
+bold "5. $(wc -l < "$example/input.jsonl") page views from $example/input.jsonl"
+# A far-future event (filtered out by the job) on the partitions the input leaves empty, so
+# they do not hold the watermark back, then the input, then one more to close every window.
+far='{"timestamp":"2099-12-31T00:00:00Z","status":0,"url":"/","latencyMs":0}'
+for partition in 1 2; do
+  echo "$far" | kcat -P -b "$SLUICE_KAFKA_BOOTSTRAP" -t "page-views-$suffix" -p "$partition"
+done
+sleep 3
+{ cat "$example/input.jsonl"; echo "$far"; } | kcat -P -b "$SLUICE_KAFKA_BOOTSTRAP" -t "page-views-$suffix" -p 0
+step "produced"
+
+bold "6. Results as they arrive (read_committed: only what the job committed, exactly once)"
+expected=$(grep -cv '^\s*$' "$example/expected-output.jsonl")
+printf '%-13s %-10s %6s %12s\n' WINDOW PAGE VIEWS "AVG LATENCY"
+timeout 180 kcat -C -b "$SLUICE_KAFKA_BOOTSTRAP" -t "page-views-per-minute-$suffix" \
+  -X isolation.level=read_committed -o beginning -c "$expected" -q -f '%s\n' 2>/dev/null \
+  | jq -r --unbuffered '"\(.windowStart[11:16])-\(.windowEnd[11:16])   \(.key)\t\(.views)\t\(.avgLatencyMs) ms\(if .isUpdate then "  (update: a straggler arrived)" else "" end)"' \
+  || true
+results=$(kcat -C -b "$SLUICE_KAFKA_BOOTSTRAP" -t "page-views-per-minute-$suffix" -X isolation.level=read_committed -o beginning -e -q 2>/dev/null | grep -c . || true)
+late=$(kcat -C -b "$SLUICE_KAFKA_BOOTSTRAP" -t "page-views-late-$suffix" -X isolation.level=read_committed -o beginning -e -q 2>/dev/null | grep -c . || true)
+dead=$(kcat -C -b "$SLUICE_KAFKA_BOOTSTRAP" -t "page-views-dead-letters-$suffix" -X isolation.level=read_committed -o beginning -e -q 2>/dev/null | grep -c . || true)
+step "$results results ($expected expected), $late late events, $dead dead letters"
+((results == expected)) || fail "expected $expected results, read $results" \
+  "kubectl -n $namespace logs page-views-0; kubectl -n $namespace describe streamjob page-views"
+
+bold "Next"
+cat <<EOF
+  kubectl -n $namespace get streamjob page-views -o yaml      # status, conditions
+  kubectl -n $namespace get pods,pvc -l sluice.dev/job=page-views
+  kcat -C -b $SLUICE_KAFKA_BOOTSTRAP -t page-views-per-minute-$suffix -X isolation.level=read_committed -e
+  helm -n $release_namespace uninstall $release                # the job and its volumes stay
+Done in $((SECONDS - started))s.
+EOF
