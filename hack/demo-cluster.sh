@@ -40,7 +40,7 @@ helm_bin="${SLUICE_HELM:-$(command -v helm || true)}"
 step "Kubernetes $(kubectl version -o json | jq -r .serverVersion.gitVersion), Kafka at $SLUICE_KAFKA_BOOTSTRAP (pods: $SLUICE_KAFKA_BOOTSTRAP_POD)"
 
 bold "2. The images, from the release binaries, in the node"
-bash tests/cluster/images.sh sluice || fail "the images were not built" "make build, then rerun"
+bash tests/cluster/images.sh || fail "the images were not built or loaded" "make build, then rerun"
 worker_image="${SLUICE_WORKER_IMAGE:-localhost/sluice-worker:dev}"
 controller_image="${SLUICE_CONTROLLER_IMAGE:-localhost/sluice-controller:dev}"
 step "worker $worker_image, controller $controller_image"

@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
@@ -189,12 +191,28 @@ pub fn trim_meta(meta: &mut ObjectMeta) {
     }
 }
 
-/// Trims a cached StatefulSet to what the status decision reads: its metadata, replicas
-/// and status (the pod template and volume claim templates are the larger part).
+/// Trims a cached StatefulSet to what the reconcile reads: its metadata, replicas and
+/// status, and of its volume claim templates their names and storage classes (the pod
+/// template and the rest of the claims are the larger part).
 pub fn trim_workers(workers: &mut StatefulSet) {
     trim_meta(&mut workers.metadata);
     workers.spec.template = Default::default();
-    workers.spec.volume_claim_templates = None;
+    for claim in workers.spec.volume_claim_templates.iter_mut().flatten() {
+        *claim = PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: claim.metadata.name.take(),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                storage_class_name: claim
+                    .spec
+                    .as_mut()
+                    .and_then(|spec| spec.storage_class_name.take()),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            status: None,
+        };
+    }
 }
 
 /// What about a child should reconcile its job when it changes.

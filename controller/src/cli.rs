@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use sluice_crds::StreamJob;
 
+use crate::build::WorkerDefaults;
 use crate::context::{Settings, default_worker_image};
 use crate::run::{
     LeaderElection, RunOptions, WebhookCertificates, WebhookOptions, default_identity,
@@ -72,6 +74,15 @@ pub struct RunArgs {
     /// of this controller's version.
     #[arg(long, env = "SLUICE_WORKER_IMAGE", default_value_t = default_worker_image())]
     pub worker_image: String,
+    /// The resources of workers whose spec.resources is unset, as JSON, e.g.
+    /// '{"requests":{"cpu":"500m","memory":"1Gi"},"limits":{"memory":"1Gi"}}'; default:
+    /// none (the namespace's LimitRange, if any).
+    #[arg(long, env = "SLUICE_WORKER_RESOURCES", value_parser = parse_resources)]
+    pub worker_resources: Option<ResourceRequirements>,
+    /// The storage class of new jobs' state volumes whose spec.state.storageClassName is
+    /// unset; default: the cluster's default class. Jobs whose volumes exist keep theirs.
+    #[arg(long, env = "SLUICE_WORKER_STORAGE_CLASS")]
+    pub worker_storage_class: Option<String>,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "SLUICE_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
     pub http_address: SocketAddr,
@@ -159,7 +170,14 @@ impl RunArgs {
                 .filter(|namespace| !namespace.is_empty())
                 .collect(),
             settings: Settings {
-                worker_image: self.worker_image.clone(),
+                workers: WorkerDefaults {
+                    image: self.worker_image.clone(),
+                    resources: self.worker_resources.clone(),
+                    storage_class_name: self
+                        .worker_storage_class
+                        .clone()
+                        .filter(|class| !class.is_empty()),
+                },
                 resync_interval: self.resync_interval,
                 // As many requests as reconciles: concurrent applies within a reconcile
                 // shorten one job's latency, not the API server's total work.
@@ -282,6 +300,42 @@ async fn doctor(namespace: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--worker-resources`: a ResourceRequirements as JSON, every quantity parsed.
+fn parse_resources(text: &str) -> Result<ResourceRequirements, String> {
+    let example = r#"give JSON such as {"requests":{"cpu":"500m","memory":"1Gi"}}"#;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|error| {
+        format!("failed to read the worker resources {text:?}: {error}; {example}")
+    })?;
+    // The Kubernetes type ignores unknown fields: a typo such as `limit` would be lost.
+    if let Some(unknown) = value
+        .as_object()
+        .into_iter()
+        .flat_map(|object| object.keys())
+        .find(|key| !["requests", "limits", "claims"].contains(&key.as_str()))
+    {
+        return Err(format!(
+            "failed to read the worker resources: unknown field {unknown:?} (requests, limits or claims); {example}"
+        ));
+    }
+    let resources: ResourceRequirements = serde_json::from_value(value).map_err(|error| {
+        format!("failed to read the worker resources {text:?}: {error}; {example}")
+    })?;
+    for (kind, quantities) in [
+        ("requests", &resources.requests),
+        ("limits", &resources.limits),
+    ] {
+        for (name, quantity) in quantities.iter().flatten() {
+            if !sluice_crds::validate::is_quantity(&quantity.0) {
+                return Err(format!(
+                    "failed to read the worker resources: {kind}.{name} {:?} is not a quantity (such as 500m, 2 or 1.5Gi)",
+                    quantity.0
+                ));
+            }
+        }
+    }
+    Ok(resources)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,7 +348,9 @@ mod tests {
         };
         let options = args.options();
         assert!(options.namespaces.is_empty());
-        assert_eq!(options.settings.worker_image, default_worker_image());
+        assert_eq!(options.settings.workers.image, default_worker_image());
+        assert_eq!(options.settings.workers.resources, None);
+        assert_eq!(options.settings.workers.storage_class_name, None);
         assert!(options.leader_election.is_some());
         assert_eq!(cli.log_format, LogFormat::Text);
     }
@@ -321,7 +377,48 @@ mod tests {
         let options = args.options();
         assert_eq!(options.namespaces, ["a", "b", "c"]);
         assert!(options.leader_election.is_none());
-        assert_eq!(options.settings.worker_image, "localhost/sluice-worker:dev");
+        assert_eq!(
+            options.settings.workers.image,
+            "localhost/sluice-worker:dev"
+        );
         assert_eq!(cli.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn worker_defaults_are_read_and_checked() {
+        let parse = |arguments: &[&str]| {
+            let mut all = vec!["sluice-controller", "run"];
+            all.extend_from_slice(arguments);
+            Cli::try_parse_from(all)
+        };
+        let cli = parse(&[
+            "--worker-resources",
+            r#"{"requests":{"cpu":"500m","memory":"1Gi"},"limits":{"memory":"1Gi"}}"#,
+            "--worker-storage-class",
+            "fast",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let workers = args.options().settings.workers;
+        let resources = workers.resources.unwrap();
+        assert_eq!(resources.requests.unwrap()["cpu"].0, "500m");
+        assert_eq!(resources.limits.unwrap()["memory"].0, "1Gi");
+        assert_eq!(workers.storage_class_name.as_deref(), Some("fast"));
+        for (bad, named) in [
+            ("{requests: 1}", "failed to read the worker resources"),
+            (r#"{"requests":{"cpu":"lots"}}"#, "requests.cpu"),
+            (
+                r#"{"limit":{"cpu":"1"}}"#,
+                "failed to read the worker resources",
+            ),
+        ] {
+            let Err(error) = parse(&["--worker-resources", bad]) else {
+                panic!("{bad} was accepted");
+            };
+            let error = error.to_string();
+            assert!(error.contains(named), "{bad}: {error}");
+        }
     }
 }

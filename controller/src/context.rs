@@ -9,6 +9,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::Semaphore;
 
 use crate::backoff::Backoff;
+use crate::build::WorkerDefaults;
 use crate::cache::ChildCache;
 use crate::metrics::Metrics;
 
@@ -23,8 +24,8 @@ pub fn default_worker_image() -> String {
 /// The controller's settings (from flags and environment).
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// The worker image used when a StreamJob sets none.
-    pub worker_image: String,
+    /// What the controller fills in where a StreamJob leaves a worker setting unset.
+    pub workers: WorkerDefaults,
     /// How often a healthy job is reconciled with no event (repairs what no watch sees,
     /// such as an edited admin-token Secret).
     pub resync_interval: Duration,
@@ -37,7 +38,11 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            worker_image: default_worker_image(),
+            workers: WorkerDefaults {
+                image: default_worker_image(),
+                resources: None,
+                storage_class_name: None,
+            },
             resync_interval: Duration::from_secs(600),
             requests_in_flight: 16,
         }

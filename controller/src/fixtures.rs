@@ -2,7 +2,7 @@
 
 use sluice_crds::{CheckedJob, StreamJob, StreamJobSpec};
 
-use crate::build::{BuildInputs, Children, build};
+use crate::build::{BuildInputs, Children, WorkerDefaults, build};
 
 pub const NAMESPACE: &str = "shop";
 pub const UID: &str = "7c1f4d3e-0000-4000-8000-000000000001";
@@ -29,13 +29,23 @@ pub fn checked(job: &StreamJob) -> CheckedJob {
     sluice_crds::validate(&job.spec).unwrap()
 }
 
+/// The controller's worker defaults in the fixtures: the image above, nothing else.
+pub fn worker_defaults() -> WorkerDefaults {
+    WorkerDefaults {
+        image: DEFAULT_IMAGE.to_string(),
+        resources: None,
+        storage_class_name: None,
+    }
+}
+
 /// Every child of `job`, built with the fixed token, image and hash above.
 pub fn children(job: &StreamJob) -> Children {
     let checked = checked(job);
     build(&BuildInputs {
         job,
         checked: &checked,
-        default_image: DEFAULT_IMAGE,
+        defaults: &worker_defaults(),
+        storage_class_name: job.spec.state.storage_class_name.as_deref(),
         admin_token: TOKEN,
         spec_hash: SPEC_HASH,
     })

@@ -29,7 +29,9 @@ use serde::de::DeserializeOwned;
 use sluice_crds::{CheckedJob, StreamJob, ValidationErrors};
 use tracing::{debug, info, instrument, warn};
 
-use crate::build::{BuildInputs, Children, Orphan, build, job_name};
+use crate::build::{
+    BuildInputs, Children, Orphan, build, claim_storage_class, job_name, storage_class,
+};
 use crate::cache::{ChildCache, cached, in_sync, stamp};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind};
@@ -110,20 +112,27 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
     let spec_hash = spec_hash(&job.spec);
     let cached_token = cached(&ctx.children.admin_tokens, &namespace, &names.admin_token)
         .and_then(|secret| token_of(&secret));
+    let cached_workers = cached(&ctx.children.workers, &namespace, &names.workers);
+    let storage_class_name = storage_class(
+        job.spec.state.storage_class_name.as_deref(),
+        cached_workers.as_deref().map(claim_storage_class),
+        ctx.settings.workers.storage_class_name.as_deref(),
+    )
+    .map(str::to_string);
     // The build reads the spec; the status phase updates `job.status`.
     let built_from = job.clone();
     let build_with = |admin_token: &str| {
         build(&BuildInputs {
             job: &built_from,
             checked: &checked,
-            default_image: &ctx.settings.worker_image,
+            defaults: &ctx.settings.workers,
+            storage_class_name: storage_class_name.as_deref(),
             admin_token,
             spec_hash: &spec_hash,
         })
     };
     let mut children = build_with(cached_token.as_deref().unwrap_or_default());
     let mut plan = plan(&mut children, &ctx.children, &namespace);
-    let cached_workers = cached(&ctx.children.workers, &namespace, &names.workers);
     if job
         .status
         .as_ref()

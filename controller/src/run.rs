@@ -179,7 +179,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     info!(
         api_server = %version.git_version,
         namespaces = %describe_namespaces(&options.namespaces),
-        worker_image = %options.settings.worker_image,
+        worker_image = %options.settings.workers.image,
         "sluice-controller {} starting",
         env!("CARGO_PKG_VERSION")
     );

@@ -48,8 +48,8 @@ use crate::status::StreamJobStatus;
     { "rule": "!has(self.autoscaler) || self.autoscaler.maxParallelism <= self.maxParallelism", "message": messages::AUTOSCALER_MAX_ABOVE_KEY_GROUPS },
 ]))]
 pub struct StreamJobSpec {
-    /// Container image of the worker. Defaults to the `sluice-worker` image of the
-    /// controller's own version.
+    /// Container image of the worker. Defaults to the controller's `--worker-image` (the
+    /// chart's `workerImage`), else the `sluice-worker` image of its own version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
@@ -130,7 +130,8 @@ pub struct StreamJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<AutoscalerSpec>,
 
-    /// CPU and memory of each worker container.
+    /// CPU and memory of each worker container. Unset: the controller's default
+    /// (`--worker-resources`, the chart's `workerResources`), else none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = quantity_rules)]
     pub resources: Option<ResourceRequirements>,
@@ -385,7 +386,9 @@ pub struct Sink {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StateSpec {
-    /// StorageClass of each worker's state volume. Unset: the cluster's default.
+    /// StorageClass of each worker's state volume. Unset: the controller's default for new
+    /// jobs (`--worker-storage-class`, the chart's `workerStorageClass`), else the
+    /// cluster's default; volumes that exist keep the class they were made with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,

@@ -128,6 +128,7 @@ pub struct CheckedSink {
 }
 
 pub use crate::manifest::{ManifestError, load_manifest};
+pub use quantity::is_quantity;
 
 /// Checks that a StreamJob named `name` can name its workers (the CRD's rule on
 /// `metadata.name`, [`messages::RULE_JOB_NAME`]); the controller checks it too, for jobs

@@ -83,6 +83,11 @@ fn the_schema_refuses_wrong_values_naming_them() -> Result<()> {
             "pullPolicy",
         ),
         (
+            "a typo in the worker resources",
+            "workerResources.request.cpu=1",
+            "request",
+        ),
+        (
             "a number for a label",
             "grafanaDashboard.labels.grafana_dashboard=1",
             "grafana_dashboard",
@@ -183,6 +188,17 @@ async fn every_value_set_renders_objects_the_api_server_accepts() -> Result<()> 
             "cert-manager",
             vec!["--set", "webhook.certManager=true"],
             vec!["Certificate", "Issuer"],
+            vec![],
+        ),
+        (
+            "worker defaults",
+            vec![
+                "--set",
+                "workerResources.requests.cpu=500m",
+                "--set",
+                "workerStorageClass=local-path",
+            ],
+            vec!["Deployment"],
             vec![],
         ),
     ];

@@ -1023,6 +1023,9 @@ async fn the_chart_runs_page_views_through_an_upgrade_and_an_uninstall() -> Resu
         &watched,
         "--set",
         "replicas=1",
+        // The workers of jobs without spec.resources get the chart's.
+        "--set",
+        "workerResources.requests.cpu=50m",
         "--wait",
         "--timeout=300s",
     ])?;
@@ -1087,6 +1090,16 @@ async fn the_chart_runs_page_views_through_an_upgrade_and_an_uninstall() -> Resu
     for ordinal in 0..2 {
         workers.push(wait_pod_ready(&client, namespace, &format!("{name}-{ordinal}")).await?);
     }
+    let requests = workers[0]
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.containers[0].resources.clone())
+        .and_then(|resources| resources.requests)
+        .unwrap_or_default();
+    ensure!(
+        requests.get("cpu").map(|cpu| cpu.0.as_str()) == Some("50m"),
+        "the worker's requests {requests:?}, not the chart's workerResources"
+    );
     page_views_output(&environment, &producer, &topics, &workers, &far).await?;
 
     // helm upgrade to another controller image: a new controller pod, the same workers.

@@ -8,7 +8,9 @@ mod network;
 mod workers;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ResourceRequirements, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -16,7 +18,7 @@ use sluice_crds::{CheckedJob, StreamJob};
 
 pub use workers::termination_grace_seconds;
 
-use crate::names::{ChildNames, child_labels};
+use crate::names::{ChildNames, STATE_VOLUME, child_labels};
 
 /// What the build phase needs besides the job: the outputs of the dereference phase and
 /// the controller's settings.
@@ -26,12 +28,57 @@ pub struct BuildInputs<'a> {
     pub job: &'a StreamJob,
     /// Its checked form.
     pub checked: &'a CheckedJob,
-    /// The worker image when the spec sets none.
-    pub default_image: &'a str,
+    /// What the controller fills in where the spec leaves a worker setting unset.
+    pub defaults: &'a WorkerDefaults,
+    /// The storage class of the workers' volumes (see [`storage_class`]).
+    pub storage_class_name: Option<&'a str>,
     /// The workers' admin-API token (kept from the existing Secret, else new).
     pub admin_token: &'a str,
     /// The spec hash (see `spec_hash`).
     pub spec_hash: &'a str,
+}
+
+/// Worker settings the controller fills in where a StreamJob leaves them unset (its
+/// `--worker-*` flags, which the chart sets from its values).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerDefaults {
+    /// The image of jobs without `spec.image`.
+    pub image: String,
+    /// The resources of jobs without `spec.resources`.
+    pub resources: Option<ResourceRequirements>,
+    /// The storage class of new jobs' volumes without `spec.state.storageClassName`.
+    pub storage_class_name: Option<String>,
+}
+
+/// The storage class of a job's volumes: the spec's; else, once the workers exist, the
+/// one their volumes were made with (`existing`: the StatefulSet's claim template, whose
+/// class is immutable, so a default changed since must not touch it); else the
+/// controller's default. `None`: the cluster's default class.
+pub fn storage_class<'a>(
+    spec: Option<&'a str>,
+    existing: Option<Option<&'a str>>,
+    default: Option<&'a str>,
+) -> Option<&'a str> {
+    match (spec, existing) {
+        (Some(spec), _) => Some(spec),
+        (None, Some(existing)) => existing,
+        (None, None) => default,
+    }
+}
+
+/// The storage class of the state volumes of existing workers (`None`: the cluster's
+/// default class).
+pub fn claim_storage_class(workers: &StatefulSet) -> Option<&str> {
+    workers
+        .spec
+        .volume_claim_templates
+        .as_ref()?
+        .iter()
+        .find(|claim| claim.metadata.name.as_deref() == Some(STATE_VOLUME))?
+        .spec
+        .as_ref()?
+        .storage_class_name
+        .as_deref()
 }
 
 /// Every object the controller owns for one StreamJob, in the order they are applied.

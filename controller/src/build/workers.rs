@@ -165,7 +165,7 @@ fn container(inputs: &BuildInputs<'_>) -> Container {
         image: Some(
             spec.image
                 .clone()
-                .unwrap_or_else(|| inputs.default_image.to_string()),
+                .unwrap_or_else(|| inputs.defaults.image.clone()),
         ),
         image_pull_policy: spec.image_pull_policy.map(|policy| {
             match policy {
@@ -190,7 +190,10 @@ fn container(inputs: &BuildInputs<'_>) -> Container {
             initial_delay_seconds: Some(10),
             ..probe("/healthz", 10, 6)
         }),
-        resources: spec.resources.clone(),
+        resources: spec
+            .resources
+            .clone()
+            .or_else(|| inputs.defaults.resources.clone()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -267,7 +270,7 @@ fn state_claim(inputs: &BuildInputs<'_>) -> PersistentVolumeClaim {
         },
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".to_string()]),
-            storage_class_name: state.storage_class_name.clone(),
+            storage_class_name: inputs.storage_class_name.map(str::to_string),
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
                     "storage".to_string(),
@@ -316,9 +319,12 @@ fn probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
 mod tests {
     use std::time::Duration;
 
-    use super::*;
-    use crate::fixtures;
+    use k8s_openapi::api::core::v1::ResourceRequirements;
     use sluice_crds::StreamJob;
+
+    use super::*;
+    use crate::build::WorkerDefaults;
+    use crate::fixtures;
 
     fn pod(job: &StreamJob) -> PodSpec {
         fixtures::children(job).workers.spec.template.spec.unwrap()
@@ -503,6 +509,114 @@ mod tests {
         let pod = template.spec.unwrap();
         assert_eq!(pod.node_selector.unwrap()["disk"], "ssd");
         assert_eq!(pod.priority_class_name.as_deref(), Some("streaming"));
+    }
+
+    /// The controller's worker defaults fill in what the spec leaves unset, never more.
+    #[test]
+    fn worker_defaults_fill_in_what_the_spec_leaves_unset() {
+        let resources = |cpu: &str| -> ResourceRequirements {
+            serde_json::from_value(serde_json::json!({"requests": {"cpu": cpu}})).unwrap()
+        };
+        let defaults = WorkerDefaults {
+            image: "registry/sluice-worker:default".to_string(),
+            resources: Some(resources("250m")),
+            storage_class_name: Some("standard".to_string()),
+        };
+        let build_with = |job: &StreamJob, storage_class_name: Option<&str>| {
+            let checked = fixtures::checked(job);
+            crate::build::build(&BuildInputs {
+                job,
+                checked: &checked,
+                defaults: &defaults,
+                storage_class_name,
+                admin_token: fixtures::TOKEN,
+                spec_hash: fixtures::SPEC_HASH,
+            })
+            .workers
+            .spec
+        };
+        // (case, spec.image, spec.resources cpu, expected image, expected cpu)
+        let cases = [
+            (
+                "all defaults",
+                None,
+                None,
+                "registry/sluice-worker:default",
+                "250m",
+            ),
+            ("the spec's image", Some("mine:1"), None, "mine:1", "250m"),
+            (
+                "the spec's resources",
+                None,
+                Some("2"),
+                "registry/sluice-worker:default",
+                "2",
+            ),
+        ];
+        for (case, image, cpu, expected_image, expected_cpu) in cases {
+            let mut job = fixtures::job();
+            job.spec.image = image.map(str::to_string);
+            job.spec.resources = cpu.map(resources);
+            let set = build_with(&job, Some("standard"));
+            let container = &set.template.spec.unwrap().containers[0];
+            assert_eq!(container.image.as_deref(), Some(expected_image), "{case}");
+            let requests = container.resources.clone().unwrap().requests.unwrap();
+            assert_eq!(requests["cpu"].0, expected_cpu, "{case}");
+        }
+        let job = fixtures::job();
+        let claim = &build_with(&job, Some("standard"))
+            .volume_claim_templates
+            .unwrap()[0];
+        assert_eq!(
+            claim.spec.as_ref().unwrap().storage_class_name.as_deref(),
+            Some("standard")
+        );
+    }
+
+    /// (spec, the existing workers' class, the controller's default) → the class.
+    #[test]
+    fn the_storage_class_is_the_specs_else_the_existing_volumes_else_the_default() {
+        use crate::build::storage_class;
+        let cases = [
+            (
+                "the spec's wins",
+                Some("fast"),
+                Some(Some("slow")),
+                Some("standard"),
+                Some("fast"),
+            ),
+            (
+                "a new job takes the default",
+                None,
+                None,
+                Some("standard"),
+                Some("standard"),
+            ),
+            ("no default: the cluster's", None, None, None, None),
+            (
+                "existing volumes keep theirs",
+                None,
+                Some(Some("slow")),
+                Some("standard"),
+                Some("slow"),
+            ),
+            (
+                "existing volumes made with the cluster's default keep it",
+                None,
+                Some(None),
+                Some("standard"),
+                None,
+            ),
+        ];
+        for (case, spec, existing, default, expected) in cases {
+            assert_eq!(storage_class(spec, existing, default), expected, "{case}");
+        }
+        // What the cache keeps of a StatefulSet is enough to tell.
+        let mut job = fixtures::job();
+        job.spec.state.storage_class_name = Some("slow".to_string());
+        let mut workers = fixtures::children(&job).workers;
+        crate::cache::trim_workers(&mut workers);
+        assert_eq!(crate::build::claim_storage_class(&workers), Some("slow"));
     }
 
     #[test]

@@ -35,7 +35,7 @@ fn context() -> (Arc<Context>, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, fixtures::NAMESPACE);
     let settings = Settings {
-        worker_image: fixtures::DEFAULT_IMAGE.to_string(),
+        workers: fixtures::worker_defaults(),
         resync_interval: Duration::from_secs(600),
         requests_in_flight: 16,
     };
@@ -263,7 +263,8 @@ fn cache_of(job: &StreamJob, workers_status: Value, edit: fn(&mut Children)) -> 
     let mut children = build(&BuildInputs {
         job,
         checked: &fixtures::checked(job),
-        default_image: fixtures::DEFAULT_IMAGE,
+        defaults: &fixtures::worker_defaults(),
+        storage_class_name: job.spec.state.storage_class_name.as_deref(),
         admin_token: fixtures::TOKEN,
         spec_hash: &crate::spec_hash::spec_hash(&job.spec),
     });

@@ -2,7 +2,7 @@
 //! `resource.ParseQuantity`, which the CRD's `isQuantity` rule applies at admission.
 
 /// Whether `text` is a Kubernetes quantity.
-pub(crate) fn is_quantity(text: &str) -> bool {
+pub fn is_quantity(text: &str) -> bool {
     let bytes = text.as_bytes();
     if bytes.is_empty() {
         return false;
