@@ -47,17 +47,17 @@ pub struct StreamJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployed: Option<DeployedSpec>,
 
-    /// The newest completed savepoint (planned: written by the job lifecycle).
+    /// The newest completed savepoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_savepoint: Option<SavepointRecord>,
 
-    /// Recent savepoints, newest first, at most ten (planned: written by the job lifecycle).
+    /// Recent savepoints, newest first, at most ten.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub savepoint_history: Vec<SavepointRecord>,
 
     /// The upgrade, rescale or restart in progress, recorded before any step is taken so
-    /// a restarted controller resumes it (planned: written by the job lifecycle).
+    /// a restarted controller resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeStatus>,
 
@@ -100,6 +100,13 @@ pub struct DeployedSpec {
     pub spec_hash: String,
     /// Parallelism of the deployed spec.
     pub parallelism: i32,
+    /// The savepoint the workers started from (their `SLUICE_RESTORE_FROM`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint: Option<String>,
+    /// The parallelism of the workers that took that savepoint (their
+    /// `SLUICE_PREVIOUS_PARALLELISM`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_parallelism: Option<i32>,
 }
 
 /// A completed savepoint.
@@ -133,21 +140,32 @@ pub enum SavepointTrigger {
     Suspend,
 }
 
-/// An upgrade in progress.
+/// A change in progress, the controller's write-ahead log: recorded before each step's
+/// effect starts, so a restarted controller repeats that step (each step is idempotent)
+/// and the change completes once (docs/lifecycle.md).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpgradeStatus {
     /// What kind of change is being applied.
     pub kind: ChangeKind,
-    /// The step the upgrade is in.
+    /// The step it is in.
     pub state: UpgradeState,
-    /// Generation being moved to.
+    /// `metadata.generation` being moved to.
     pub target_generation: i64,
     /// Hash of the spec being moved to.
     pub target_spec_hash: String,
-    /// When the upgrade started.
+    /// The parallelism of the workers it started from.
+    pub from_parallelism: i32,
+    /// When the change started.
     pub started_at: Time,
-    /// The savepoint the new workers start from, once taken.
+    /// When the current step started (its timeout counts from here).
+    pub state_since: Time,
+    /// Which attempt this is: a failed savepoint is retried with backoff.
+    pub attempt: i32,
+    /// The id of the savepoint this attempt takes (the same on every worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_id: Option<String>,
+    /// The savepoint the new workers start from, once taken (its location).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub savepoint: Option<String>,
 }
@@ -157,26 +175,41 @@ pub struct UpgradeStatus {
     Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
 )]
 pub enum ChangeKind {
-    /// Status-only or cosmetic: nothing to do.
+    /// Nothing the workers see (autoscaler settings, savepoint retention and interval,
+    /// the upgrade mode itself): applied at once.
     None,
-    /// Parallelism changed: savepoint, then restart with key groups redistributed.
-    Rescale,
-    /// Pipeline, image or resources changed: savepoint, then restart on the new spec.
-    Upgrade,
-    /// Restart requested by `restartNonce`.
+    /// `spec.savepointTriggerNonce` changed: a savepoint, then the workers go on.
+    SavepointOnly,
+    /// `spec.suspend` was cleared: the workers start from the suspend savepoint.
+    Resume,
+    /// `spec.restartNonce` changed: the workers restart from their volumes.
     Restart,
+    /// `spec.parallelism` changed: a savepoint, then the workers restart with key groups
+    /// and partitions redistributed.
+    Rescale,
+    /// Anything the workers run changed (image, pipeline, source, sink, Kafka settings,
+    /// resources, pod template, state settings): moved as `spec.upgradeMode` says.
+    Upgrade,
+    /// `spec.suspend` was set: a savepoint, then no worker runs.
+    Suspend,
 }
 
-/// Steps of an upgrade.
+/// Steps of a change (docs/lifecycle.md).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum UpgradeState {
-    /// Waiting for the savepoint to complete.
+    /// Every worker was asked for a stop-with-savepoint; waiting for every part and the
+    /// manifest.
     TakingSavepoint,
-    /// Stopping the old workers.
-    Stopping,
-    /// Starting workers on the new spec.
-    Starting,
-    /// The upgrade failed; see `lastError`.
+    /// A savepoint of `SavepointOnly` is complete: the workers are told to go on.
+    Resuming,
+    /// The StatefulSet runs the new spec from the savepoint; waiting for every worker to
+    /// be Ready on it.
+    Rolling,
+    /// The savepoint failed or timed out: the workers are told to go on with the old
+    /// spec.
+    Aborting,
+    /// The savepoint failed (see `lastError`); the old spec runs and the change is
+    /// retried after a backoff.
     Failed,
 }
 

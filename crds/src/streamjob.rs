@@ -447,6 +447,13 @@ pub struct SavepointSpec {
     /// Take a final savepoint when the StreamJob is deleted.
     #[serde(default = "default_true")]
     pub on_delete: bool,
+
+    /// A Secret in the job's namespace whose keys become the workers' environment
+    /// variables, for the location's credentials and settings (for `s3://`:
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`,
+    /// `AWS_ALLOW_HTTP`; see docs/savepoints.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretReference>,
 }
 
 fn default_true() -> bool {
