@@ -395,6 +395,24 @@ ensure_seaweedfs() {
   WAIT_PIDFILE="${pidfile}" wait_until "seaweedfs: put/get/delete in ${SLUICE_S3_BUCKET}" "${logfile}" 60 s3_probe
 }
 
+# Worker pods reach SeaweedFS's S3 gateway on the bridge (as they reach Kafka on 9094), for
+# savepoints written from pods: a relay from the bridge address to the loopback gateway.
+ensure_s3_relay() {
+  local pidfile logfile
+  pidfile=$(pidfile_of s3-relay)
+  logfile=$(logfile_of s3-relay)
+  if ! pid_alive "${pidfile}"; then
+    ensure_port_free s3-relay "${SLUICE_BRIDGE_IP}" "${SLUICE_S3_PORT}"
+    start_daemon s3-relay "${pidfile}" "${logfile}" "$(forwarder_path)" \
+      --listen="${SLUICE_BRIDGE_IP}:${SLUICE_S3_PORT}" \
+      --target="127.0.0.1:${SLUICE_S3_PORT}"
+  else
+    log "s3-relay already running (pid $(<"${pidfile}"))"
+  fi
+  WAIT_PIDFILE="${pidfile}" wait_until "s3 on ${SLUICE_BRIDGE_IP}" "${logfile}" 20 \
+    tcp_open "${SLUICE_BRIDGE_IP}" "${SLUICE_S3_PORT}"
+}
+
 # weed's gRPC unix sockets have fixed paths in /tmp, named after our gRPC ports; it removes
 # them when it stops cleanly, not when killed. Each is removed once nothing listens on its
 # port (a weed of someone else's on the same port, which `up` would have refused to run
@@ -425,6 +443,7 @@ export SLUICE_K8S_VERSION="${K8S_VERSION}"
 export SLUICE_KUBECTL="${K8S_BIN_DIR}/kubectl"
 export SLUICE_HELM="${HELM_BIN_DIR}/helm"
 export SLUICE_S3_ENDPOINT="${S3_URL}"
+export SLUICE_S3_POD_ENDPOINT="http://${SLUICE_BRIDGE_IP}:${SLUICE_S3_PORT}"
 export SLUICE_S3_REGION="${SLUICE_S3_REGION}"
 export SLUICE_S3_BUCKET="${SLUICE_S3_BUCKET}"
 export SLUICE_S3_ACCESS_KEY_ID="${SLUICE_S3_ACCESS_KEY_ID}"
@@ -469,6 +488,7 @@ cmd_up() {
   ensure_scheduler
   ensure_kafka
   ensure_seaweedfs
+  ensure_s3_relay
   write_env_file
   node_up
   log "cluster is up in $(($(date +%s) - SLUICE_T0))s"
@@ -493,7 +513,7 @@ cmd_down() {
     }
   fi
   local component
-  for component in seaweedfs kafka kube-scheduler kube-controller-manager apiserver-relay kube-apiserver etcd; do
+  for component in s3-relay seaweedfs kafka kube-scheduler kube-controller-manager apiserver-relay kube-apiserver etcd; do
     stop_daemon "${component}" "$(pidfile_of "${component}")"
   done
   remove_seaweedfs_sockets
@@ -535,6 +555,7 @@ cmd_status() {
   status_line kube-scheduler component_healthy 10259 || healthy=1
   status_line kafka tcp_open 127.0.0.1 "${SLUICE_KAFKA_HOST_PORT}" || healthy=1
   status_line seaweedfs s3_bucket_exists || healthy=1
+  status_line s3-relay tcp_open "${SLUICE_BRIDGE_IP}" "${SLUICE_S3_PORT}" || healthy=1
   if pid_alive "$(pidfile_of seaweedfs)"; then
     printf '  s3: %s bucket %s, access key %s (credentials in %s/s3.json)\n' "${S3_URL}" \
       "${SLUICE_S3_BUCKET}" "${SLUICE_S3_ACCESS_KEY_ID}" "${SEAWEEDFS_DIR}"
