@@ -21,7 +21,10 @@ pub(super) fn job_config(inputs: &BuildInputs<'_>, names: &ChildNames) -> Config
     }
 }
 
-/// The manifest as the worker reads it: only what identifies the job, and the spec.
+/// The manifest as the worker reads it: only what identifies the job, and the spec. As
+/// JSON (which is YAML): the worker reads manifests as kubectl does, with YAML 1.1's
+/// scalars, where an unquoted key such as `n` (an aggregate's name) is a boolean;
+/// JSON quotes every key and string.
 pub fn manifest(job: &StreamJob) -> String {
     let mut bare = StreamJob::new(&super::job_name(job), job.spec.clone());
     bare.metadata = ObjectMeta {
@@ -29,7 +32,7 @@ pub fn manifest(job: &StreamJob) -> String {
         namespace: job.metadata.namespace.clone(),
         ..ObjectMeta::default()
     };
-    serde_yaml_ng::to_string(&bare).expect("a StreamJob always serializes")
+    serde_json::to_string_pretty(&bare).expect("a StreamJob always serializes")
 }
 
 #[cfg(test)]
@@ -51,6 +54,25 @@ mod tests {
         assert_eq!(loaded.spec, job.spec);
         assert_eq!(checked, fixtures::checked(&job));
         assert!(!text.contains("uid"), "{text}");
-        assert!(!text.contains("\nstatus:"), "{text}");
+        assert!(!text.contains("\"status\""), "{text}");
+    }
+
+    #[test]
+    fn names_yaml_would_read_as_booleans_survive() {
+        let mut job = fixtures::job();
+        let mut spec = serde_json::to_value(&job.spec).unwrap();
+        let aggregate = spec["pipeline"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|step| step.get("aggregate").is_some())
+            .unwrap();
+        aggregate["aggregate"] =
+            serde_json::json!({"n": {"function": "Count"}, "y": {"function": "Count"}});
+        job.spec = serde_json::from_value(spec).unwrap();
+        let children = fixtures::children(&job);
+        let (loaded, _) =
+            sluice_crds::load_manifest(&children.job_config.data.unwrap()[JOB_FILE]).unwrap();
+        assert_eq!(loaded.spec, job.spec);
     }
 }

@@ -37,6 +37,7 @@ fn context() -> (Arc<Context>, Handle) {
     let settings = Settings {
         workers: fixtures::worker_defaults(),
         resync_interval: Duration::from_secs(600),
+        lifecycle: crate::lifecycle::machine::Timing::default(),
         requests_in_flight: 16,
     };
     let context = Context::new(
@@ -207,7 +208,7 @@ fn independent_applies() -> Step {
                 body["data"]["streamjob.yaml"]
                     .as_str()
                     .unwrap()
-                    .contains("kind: StreamJob")
+                    .contains("\"kind\": \"StreamJob\"")
             );
             assert!(
                 body["metadata"]["annotations"]["sluice.dev/applied-hash"].is_string(),
@@ -267,6 +268,7 @@ fn cache_of(job: &StreamJob, workers_status: Value, edit: fn(&mut Children)) -> 
         storage_class_name: job.spec.state.storage_class_name.as_deref(),
         admin_token: fixtures::TOKEN,
         spec_hash: &crate::spec_hash::spec_hash(&job.spec),
+        restore: &crate::lifecycle::Restore::default(),
     });
     crate::reconcile::plan(&mut children, &ChildCache::default(), fixtures::NAMESPACE);
     for meta in [
@@ -466,10 +468,20 @@ async fn a_new_spec_is_recorded_before_the_children_change() {
     job.status = Some(status_for(&job, RUNNING));
     // Cached as applied for generation 1; generation 2 changes the filter.
     let context = Arc::new(context.with_children(cache_of(&job, running_status(), |_| {})));
+    let running = serde_json::to_value(fixtures::children(&job).job_config).unwrap();
     job.metadata.generation = Some(2);
     job.spec.pipeline[0] =
         serde_json::from_value(json!({"filter": "event.status == 404"})).unwrap();
+    // Without a savepoint location an upgrade restarts the workers from their volumes.
+    job.spec.upgrade_mode = sluice_crds::streamjob::UpgradeMode::LastState;
     let steps = vec![
+        // The lifecycle reads the manifest the workers run, to classify the change.
+        call(
+            Method::GET,
+            &format!("{CORE}/configmaps/page-views-job"),
+            Answer::Json(running),
+        )
+        .into(),
         call(Method::PATCH, STATUS_PATH, Answer::Json(job_json(&job)))
             .checking(|body| {
                 assert_eq!(body["status"]["phase"], "Upgrading", "{body}");
