@@ -100,6 +100,14 @@ pub struct RunArgs {
     /// missed).
     #[arg(long, env = "SLUICE_RESYNC_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
+    /// How long every worker may take to write its part of the savepoint a change takes
+    /// (docs/lifecycle.md); past it the change is aborted and retried.
+    #[arg(long, env = "SLUICE_SAVEPOINT_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub savepoint_timeout: Duration,
+    /// The wait before retrying a change whose savepoint failed; it doubles with every
+    /// attempt, up to ten minutes.
+    #[arg(long, env = "SLUICE_SAVEPOINT_RETRY_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub savepoint_retry_backoff: Duration,
     /// Run only while holding a Lease, so several replicas can run with one active. Off
     /// (`--leader-election=false`) for a single process from a shell.
     #[arg(long, env = "SLUICE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -179,6 +187,10 @@ impl RunArgs {
                         .filter(|class| !class.is_empty()),
                 },
                 resync_interval: self.resync_interval,
+                lifecycle: crate::lifecycle::machine::Timing {
+                    savepoint_timeout: self.savepoint_timeout,
+                    retry_backoff: self.savepoint_retry_backoff,
+                },
                 // As many requests as reconciles: concurrent applies within a reconcile
                 // shorten one job's latency, not the API server's total work.
                 requests_in_flight: usize::from(self.concurrency.max(1)),

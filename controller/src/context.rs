@@ -11,6 +11,8 @@ use tokio::sync::Semaphore;
 use crate::backoff::Backoff;
 use crate::build::WorkerDefaults;
 use crate::cache::ChildCache;
+use crate::lifecycle::effects::WorkerAdmin;
+use crate::lifecycle::machine::Timing;
 use crate::metrics::Metrics;
 
 /// The worker image of this controller's own version.
@@ -29,6 +31,8 @@ pub struct Settings {
     /// How often a healthy job is reconciled with no event (repairs what no watch sees,
     /// such as an edited admin-token Secret).
     pub resync_interval: Duration,
+    /// The timing of changes that take a savepoint.
+    pub lifecycle: Timing,
     /// How many API requests the reconciles have in flight at most, all jobs together (the
     /// watches aside): each in-flight request holds a connection and its buffers, so this
     /// bounds the controller's memory when many reconciles apply children at once.
@@ -44,6 +48,7 @@ impl Default for Settings {
                 storage_class_name: None,
             },
             resync_interval: Duration::from_secs(600),
+            lifecycle: Timing::default(),
             requests_in_flight: 16,
         }
     }
@@ -67,6 +72,8 @@ pub struct Context {
     /// The cached children of the jobs this context's controller watches (one per watched
     /// namespace; empty until `run` sets it).
     pub children: ChildCache,
+    /// The client of the workers' admin API.
+    pub worker_admin: WorkerAdmin,
 }
 
 impl Context {
@@ -89,6 +96,7 @@ impl Context {
             requests: Arc::new(Semaphore::new(settings.requests_in_flight.max(1))),
             settings: Arc::new(settings),
             children: ChildCache::default(),
+            worker_admin: WorkerAdmin::default(),
         }
     }
 

@@ -11,6 +11,10 @@ pub enum ErrorKind {
     KubernetesApi,
     /// A referenced object (a Secret) does not exist.
     MissingReference,
+    /// The new spec cannot take over the running job's state (docs/lifecycle.md).
+    IncompatibleState,
+    /// The change needs a savepoint and the job has no `spec.savepoints.location`.
+    NoSavepointLocation,
 }
 
 impl ErrorKind {
@@ -20,6 +24,8 @@ impl ErrorKind {
             Self::InvalidSpec => "InvalidSpec",
             Self::KubernetesApi => "KubernetesApi",
             Self::MissingReference => "MissingReference",
+            Self::IncompatibleState => "IncompatibleState",
+            Self::NoSavepointLocation => "NoSavepointLocation",
         }
     }
 
@@ -27,7 +33,10 @@ impl ErrorKind {
     /// failure that a retry may get past.
     pub fn stalls(self) -> bool {
         match self {
-            Self::InvalidSpec | Self::MissingReference => true,
+            Self::InvalidSpec
+            | Self::MissingReference
+            | Self::IncompatibleState
+            | Self::NoSavepointLocation => true,
             Self::KubernetesApi => false,
         }
     }
@@ -63,6 +72,17 @@ pub enum Error {
         /// The field that names it.
         field: &'static str,
     },
+    /// A change the controller will not carry out as the spec asks; the workers keep
+    /// running the spec they run.
+    #[error("refused the change to StreamJob {name}: {message}")]
+    ChangeRefused {
+        /// The StreamJob.
+        name: String,
+        /// `IncompatibleState` or `NoSavepointLocation`.
+        kind: ErrorKind,
+        /// Why, and the fix.
+        message: String,
+    },
 }
 
 impl Error {
@@ -72,6 +92,7 @@ impl Error {
             Self::InvalidSpec { .. } => ErrorKind::InvalidSpec,
             Self::KubernetesApi { .. } => ErrorKind::KubernetesApi,
             Self::MissingReference { .. } => ErrorKind::MissingReference,
+            Self::ChangeRefused { kind, .. } => *kind,
         }
     }
 
@@ -85,6 +106,7 @@ impl Error {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; "),
+            Self::ChangeRefused { message, .. } => message.clone(),
             other => other.to_string(),
         }
     }

@@ -48,5 +48,6 @@ pub fn children(job: &StreamJob) -> Children {
         storage_class_name: job.spec.state.storage_class_name.as_deref(),
         admin_token: TOKEN,
         spec_hash: SPEC_HASH,
+        restore: &crate::lifecycle::Restore::default(),
     })
 }

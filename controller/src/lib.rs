@@ -27,6 +27,7 @@ pub mod cli;
 pub mod context;
 pub mod error;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
 pub mod names;
 pub mod reconcile;

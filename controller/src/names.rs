@@ -10,6 +10,8 @@ pub const FIELD_MANAGER: &str = "sluice-controller";
 pub const JOB_LABEL: &str = "sluice.dev/job";
 /// Annotation on the worker pods: the spec hash they run (a change restarts them).
 pub const SPEC_HASH_ANNOTATION: &str = "sluice.dev/spec-hash";
+/// The worker pods' annotation with `spec.restartNonce`: a new value rolls them.
+pub const RESTART_NONCE_ANNOTATION: &str = "sluice.dev/restart-nonce";
 
 /// Annotation on every child: the hash of the object as the controller built it, so a
 /// reconcile skips the apply of a child the watches show is already that (see `cache`).

@@ -35,9 +35,14 @@ use crate::build::{
 use crate::cache::{ChildCache, cached, in_sync, stamp};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind};
+use crate::lifecycle::{self, Deploy};
 use crate::names::{ChildNames, FIELD_MANAGER, TOKEN_FILE};
 use crate::spec_hash::spec_hash;
 use crate::status::{Observation, Transition, WorkerCounts, next_status};
+
+/// How often a job with a change in progress is reconciled (a savepoint's progress is
+/// read from the workers, which no watch reports).
+const LIFECYCLE_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reconciles one StreamJob (the `Controller`'s reconcile function).
 #[instrument(skip_all, fields(namespace = %job.namespace().unwrap_or_default(), job = %job.name_any()))]
@@ -73,7 +78,9 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action,
             }
             match error.kind() {
                 // Nothing but an edit can fix the spec, and an edit triggers a reconcile.
-                ErrorKind::InvalidSpec => {
+                ErrorKind::InvalidSpec
+                | ErrorKind::IncompatibleState
+                | ErrorKind::NoSavepointLocation => {
                     ctx.backoff.succeeded(&key);
                     Ok(Action::await_change())
                 }
@@ -119,6 +126,19 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
         ctx.settings.workers.storage_class_name.as_deref(),
     )
     .map(str::to_string);
+    // The lifecycle: a change that takes a savepoint holds the workers on what they run
+    // until it is taken (docs/lifecycle.md).
+    let restore = match lifecycle::decide(job, ctx, &checked, cached_token.as_deref()).await? {
+        Deploy::Wanted(restore) => restore,
+        Deploy::Hold => {
+            let workers = cached_workers
+                .as_deref()
+                .map(WorkerCounts::of)
+                .unwrap_or_default();
+            report(job, ctx, &Observation::Applied { spec_hash, workers }).await?;
+            return Ok(Action::requeue(LIFECYCLE_POLL_INTERVAL));
+        }
+    };
     // The build reads the spec; the status phase updates `job.status`.
     let built_from = job.clone();
     let build_with = |admin_token: &str| {
@@ -129,6 +149,7 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
             storage_class_name: storage_class_name.as_deref(),
             admin_token,
             spec_hash: &spec_hash,
+            restore: &restore,
         })
     };
     let mut children = build_with(cached_token.as_deref().unwrap_or_default());
@@ -161,18 +182,20 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
             ..self::plan(&mut children, &ctx.children, &namespace)
         };
     }
-    let workers = apply(ctx, &namespace, &children, &plan, cached_workers).await?;
+    let workers =
+        WorkerCounts::of(&apply(ctx, &namespace, &children, &plan, cached_workers).await?);
     delete_orphans(ctx, &namespace, &children, &names).await?;
-    report(
-        job,
-        ctx,
-        &Observation::Applied {
-            spec_hash,
-            workers: WorkerCounts::of(&workers),
-        },
-    )
-    .await?;
-    Ok(Action::requeue(ctx.settings.resync_interval))
+    lifecycle::rolled_out(job, ctx, &workers, &spec_hash).await?;
+    let changing = job
+        .status
+        .as_ref()
+        .is_some_and(|status| status.upgrade.is_some());
+    report(job, ctx, &Observation::Applied { spec_hash, workers }).await?;
+    Ok(Action::requeue(if changing {
+        LIFECYCLE_POLL_INTERVAL
+    } else {
+        ctx.settings.resync_interval
+    }))
 }
 
 /// The reads phase: the Secret of `spec.kafka.secretRef` must exist. Only its metadata is
@@ -428,6 +451,36 @@ async fn delete_orphans(
     Ok(())
 }
 
+/// Writes `job.status` as it is (the lifecycle's write-ahead records), with server-side
+/// apply on the status subresource.
+pub(crate) async fn write_status(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
+    let status = job.status.clone().unwrap_or_default();
+    patch_status(job, ctx, &status).await
+}
+
+async fn patch_status(
+    job: &StreamJob,
+    ctx: &Context,
+    status: &sluice_crds::StreamJobStatus,
+) -> Result<(), Error> {
+    let name = job_name(job);
+    let api: Api<StreamJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": StreamJob::api_version(&()),
+        "kind": StreamJob::kind(&()),
+        "status": status,
+    });
+    ctx.limited(api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    ))
+    .await
+    .map_err(Error::api(format!("write the status of StreamJob {name}")))?;
+    Ok(())
+}
+
 /// The status phase: decides the next status, writes it when it changed (server-side
 /// apply on the status subresource) and publishes an Event for a transition.
 /// `job.status` becomes what was written.
@@ -439,21 +492,7 @@ async fn report(
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let (status, transition) = next_status(job, observation, &now);
     if job.status.as_ref() != Some(&status) {
-        let name = job_name(job);
-        let api: Api<StreamJob> =
-            Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-        let patch = serde_json::json!({
-            "apiVersion": StreamJob::api_version(&()),
-            "kind": StreamJob::kind(&()),
-            "status": status,
-        });
-        ctx.limited(api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        ))
-        .await
-        .map_err(Error::api(format!("write the status of StreamJob {name}")))?;
+        patch_status(job, ctx, &status).await?;
         job.status = Some(status);
     }
     if let Some(transition) = transition {
@@ -462,7 +501,8 @@ async fn report(
     Ok(())
 }
 
-async fn publish(job: &StreamJob, ctx: &Context, transition: &Transition) {
+/// Publishes `transition` as a Kubernetes Event on `job`, and logs it.
+pub(crate) async fn publish(job: &StreamJob, ctx: &Context, transition: &Transition) {
     if transition.warning {
         warn!(reason = %transition.reason, "{}", transition.message);
     } else {

@@ -5,7 +5,9 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use sluice_crds::status::{DeployedSpec, Phase, condition_type, set_condition};
+use sluice_crds::status::{
+    ChangeKind, DeployedSpec, Phase, UpgradeState, UpgradeStatus, condition_type, set_condition,
+};
 use sluice_crds::{StreamJob, StreamJobStatus};
 
 use crate::error::ErrorKind;
@@ -46,7 +48,8 @@ impl WorkerCounts {
         }
     }
 
-    fn all_ready(&self) -> bool {
+    /// Whether every wanted worker exists, runs the newest template and is ready.
+    pub fn all_ready(&self) -> bool {
         self.rolled_out
             && self.replicas == self.desired
             && self.ready == self.desired
@@ -140,11 +143,22 @@ pub fn next_status(
             (ready, reconciling, stalled) = (false, false, true);
         }
         Observation::Applied { spec_hash, workers } => {
-            status.last_error = None;
             status.replicas = Some(workers.replicas);
             status.ready_replicas = Some(workers.ready);
             let parallelism = job.spec.parallelism;
-            if workers.all_ready() {
+            if let Some(upgrade) = &previous.upgrade {
+                // A change in progress (docs/lifecycle.md): the lifecycle writes
+                // `deployed` when it completes, and `lastError` when a step fails.
+                status.phase = Some(Phase::Upgrading);
+                let (why, what) = changing(upgrade, parallelism);
+                reason = why.to_string();
+                message = format!(
+                    "{what}; {} of {} workers ready",
+                    workers.ready, workers.desired
+                );
+                (ready, reconciling, stalled) = (false, true, false);
+            } else if workers.all_ready() {
+                status.last_error = None;
                 if job.spec.suspend {
                     status.phase = Some(Phase::Suspended);
                     reason = "Suspended".to_string();
@@ -152,10 +166,14 @@ pub fn next_status(
                         .to_string();
                 } else {
                     status.phase = Some(Phase::Running);
+                    let restore = previous.deployed.as_ref();
                     status.deployed = Some(DeployedSpec {
                         generation,
                         spec_hash: spec_hash.clone(),
                         parallelism,
+                        savepoint: restore.and_then(|deployed| deployed.savepoint.clone()),
+                        previous_parallelism: restore
+                            .and_then(|deployed| deployed.previous_parallelism),
                     });
                     reason = "Running".to_string();
                     message = format!(
@@ -165,6 +183,7 @@ pub fn next_status(
                 }
                 (ready, reconciling, stalled) = (true, false, false);
             } else {
+                status.last_error = None;
                 let (phase, why, what) = progress(&previous, spec_hash, parallelism, workers);
                 status.phase = Some(phase);
                 reason = why.to_string();
@@ -201,11 +220,51 @@ pub fn next_status(
         || previous_reason != Some(reason.as_str())
         || (stalled && previous.last_error != status.last_error))
         .then_some(Transition {
-            warning: stalled,
+            warning: stalled || reason == UPGRADE_FAILED,
             reason,
             message,
         });
     (status, transition)
+}
+
+/// The Ready reason of a change whose savepoint failed.
+const UPGRADE_FAILED: &str = "UpgradeFailed";
+
+/// The Ready reason and message of a change in progress.
+fn changing(upgrade: &UpgradeStatus, parallelism: i32) -> (&'static str, String) {
+    let what = match upgrade.kind {
+        ChangeKind::Rescale => format!(
+            "rescaling from {} to {parallelism} workers",
+            upgrade.from_parallelism
+        ),
+        ChangeKind::Suspend => "suspending".to_string(),
+        ChangeKind::SavepointOnly => "taking a savepoint on request".to_string(),
+        _ => format!("upgrading to generation {}", upgrade.target_generation),
+    };
+    let savepoint = upgrade.savepoint_id.as_deref().unwrap_or_default();
+    let step = match upgrade.state {
+        UpgradeState::TakingSavepoint => format!("taking savepoint {savepoint}"),
+        UpgradeState::Resuming => format!("savepoint {savepoint} taken, the workers go on"),
+        UpgradeState::Rolling => format!(
+            "starting the workers from savepoint {}",
+            upgrade.savepoint.as_deref().unwrap_or(savepoint)
+        ),
+        UpgradeState::Aborting => {
+            format!("savepoint {savepoint} failed, the workers go on with the spec they run")
+        }
+        UpgradeState::Failed => format!(
+            "attempt {} failed (see lastError), the workers run the spec they ran; retried after a backoff",
+            upgrade.attempt
+        ),
+    };
+    let reason = match (upgrade.state, upgrade.kind) {
+        (UpgradeState::Failed | UpgradeState::Aborting, _) => UPGRADE_FAILED,
+        (_, ChangeKind::Rescale) => "Rescaling",
+        (_, ChangeKind::Suspend) => "Suspending",
+        (_, ChangeKind::SavepointOnly) => "TakingSavepoint",
+        _ => "Upgrading",
+    };
+    (reason, format!("{what}: {step}"))
 }
 
 /// Why the workers are not all ready and current yet: the phase, the reason and a message.
@@ -232,9 +291,7 @@ fn progress(
             Phase::Upgrading,
             "Rescaling",
             format!(
-                "rescaling from {} to {parallelism} workers; they restart from the checkpoints \
-                 on their volumes (rescaling through a savepoint comes with the job lifecycle): \
-                 {counts}",
+                "rescaling from {} to {parallelism} workers: {counts}",
                 deployed.parallelism
             ),
         ),
@@ -300,6 +357,8 @@ mod tests {
                 generation: 1,
                 spec_hash: hash.to_string(),
                 parallelism,
+                savepoint: None,
+                previous_parallelism: None,
             })
         };
         let cases = [

@@ -52,8 +52,16 @@ Role per watched namespace. */}}
     resources: ["statefulsets"]
     verbs: ["list", "watch", "create", "patch"]
   - apiGroups: [""]
-    resources: ["services", "configmaps"]
+    resources: ["services"]
     verbs: ["list", "watch", "create", "patch"]
+  # The job's manifest the workers run; read back (get) to classify a change.
+  - apiGroups: [""]
+    resources: ["configmaps"]
+    verbs: ["get", "list", "watch", "create", "patch"]
+  # The workers' pod IPs, to call their admin API for savepoints (docs/lifecycle.md).
+  - apiGroups: [""]
+    resources: ["pods"]
+    verbs: ["get"]
   - apiGroups: [""]
     resources: ["serviceaccounts"]
     verbs: ["list", "watch", "create", "patch", "delete"]

@@ -18,6 +18,7 @@ use sluice_crds::{CheckedJob, StreamJob};
 
 pub use workers::termination_grace_seconds;
 
+use crate::lifecycle::Restore;
 use crate::names::{ChildNames, STATE_VOLUME, child_labels};
 
 /// What the build phase needs besides the job: the outputs of the dereference phase and
@@ -36,6 +37,8 @@ pub struct BuildInputs<'a> {
     pub admin_token: &'a str,
     /// The spec hash (see `spec_hash`).
     pub spec_hash: &'a str,
+    /// The savepoint the workers start from (decided by the lifecycle).
+    pub restore: &'a Restore,
 }
 
 /// Worker settings the controller fills in where a StreamJob leaves them unset (its

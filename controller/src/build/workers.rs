@@ -8,10 +8,10 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -20,8 +20,8 @@ use sluice_crds::streamjob::ImagePullPolicy;
 use super::{BuildInputs, child_meta, job_name};
 use crate::names::{
     ADMIN_PORT, ADMIN_TOKEN_DIRECTORY, ChildNames, JOB_DIRECTORY, JOB_FILE,
-    KAFKA_PROPERTIES_DIRECTORY, SPEC_HASH_ANNOTATION, STATE_DIRECTORY, STATE_VOLUME, TOKEN_FILE,
-    WORKER_CONTAINER, child_labels, selector_labels,
+    KAFKA_PROPERTIES_DIRECTORY, RESTART_NONCE_ANNOTATION, SPEC_HASH_ANNOTATION, STATE_DIRECTORY,
+    STATE_VOLUME, TOKEN_FILE, WORKER_CONTAINER, child_labels, selector_labels,
 };
 
 /// The user (and group) the worker image runs as.
@@ -90,6 +90,10 @@ fn pod_template(inputs: &BuildInputs<'_>, names: &ChildNames) -> PodTemplateSpec
             WORKER_CONTAINER.to_string(),
         ),
     ]);
+    if let Some(nonce) = job.spec.restart_nonce {
+        // A new value rolls the workers: they restart from their volumes.
+        annotations.insert(RESTART_NONCE_ANNOTATION.to_string(), nonce.to_string());
+    }
     let checkpoint_interval = job.spec.state.checkpoint_interval.get();
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
@@ -132,7 +136,7 @@ fn pod_template(inputs: &BuildInputs<'_>, names: &ChildNames) -> PodTemplateSpec
 fn container(inputs: &BuildInputs<'_>) -> Container {
     let job = inputs.job;
     let spec = &job.spec;
-    let mut env = vec![
+    let mut variables = vec![
         env("SLUICE_JOB", format!("{JOB_DIRECTORY}/{JOB_FILE}")),
         env(
             "SLUICE_NAMESPACE",
@@ -146,9 +150,16 @@ fn container(inputs: &BuildInputs<'_>) -> Container {
             format!("{ADMIN_TOKEN_DIRECTORY}/{TOKEN_FILE}"),
         ),
         env("SLUICE_LOG_FORMAT", "json".to_string()),
+        env("SLUICE_SPEC_HASH", inputs.spec_hash.to_string()),
     ];
+    if let Some(savepoint) = &inputs.restore.savepoint {
+        variables.push(env("SLUICE_RESTORE_FROM", savepoint.clone()));
+    }
+    if let Some(previous) = inputs.restore.previous_parallelism {
+        variables.push(env("SLUICE_PREVIOUS_PARALLELISM", previous.to_string()));
+    }
     if spec.kafka.secret_ref.is_some() {
-        env.push(env_var_kafka());
+        variables.push(env_var_kafka());
     }
     let mut mounts = vec![
         mount("job", JOB_DIRECTORY, true),
@@ -176,7 +187,7 @@ fn container(inputs: &BuildInputs<'_>) -> Container {
             .to_string()
         }),
         args: Some(vec!["run".to_string()]),
-        env: Some(env),
+        env: Some(variables),
         ports: Some(vec![ContainerPort {
             name: Some("admin".to_string()),
             container_port: ADMIN_PORT,
@@ -206,6 +217,20 @@ fn container(inputs: &BuildInputs<'_>) -> Container {
             ..SecurityContext::default()
         }),
         volume_mounts: Some(mounts),
+        // The savepoint location's credentials (AWS_* for s3://), as environment variables.
+        env_from: spec
+            .savepoints
+            .as_ref()
+            .and_then(|savepoints| savepoints.secret_ref.as_ref())
+            .map(|secret| {
+                vec![EnvFromSource {
+                    secret_ref: Some(SecretEnvSource {
+                        name: secret.name.clone(),
+                        optional: Some(false),
+                    }),
+                    ..EnvFromSource::default()
+                }]
+            }),
         ..Container::default()
     }
 }
@@ -531,6 +556,7 @@ mod tests {
                 storage_class_name,
                 admin_token: fixtures::TOKEN,
                 spec_hash: fixtures::SPEC_HASH,
+                restore: &crate::lifecycle::Restore::default(),
             })
             .workers
             .spec

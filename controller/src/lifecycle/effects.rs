@@ -1,0 +1,324 @@
+//! The lifecycle's effects on the workers, through their admin API (docs/savepoints.md):
+//! ask each for a stop-with-savepoint, read how far each is, tell each to go on. Each is
+//! idempotent, so a controller restarted in any step repeats it safely: a savepoint
+//! already asked for is only read, and a resume of a running worker changes nothing.
+//!
+//! Workers are addressed by their pod IP (read from the API server), so the controller
+//! needs no cluster DNS, in a pod or from a shell beside the cluster.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use serde::Deserialize;
+use tracing::debug;
+
+use super::machine::Found;
+use crate::context::Context;
+use crate::error::Error;
+use crate::names::ADMIN_PORT;
+
+/// The longest wait for one admin-API request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An HTTP client for the workers' admin API (plain HTTP inside the pod network; the
+/// bearer token guards the savepoint endpoints, the NetworkPolicy the port).
+#[derive(Clone, Debug)]
+pub struct WorkerAdmin {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for WorkerAdmin {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+}
+
+/// What one worker answered about a savepoint.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "state")]
+pub enum PartState {
+    /// Asked for, not taken yet.
+    Pending,
+    /// Being written.
+    InProgress,
+    /// Written.
+    Completed {
+        /// The savepoint's location.
+        location: String,
+        /// Whether this worker wrote the manifest (every part was there).
+        manifest: bool,
+    },
+    /// Failed.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One worker's answer, or why there is none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// It answered.
+    Part(PartState),
+    /// No pod IP, no connection, a timeout or an unexpected answer: asked again later.
+    Unreachable(String),
+}
+
+/// The savepoint as a whole, from every worker's answer (pure): failed when any part
+/// failed, complete when every part is written and one worker wrote the manifest.
+pub fn savepoint_found(answers: &[Answer]) -> Found {
+    for answer in answers {
+        if let Answer::Part(PartState::Failed { reason }) = answer {
+            return Found::SavepointFailed {
+                reason: reason.clone(),
+            };
+        }
+    }
+    let mut location = None;
+    let mut manifest = false;
+    for answer in answers {
+        match answer {
+            Answer::Part(PartState::Completed {
+                location: part,
+                manifest: wrote,
+            }) => {
+                location = Some(part.clone());
+                manifest |= wrote;
+            }
+            _ => return Found::Waiting,
+        }
+    }
+    match location {
+        Some(location) if manifest => Found::SavepointCompleted { location },
+        _ => Found::Waiting,
+    }
+}
+
+/// The pod IPs of workers `0..replicas` of StatefulSet `workers` (`None`: no pod or no IP
+/// yet).
+pub async fn worker_addresses(
+    ctx: &Context,
+    namespace: &str,
+    workers: &str,
+    replicas: i32,
+) -> Result<Vec<Option<String>>, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut addresses = Vec::new();
+    for ordinal in 0..replicas {
+        let name = format!("{workers}-{ordinal}");
+        let pod = ctx
+            .limited(pods.get_opt(&name))
+            .await
+            .map_err(Error::api(format!("read Pod {name}")))?;
+        addresses.push(
+            pod.and_then(|pod| pod.status)
+                .and_then(|status| status.pod_ip),
+        );
+    }
+    Ok(addresses)
+}
+
+impl WorkerAdmin {
+    async fn call(
+        &self,
+        method: http::Method,
+        address: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        let uri = format!("http://{address}:{ADMIN_PORT}{path}");
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        let body = match body {
+            Some(body) => {
+                request = request.header(http::header::CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(body.to_string()))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let request = request
+            .body(body)
+            .map_err(|error| format!("failed to build the request to {uri}: {error}"))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|error| format!("failed to reach {uri}: {error}"))?;
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|error| format!("failed to read the answer of {uri}: {error}"))?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| format!("{uri} did not answer within {REQUEST_TIMEOUT:?}"))?
+    }
+
+    /// Savepoint `id` on the worker at `address`: read it, and ask for it (stop-with-
+    /// savepoint) when the worker does not know it yet.
+    pub async fn savepoint(&self, address: &str, token: &str, id: &str) -> Answer {
+        let path = format!("/v1/savepoints/{id}");
+        let read = self
+            .call(http::Method::GET, address, &path, token, None)
+            .await;
+        let answer = match read {
+            Ok((status, _)) if status == http::StatusCode::NOT_FOUND => {
+                debug!(address, id, "asking for a stop-with-savepoint");
+                self.call(
+                    http::Method::POST,
+                    address,
+                    "/v1/savepoints",
+                    token,
+                    Some(serde_json::json!({"stop": true, "id": id})),
+                )
+                .await
+            }
+            other => other,
+        };
+        match answer {
+            Ok((status, bytes)) if status.is_success() => {
+                match serde_json::from_slice::<PartState>(&bytes) {
+                    Ok(state) => Answer::Part(state),
+                    Err(error) => Answer::Unreachable(format!(
+                        "worker {address} answered {}: {error}",
+                        String::from_utf8_lossy(&bytes)
+                    )),
+                }
+            }
+            Ok((status, bytes)) if status == http::StatusCode::CONFLICT => {
+                // The worker refuses the request itself (no location, say): it will not
+                // change by asking again.
+                Answer::Part(PartState::Failed {
+                    reason: format!(
+                        "worker {address} refused the savepoint: {}",
+                        String::from_utf8_lossy(&bytes)
+                    ),
+                })
+            }
+            Ok((status, bytes)) => Answer::Unreachable(format!(
+                "worker {address} answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )),
+            Err(error) => Answer::Unreachable(error),
+        }
+    }
+
+    /// Tells the worker at `address` to go on consuming; true once it acknowledged.
+    pub async fn resume(&self, address: &str, token: &str) -> Result<(), String> {
+        match self
+            .call(http::Method::POST, address, "/v1/resume", token, None)
+            .await?
+        {
+            (status, _) if status.is_success() => Ok(()),
+            (status, bytes) => Err(format!(
+                "worker {address} answered {status} to resume: {}",
+                String::from_utf8_lossy(&bytes)
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completed(manifest: bool) -> Answer {
+        Answer::Part(PartState::Completed {
+            location: "s3://b/ns/job/upgrade-7-1".into(),
+            manifest,
+        })
+    }
+
+    #[test]
+    fn a_savepoint_is_whole_when_every_part_is_and_the_manifest_is_written() {
+        let failed = Answer::Part(PartState::Failed {
+            reason: "disk full".into(),
+        });
+        let unreachable = Answer::Unreachable("no pod IP".into());
+        let whole = Found::SavepointCompleted {
+            location: "s3://b/ns/job/upgrade-7-1".into(),
+        };
+        let cases = [
+            ("no worker", vec![], Found::Waiting),
+            (
+                "one part, with the manifest",
+                vec![completed(true)],
+                whole.clone(),
+            ),
+            (
+                "every part, one manifest",
+                vec![completed(false), completed(true)],
+                whole.clone(),
+            ),
+            (
+                "every part, no manifest yet",
+                vec![completed(false), completed(false)],
+                Found::Waiting,
+            ),
+            (
+                "a part still in progress",
+                vec![completed(true), Answer::Part(PartState::InProgress)],
+                Found::Waiting,
+            ),
+            (
+                "a worker unreachable",
+                vec![completed(true), unreachable.clone()],
+                Found::Waiting,
+            ),
+            (
+                "a failed part wins over everything",
+                vec![unreachable, completed(true), failed],
+                Found::SavepointFailed {
+                    reason: "disk full".into(),
+                },
+            ),
+        ];
+        for (name, answers, expect) in cases {
+            assert_eq!(savepoint_found(&answers), expect, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_workers_answers_parse() {
+        let cases = [
+            (
+                r#"{"id":"x","stop":true,"state":"Pending"}"#,
+                PartState::Pending,
+            ),
+            (
+                r#"{"id":"x","stop":true,"state":"Completed","location":"file:///s/ns/j/x","bytes":10,"manifest":true}"#,
+                PartState::Completed {
+                    location: "file:///s/ns/j/x".into(),
+                    manifest: true,
+                },
+            ),
+            (
+                r#"{"id":"x","stop":true,"state":"Failed","reason":"no space"}"#,
+                PartState::Failed {
+                    reason: "no space".into(),
+                },
+            ),
+        ];
+        for (text, expect) in cases {
+            assert_eq!(serde_json::from_str::<PartState>(text).unwrap(), expect);
+        }
+    }
+}

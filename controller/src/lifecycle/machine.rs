@@ -1,0 +1,455 @@
+//! The steps of a change, as one pure transition function: from the recorded step
+//! (`status.upgrade`, the write-ahead log) and what that step's effect found this time, to
+//! the next step. The effects themselves are in `effects`; each is idempotent, so a
+//! controller restarted in any step repeats that step's effect and the change completes
+//! once (docs/lifecycle.md).
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use sluice_crds::status::{ChangeKind, UpgradeState, UpgradeStatus};
+
+/// Timing settings of the lifecycle (controller flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// How long every worker may take to write its part of a savepoint.
+    pub savepoint_timeout: Duration,
+    /// The wait before the first retry of a failed savepoint; it doubles with every
+    /// attempt, up to ten minutes.
+    pub retry_backoff: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            savepoint_timeout: Duration::from_secs(600),
+            retry_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the current step's effect found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing conclusive yet (a part still being written, a pod not Ready yet, a worker
+    /// that did not answer).
+    Waiting,
+    /// Every worker wrote its part and the manifest is written.
+    SavepointCompleted {
+        /// The savepoint's location (what `SLUICE_RESTORE_FROM` takes).
+        location: String,
+    },
+    /// A worker reports its part failed.
+    SavepointFailed {
+        /// Its reason.
+        reason: String,
+    },
+    /// Every worker acknowledged `POST /v1/resume`.
+    Resumed,
+    /// Every worker runs the new spec and is Ready.
+    RolledOut,
+}
+
+/// The next step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Stay in the recorded step (and check again later).
+    Stay,
+    /// Record this step, then start its effect.
+    Enter(UpgradeStatus),
+    /// The change is complete: the workers run the target, from this savepoint if any.
+    Done {
+        /// The savepoint taken on the way, if any.
+        savepoint: Option<String>,
+    },
+}
+
+/// The id of the savepoint of attempt `attempt` of a change to `generation`: the same on
+/// every worker and for every retry of the same attempt after a controller restart.
+pub fn savepoint_id(kind: ChangeKind, generation: i64, attempt: i32) -> String {
+    let kind = match kind {
+        ChangeKind::SavepointOnly => "manual",
+        ChangeKind::Rescale => "rescale",
+        ChangeKind::Suspend => "suspend",
+        ChangeKind::None | ChangeKind::Resume | ChangeKind::Restart | ChangeKind::Upgrade => {
+            "upgrade"
+        }
+    };
+    format!("{kind}-{generation}-{attempt}")
+}
+
+/// The first step of a change that takes a savepoint.
+pub fn start(
+    kind: ChangeKind,
+    target_generation: i64,
+    target_spec_hash: &str,
+    from_parallelism: i32,
+    now: &Time,
+) -> UpgradeStatus {
+    UpgradeStatus {
+        kind,
+        state: UpgradeState::TakingSavepoint,
+        target_generation,
+        target_spec_hash: target_spec_hash.to_string(),
+        from_parallelism,
+        started_at: now.clone(),
+        state_since: now.clone(),
+        attempt: 1,
+        savepoint_id: Some(savepoint_id(kind, target_generation, 1)),
+        savepoint: None,
+    }
+}
+
+fn seconds_between(since: &Time, now: &Time) -> u64 {
+    u64::try_from(now.0.as_second() - since.0.as_second()).unwrap_or(0)
+}
+
+/// The wait before attempt `attempt + 1` after attempt `attempt` failed.
+pub fn backoff(timing: &Timing, attempt: i32) -> Duration {
+    let doublings = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(8);
+    timing
+        .retry_backoff
+        .saturating_mul(1 << doublings)
+        .min(Duration::from_secs(600))
+}
+
+/// The transition function: from the recorded step `upgrade` and what its effect found
+/// at `now`, the next step.
+pub fn next(upgrade: &UpgradeStatus, found: &Found, now: &Time, timing: &Timing) -> Next {
+    let enter = |state: UpgradeState| {
+        Next::Enter(UpgradeStatus {
+            state,
+            state_since: now.clone(),
+            ..upgrade.clone()
+        })
+    };
+    let waited = seconds_between(&upgrade.state_since, now);
+    match (upgrade.state, found) {
+        (UpgradeState::TakingSavepoint, Found::SavepointCompleted { location }) => {
+            let state = if upgrade.kind == ChangeKind::SavepointOnly {
+                UpgradeState::Resuming
+            } else {
+                UpgradeState::Rolling
+            };
+            Next::Enter(UpgradeStatus {
+                state,
+                state_since: now.clone(),
+                savepoint: Some(location.clone()),
+                ..upgrade.clone()
+            })
+        }
+        (UpgradeState::TakingSavepoint, Found::SavepointFailed { .. }) => {
+            enter(UpgradeState::Aborting)
+        }
+        (UpgradeState::TakingSavepoint, _) if waited >= timing.savepoint_timeout.as_secs() => {
+            enter(UpgradeState::Aborting)
+        }
+        (UpgradeState::Resuming, Found::Resumed) => Next::Done {
+            savepoint: upgrade.savepoint.clone(),
+        },
+        (UpgradeState::Aborting, Found::Resumed) => enter(UpgradeState::Failed),
+        (UpgradeState::Rolling, Found::RolledOut) => Next::Done {
+            savepoint: upgrade.savepoint.clone(),
+        },
+        (UpgradeState::Failed, _) if waited >= backoff(timing, upgrade.attempt).as_secs() => {
+            let attempt = upgrade.attempt + 1;
+            Next::Enter(UpgradeStatus {
+                state: UpgradeState::TakingSavepoint,
+                state_since: now.clone(),
+                attempt,
+                savepoint_id: Some(savepoint_id(
+                    upgrade.kind,
+                    upgrade.target_generation,
+                    attempt,
+                )),
+                savepoint: None,
+                ..upgrade.clone()
+            })
+        }
+        _ => Next::Stay,
+    }
+}
+
+/// Whether the workers run the target spec in this step (else they keep the running one).
+pub fn runs_target(state: UpgradeState) -> bool {
+    state == UpgradeState::Rolling
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn in_state(kind: ChangeKind, state: UpgradeState, since: i64, attempt: i32) -> UpgradeStatus {
+        UpgradeStatus {
+            state,
+            state_since: at(since),
+            attempt,
+            savepoint_id: Some(savepoint_id(kind, 7, attempt)),
+            savepoint: matches!(state, UpgradeState::Rolling | UpgradeState::Resuming)
+                .then(|| "s3://b/ns/job/x".to_string()),
+            ..start(kind, 7, "h7", 2, &at(0))
+        }
+    }
+
+    #[test]
+    fn a_change_starts_by_recording_its_savepoint() {
+        let upgrade = start(ChangeKind::Rescale, 7, "h7", 2, &at(5));
+        assert_eq!(upgrade.state, UpgradeState::TakingSavepoint);
+        assert_eq!(upgrade.savepoint_id.as_deref(), Some("rescale-7-1"));
+        assert_eq!(upgrade.attempt, 1);
+        assert_eq!(upgrade.from_parallelism, 2);
+        assert_eq!(upgrade.started_at, at(5));
+        assert_eq!(savepoint_id(ChangeKind::SavepointOnly, 3, 2), "manual-3-2");
+        assert_eq!(savepoint_id(ChangeKind::Suspend, 3, 1), "suspend-3-1");
+        assert_eq!(savepoint_id(ChangeKind::Upgrade, 3, 1), "upgrade-3-1");
+    }
+
+    #[test]
+    fn every_step_on_every_finding() {
+        use ChangeKind::{Rescale, SavepointOnly, Upgrade};
+        use UpgradeState::{Aborting, Failed, Resuming, Rolling, TakingSavepoint};
+        let timing = Timing {
+            savepoint_timeout: Duration::from_secs(100),
+            retry_backoff: Duration::from_secs(30),
+        };
+        let completed = Found::SavepointCompleted {
+            location: "s3://b/ns/job/x".into(),
+        };
+        let failed = Found::SavepointFailed {
+            reason: "disk full".into(),
+        };
+        // Each case is in its state since second 10; `expect`: None stays, Some(None)
+        // completes, Some(Some(state)) enters that state.
+        struct Case {
+            name: &'static str,
+            kind: ChangeKind,
+            state: UpgradeState,
+            attempt: i32,
+            found: Found,
+            now: i64,
+            expect: Option<Option<UpgradeState>>,
+        }
+        let stay = None;
+        let done = Some(None);
+        let to = |state| Some(Some(state));
+        let cases = [
+            Case {
+                name: "savepoint pending",
+                kind: Upgrade,
+                state: TakingSavepoint,
+                attempt: 1,
+                found: Found::Waiting,
+                now: 50,
+                expect: stay,
+            },
+            Case {
+                name: "savepoint complete: roll",
+                kind: Upgrade,
+                state: TakingSavepoint,
+                attempt: 1,
+                found: completed.clone(),
+                now: 50,
+                expect: to(Rolling),
+            },
+            Case {
+                name: "rescale's savepoint complete: roll",
+                kind: Rescale,
+                state: TakingSavepoint,
+                attempt: 1,
+                found: completed.clone(),
+                now: 50,
+                expect: to(Rolling),
+            },
+            Case {
+                name: "a savepoint on request: resume",
+                kind: SavepointOnly,
+                state: TakingSavepoint,
+                attempt: 1,
+                found: completed.clone(),
+                now: 50,
+                expect: to(Resuming),
+            },
+            Case {
+                name: "savepoint failed: abort",
+                kind: Upgrade,
+                state: TakingSavepoint,
+                attempt: 1,
+                found: failed.clone(),
+                now: 50,
+                expect: to(Aborting),
+            },
+            Case {
+                name: "savepoint timed out: abort",
+                kind: Upgrade,
+                state: TakingSavepoint,
+                attempt: 1,
+                found: Found::Waiting,
+                now: 110,
+                expect: to(Aborting),
+            },
+            Case {
+                name: "completed just at the timeout: roll",
+                kind: Upgrade,
+                state: TakingSavepoint,
+                attempt: 1,
+                found: completed.clone(),
+                now: 110,
+                expect: to(Rolling),
+            },
+            Case {
+                name: "aborting, not every worker resumed yet",
+                kind: Upgrade,
+                state: Aborting,
+                attempt: 1,
+                found: Found::Waiting,
+                now: 50,
+                expect: stay,
+            },
+            Case {
+                name: "aborted: failed, the old spec runs",
+                kind: Upgrade,
+                state: Aborting,
+                attempt: 1,
+                found: Found::Resumed,
+                now: 50,
+                expect: to(Failed),
+            },
+            Case {
+                name: "resuming after a savepoint on request",
+                kind: SavepointOnly,
+                state: Resuming,
+                attempt: 1,
+                found: Found::Resumed,
+                now: 50,
+                expect: done,
+            },
+            Case {
+                name: "rolling, pods not Ready yet",
+                kind: Upgrade,
+                state: Rolling,
+                attempt: 1,
+                found: Found::Waiting,
+                now: 500,
+                expect: stay,
+            },
+            Case {
+                name: "rolled out",
+                kind: Upgrade,
+                state: Rolling,
+                attempt: 1,
+                found: Found::RolledOut,
+                now: 50,
+                expect: done,
+            },
+            Case {
+                name: "a late savepoint finding while rolling changes nothing",
+                kind: Upgrade,
+                state: Rolling,
+                attempt: 1,
+                found: failed.clone(),
+                now: 50,
+                expect: stay,
+            },
+            Case {
+                name: "failed, within the first backoff",
+                kind: Upgrade,
+                state: Failed,
+                attempt: 1,
+                found: Found::Waiting,
+                now: 39,
+                expect: stay,
+            },
+            Case {
+                name: "failed, after the first backoff: retry",
+                kind: Upgrade,
+                state: Failed,
+                attempt: 1,
+                found: Found::Waiting,
+                now: 40,
+                expect: to(TakingSavepoint),
+            },
+            Case {
+                name: "failed twice: the backoff doubled",
+                kind: Upgrade,
+                state: Failed,
+                attempt: 2,
+                found: Found::Waiting,
+                now: 69,
+                expect: stay,
+            },
+        ];
+        for case in cases {
+            let upgrade = in_state(case.kind, case.state, 10, case.attempt);
+            let next = next(&upgrade, &case.found, &at(case.now), &timing);
+            match (&next, case.expect) {
+                (Next::Stay, None) | (Next::Done { .. }, Some(None)) => {}
+                (Next::Enter(entered), Some(Some(state))) => {
+                    assert_eq!(entered.state, state, "{}", case.name);
+                    assert_eq!(entered.state_since, at(case.now), "{}", case.name);
+                    assert_eq!(entered.started_at, upgrade.started_at, "{}", case.name);
+                }
+                (next, expect) => panic!("{}: {next:?}, expected {expect:?}", case.name),
+            }
+        }
+    }
+
+    #[test]
+    fn the_savepoint_is_carried_to_the_roll_and_a_retry_takes_a_new_one() {
+        let timing = Timing::default();
+        let taking = in_state(ChangeKind::Upgrade, UpgradeState::TakingSavepoint, 0, 1);
+        let Next::Enter(rolling) = next(
+            &taking,
+            &Found::SavepointCompleted {
+                location: "s3://b/ns/job/upgrade-7-1".into(),
+            },
+            &at(5),
+            &timing,
+        ) else {
+            panic!("no roll");
+        };
+        assert_eq!(
+            rolling.savepoint.as_deref(),
+            Some("s3://b/ns/job/upgrade-7-1")
+        );
+        assert_eq!(
+            next(&rolling, &Found::RolledOut, &at(9), &timing),
+            Next::Done {
+                savepoint: Some("s3://b/ns/job/upgrade-7-1".into())
+            }
+        );
+        let failed = in_state(ChangeKind::Upgrade, UpgradeState::Failed, 0, 1);
+        let Next::Enter(retry) = next(&failed, &Found::Waiting, &at(3600), &timing) else {
+            panic!("no retry");
+        };
+        assert_eq!(retry.attempt, 2);
+        assert_eq!(retry.savepoint_id.as_deref(), Some("upgrade-7-2"));
+        assert_eq!(retry.savepoint, None);
+    }
+
+    #[test]
+    fn the_backoff_doubles_up_to_ten_minutes() {
+        let timing = Timing::default();
+        let waits: Vec<u64> = (1..=7)
+            .map(|attempt| backoff(&timing, attempt).as_secs())
+            .collect();
+        assert_eq!(waits, [30, 60, 120, 240, 480, 600, 600]);
+    }
+
+    #[test]
+    fn only_the_roll_runs_the_target() {
+        assert!(runs_target(UpgradeState::Rolling));
+        for state in [
+            UpgradeState::TakingSavepoint,
+            UpgradeState::Resuming,
+            UpgradeState::Aborting,
+            UpgradeState::Failed,
+        ] {
+            assert!(!runs_target(state), "{state:?}");
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! The job lifecycle: how a change to a StreamJob reaches its workers (docs/lifecycle.md).
+//!
+//! `classify` (pure) says what kind of change it is, from the spec the workers run (the
+//! job ConfigMap's) and the wanted one; a change that needs a savepoint is recorded in
+//! `status.upgrade` before anything happens, and `machine` (pure) moves it step by step
+//! on what `effects` (the workers' admin API) found. While a savepoint is being taken the
+//! reconcile applies nothing, so the workers keep the spec they run; in `Rolling` it
+//! applies the new spec, restoring from the savepoint.
+
+pub mod classify;
+pub mod effects;
+pub mod machine;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::Api;
+use sluice_crds::status::{
+    ChangeKind, DeployedSpec, SAVEPOINT_HISTORY_LIMIT, SavepointRecord, SavepointTrigger,
+    UpgradeState, UpgradeStatus,
+};
+use sluice_crds::streamjob::UpgradeMode;
+use sluice_crds::{CheckedJob, StreamJob};
+use tracing::{info, warn};
+
+use self::effects::{Answer, savepoint_found, worker_addresses};
+use self::machine::{Found, Next};
+use crate::build::job_name;
+use crate::context::Context;
+use crate::error::{Error, ErrorKind};
+use crate::names::{ChildNames, JOB_FILE};
+use crate::spec_hash::spec_hash;
+use crate::status::{Transition, WorkerCounts};
+
+/// Where the workers restore from (their `SLUICE_RESTORE_FROM` and
+/// `SLUICE_PREVIOUS_PARALLELISM`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restore {
+    /// The savepoint's location.
+    pub savepoint: Option<String>,
+    /// The parallelism of the workers that took it.
+    pub previous_parallelism: Option<i32>,
+}
+
+/// What this reconcile deploys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deploy {
+    /// The wanted spec.
+    Wanted(Restore),
+    /// Nothing: the workers keep the spec they run (a savepoint, resume or retry wait is
+    /// in progress).
+    Hold,
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// The restore settings of the deployed workers.
+fn deployed_restore(job: &StreamJob) -> Restore {
+    job.status
+        .as_ref()
+        .and_then(|status| status.deployed.as_ref())
+        .map(|deployed| Restore {
+            savepoint: deployed.savepoint.clone(),
+            previous_parallelism: deployed.previous_parallelism,
+        })
+        .unwrap_or_default()
+}
+
+/// Decides what to deploy, and carries a change that needs a savepoint one step
+/// further. `token` is the workers' admin token.
+pub async fn decide(
+    job: &mut StreamJob,
+    ctx: &Context,
+    checked: &CheckedJob,
+    token: Option<&str>,
+) -> Result<Deploy, Error> {
+    let generation = job.metadata.generation.unwrap_or(0);
+    let status = job.status.clone().unwrap_or_default();
+    if let Some(upgrade) = status.upgrade {
+        if upgrade.state == UpgradeState::Failed && upgrade.target_generation != generation {
+            // Edited since the change failed: classify the new spec afresh.
+            info!(
+                "spec changed after a failed change to generation {}: starting over",
+                upgrade.target_generation
+            );
+            set_upgrade(job, ctx, None).await?;
+        } else {
+            return step(job, ctx, upgrade, token).await;
+        }
+    }
+    let Some(deployed) = status.deployed else {
+        return Ok(Deploy::Wanted(Restore::default()));
+    };
+    if deployed.generation == generation {
+        return Ok(Deploy::Wanted(deployed_restore(job)));
+    }
+    let namespace = job.namespace().unwrap_or_default();
+    let names = ChildNames::of(&job_name(job));
+    let Some(running) = read_running(ctx, &namespace, &names.job_config).await? else {
+        return Ok(Deploy::Wanted(deployed_restore(job)));
+    };
+    let kind = classify::classify(&running.spec, &job.spec);
+    let name = job_name(job);
+    if kind != ChangeKind::None
+        && job.spec.upgrade_mode != UpgradeMode::Stateless
+        && let Some(why) = classify::incompatibility(&running, checked)
+    {
+        return Err(Error::ChangeRefused {
+            name,
+            kind: ErrorKind::IncompatibleState,
+            message: why,
+        });
+    }
+    if !classify::needs_savepoint(kind, &job.spec) {
+        return Ok(Deploy::Wanted(deployed_restore(job)));
+    }
+    if job.spec.savepoints.is_none() {
+        let stateful = running.pipeline.windowed().is_some();
+        match kind {
+            // A stateless job's workers keep nothing but Kafka offsets: they restart.
+            ChangeKind::Rescale | ChangeKind::Upgrade | ChangeKind::Suspend if !stateful => {
+                return Ok(Deploy::Wanted(deployed_restore(job)));
+            }
+            _ => {
+                let what = match kind {
+                    ChangeKind::Rescale => {
+                        "a rescale moves key groups between workers, so it restores them from a savepoint"
+                    }
+                    ChangeKind::Suspend => "a suspend takes a savepoint to resume from",
+                    ChangeKind::SavepointOnly => "spec.savepointTriggerNonce asks for a savepoint",
+                    _ => "upgradeMode Savepoint takes a savepoint before the upgrade",
+                };
+                return Err(Error::ChangeRefused {
+                    name,
+                    kind: ErrorKind::NoSavepointLocation,
+                    message: format!(
+                        "{what}, and spec.savepoints.location is not set: set it (file:// or s3://){}",
+                        if kind == ChangeKind::Upgrade {
+                            ", or set spec.upgradeMode: LastState"
+                        } else {
+                            ""
+                        },
+                    ),
+                });
+            }
+        }
+    }
+    let upgrade = machine::start(
+        kind,
+        generation,
+        &spec_hash(&job.spec),
+        running.spec.parallelism,
+        &now(),
+    );
+    info!(
+        kind = ?kind,
+        savepoint = upgrade.savepoint_id.as_deref().unwrap_or_default(),
+        "starting a change to generation {generation}: taking a savepoint first"
+    );
+    set_upgrade(job, ctx, Some(upgrade.clone())).await?;
+    publish(
+        job,
+        ctx,
+        false,
+        "TakingSavepoint",
+        format!(
+            "{kind:?} to generation {generation}: taking savepoint {} on every worker",
+            upgrade.savepoint_id.as_deref().unwrap_or_default()
+        ),
+    )
+    .await;
+    step(job, ctx, upgrade, token).await
+}
+
+/// One step of a recorded change: its effect, then the transition.
+async fn step(
+    job: &mut StreamJob,
+    ctx: &Context,
+    upgrade: UpgradeStatus,
+    token: Option<&str>,
+) -> Result<Deploy, Error> {
+    let rolling = Deploy::Wanted(Restore {
+        savepoint: upgrade.savepoint.clone(),
+        previous_parallelism: Some(upgrade.from_parallelism),
+    });
+    if upgrade.state == UpgradeState::Rolling {
+        // The roll is applied by the reconcile; `rolled_out` completes it.
+        return Ok(rolling);
+    }
+    let found = effect(job, ctx, &upgrade, token).await?;
+    let next = machine::next(&upgrade, &found, &now(), &ctx.settings.lifecycle);
+    match next {
+        Next::Stay => Ok(Deploy::Hold),
+        Next::Enter(entered) => {
+            let state = entered.state;
+            let reason = match &found {
+                Found::SavepointFailed { reason } => reason.clone(),
+                _ => format!(
+                    "savepoint {} did not complete within {:?}",
+                    upgrade.savepoint_id.as_deref().unwrap_or_default(),
+                    ctx.settings.lifecycle.savepoint_timeout
+                ),
+            };
+            if state == UpgradeState::Aborting {
+                warn!("{reason}: telling the workers to go on with the spec they run");
+                if let Some(status) = job.status.as_mut() {
+                    status.last_error = Some(format!("failed to take a savepoint: {reason}"));
+                }
+            }
+            set_upgrade(job, ctx, Some(entered.clone())).await?;
+            match state {
+                UpgradeState::Rolling => {
+                    publish(
+                        job,
+                        ctx,
+                        false,
+                        "SavepointCompleted",
+                        format!(
+                            "savepoint {} complete: starting the workers of generation {} from it",
+                            entered.savepoint.as_deref().unwrap_or_default(),
+                            entered.target_generation
+                        ),
+                    )
+                    .await;
+                    Ok(Deploy::Wanted(Restore {
+                        savepoint: entered.savepoint.clone(),
+                        previous_parallelism: Some(entered.from_parallelism),
+                    }))
+                }
+                UpgradeState::Aborting => {
+                    publish(
+                        job,
+                        ctx,
+                        true,
+                        "SavepointFailed",
+                        format!("{reason}; the workers go on with the spec they run, and the change is retried"),
+                    )
+                    .await;
+                    Ok(Deploy::Hold)
+                }
+                UpgradeState::Failed => {
+                    let wait = machine::backoff(&ctx.settings.lifecycle, entered.attempt);
+                    publish(
+                        job,
+                        ctx,
+                        true,
+                        "UpgradeFailed",
+                        format!(
+                            "attempt {} failed; the workers run the spec they ran; retrying in {wait:?}",
+                            entered.attempt
+                        ),
+                    )
+                    .await;
+                    Ok(Deploy::Hold)
+                }
+                UpgradeState::TakingSavepoint => {
+                    publish(
+                        job,
+                        ctx,
+                        false,
+                        "TakingSavepoint",
+                        format!(
+                            "attempt {}: taking savepoint {} on every worker",
+                            entered.attempt,
+                            entered.savepoint_id.as_deref().unwrap_or_default()
+                        ),
+                    )
+                    .await;
+                    Ok(Deploy::Hold)
+                }
+                UpgradeState::Resuming => Ok(Deploy::Hold),
+            }
+        }
+        Next::Done { savepoint } => {
+            // Only a savepoint on request ends here: the workers went on; the ConfigMap
+            // takes the new nonce.
+            finish(job, ctx, &upgrade, savepoint).await?;
+            Ok(Deploy::Wanted(deployed_restore(job)))
+        }
+    }
+}
+
+/// The effect of the step `upgrade` is in (not `Rolling`, which the reconcile applies).
+async fn effect(
+    job: &StreamJob,
+    ctx: &Context,
+    upgrade: &UpgradeStatus,
+    token: Option<&str>,
+) -> Result<Found, Error> {
+    let Some(token) = token else {
+        return Ok(Found::Waiting);
+    };
+    let namespace = job.namespace().unwrap_or_default();
+    let names = ChildNames::of(&job_name(job));
+    match upgrade.state {
+        UpgradeState::TakingSavepoint => {
+            let Some(id) = upgrade.savepoint_id.as_deref() else {
+                return Ok(Found::SavepointFailed {
+                    reason: "status.upgrade has no savepointId".into(),
+                });
+            };
+            let addresses =
+                worker_addresses(ctx, &namespace, &names.workers, upgrade.from_parallelism).await?;
+            let answers = futures::future::join_all(addresses.iter().enumerate().map(
+                |(ordinal, address)| async move {
+                    match address {
+                        Some(address) => ctx.worker_admin.savepoint(address, token, id).await,
+                        None => Answer::Unreachable(format!("worker {ordinal} has no pod IP")),
+                    }
+                },
+            ))
+            .await;
+            for answer in &answers {
+                if let Answer::Unreachable(why) = answer {
+                    info!("savepoint {id}: {why}; asking again");
+                }
+            }
+            Ok(savepoint_found(&answers))
+        }
+        UpgradeState::Resuming | UpgradeState::Aborting => {
+            let addresses =
+                worker_addresses(ctx, &namespace, &names.workers, upgrade.from_parallelism).await?;
+            let mut all = true;
+            for (ordinal, address) in addresses.iter().enumerate() {
+                let outcome = match address {
+                    Some(address) => ctx.worker_admin.resume(address, token).await,
+                    None => Err(format!("worker {ordinal} has no pod IP")),
+                };
+                if let Err(why) = outcome {
+                    info!("resume: {why}; asking again");
+                    all = false;
+                }
+            }
+            Ok(if all { Found::Resumed } else { Found::Waiting })
+        }
+        UpgradeState::Rolling | UpgradeState::Failed => Ok(Found::Waiting),
+    }
+}
+
+/// After the apply: completes a roll once every worker runs the new spec and is Ready.
+pub async fn rolled_out(
+    job: &mut StreamJob,
+    ctx: &Context,
+    workers: &WorkerCounts,
+    applied_spec_hash: &str,
+) -> Result<(), Error> {
+    let Some(upgrade) = job
+        .status
+        .as_ref()
+        .and_then(|status| status.upgrade.clone())
+    else {
+        return Ok(());
+    };
+    if upgrade.state != UpgradeState::Rolling
+        || !workers.all_ready()
+        || applied_spec_hash != spec_hash(&job.spec)
+    {
+        return Ok(());
+    }
+    if let Next::Done { savepoint } =
+        machine::next(&upgrade, &Found::RolledOut, &now(), &ctx.settings.lifecycle)
+    {
+        finish(job, ctx, &upgrade, savepoint).await?;
+    }
+    Ok(())
+}
+
+/// Completes a change: records the savepoint and what the workers run, clears
+/// `status.upgrade`, and announces it.
+async fn finish(
+    job: &mut StreamJob,
+    ctx: &Context,
+    upgrade: &UpgradeStatus,
+    savepoint: Option<String>,
+) -> Result<(), Error> {
+    let generation = job.metadata.generation.unwrap_or(0);
+    let completed_at = now();
+    let status = job.status.get_or_insert_with(Default::default);
+    if let (Some(location), Some(id)) = (&savepoint, &upgrade.savepoint_id) {
+        let record = SavepointRecord {
+            id: id.clone(),
+            location: location.clone(),
+            trigger: match upgrade.kind {
+                ChangeKind::SavepointOnly => SavepointTrigger::Manual,
+                ChangeKind::Suspend => SavepointTrigger::Suspend,
+                _ => SavepointTrigger::Upgrade,
+            },
+            completed_at: completed_at.clone(),
+            generation: upgrade.target_generation,
+        };
+        status.savepoint_history.insert(0, record.clone());
+        status.savepoint_history.truncate(SAVEPOINT_HISTORY_LIMIT);
+        status.last_savepoint = Some(record);
+    }
+    let rolled = upgrade.kind != ChangeKind::SavepointOnly;
+    let previous = status.deployed.clone();
+    status.deployed = Some(DeployedSpec {
+        generation,
+        spec_hash: spec_hash(&job.spec),
+        parallelism: job.spec.parallelism,
+        savepoint: if rolled {
+            savepoint.clone()
+        } else {
+            previous
+                .as_ref()
+                .and_then(|deployed| deployed.savepoint.clone())
+        },
+        previous_parallelism: if rolled {
+            Some(upgrade.from_parallelism)
+        } else {
+            previous.and_then(|deployed| deployed.previous_parallelism)
+        },
+    });
+    status.last_error = None;
+    let seconds = completed_at.0.as_second() - upgrade.started_at.0.as_second();
+    set_upgrade(job, ctx, None).await?;
+    let (reason, what) = match upgrade.kind {
+        ChangeKind::Rescale => (
+            "Rescaled",
+            format!(
+                "rescaled from {} to {} workers",
+                upgrade.from_parallelism, job.spec.parallelism
+            ),
+        ),
+        ChangeKind::Suspend => ("Suspended", "suspended".to_string()),
+        ChangeKind::SavepointOnly => ("SavepointCompleted", "took a savepoint".to_string()),
+        _ => ("Upgraded", format!("upgraded to generation {generation}")),
+    };
+    publish(
+        job,
+        ctx,
+        false,
+        reason,
+        format!(
+            "{what} through savepoint {} in {seconds}s",
+            savepoint.as_deref().unwrap_or("(none)")
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// The checked job the workers run: the job ConfigMap's manifest (`None`: no ConfigMap,
+/// or one the controller cannot read back, which it then replaces).
+async fn read_running(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<CheckedJob>, Error> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = ctx
+        .limited(config_maps.get_opt(name))
+        .await
+        .map_err(Error::api(format!("read ConfigMap {name}")))?;
+    let Some(text) = found
+        .and_then(|config| config.data)
+        .and_then(|mut data| data.remove(JOB_FILE))
+    else {
+        return Ok(None);
+    };
+    match sluice_crds::load_manifest(&text) {
+        Ok((_, checked)) => Ok(Some(checked)),
+        Err(error) => {
+            warn!(
+                "the running manifest in ConfigMap {name} does not load ({error}); it is replaced"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Records `upgrade` as `status.upgrade` (the write-ahead log) before its effect starts.
+async fn set_upgrade(
+    job: &mut StreamJob,
+    ctx: &Context,
+    upgrade: Option<UpgradeStatus>,
+) -> Result<(), Error> {
+    job.status.get_or_insert_with(Default::default).upgrade = upgrade;
+    crate::reconcile::write_status(job, ctx).await
+}
+
+async fn publish(job: &StreamJob, ctx: &Context, warning: bool, reason: &str, message: String) {
+    let transition = Transition {
+        warning,
+        reason: reason.to_string(),
+        message,
+    };
+    crate::reconcile::publish(job, ctx, &transition).await;
+}
