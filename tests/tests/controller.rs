@@ -2,7 +2,8 @@
 //! (as a developer runs it from a shell), with real worker pods on the node and the real
 //! broker: the page-views example from `kubectl apply` to exactly its expected output,
 //! `kubectl wait` and `kubectl scale`, a stalled job next to a healthy one, hand edits put
-//! back, deletion of every child, no API calls for an idle job, and leader failover.
+//! back, deletion of every child, no API calls for an idle job, leader failover, and the
+//! job lifecycle (rescales and upgrades through savepoints on S3).
 //!
 //! Needs the node and its images (`bash tests/cluster/cluster.sh up`, then
 //! `bash tests/cluster/images.sh` after building the worker) and the controller binary
@@ -436,37 +437,29 @@ async fn page_views_from_kubectl_apply_to_exactly_its_output() -> Result<()> {
     )
     .await?;
 
-    // kubectl scale: the StatefulSet follows, and the status says how.
+    // kubectl scale of a job with keyed state and no savepoint location: refused, since
+    // a rescale restores key groups from a savepoint; the workers keep running.
     environment.kubectl(&["scale", "-n", namespace, "sj/page-views", "--replicas", "3"])?;
-    wait_for(
-        "the StatefulSet to follow kubectl scale",
+    let refused = wait_condition(
+        &client,
+        namespace,
+        name,
+        "Stalled",
+        "True",
         Duration::from_secs(30),
-        || async {
-            let set = sets.get(name).await?;
-            match set.spec.replicas {
-                Some(3) => Ok(Some(())),
-                other => bail!("replicas {other:?}"),
-            }
-        },
     )
     .await?;
-    let rescaling = wait_for(
-        "the status to say Rescaling",
-        Duration::from_secs(30),
-        || async {
-            let job = jobs.get(name).await?;
-            match condition(&job, "Ready") {
-                Some(ready) if ready.reason == "Rescaling" => Ok(Some(ready)),
-                _ => bail!("status {}", describe_job(&job)),
-            }
-        },
-    )
-    .await?;
+    let stalled = condition(&refused, "Stalled").context("no Stalled condition")?;
     ensure!(
-        rescaling
-            .message
-            .contains("restart from the checkpoints on their volumes"),
-        "{rescaling:?}"
+        stalled.reason == "NoSavepointLocation"
+            && stalled.message.contains("spec.savepoints.location"),
+        "{stalled:?}"
+    );
+    let set = sets.get(name).await?;
+    ensure!(
+        set.spec.replicas == Some(2),
+        "the StatefulSet changed on a refused rescale: {:?}",
+        set.spec.replicas
     );
 
     // Deleting the job deletes every child, volumes included.
@@ -1283,6 +1276,256 @@ async fn the_chart_runs_page_views_through_an_upgrade_and_an_uninstall() -> Resu
         let pod = pods.get(&format!("{name}-{ordinal}")).await?;
         ensure!(common_node::pod_is_ready(&pod), "worker {ordinal} stopped");
     }
+    delete_namespace(&client, namespace).await;
+    Ok(())
+}
+
+/// Patches the spec of StreamJob `name` with a JSON merge patch.
+async fn patch_spec(jobs: &Api<StreamJob>, name: &str, spec: Value) -> Result<()> {
+    jobs.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": spec})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Waits until the job runs generation `generation` with no change in progress, and
+/// returns it.
+async fn wait_deployed(jobs: &Api<StreamJob>, name: &str, generation: i64) -> Result<StreamJob> {
+    wait_for(
+        &format!("StreamJob {name} to run generation {generation}"),
+        READY_TIMEOUT,
+        || async {
+            let job = jobs.get(name).await?;
+            let status = job.status.clone().unwrap_or_default();
+            let deployed = status.deployed.as_ref().map(|deployed| deployed.generation);
+            if deployed == Some(generation)
+                && status.upgrade.is_none()
+                && status.phase == Some(sluice_crds::status::Phase::Running)
+            {
+                Ok(Some(job))
+            } else {
+                bail!("status {}", describe_job(&job))
+            }
+        },
+    )
+    .await
+}
+
+/// The job lifecycle end to end (docs/lifecycle.md): with events arriving throughout, a
+/// rescale up, a compatible pipeline change and a rescale down each go through a
+/// stop-with-savepoint on S3 (SeaweedFS, reached from the pods through the bridge) and
+/// new workers restored from it; an incompatible change is refused with the old spec
+/// still running; every result is in the sink exactly once.
+#[tokio::test]
+async fn rescales_and_upgrades_go_through_savepoints_exactly_once() -> Result<()> {
+    use sluice_e2e::exactly_once;
+    let environment = Environment::load()?;
+    let node = node_env().await?;
+    let client = node.client.clone();
+    install_crd(&client).await?;
+    let namespace = "e2e-ctl-lifecycle";
+    fresh_namespace(&client, namespace).await?;
+    let source = TestTopic::create(&environment, "e2e-lifecycle-in", 2)?;
+    // Four partitions: what `exactly_once::read_output` reads.
+    let sink = TestTopic::create(&environment, "e2e-lifecycle-out", 4)?;
+    let (per_partition, expected) = exactly_once::generate(30_000, 2, 200);
+    let third = |part: usize| -> Vec<Vec<String>> {
+        per_partition
+            .iter()
+            .map(|records| {
+                let size = records.len().div_ceil(3);
+                records
+                    .iter()
+                    .skip(part * size)
+                    .take(size)
+                    .cloned()
+                    .collect()
+            })
+            .collect()
+    };
+
+    // The workers' S3 credentials and endpoint (the bridge relay of cluster.sh).
+    let s3 = sluice_e2e::S3Settings::load()?;
+    let pod_endpoint = sluice_e2e::parse_env_file(&std::fs::read_to_string(
+        sluice_e2e::state_dir().join("env"),
+    )?)
+    .remove("SLUICE_S3_POD_ENDPOINT")
+    .context("no SLUICE_S3_POD_ENDPOINT: rerun `make cluster-up`")?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let credentials: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "savepoint-credentials"},
+        "stringData": s3.worker_env(&pod_endpoint).into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+    }))?;
+    secrets.create(&PostParams::default(), &credentials).await?;
+
+    // A name of its own: the job's repartition topic and consumer group are named after
+    // it and outlive the job (a new job of the same name refuses their offsets).
+    let name = &unique_name("lifecycle");
+    let mut manifest = exactly_once::manifest(&environment, &source.name, &sink.name);
+    manifest["metadata"] = json!({"name": name, "namespace": namespace});
+    let spec = &mut manifest["spec"];
+    spec["parallelism"] = json!(1);
+    spec["imagePullPolicy"] = json!("Never");
+    spec["kafka"]["bootstrapServers"] = json!(node.kafka_bootstrap_pod);
+    spec["state"] = json!({"checkpointInterval": "500ms", "volumeSize": "64Mi"});
+    spec["savepoints"] = json!({
+        "location": format!("s3://{}/{}", s3.bucket, unique_name("e2e-lifecycle")),
+        "secretRef": {"name": "savepoint-credentials"},
+    });
+    let job: StreamJob = serde_json::from_value(manifest)?;
+
+    let mut controller = controller(&environment, &node, &[namespace], None, "e2e-lifecycle")?;
+    controller.wait_ready(Duration::from_secs(30))?;
+    apply_job(&client, &job).await?;
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), namespace);
+    wait_deployed(&jobs, name, 1).await?;
+    exactly_once::produce(&environment, &source.name, &third(0))?;
+
+    // Rescale 1 → 2: a savepoint, then two workers restored from it.
+    let started = Instant::now();
+    patch_spec(&jobs, name, json!({"parallelism": 2})).await?;
+    let rescaled = wait_deployed(&jobs, name, 2).await?;
+    let status = rescaled.status.clone().context("no status")?;
+    let savepoint = status.last_savepoint.clone().context("no lastSavepoint")?;
+    ensure!(
+        savepoint.id == "rescale-2-1"
+            && status
+                .deployed
+                .as_ref()
+                .and_then(|d| d.savepoint.as_deref())
+                == Some(savepoint.location.as_str())
+            && status.ready_replicas == Some(2),
+        "after the rescale: {}",
+        describe_job(&rescaled)
+    );
+    eprintln!(
+        "rescale 1 -> 2 in {:?} through {}",
+        started.elapsed(),
+        savepoint.location
+    );
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let env_of = |set: &StatefulSet| -> BTreeSet<String> {
+        set.spec
+            .template
+            .spec
+            .as_ref()
+            .map(|pod| {
+                pod.containers[0]
+                    .env
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|var| format!("{}={}", var.name, var.value.unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let set = sets.get(name).await?;
+    ensure!(
+        env_of(&set).contains(&format!("SLUICE_RESTORE_FROM={}", savepoint.location)),
+        "the workers do not restore from the savepoint: {:?}",
+        env_of(&set)
+    );
+    exactly_once::produce(&environment, &source.name, &third(1))?;
+
+    // An incompatible change (another key) is refused; the workers keep generation 2.
+    patch_spec(
+        &jobs,
+        name,
+        json!({"pipeline": [
+            {"keyBy": "event.key + '-'"},
+            {"window": {"tumbling": {"size": "1s"}}},
+            {"aggregate": {"n": {"function": "Count"}, "total": {"function": "Sum", "of": "event.value"}}},
+        ]}),
+    )
+    .await?;
+    let refused = wait_condition(
+        &client,
+        namespace,
+        name,
+        "Stalled",
+        "True",
+        Duration::from_secs(60),
+    )
+    .await?;
+    let stalled = condition(&refused, "Stalled").context("no Stalled condition")?;
+    ensure!(
+        stalled.reason == "IncompatibleState" && stalled.message.contains("keyBy"),
+        "{stalled:?}"
+    );
+    let still = sets.get(name).await?;
+    ensure!(
+        still.metadata.generation == set.metadata.generation,
+        "the StatefulSet changed on a refused change"
+    );
+
+    // A compatible pipeline change (a filter that keeps every event) is an upgrade.
+    let started = Instant::now();
+    patch_spec(
+        &jobs,
+        name,
+        json!({"pipeline": [
+            {"filter": "event.value > -1000"},
+            {"keyBy": "event.key"},
+            {"window": {"tumbling": {"size": "1s"}}},
+            {"aggregate": {"n": {"function": "Count"}, "total": {"function": "Sum", "of": "event.value"}}},
+        ]}),
+    )
+    .await?;
+    let upgraded = wait_deployed(&jobs, name, 4).await?;
+    let savepoint = upgraded
+        .status
+        .as_ref()
+        .and_then(|status| status.last_savepoint.clone())
+        .context("no lastSavepoint")?;
+    ensure!(savepoint.id == "upgrade-4-1", "{}", describe_job(&upgraded));
+    eprintln!(
+        "upgrade in {:?} through {}",
+        started.elapsed(),
+        savepoint.location
+    );
+
+    // Rescale 2 → 1, then the rest of the input.
+    patch_spec(&jobs, name, json!({"parallelism": 1})).await?;
+    let rescaled = wait_deployed(&jobs, name, 5).await?;
+    ensure!(
+        rescaled
+            .status
+            .as_ref()
+            .and_then(|status| status.last_savepoint.as_ref())
+            .map(|s| s.id.as_str())
+            == Some("rescale-5-1"),
+        "{}",
+        describe_job(&rescaled)
+    );
+    exactly_once::produce(&environment, &source.name, &third(2))?;
+    exactly_once::produce_flush(&environment, &source.name, 2)?;
+    let output = exactly_once::read_output(
+        &environment,
+        &sink.name,
+        expected.len(),
+        Instant::now() + Duration::from_secs(180),
+    )?;
+    eprintln!("{}", exactly_once::verify(&expected, &output)?);
+    let reasons = event_reasons(&client, namespace, name).await?;
+    for reason in [
+        "TakingSavepoint",
+        "SavepointCompleted",
+        "Rescaled",
+        "Upgraded",
+        "IncompatibleState",
+    ] {
+        ensure!(reasons.contains(reason), "no {reason} event: {reasons:?}");
+    }
+    let status = controller.terminate(Duration::from_secs(20))?;
+    ensure!(
+        status.success(),
+        "the controller exited {status} on SIGTERM"
+    );
+    environment.kubectl(&["delete", "-n", namespace, "streamjob", name, "--wait=true"])?;
     delete_namespace(&client, namespace).await;
     Ok(())
 }
