@@ -196,8 +196,8 @@ impl Savepoint {
         })
     }
 
-    /// Fetches one file and checks it. On this machine's file system (`file://`), the
-    /// file is hard-linked into place when the state directory is on the same file
+    /// Fetches one file and checks it. On this machine's file system (`file://`), a
+    /// table file is hard-linked into place when the state directory is on the same file
     /// system (table files are immutable; the savepoint's copy is never written in place)
     /// and checked by reading the link, so what is checked is what is used; otherwise it
     /// is copied and checked in the same read. From an object store it is downloaded,
@@ -234,7 +234,11 @@ impl Savepoint {
                 }
             }
             match into {
-                Some(into) if std::fs::hard_link(&source, into).is_ok() => {
+                // Only table files: RocksDB never changes one, while it may rewrite or
+                // truncate its small files (a write-ahead log) when it opens them.
+                Some(into)
+                    if file.name.ends_with(".sst") && std::fs::hard_link(&source, into).is_ok() =>
+                {
                     let hashed = hash_file(into, None)?;
                     // Durable before the state directory says it is restored.
                     std::fs::File::open(into)
