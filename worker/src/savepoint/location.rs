@@ -156,6 +156,31 @@ impl Directory {
             .fold(self.root.clone(), |path, segment| path.join(segment))
     }
 
+    /// Where `relative` is on this machine's file system, for a `file://` location: a
+    /// restore reads (or hard-links) it there rather than through the object store.
+    /// `None` for an S3 location, and for a path with a `.` or `..` segment (which the
+    /// object store resolves its own way).
+    pub fn local_path(&self, relative: &str) -> Option<std::path::PathBuf> {
+        let Url::File(root) = &self.url else {
+            return None;
+        };
+        let segments: Vec<&str> = relative
+            .split('/')
+            .filter(|segment| !segment.is_empty())
+            .collect();
+        if segments
+            .iter()
+            .any(|segment| *segment == "." || *segment == "..")
+        {
+            return None;
+        }
+        Some(
+            segments
+                .into_iter()
+                .fold(root.clone(), |path, segment| path.join(segment)),
+        )
+    }
+
     fn describe(&self, relative: &str) -> String {
         format!("{}/{relative}", self.url)
     }

@@ -6,17 +6,20 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::Context as _;
 
 use super::format::{
-    JobIdentity, MANIFEST, Manifest, SAVEPOINT_FORMAT_VERSION, StateDescription, compatibility,
+    FileEntry, JobIdentity, MANIFEST, Manifest, SAVEPOINT_FORMAT_VERSION, StateDescription,
+    compatibility,
 };
 use super::location::{Directory, Url};
-use super::take::sha256_hex;
+use super::take::{hex, sha256_hex};
 use crate::state::format::{self, CheckpointRecord, META_CHECKPOINT};
 use crate::state::rocksdb::RocksDbStore;
 use crate::state::{Column, StateBatch, StateStore};
+use sha2::{Digest as _, Sha256};
 
 /// The file in a state directory naming the savepoint it was restored from: a worker
 /// restarted with the same `--restore-from` keeps its newer state.
@@ -90,70 +93,255 @@ impl Savepoint {
     }
 
     /// Fetches and checks every file of every part, without restoring anything: what
-    /// `savepoint check` and a restore do first.
+    /// `savepoint check` does. Files on this machine's file system are read in place.
     pub fn verify(&self) -> anyhow::Result<()> {
-        let staging = tempfile::tempdir().context("failed to create a temporary directory")?;
-        for part in &self.manifest.parts {
-            self.fetch_part(part.ordinal, &staging.path().join("part"))?;
-            std::fs::remove_dir_all(staging.path().join("part")).ok();
-        }
-        Ok(())
-    }
-
-    /// Downloads the files of part `ordinal` into `into/live` (a RocksDB directory),
-    /// checking each file's size and checksum.
-    fn fetch_part(&self, ordinal: u32, into: &Path) -> anyhow::Result<()> {
-        let part = self
+        let fetches = self
             .manifest
             .parts
             .iter()
-            .find(|part| part.ordinal == ordinal)
-            .with_context(|| format!("failed to find part {ordinal} in {}", self.url))?;
-        let live = into.join("live");
-        std::fs::create_dir_all(&live)
-            .with_context(|| format!("failed to create {}", live.display()))?;
-        for file in &part.files {
-            anyhow::ensure!(
-                !file.name.contains('/') && !file.name.starts_with('.'),
-                "failed to restore {}: part {ordinal} lists a file named {:?}, which is not a RocksDB file name",
-                self.url,
-                file.name
-            );
-            let bytes = self.job_directory.get(&file.object)?.with_context(|| {
-                format!(
-                    "failed to restore {}: file {} of part {ordinal} ({}/{}) is missing; the savepoint was deleted in part and cannot be restored",
-                    self.url,
-                    file.name,
-                    self.job_directory.url(),
-                    file.object
-                )
-            })?;
-            let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
-            anyhow::ensure!(
-                size == file.size,
-                "failed to restore {}: file {} of part {ordinal} ({}/{}) has {size} bytes, the manifest says {}; the savepoint is corrupt",
-                self.url,
-                file.name,
-                self.job_directory.url(),
-                file.object,
-                file.size
-            );
-            let sha256 = sha256_hex(&bytes);
-            anyhow::ensure!(
-                sha256 == file.sha256,
-                "failed to restore {}: file {} of part {ordinal} ({}/{}) has SHA-256 {sha256}, the manifest says {}; the savepoint is corrupt",
-                self.url,
-                file.name,
-                self.job_directory.url(),
-                file.object,
-                file.sha256
-            );
-            let path = live.join(&file.name);
-            std::fs::write(&path, &bytes)
-                .with_context(|| format!("failed to write {}", path.display()))?;
+            .flat_map(|part| {
+                part.files.iter().map(|file| Fetch {
+                    ordinal: part.ordinal,
+                    file,
+                    into: None,
+                })
+            })
+            .collect();
+        self.fetch(fetches)
+    }
+
+    /// Fetches the files of the parts `ordinals` into `<staging>/part-<ordinal>/live`
+    /// (each a RocksDB directory), checking each file's size and SHA-256 as it is read.
+    fn fetch_parts(&self, ordinals: &[u32], staging: &Path) -> anyhow::Result<()> {
+        let mut fetches = Vec::new();
+        for ordinal in ordinals {
+            let part = self
+                .manifest
+                .parts
+                .iter()
+                .find(|part| part.ordinal == *ordinal)
+                .with_context(|| format!("failed to find part {ordinal} in {}", self.url))?;
+            let live = part_directory(staging, *ordinal).join("live");
+            std::fs::create_dir_all(&live)
+                .with_context(|| format!("failed to create {}", live.display()))?;
+            for file in &part.files {
+                self.check_name(*ordinal, file)?;
+                fetches.push(Fetch {
+                    ordinal: *ordinal,
+                    file,
+                    into: Some(live.join(&file.name)),
+                });
+            }
         }
+        self.fetch(fetches)
+    }
+
+    fn check_name(&self, ordinal: u32, file: &FileEntry) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !file.name.is_empty()
+                && !file.name.contains('/')
+                && !file.name.starts_with('.')
+                && file.name != "restored-from",
+            "failed to restore {}: part {ordinal} lists a file named {:?}, which is not a RocksDB file name",
+            self.url,
+            file.name
+        );
         Ok(())
     }
+
+    /// Fetches and checks `fetches` on a few threads (files are independent; reading,
+    /// hashing and writing them one at a time left the disk, the network and a core
+    /// idle in turn). The first problem found stops the others and is returned.
+    fn fetch(&self, fetches: Vec<Fetch<'_>>) -> anyhow::Result<()> {
+        let wanted = match self.job_directory.url() {
+            // Reading and hashing: one thread per core.
+            Url::File(_) => std::thread::available_parallelism().map_or(2, usize::from),
+            // Mostly waiting on the network.
+            Url::S3 { .. } => 8,
+        };
+        let threads = wanted.clamp(1, fetches.len().max(1));
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let url = self.job_directory.url();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| -> anyhow::Result<()> {
+                        // A directory per thread: each has its own runtime and client.
+                        let directory = Directory::open(url)?;
+                        while !stop.load(Ordering::Relaxed) {
+                            let Some(fetch) = fetches.get(next.fetch_add(1, Ordering::Relaxed))
+                            else {
+                                break;
+                            };
+                            if let Err(error) = self.fetch_file(&directory, fetch) {
+                                stop.store(true, Ordering::Relaxed);
+                                return Err(error);
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            let mut outcome = Ok(());
+            for handle in handles {
+                let result = handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a savepoint fetch thread panicked")));
+                if outcome.is_ok() {
+                    outcome = result;
+                }
+            }
+            outcome
+        })
+    }
+
+    /// Fetches one file and checks it. On this machine's file system (`file://`), a
+    /// table file is hard-linked into place when the state directory is on the same file
+    /// system (table files are immutable; the savepoint's copy is never written in place)
+    /// and checked by reading the link, so what is checked is what is used; otherwise it
+    /// is copied and checked in the same read. From an object store it is downloaded,
+    /// checked in memory, then written.
+    fn fetch_file(&self, directory: &Directory, fetch: &Fetch<'_>) -> anyhow::Result<()> {
+        let Fetch {
+            ordinal,
+            file,
+            into,
+        } = fetch;
+        let missing = || {
+            format!(
+                "failed to restore {}: file {} of part {ordinal} ({}/{}) is missing; the savepoint was deleted in part and cannot be restored",
+                self.url,
+                file.name,
+                self.job_directory.url(),
+                file.object
+            )
+        };
+        self.check_name(*ordinal, file)?;
+        let (size, sha256) = if let Some(source) = directory.local_path(&file.object) {
+            match std::fs::metadata(&source) {
+                Ok(metadata) if metadata.is_file() => {
+                    // A file of the wrong size is refused before it is read.
+                    self.check(*ordinal, file, metadata.len(), &file.sha256)?;
+                }
+                Ok(_) => anyhow::bail!(missing()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    anyhow::bail!(missing())
+                }
+                Err(error) => {
+                    return Err(error)
+                        .with_context(|| format!("failed to read {}", source.display()));
+                }
+            }
+            match into {
+                // Only table files: RocksDB never changes one, while it may rewrite or
+                // truncate its small files (a write-ahead log) when it opens them.
+                Some(into)
+                    if file.name.ends_with(".sst") && std::fs::hard_link(&source, into).is_ok() =>
+                {
+                    let hashed = hash_file(into, None)?;
+                    // Durable before the state directory says it is restored.
+                    std::fs::File::open(into)
+                        .and_then(|linked| linked.sync_all())
+                        .with_context(|| format!("failed to sync {}", into.display()))?;
+                    hashed
+                }
+                Some(into) => hash_file(&source, Some(into))?,
+                None => hash_file(&source, None)?,
+            }
+        } else {
+            let bytes = directory.get(&file.object)?.with_context(missing)?;
+            let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+            self.check(*ordinal, file, size, &file.sha256)?;
+            let sha256 = sha256_hex(&bytes);
+            self.check(*ordinal, file, size, &sha256)?;
+            if let Some(into) = into {
+                std::fs::File::create(into)
+                    .and_then(|mut output| {
+                        std::io::Write::write_all(&mut output, &bytes)?;
+                        output.sync_all()
+                    })
+                    .with_context(|| format!("failed to write {}", into.display()))?;
+            }
+            (size, sha256)
+        };
+        self.check(*ordinal, file, size, &sha256)
+    }
+
+    /// Refuses `file` of part `ordinal` unless it has the size and SHA-256 its part lists.
+    fn check(&self, ordinal: u32, file: &FileEntry, size: u64, sha256: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            size == file.size,
+            "failed to restore {}: file {} of part {ordinal} ({}/{}) has {size} bytes, the manifest says {}; the savepoint is corrupt",
+            self.url,
+            file.name,
+            self.job_directory.url(),
+            file.object,
+            file.size
+        );
+        anyhow::ensure!(
+            sha256 == file.sha256,
+            "failed to restore {}: file {} of part {ordinal} ({}/{}) has SHA-256 {sha256}, the manifest says {}; the savepoint is corrupt",
+            self.url,
+            file.name,
+            self.job_directory.url(),
+            file.object,
+            file.sha256
+        );
+        Ok(())
+    }
+}
+
+/// One file to fetch: the part listing it, and where it goes (`None`: only checked).
+struct Fetch<'a> {
+    ordinal: u32,
+    file: &'a FileEntry,
+    into: Option<PathBuf>,
+}
+
+/// Where part `ordinal` is fetched to below `staging`.
+fn part_directory(staging: &Path, ordinal: u32) -> PathBuf {
+    staging.join(format!("part-{ordinal}"))
+}
+
+/// Reads `path` once, returning its size and SHA-256, and writes what it reads to `copy`
+/// if given (synced, as RocksDB's files must be before the database is opened on them).
+fn hash_file(path: &Path, copy: Option<&Path>) -> anyhow::Result<(u64, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut input =
+        std::fs::File::open(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let mut output = match copy {
+        Some(copy) => Some(
+            std::fs::File::create(copy)
+                .with_context(|| format!("failed to write {}", copy.display()))?,
+        ),
+        None => None,
+    };
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let read = input
+            .read(&mut buffer)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        let chunk = &buffer[..read];
+        hasher.update(chunk);
+        if let (Some(output), Some(copy)) = (&mut output, copy) {
+            output
+                .write_all(chunk)
+                .with_context(|| format!("failed to write {}", copy.display()))?;
+        }
+        size += u64::try_from(read).unwrap_or(u64::MAX);
+    }
+    if let (Some(output), Some(copy)) = (output, copy) {
+        output
+            .sync_all()
+            .with_context(|| format!("failed to write {}", copy.display()))?;
+    }
+    Ok((size, hex(&hasher.finalize())))
 }
 
 /// What a worker restores: its key groups and its partitions.
@@ -210,9 +398,10 @@ pub fn restore(
         std::fs::remove_dir_all(&staging)
             .with_context(|| format!("failed to clear {}", staging.display()))?;
     }
-    let part_directory = |ordinal: u32| -> PathBuf { staging.join(format!("part-{ordinal}")) };
-    for (ordinal, _) in &with_state {
-        savepoint.fetch_part(*ordinal, &part_directory(*ordinal))?;
+    let ordinals: Vec<u32> = with_state.iter().map(|(ordinal, _)| *ordinal).collect();
+    if let Err(error) = savepoint.fetch_parts(&ordinals, &staging) {
+        std::fs::remove_dir_all(&staging).ok();
+        return Err(error);
     }
 
     std::fs::remove_file(state_dir.join(RESTORED_FROM)).ok();
@@ -223,44 +412,46 @@ pub fn restore(
                 .with_context(|| format!("failed to clear {}", path.display()))?;
         }
     }
-    let mut target = RocksDbStore::open(state_dir)?;
-    const PAGE: usize = 16_384;
-    for (index, (ordinal, range)) in with_state.iter().enumerate() {
-        let source = RocksDbStore::open(&part_directory(*ordinal))?;
-        if index == 0 {
-            // The meta entries (format, key groups, aggregates) are the same in every
-            // part; the worker's start checks them against the job and migrates.
-            let mut batch = StateBatch::default();
-            for key in [
-                format::META_FORMAT_VERSION,
-                format::META_KEY_GROUPS,
-                format::META_AGGREGATES,
-            ] {
-                if let Some(value) = source.get(Column::Meta, key)? {
-                    batch.put(Column::Meta, key.to_vec(), value);
-                }
-            }
-            target.write(batch)?;
+    // The part holding most of the worker's key groups becomes its database as it is
+    // (its files moved, not read), cut down to the key groups it holds that the worker
+    // owns; the others' entries of those key groups are added as new table files.
+    // Nothing else of the parts is kept: timers are rebuilt from the windows when the
+    // worker starts, and the meta entries (format, key groups, aggregates) are the same
+    // in every part and checked against the job, and migrated, at that start.
+    let base = with_state
+        .iter()
+        .max_by_key(|(ordinal, range)| (range.end - range.first, std::cmp::Reverse(*ordinal)))
+        .copied();
+    let mut target = match base {
+        Some((ordinal, range)) => {
+            let from = part_directory(&staging, ordinal).join("live");
+            let live = state_dir.join("live");
+            std::fs::rename(&from, &live).with_context(|| {
+                format!("failed to move {} to {}", from.display(), live.display())
+            })?;
+            let mut target = RocksDbStore::open(state_dir)?;
+            target.retain_range(
+                Column::Windows,
+                &format::key_group_start(range.first),
+                &format::key_group_start(range.end),
+            )?;
+            target.retain_range(Column::Timers, &[], &[])?;
+            target
         }
-        let upper = format::key_group_start(range.end);
-        let mut from = format::key_group_start(range.first);
-        loop {
-            let entries = source.scan_range(Column::Windows, &from, Some(&upper), PAGE)?;
-            let Some((last, _)) = entries.last() else {
-                break;
-            };
-            from = last.clone();
-            from.push(0);
-            let full = entries.len() == PAGE;
-            let mut batch = StateBatch::default();
-            for (key, value) in entries {
-                batch.put(Column::Windows, key, value);
-            }
-            target.write(batch)?;
-            if !full {
-                break;
-            }
+        None => RocksDbStore::open(state_dir)?,
+    };
+    for (ordinal, range) in &with_state {
+        if Some((*ordinal, *range)) == base {
+            continue;
         }
+        let source = RocksDbStore::open(&part_directory(&staging, *ordinal))?;
+        target.ingest_range_from(
+            &source,
+            Column::Windows,
+            &format::key_group_start(range.first),
+            &format::key_group_start(range.end),
+            &staging.join(format!("ingest-{ordinal}")),
+        )?;
     }
 
     let id = manifest

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options,
-    ReadOptions, SliceTransform, WriteBatch, WriteOptions,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IngestExternalFileOptions,
+    IteratorMode, Options, ReadOptions, SliceTransform, SstFileWriter, WriteBatch, WriteOptions,
 };
 
 use super::store::{
@@ -67,7 +67,10 @@ fn has_window_key_prefix(key: &[u8]) -> bool {
         })
 }
 
-fn open_database(directory: &Path) -> Result<DB, StateError> {
+/// The database's options and each column family's, as every store of this worker opens
+/// them (a table file written for a column family outside the database, to be ingested,
+/// takes the same: compression, prefix extractor and filters).
+fn database_options() -> (Options, [(Column, Options); 3]) {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
@@ -101,11 +104,21 @@ fn open_database(directory: &Path) -> Result<DB, StateError> {
         Some(has_window_key_prefix),
     ));
     windows.set_memtable_prefix_bloom_ratio(0.1);
-    let columns = [
-        ColumnFamilyDescriptor::new(Column::Windows.name(), windows),
-        ColumnFamilyDescriptor::new(Column::Timers.name(), timers),
-        ColumnFamilyDescriptor::new(Column::Meta.name(), meta),
-    ];
+    (
+        options,
+        [
+            (Column::Windows, windows),
+            (Column::Timers, timers),
+            (Column::Meta, meta),
+        ],
+    )
+}
+
+fn open_database(directory: &Path) -> Result<DB, StateError> {
+    let (options, columns) = database_options();
+    let columns = columns
+        .into_iter()
+        .map(|(column, options)| ColumnFamilyDescriptor::new(column.name(), options));
     DB::open_cf_descriptors(&options, directory, columns).map_err(failed("open the database"))
 }
 
@@ -207,6 +220,101 @@ impl RocksDbStore {
                 .map_err(failed("flush"))?;
         }
         Ok(())
+    }
+
+    /// Keeps only the entries of `column` in `[from, to)`: table files wholly outside it
+    /// are dropped, the rest of what is outside is hidden by two range deletions (which
+    /// compactions reclaim later). `from` empty and `to` above every key keep everything;
+    /// `from` equal to `to` keeps nothing. What a restore does to the database of the
+    /// savepoint part it starts from, so that it holds exactly the key groups the worker
+    /// owns, without reading them.
+    pub fn retain_range(
+        &mut self,
+        column: Column,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<(), StateError> {
+        let handle = self.column(column)?;
+        let db = self.db()?;
+        let outside = [(&[][..], from), (to, &[0xff; 32][..])];
+        let mut write_batch = WriteBatch::default();
+        for (start, end) in outside {
+            if start >= end {
+                continue;
+            }
+            db.delete_file_in_range_cf(handle, start, end)
+                .map_err(failed("drop table files"))?;
+            write_batch.delete_range_cf(handle, start, end);
+        }
+        db.write_opt(write_batch, &self.write_options)
+            .map_err(failed("delete a range"))
+    }
+
+    /// Copies the entries of `column` in `[from, to)` of `source` into this store by
+    /// writing them as table files in `scratch` (a directory on the same file system) and
+    /// ingesting those: each entry is read and written once, with no memtable and no
+    /// compaction. The range must hold no live entry here. Returns the entries copied.
+    pub fn ingest_range_from(
+        &mut self,
+        source: &RocksDbStore,
+        column: Column,
+        from: &[u8],
+        to: &[u8],
+        scratch: &Path,
+    ) -> Result<u64, StateError> {
+        /// Table files written at most this large (RocksDB's own are 64 MiB).
+        const FILE_BYTES: u64 = 256 << 20;
+        let (_, columns) = database_options();
+        let options = columns
+            .into_iter()
+            .find_map(|(candidate, options)| (candidate == column).then_some(options))
+            .ok_or_else(|| StateError {
+                action: "ingest table files",
+                message: format!("no options for column family {}", column.name()),
+            })?;
+        fs::create_dir_all(scratch).map_err(failed_io("create a directory", scratch))?;
+        let mut read_options = ReadOptions::default();
+        read_options.set_total_order_seek(true);
+        read_options.fill_cache(false);
+        read_options.set_iterate_lower_bound(from.to_vec());
+        read_options.set_iterate_upper_bound(to.to_vec());
+        let mut iterator = source
+            .db()?
+            .raw_iterator_cf_opt(source.column(column)?, read_options);
+        iterator.seek(from);
+        let mut files = Vec::new();
+        let mut entries = 0u64;
+        while iterator.valid() {
+            let path = scratch.join(format!("ingest-{}.sst", files.len()));
+            let mut writer = SstFileWriter::create(&options);
+            writer
+                .open(&path)
+                .map_err(failed("write a table file to ingest"))?;
+            while let Some((key, value)) = iterator.item() {
+                writer
+                    .put(key, value)
+                    .map_err(failed("write a table file to ingest"))?;
+                entries += 1;
+                iterator.next();
+                if writer.file_size() >= FILE_BYTES {
+                    break;
+                }
+            }
+            writer
+                .finish()
+                .map_err(failed("write a table file to ingest"))?;
+            files.push(path);
+        }
+        iterator.status().map_err(failed("read state"))?;
+        if files.is_empty() {
+            return Ok(0);
+        }
+        let mut ingest = IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        self.db()?
+            .ingest_external_file_cf_opts(self.column(column)?, &ingest, files)
+            .map_err(failed("ingest table files"))?;
+        Ok(entries)
     }
 
     fn iterate(
@@ -653,6 +761,100 @@ mod tests {
             memory.get_sorted(Column::Windows, &sparse).unwrap()
         );
         assert!(store.get_sorted(Column::Windows, &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_range_is_kept_alone_and_another_stores_range_ingested_beside_it() {
+        use crate::state::format::key_group_start;
+        // Groups 0-3 here, of which 1 and 2 are kept; groups 3 and 0 of another store
+        // (the same keys, other values) come in as table files.
+        let here = tempfile::tempdir().unwrap();
+        let (mut store, all) = store_with_windows_in_several_files(here.path());
+        let mut batch = StateBatch::default();
+        batch.put(Column::Timers, b"t".to_vec(), Vec::new());
+        store.write(batch).unwrap();
+        let there = tempfile::tempdir().unwrap();
+        let mut other = RocksDbStore::open(there.path()).unwrap();
+        let mut batch = StateBatch::default();
+        for key in &all {
+            batch.put(Column::Windows, key.clone(), b"other".to_vec());
+        }
+        other.write(batch).unwrap();
+        other.flush().unwrap();
+
+        store
+            .retain_range(Column::Windows, &key_group_start(1), &key_group_start(3))
+            .unwrap();
+        store.retain_range(Column::Timers, &[], &[]).unwrap();
+        assert_eq!(store.count(Column::Timers).unwrap(), 0);
+        let group = |key: &[u8]| u32::from(u16::from_be_bytes([key[0], key[1]]));
+        let kept: Vec<Vec<u8>> = all
+            .iter()
+            .filter(|key| (1..3).contains(&group(key)))
+            .cloned()
+            .collect();
+        assert_eq!(
+            store
+                .scan_keys(Column::Windows, &[], None, usize::MAX)
+                .unwrap(),
+            kept
+        );
+
+        let scratch = here.path().join("scratch");
+        let copied = store
+            .ingest_range_from(
+                &other,
+                Column::Windows,
+                &key_group_start(3),
+                &key_group_start(4),
+                &scratch,
+            )
+            .unwrap();
+        assert_eq!(copied, 750);
+        let none = store
+            .ingest_range_from(
+                &other,
+                Column::Windows,
+                &key_group_start(4),
+                &key_group_start(9),
+                &scratch,
+            )
+            .unwrap();
+        assert_eq!(none, 0);
+        store
+            .ingest_range_from(
+                &other,
+                Column::Windows,
+                &key_group_start(0),
+                &key_group_start(1),
+                &scratch,
+            )
+            .unwrap();
+        let entries = store
+            .scan_range(Column::Windows, &[], None, usize::MAX)
+            .unwrap();
+        assert_eq!(entries.len(), all.len());
+        for (key, value) in &entries {
+            let expected: &[u8] = if (1..3).contains(&group(key)) {
+                b"v"
+            } else {
+                b"other"
+            };
+            assert_eq!(value.as_slice(), expected);
+        }
+        // Lookups by key prefix (bloom filters of the ingested files) find them, in the
+        // store and in a checkpoint of it.
+        store.create_checkpoint(1).unwrap();
+        store.complete_checkpoint(1).unwrap();
+        drop(store);
+        let mut store = RocksDbStore::open(here.path()).unwrap();
+        store.restore_checkpoint(1).unwrap();
+        for key in all.iter().step_by(7) {
+            let prefix = window_key_prefix(key);
+            let found = store.scan_prefix(Column::Windows, prefix).unwrap();
+            assert!(found.iter().any(|(at, _)| at == key), "{key:?}");
+        }
+        assert!(!scratch.join("ingest-0.sst").exists(), "files are moved in");
     }
 
     #[test]

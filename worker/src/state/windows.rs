@@ -355,6 +355,11 @@ impl CachedKey {
     }
 }
 
+/// A checkpoint looks up its listed dirty keys one by one while there are fewer than one
+/// for every this many cached keys, and passes over the whole cache otherwise: a lookup
+/// costs about as much as passing over this many entries.
+const DIRTY_LIST_PER_CACHED_KEY: usize = 8;
+
 /// The hash of a key for [`KeyedWindowState::stored_keys`] (in memory only).
 fn key_hash(key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(key)
@@ -947,11 +952,24 @@ impl KeyedWindowState {
             .operations
             .append(&mut std::mem::take(&mut self.pending_writes).operations);
         let mut value = Vec::new();
-        for key in std::mem::take(&mut self.dirty_keys) {
-            if let Some(entry) = self.cache.get_mut(&key)
-                && entry.dirty
-            {
+        let listed = std::mem::take(&mut self.dirty_keys);
+        if listed.len().saturating_mul(DIRTY_LIST_PER_CACHED_KEY) >= self.cache.len() {
+            // Many keys entered the cache since the last checkpoint (most of them evicted
+            // and written since): a pass over the cache, in memory order, checks each
+            // entry's flag in place, where looking up each listed key is a few cache
+            // misses apiece (1.6 s for 400,000 listed and 119,000 dirty, the most of a
+            // savepoint's pause at 1.3 GiB in bench/README.md). Every dirty entry is
+            // listed, so both passes write the same entries.
+            for entry in self.cache.values_mut().filter(|entry| entry.dirty) {
                 entry.write_changes(&mut batch, &mut self.stored_keys, &mut value);
+            }
+        } else {
+            for key in listed {
+                if let Some(entry) = self.cache.get_mut(&key)
+                    && entry.dirty
+                {
+                    entry.write_changes(&mut batch, &mut self.stored_keys, &mut value);
+                }
             }
         }
         if batch.is_empty() {
