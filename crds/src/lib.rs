@@ -25,7 +25,7 @@ pub mod streamjob;
 pub mod validate;
 
 pub use duration::Duration;
-pub use manifest::{load_manifest, load_manifests};
+pub use manifest::{load_manifest, load_manifests, load_manifests_bytes};
 pub use status::StreamJobStatus;
 pub use streamjob::{StreamJob, StreamJobSpec};
 pub use validate::{CheckedJob, ValidationErrors, validate};
