@@ -217,7 +217,27 @@ fn check_tabs_after_dashes(text: &str) -> Result<(), YamlError> {
 /// `---` lines, then the first YAML document of each part converted to JSON.
 pub fn documents(text: &str) -> Result<Vec<Document>, YamlError> {
     let mut documents = Vec::new();
+    // kubectl reads a file whose first character is `{` as a stream of JSON objects, and
+    // falls back to YAML when the first object is not JSON (a comment, a trailing comma).
+    let mut first_line = 1;
+    let mut text = text;
+    if text.trim_start().starts_with('{') {
+        let (objects, rest) = json_stream(text)?;
+        match (objects.len(), rest) {
+            (_, None) => return Ok(objects),
+            (0, Some(_)) => {}
+            (_, Some(offset)) => {
+                first_line += text[..offset].matches('\n').count();
+                text = &text[offset..];
+                documents = objects;
+            }
+        }
+    }
     for chunk in split(text)? {
+        let chunk = Chunk {
+            first_line: chunk.first_line + first_line - 1,
+            ..chunk
+        };
         let shift = |mut error: YamlError| {
             error.line += chunk.first_line - 1;
             error
@@ -248,6 +268,58 @@ pub fn documents(text: &str) -> Result<Vec<Document>, YamlError> {
         }
     }
     Ok(documents)
+}
+
+/// The JSON objects at the start of `text`, as Go's json.Decoder reads a stream of them,
+/// with the byte offset where JSON stops when it does not reach the end. As in kubectl,
+/// two objects read and then a syntax error is an error; with fewer, the rest is YAML.
+fn json_stream(text: &str) -> Result<(Vec<Document>, Option<usize>), YamlError> {
+    let mut documents = Vec::new();
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    let mut offset = 0;
+    loop {
+        // The offset before the whitespace of the next value: where YAML would resume.
+        let start = offset + (text[offset..].len() - text[offset..].trim_start().len());
+        match stream.next() {
+            None => return Ok((documents, None)),
+            Some(Ok(mut value)) => {
+                offset = stream.byte_offset();
+                normalize_numbers(&mut value);
+                if !value.is_null() {
+                    documents.push(Document {
+                        value,
+                        line: text[..start].matches('\n').count() + 1,
+                    });
+                }
+            }
+            Some(Err(error)) if documents.len() > 1 => {
+                return Err(YamlError {
+                    line: error.line(),
+                    message: format!(
+                        "the file is a stream of JSON objects, and this one is not JSON: {error}"
+                    ),
+                });
+            }
+            Some(Err(_)) => return Ok((documents, Some(offset))),
+        }
+    }
+}
+
+/// Numbers as kubectl sends them: Go writes an integral float (`2.0`) as an integer.
+fn normalize_numbers(value: &mut Value) {
+    let mut pending = vec![value];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Number(number) if !(number.is_i64() || number.is_u64()) => {
+                if let Some(float) = number.as_f64() {
+                    *value = float_value(float);
+                }
+            }
+            Value::Array(items) => pending.extend(items.iter_mut()),
+            Value::Object(entries) => pending.extend(entries.values_mut()),
+            _ => {}
+        }
+    }
 }
 
 /// Replaces the tabs just before character `index` of `text` (the blanks after a `:`)
@@ -872,5 +944,25 @@ mod tests {
             json!({"a": "10", "b": "hello", "c": {"d": 1}, "e": "\u{FFFD}"})
         );
         assert_eq!(one("a: \"\u{85}\u{a0}\"\n"), json!({"a": "\u{85}\u{a0}"}));
+    }
+
+    #[test]
+    fn a_file_that_starts_with_a_brace_is_a_json_stream() {
+        let read = documents("{\"a\": 1.0}\n{\"b\": [2]}\n").unwrap();
+        let values: Vec<&Value> = read.iter().map(|document| &document.value).collect();
+        assert_eq!(values, [&json!({"a": 1}), &json!({"b": [2]})]);
+        assert_eq!(read[1].line, 2);
+        // Not JSON from the first object: YAML, as kubectl falls back to it.
+        assert_eq!(one("{a: 1, b: [2,],}\n"), json!({"a": 1, "b": [2]}));
+        // One object, then YAML.
+        let read = documents("{\"a\": 1}\n---\nb: 2\n").unwrap();
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[1].value, json!({"b": 2}));
+        assert_eq!(read[1].line, 3);
+        let error = documents("{\"a\": 1}\n{\"b\": 2}\n{c: 3}\n").unwrap_err();
+        assert!(
+            error.to_string().contains("stream of JSON objects"),
+            "{error}"
+        );
     }
 }
