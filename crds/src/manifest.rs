@@ -225,13 +225,13 @@ fn last_applied_size(object: &mut Value) -> Option<FieldError> {
         .pointer_mut("/metadata/annotations")
         .and_then(Value::as_object_mut);
     // kubectl replaces an annotation of that name the manifest may already have.
-    let previous = annotations.and_then(|annotations| {
+    let previous = annotations.map(|annotations| {
         let previous = annotations.remove(LAST_APPLIED_ANNOTATION);
         let own: usize = annotations
             .iter()
             .map(|(key, value)| key.len() + value.as_str().map_or(0, str::len))
             .sum();
-        Some((previous, own))
+        (previous, own)
     });
     let (previous, own) = previous.unwrap_or((None, 0));
     let json = go_json_len(object);

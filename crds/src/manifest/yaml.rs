@@ -602,7 +602,7 @@ fn base64(text: &str) -> Option<Vec<u8>> {
         .bytes()
         .filter(|byte| !matches!(byte, b'\r' | b'\n'))
         .collect();
-    if digits.len() % 4 != 0 {
+    if !digits.len().is_multiple_of(4) {
         return None;
     }
     let value = |byte: u8| -> Option<u32> {
