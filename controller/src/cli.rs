@@ -241,9 +241,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn validate(path: &PathBuf) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("failed to read {}", path.display()))?;
-    let manifest = sluice_crds::load_manifests(&text)
+    let bytes =
+        std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let manifest = sluice_crds::load_manifests_bytes(&bytes)
         .with_context(|| format!("{} is not a valid manifest", path.display()))?;
     let mut invalid = 0;
     for skipped in &manifest.skipped {

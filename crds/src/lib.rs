@@ -25,7 +25,7 @@ pub mod streamjob;
 pub mod validate;
 
 pub use duration::Duration;
-pub use manifest::{load_manifest, load_manifests};
+pub use manifest::{load_manifest, load_manifests, load_manifests_bytes};
 pub use status::StreamJobStatus;
 pub use streamjob::{StreamJob, StreamJobSpec};
 pub use validate::{CheckedJob, ValidationErrors, validate};
@@ -33,7 +33,8 @@ pub use validate::{CheckedJob, ValidationErrors, validate};
 /// The CustomResourceDefinition and its committed YAML.
 pub mod crd {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-        CustomResourceDefinition, ValidationRule,
+        CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+        ValidationRule,
     };
     use kube::CustomResourceExt;
 
@@ -63,9 +64,42 @@ pub mod crd {
                         message: Some(messages::JOB_NAME_INVALID.to_string()),
                         ..ValidationRule::default()
                     });
+                if let Some(spec) = schema
+                    .properties
+                    .as_mut()
+                    .and_then(|properties| properties.get_mut("spec"))
+                {
+                    bound_int32(spec);
+                }
             }
         }
         definition
+    }
+
+    /// Gives every `format: int32` field of `schema` without bounds those of an int32.
+    /// The API server does not enforce the format, but the controller reads these fields
+    /// as 32-bit integers (the Pod API's types, such as an affinity term's weight): a
+    /// StreamJob with a larger value would be accepted and then be unreadable to it.
+    fn bound_int32(schema: &mut JSONSchemaProps) {
+        if schema.format.as_deref() == Some("int32") {
+            schema.minimum.get_or_insert(f64::from(i32::MIN));
+            schema.maximum.get_or_insert(f64::from(i32::MAX));
+        }
+        for property in schema
+            .properties
+            .iter_mut()
+            .flat_map(|properties| properties.values_mut())
+        {
+            bound_int32(property);
+        }
+        if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+            bound_int32(items);
+        }
+        if let Some(JSONSchemaPropsOrBool::Schema(additional)) =
+            schema.additional_properties.as_mut()
+        {
+            bound_int32(additional);
+        }
     }
 
     /// The CRD as YAML, exactly as `crdgen` writes it.

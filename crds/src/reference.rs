@@ -45,17 +45,39 @@ fn beyond_the_api_server() -> String {
          a worker thread), and have a type that fits their step: a filter gives a bool, a \
          key a string, an int or a bool, an aggregate input a number. A step may read only \
          fields the step before it produces (a map keeps only its own fields). The pattern \
-         of `matches` must be a regular expression (RE2 syntax).\n\
-         - Topics: the sink topic is not a source topic (a feedback loop), the dead-letter \
-         and late-data topics are not the sink topic, and every name is one Kafka accepts \
-         (letters, digits, `.`, `_`, `-`; not `.` or `..`).\n\
+         of `matches` must be a regular expression (RE2 syntax). Expressions are checked \
+         in the worker's CEL, the one that evaluates them: the standard library and the \
+         strings extension, not the libraries Kubernetes adds for a CRD's own rules \
+         (optionals, the `.?` operator; `url()`, `ip()`, `quantity()`, \
+         `isQuantity()`): the API server never evaluates pipeline expressions, so an \
+         expression only those libraries read is refused by validate alone.\n\
+         - Topics: each source topic is listed once (a topic twice is a mistake, the CRD's \
+         list is not a set); the sink topic is not a source topic (a feedback loop); the \
+         dead-letter and late-data topics are neither the sink topic nor a source topic \
+         (rejected or late events would be read again, forever); and every name is one \
+         Kafka accepts (letters, digits, `.`, `_`, `-`; not `.` or `..`).\n\
+         - `spec.source.eventTime.field` names a field: not only spaces (the CRD's \
+         `minLength` counts them).\n\
          - `spec.kafka.bootstrapServers` is a comma-separated list of `host:port`, and \
          `spec.kafka.properties` sets none of the properties the worker owns for \
          exactly-once processing ({owned}).\n\
          - Unknown fields, in `metadata` and `spec`, are refused with the nearest known \
          name (`paralelism`: did you mean `parallelism`?). `kubectl apply` refuses them \
          too with its default `--validate=strict`; with `--validate=warn` it only warns \
-         and with `--validate=false` it says nothing, and the API server drops them.\n\n",
+         and with `--validate=false` it says nothing, and the API server drops them.\n\n\
+         `validate` answers for `kubectl apply` (client-side, as most GitOps tools run it), \
+         which copies the whole StreamJob, as JSON, into the annotation \
+         `kubectl.kubernetes.io/last-applied-configuration`. All annotations of an object \
+         may take 262144 bytes, so a StreamJob of more than about 256 KiB of JSON (a large \
+         pod-template annotation, say) is refused there as `metadata.annotations: Too \
+         long`, and by validate with the fix: `kubectl apply --server-side` and `kubectl \
+         create` add no such annotation. The count is within a few bytes of kubectl's (it \
+         cannot know the namespace kubectl adds).\n\n\
+         What validate does not check: documents of other kinds in the same file (a \
+         ConfigMap beside the StreamJob) are named and skipped, not checked, though \
+         `kubectl apply` sends them too and the API server may refuse them; and a \
+         `status` is not checked beyond its unknown fields, as the status subresource drops \
+         it on create.\n\n",
         owned = crate::kafka::OWNED_PROPERTIES
             .iter()
             .map(|name| format!("`{name}`"))

@@ -43,12 +43,14 @@ fn cel_errors(manifest: &str, old: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// The messages of `sluice_crds::load_manifest` (types, enums, `validate`).
+/// The messages of `sluice_crds::load_manifest` (types, enums, `validate`), and those
+/// of each StreamJob when the file holds several (a `kind: List`, say).
 fn sluice_errors(manifest: &str) -> Vec<String> {
-    match sluice_crds::load_manifest(manifest) {
-        Ok(_) => Vec::new(),
-        Err(error) => vec![error.to_string()],
+    let mut errors = manifest_problems(manifest.as_bytes());
+    if let Err(error) = sluice_crds::load_manifest(manifest) {
+        errors.push(error.to_string());
     }
+    errors
 }
 
 /// Every message an offline check produces for a manifest.
@@ -234,8 +236,8 @@ fn committed_reference_matches_the_crd() {
 
 /// Every problem `load_manifests` finds in a file, one line each (empty when every
 /// StreamJob in it is valid).
-fn manifest_problems(manifest: &str) -> Vec<String> {
-    match sluice_crds::load_manifests(manifest) {
+fn manifest_problems(manifest: &[u8]) -> Vec<String> {
+    match sluice_crds::load_manifests_bytes(manifest) {
         Err(error) => vec![error.to_string()],
         Ok(loaded) if loaded.jobs.is_empty() => vec!["no StreamJob".to_string()],
         Ok(loaded) => loaded
@@ -252,7 +254,8 @@ fn every_valid_fixture_is_accepted() {
     let files = yaml_files(&repository_root().join("tests/fixtures/valid"));
     assert!(!files.is_empty(), "no valid fixtures");
     for file in files {
-        let manifest = std::fs::read_to_string(&file).unwrap();
+        // Bytes: some are UTF-16, or hold bytes that are not UTF-8, as kubectl reads them.
+        let manifest = std::fs::read(&file).unwrap();
         let problems = manifest_problems(&manifest);
         assert!(problems.is_empty(), "{}: {problems:#?}", file.display());
     }
@@ -272,7 +275,7 @@ fn every_stricter_fixture_is_refused_offline_with_its_message() {
         );
         let expected = header(&manifest, "expect-offline")
             .unwrap_or_else(|| panic!("{} has no '# expect-offline: ' header", file.display()));
-        let problems = manifest_problems(&manifest);
+        let problems = manifest_problems(manifest.as_bytes());
         assert!(
             problems.iter().any(|problem| problem.contains(&expected)),
             "{}: expected {expected:?} in {problems:#?}",

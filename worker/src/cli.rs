@@ -298,20 +298,26 @@ fn run_savepoint(command: &SavepointCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A StreamJob file's text, decoded as kubectl decodes it (UTF-16 with a byte-order mark,
+/// invalid UTF-8 as U+FFFD).
 fn read_job(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path)
-        .with_context(|| format!("failed to read the StreamJob {}", path.display()))
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("failed to read the StreamJob {}", path.display()))?;
+    Ok(sluice_crds::manifest::yaml::decode(&bytes).into_owned())
 }
 
 fn run_validate(args: &ValidateArgs) -> ExitCode {
-    let text = match read_job(&args.job) {
-        Ok(text) => text,
+    // Bytes, not text: kubectl reads UTF-16 with a byte-order mark and invalid UTF-8 too.
+    let bytes = match std::fs::read(&args.job)
+        .with_context(|| format!("failed to read the StreamJob {}", args.job.display()))
+    {
+        Ok(bytes) => bytes,
         Err(error) => {
             eprintln!("error: {error:#}");
             return ExitCode::from(2);
         }
     };
-    let (report, valid) = validation_report(&args.job.display().to_string(), &text);
+    let (report, valid) = validation_report(&args.job.display().to_string(), &bytes);
     // A pre-commit hook shows what failed on stderr; a clean run prints to stdout.
     if valid {
         print!("{report}");
@@ -325,9 +331,9 @@ fn run_validate(args: &ValidateArgs) -> ExitCode {
 /// What `validate` says about a manifest file: each StreamJob by name, valid or with every
 /// problem, and the documents of other kinds it skipped. The flag is whether every
 /// StreamJob is valid (and there is at least one).
-pub fn validation_report(file: &str, text: &str) -> (String, bool) {
+pub fn validation_report(file: &str, bytes: &[u8]) -> (String, bool) {
     use std::fmt::Write as _;
-    let manifest = match sluice_crds::load_manifests(text) {
+    let manifest = match sluice_crds::load_manifests_bytes(bytes) {
         Ok(manifest) => manifest,
         Err(error) => return (format!("{file}: {error}\n"), false),
     };
@@ -336,8 +342,12 @@ pub fn validation_report(file: &str, text: &str) -> (String, bool) {
     for skipped in &manifest.skipped {
         let _ = writeln!(
             report,
-            "{file}: document {} is {} {} {}, not a StreamJob: skipped",
+            "{file}: document {}{} is {} {} {}, not a StreamJob: skipped (validate checks only StreamJobs)",
             skipped.document,
+            skipped
+                .item
+                .map(|item| format!(" item {item}"))
+                .unwrap_or_default(),
             skipped.api_version,
             skipped.kind,
             skipped.name.as_deref().unwrap_or("(unnamed)")
@@ -350,7 +360,12 @@ pub fn validation_report(file: &str, text: &str) -> (String, bool) {
     let mut valid = true;
     for job in &manifest.jobs {
         let name = job.name.as_deref().unwrap_or("(unnamed)");
-        let label = if several {
+        let label = if let Some(item) = job.item {
+            format!(
+                "{file}: document {} (line {}) item {item}: StreamJob {name}",
+                job.document, job.line
+            )
+        } else if several {
             format!(
                 "{file}: document {} (line {}): StreamJob {name}",
                 job.document, job.line

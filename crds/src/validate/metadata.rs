@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use super::FieldError;
 use super::schema::{kind_of, unknown_field};
+use crate::manifest::MAX_ANNOTATION_BYTES;
 use crate::messages;
 
 /// The fields of `ObjectMeta`, with the JSON type each must have.
@@ -34,9 +35,6 @@ enum Kind {
     StringMap,
     List,
 }
-
-/// The most bytes all annotations of an object may take, keys and values together.
-const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
 
 /// Checks `metadata` (`None` when the manifest has none).
 pub(crate) fn check(metadata: Option<&Value>, errors: &mut Vec<FieldError>) {
@@ -141,7 +139,8 @@ pub(crate) fn check(metadata: Option<&Value>, errors: &mut Vec<FieldError>) {
     if let Some(annotations) = metadata.get("annotations").and_then(Value::as_object) {
         let mut bytes = 0usize;
         for (key, value) in annotations {
-            if let Some(problem) = qualified_name(key) {
+            // The API server checks annotation keys lowercased (label keys as they are).
+            if let Some(problem) = qualified_name(&key.to_lowercase()) {
                 add(
                     format!("metadata.annotations.{key}"),
                     format!("the annotation key {key:?} {problem}"),
@@ -158,6 +157,9 @@ pub(crate) fn check(metadata: Option<&Value>, errors: &mut Vec<FieldError>) {
             );
         }
     }
+    if let Some(references) = metadata.get("ownerReferences").and_then(Value::as_array) {
+        owner_references(references, &mut add);
+    }
     if let Some(finalizers) = metadata.get("finalizers").and_then(Value::as_array) {
         for (index, finalizer) in finalizers.iter().enumerate() {
             let field = format!("metadata.finalizers[{index}]");
@@ -173,6 +175,108 @@ pub(crate) fn check(metadata: Option<&Value>, errors: &mut Vec<FieldError>) {
                 ),
             }
         }
+    }
+}
+
+/// The fields of an `OwnerReference`, and whether each is a string (else a bool).
+const OWNER_REFERENCE_FIELDS: [(&str, bool); 6] = [
+    ("apiVersion", true),
+    ("kind", true),
+    ("name", true),
+    ("uid", true),
+    ("controller", false),
+    ("blockOwnerDeletion", false),
+];
+
+/// Checks `metadata.ownerReferences` as the API server does: each names the owner's
+/// apiVersion, kind, name and uid, an Event is never an owner, and at most one is the
+/// controller.
+fn owner_references(references: &[Value], add: &mut impl FnMut(String, String)) {
+    let known: Vec<&str> = OWNER_REFERENCE_FIELDS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
+    let mut controllers = Vec::new();
+    for (index, reference) in references.iter().enumerate() {
+        let path = format!("metadata.ownerReferences[{index}]");
+        let empty = Map::new();
+        let fields = match reference {
+            Value::Null => &empty,
+            Value::Object(fields) => fields,
+            other => {
+                add(
+                    path,
+                    format!("must be a mapping of fields, not {}", kind_of(other)),
+                );
+                continue;
+            }
+        };
+        let mut typed = true;
+        for (name, value) in fields {
+            let field = format!("{path}.{name}");
+            match OWNER_REFERENCE_FIELDS
+                .iter()
+                .find(|(known, _)| known == name)
+            {
+                None => add(field, unknown_field(name, &known)),
+                Some((_, true)) if !(value.is_string() || value.is_null()) => {
+                    typed = false;
+                    add(field, format!("must be a string, not {}", kind_of(value)));
+                }
+                Some((_, false)) if !(value.is_boolean() || value.is_null()) => {
+                    typed = false;
+                    add(
+                        field,
+                        format!("must be true or false, not {}", kind_of(value)),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        if !typed {
+            continue;
+        }
+        let text = |name: &str| fields.get(name).and_then(Value::as_str).unwrap_or("");
+        // Go's schema.ParseGroupVersion: `v1`, `group/version`; more slashes are invalid.
+        let api_version = text("apiVersion");
+        let (group, version) = match api_version.matches('/').count() {
+            0 => ("", api_version),
+            1 => api_version.split_once('/').unwrap_or_default(),
+            _ => ("", ""),
+        };
+        if version.is_empty() {
+            add(
+                format!("{path}.apiVersion"),
+                format!(
+                    "{api_version:?}: version must not be empty: give the owner's apiVersion, as in v1 or apps/v1"
+                ),
+            );
+        }
+        for name in ["kind", "name", "uid"] {
+            if text(name).is_empty() {
+                add(
+                    format!("{path}.{name}"),
+                    format!("must not be empty: give the owner's {name}"),
+                );
+            }
+        }
+        if group.is_empty() && version == "v1" && text("kind") == "Event" {
+            add(
+                path,
+                "/v1, Kind=Event is disallowed from being an owner".to_string(),
+            );
+        }
+        if fields.get("controller").and_then(Value::as_bool) == Some(true) {
+            controllers.push(format!("{}/{}", text("kind"), text("name")));
+        }
+    }
+    if let [first, second, ..] = controllers.as_slice() {
+        add(
+            "metadata.ownerReferences".to_string(),
+            format!(
+                "Only one reference can have Controller set to true. Found \"true\" in references for {first} and {second}: keep controller: true on one"
+            ),
+        );
     }
 }
 
@@ -327,6 +431,57 @@ mod tests {
             (
                 json!({"name": "x", "generation": "1"}),
                 "metadata.generation: must be an integer, not a string",
+            ),
+            // Annotation keys are checked lowercased, label keys as they are.
+            (
+                json!({"name": "x", "annotations": {"Example.com/X": "v"}}),
+                "",
+            ),
+            (
+                json!({"name": "x", "labels": {"Example.com/x": "v"}}),
+                "the label key \"Example.com/x\"",
+            ),
+            (
+                json!({"name": "x", "ownerReferences": [
+                    {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d", "uid": "u", "controller": true, "blockOwnerDeletion": true},
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "v", "controller": false},
+                ]}),
+                "",
+            ),
+            (
+                json!({"name": "x", "ownerReferences": [{"name": "o"}]}),
+                "metadata.ownerReferences[0].apiVersion: \"\": version must not be empty",
+            ),
+            (
+                json!({"name": "x", "ownerReferences": [{"name": "o"}]}),
+                "metadata.ownerReferences[0].uid: must not be empty",
+            ),
+            (
+                json!({"name": "x", "ownerReferences": [null]}),
+                "metadata.ownerReferences[0].kind: must not be empty",
+            ),
+            (
+                json!({"name": "x", "ownerReferences": [{"apiVersion": "a/b/c", "kind": "K", "name": "o", "uid": "u"}]}),
+                "version must not be empty",
+            ),
+            (
+                json!({"name": "x", "ownerReferences": [{"apiVersion": "v1", "kind": "Event", "name": "o", "uid": "u"}]}),
+                "disallowed from being an owner",
+            ),
+            (
+                json!({"name": "x", "ownerReferences": [{"apiVersion": "v1", "kind": "K", "name": "o", "uid": "u", "controler": true}]}),
+                "unknown field \"controler\": did you mean \"controller\"?",
+            ),
+            (
+                json!({"name": "x", "ownerReferences": [{"apiVersion": "v1", "kind": "K", "name": "o", "uid": "u", "controller": "yes"}]}),
+                "controller: must be true or false, not a string",
+            ),
+            (
+                json!({"name": "x", "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "K", "name": "a", "uid": "u", "controller": true},
+                    {"apiVersion": "v1", "kind": "K", "name": "b", "uid": "v", "controller": true},
+                ]}),
+                "Only one reference can have Controller set to true. Found \"true\" in references for K/a and K/b",
             ),
         ];
         for (metadata, expected) in cases {

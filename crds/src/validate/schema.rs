@@ -176,6 +176,53 @@ pub(crate) fn check(value: &mut Value, schema: &Value, path: &str, errors: &mut 
     }
 }
 
+/// Reports the fields of `value` that `schema` does not declare, and nothing else: what
+/// the API server's strict field validation sees in a part of the object it then drops
+/// (`status`, which the status subresource resets on create).
+pub(crate) fn check_unknown_fields(
+    value: &Value,
+    schema: &Value,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    match value {
+        Value::Array(items) => {
+            if let Some(items_schema) = schema.get("items") {
+                for (index, item) in items.iter().enumerate() {
+                    check_unknown_fields(item, items_schema, &format!("{path}[{index}]"), errors);
+                }
+            }
+        }
+        Value::Object(fields) => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let additional = schema
+                .get("additionalProperties")
+                .filter(|value| value.is_object());
+            for (name, field) in fields {
+                let field_path = join(path, name);
+                match (
+                    properties.and_then(|properties| properties.get(name)),
+                    additional,
+                ) {
+                    (Some(property), _) | (None, Some(property)) => {
+                        check_unknown_fields(field, property, &field_path, errors);
+                    }
+                    (None, None) => {
+                        if let Some(properties) = properties {
+                            let known: Vec<&str> = properties.keys().map(String::as_str).collect();
+                            errors.push(FieldError {
+                                field: field_path,
+                                message: unknown_field(name, &known),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The message for a field no schema declares, naming the closest known one.
 pub(crate) fn unknown_field(name: &str, known: &[&str]) -> String {
     let suggestion = nearest(name, known)
