@@ -1314,26 +1314,88 @@ async fn wait_deployed(jobs: &Api<StreamJob>, name: &str, generation: i64) -> Re
     .await
 }
 
-/// The job lifecycle end to end (docs/lifecycle.md): with events arriving throughout, a
-/// rescale up, a compatible pipeline change and a rescale down each go through a
-/// stop-with-savepoint on S3 (SeaweedFS, reached from the pods through the bridge) and
-/// new workers restored from it; an incompatible change is refused with the old spec
-/// still running; every result is in the sink exactly once.
-#[tokio::test]
-async fn rescales_and_upgrades_go_through_savepoints_exactly_once() -> Result<()> {
-    use sluice_e2e::exactly_once;
-    let environment = Environment::load()?;
-    let node = node_env().await?;
-    let client = node.client.clone();
-    install_crd(&client).await?;
-    let namespace = "e2e-ctl-lifecycle";
-    fresh_namespace(&client, namespace).await?;
-    let source = TestTopic::create(&environment, "e2e-lifecycle-in", 2)?;
-    // Four partitions: what `exactly_once::read_output` reads.
-    let sink = TestTopic::create(&environment, "e2e-lifecycle-out", 4)?;
-    let (per_partition, expected) = exactly_once::generate(30_000, 2, 200);
-    let third = |part: usize| -> Vec<Vec<String>> {
-        per_partition
+/// A windowed job with savepoints on S3 (SeaweedFS, reached from the pods through the
+/// bridge), running generation 1 with one worker under its own controller, and its input
+/// generated in thirds with the results it must give.
+struct Lifecycle {
+    environment: Environment,
+    client: Client,
+    namespace: &'static str,
+    name: String,
+    jobs: Api<StreamJob>,
+    controller: ControllerProcess,
+    source: TestTopic,
+    sink: TestTopic,
+    per_partition: Vec<Vec<String>>,
+    expected: sluice_e2e::exactly_once::Expected,
+}
+
+impl Lifecycle {
+    async fn start(namespace: &'static str) -> Result<Self> {
+        use sluice_e2e::exactly_once;
+        let environment = Environment::load()?;
+        let node = node_env().await?;
+        let client = node.client.clone();
+        install_crd(&client).await?;
+        fresh_namespace(&client, namespace).await?;
+        let source = TestTopic::create(&environment, "e2e-lifecycle-in", 2)?;
+        // Four partitions: what `exactly_once::read_output` reads.
+        let sink = TestTopic::create(&environment, "e2e-lifecycle-out", 4)?;
+        let (per_partition, expected) = exactly_once::generate(30_000, 2, 200);
+
+        // The workers' S3 credentials and endpoint (the bridge relay of cluster.sh).
+        let s3 = sluice_e2e::S3Settings::load()?;
+        let pod_endpoint = sluice_e2e::parse_env_file(&std::fs::read_to_string(
+            sluice_e2e::state_dir().join("env"),
+        )?)
+        .remove("SLUICE_S3_POD_ENDPOINT")
+        .context("no SLUICE_S3_POD_ENDPOINT: rerun `make cluster-up`")?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let credentials: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "savepoint-credentials"},
+            "stringData": s3.worker_env(&pod_endpoint).into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+        }))?;
+        secrets.create(&PostParams::default(), &credentials).await?;
+
+        // A name of its own: the job's repartition topic and consumer group are named
+        // after it and outlive the job (a new job of the same name refuses their offsets).
+        let name = unique_name("lifecycle");
+        let mut manifest = exactly_once::manifest(&environment, &source.name, &sink.name);
+        manifest["metadata"] = json!({"name": name, "namespace": namespace});
+        let spec = &mut manifest["spec"];
+        spec["parallelism"] = json!(1);
+        spec["imagePullPolicy"] = json!("Never");
+        spec["kafka"]["bootstrapServers"] = json!(node.kafka_bootstrap_pod);
+        spec["state"] = json!({"checkpointInterval": "500ms", "volumeSize": "64Mi"});
+        spec["savepoints"] = json!({
+            "location": format!("s3://{}/{}", s3.bucket, unique_name("e2e-lifecycle")),
+            "secretRef": {"name": "savepoint-credentials"},
+        });
+        let job: StreamJob = serde_json::from_value(manifest)?;
+
+        let mut controller = controller(&environment, &node, &[namespace], None, namespace)?;
+        controller.wait_ready(Duration::from_secs(30))?;
+        apply_job(&client, &job).await?;
+        let jobs: Api<StreamJob> = Api::namespaced(client.clone(), namespace);
+        wait_deployed(&jobs, &name, 1).await?;
+        Ok(Self {
+            environment,
+            client,
+            namespace,
+            name,
+            jobs,
+            controller,
+            source,
+            sink,
+            per_partition,
+            expected,
+        })
+    }
+
+    /// Produces third `part` (0, 1 or 2) of the input.
+    fn produce_third(&self, part: usize) -> Result<()> {
+        let third: Vec<Vec<String>> = self
+            .per_partition
             .iter()
             .map(|records| {
                 let size = records.len().div_ceil(3);
@@ -1344,45 +1406,61 @@ async fn rescales_and_upgrades_go_through_savepoints_exactly_once() -> Result<()
                     .cloned()
                     .collect()
             })
-            .collect()
-    };
+            .collect();
+        sluice_e2e::exactly_once::produce(&self.environment, &self.source.name, &third)
+    }
 
-    // The workers' S3 credentials and endpoint (the bridge relay of cluster.sh).
-    let s3 = sluice_e2e::S3Settings::load()?;
-    let pod_endpoint = sluice_e2e::parse_env_file(&std::fs::read_to_string(
-        sluice_e2e::state_dir().join("env"),
-    )?)
-    .remove("SLUICE_S3_POD_ENDPOINT")
-    .context("no SLUICE_S3_POD_ENDPOINT: rerun `make cluster-up`")?;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let credentials: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "savepoint-credentials"},
-        "stringData": s3.worker_env(&pod_endpoint).into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-    }))?;
-    secrets.create(&PostParams::default(), &credentials).await?;
+    /// Fires every window, checks every result is in the sink exactly once and the
+    /// Events `reasons` were published, stops the controller and deletes the job.
+    async fn finish(mut self, reasons: &[&str]) -> Result<()> {
+        use sluice_e2e::exactly_once;
+        exactly_once::produce_flush(&self.environment, &self.source.name, 2)?;
+        let output = exactly_once::read_output(
+            &self.environment,
+            &self.sink.name,
+            self.expected.len(),
+            Instant::now() + Duration::from_secs(180),
+        )?;
+        eprintln!("{}", exactly_once::verify(&self.expected, &output)?);
+        let published = event_reasons(&self.client, self.namespace, &self.name).await?;
+        for reason in reasons {
+            ensure!(
+                published.contains(*reason),
+                "no {reason} event: {published:?}"
+            );
+        }
+        let status = self.controller.terminate(Duration::from_secs(20))?;
+        ensure!(
+            status.success(),
+            "the controller exited {status} on SIGTERM"
+        );
+        self.environment.kubectl(&[
+            "delete",
+            "-n",
+            self.namespace,
+            "streamjob",
+            &self.name,
+            "--wait=true",
+        ])?;
+        delete_namespace(&self.client, self.namespace).await;
+        Ok(())
+    }
+}
 
-    // A name of its own: the job's repartition topic and consumer group are named after
-    // it and outlive the job (a new job of the same name refuses their offsets).
-    let name = &unique_name("lifecycle");
-    let mut manifest = exactly_once::manifest(&environment, &source.name, &sink.name);
-    manifest["metadata"] = json!({"name": name, "namespace": namespace});
-    let spec = &mut manifest["spec"];
-    spec["parallelism"] = json!(1);
-    spec["imagePullPolicy"] = json!("Never");
-    spec["kafka"]["bootstrapServers"] = json!(node.kafka_bootstrap_pod);
-    spec["state"] = json!({"checkpointInterval": "500ms", "volumeSize": "64Mi"});
-    spec["savepoints"] = json!({
-        "location": format!("s3://{}/{}", s3.bucket, unique_name("e2e-lifecycle")),
-        "secretRef": {"name": "savepoint-credentials"},
-    });
-    let job: StreamJob = serde_json::from_value(manifest)?;
-
-    let mut controller = controller(&environment, &node, &[namespace], None, "e2e-lifecycle")?;
-    controller.wait_ready(Duration::from_secs(30))?;
-    apply_job(&client, &job).await?;
-    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), namespace);
-    wait_deployed(&jobs, name, 1).await?;
-    exactly_once::produce(&environment, &source.name, &third(0))?;
+/// The job lifecycle end to end (docs/lifecycle.md): with events arriving throughout, a
+/// rescale up, a compatible pipeline change and a rescale down each go through a
+/// stop-with-savepoint on S3 and new workers restored from it; an incompatible change is
+/// refused with the old spec still running; every result is in the sink exactly once.
+#[tokio::test]
+async fn rescales_and_upgrades_go_through_savepoints_exactly_once() -> Result<()> {
+    let lifecycle = Lifecycle::start("e2e-ctl-lifecycle").await?;
+    let (client, namespace, name, jobs) = (
+        lifecycle.client.clone(),
+        lifecycle.namespace,
+        lifecycle.name.as_str(),
+        lifecycle.jobs.clone(),
+    );
+    lifecycle.produce_third(0)?;
 
     // Rescale 1 → 2: a savepoint, then two workers restored from it.
     let started = Instant::now();
@@ -1429,7 +1507,7 @@ async fn rescales_and_upgrades_go_through_savepoints_exactly_once() -> Result<()
         "the workers do not restore from the savepoint: {:?}",
         env_of(&set)
     );
-    exactly_once::produce(&environment, &source.name, &third(1))?;
+    lifecycle.produce_third(1)?;
 
     // An incompatible change (another key) is refused; the workers keep generation 2.
     patch_spec(
@@ -1501,31 +1579,88 @@ async fn rescales_and_upgrades_go_through_savepoints_exactly_once() -> Result<()
         "{}",
         describe_job(&rescaled)
     );
-    exactly_once::produce(&environment, &source.name, &third(2))?;
-    exactly_once::produce_flush(&environment, &source.name, 2)?;
-    let output = exactly_once::read_output(
-        &environment,
-        &sink.name,
-        expected.len(),
-        Instant::now() + Duration::from_secs(180),
-    )?;
-    eprintln!("{}", exactly_once::verify(&expected, &output)?);
-    let reasons = event_reasons(&client, namespace, name).await?;
-    for reason in [
-        "TakingSavepoint",
-        "SavepointCompleted",
-        "Rescaled",
-        "Upgraded",
-        "IncompatibleState",
-    ] {
-        ensure!(reasons.contains(reason), "no {reason} event: {reasons:?}");
-    }
-    let status = controller.terminate(Duration::from_secs(20))?;
-    ensure!(
-        status.success(),
-        "the controller exited {status} on SIGTERM"
+    lifecycle.produce_third(2)?;
+    lifecycle
+        .finish(&[
+            "TakingSavepoint",
+            "SavepointCompleted",
+            "Rescaled",
+            "Upgraded",
+            "IncompatibleState",
+        ])
+        .await
+}
+
+/// Suspend and resume, and a savepoint on request, with events arriving throughout: the
+/// suspend takes a savepoint and removes every worker (the volumes stay), input sent
+/// while suspended is processed after the resume, and every result is in the sink
+/// exactly once.
+#[tokio::test]
+async fn suspend_resume_and_a_savepoint_on_request_lose_nothing() -> Result<()> {
+    let lifecycle = Lifecycle::start("e2e-ctl-suspend").await?;
+    let (client, namespace, name, jobs) = (
+        lifecycle.client.clone(),
+        lifecycle.namespace,
+        lifecycle.name.clone(),
+        lifecycle.jobs.clone(),
     );
-    environment.kubectl(&["delete", "-n", namespace, "streamjob", name, "--wait=true"])?;
-    delete_namespace(&client, namespace).await;
-    Ok(())
+    lifecycle.produce_third(0)?;
+
+    // A savepoint on request: the workers stop, write it, and go on.
+    patch_spec(&jobs, &name, json!({"savepointTriggerNonce": 1})).await?;
+    let taken = wait_deployed(&jobs, &name, 2).await?;
+    let savepoint = taken
+        .status
+        .as_ref()
+        .and_then(|status| status.last_savepoint.clone())
+        .context("no lastSavepoint")?;
+    ensure!(
+        savepoint.id == "manual-2-1"
+            && savepoint.trigger == sluice_crds::status::SavepointTrigger::Manual,
+        "{}",
+        describe_job(&taken)
+    );
+    lifecycle.produce_third(1)?;
+
+    // Suspend: a savepoint, then no worker.
+    patch_spec(&jobs, &name, json!({"suspend": true})).await?;
+    let suspended = wait_for("the job to be suspended", READY_TIMEOUT, || async {
+        let job = jobs.get(&name).await?;
+        let status = job.status.clone().unwrap_or_default();
+        if status.phase == Some(sluice_crds::status::Phase::Suspended)
+            && status.upgrade.is_none()
+            && status.replicas == Some(0)
+        {
+            Ok(Some(job))
+        } else {
+            bail!("status {}", describe_job(&job))
+        }
+    })
+    .await?;
+    let status = suspended.status.clone().context("no status")?;
+    ensure!(
+        status.last_savepoint.as_ref().map(|s| s.id.as_str()) == Some("suspend-3-1")
+            && status.deployed.as_ref().and_then(|d| d.savepoint.clone())
+                == status.last_savepoint.as_ref().map(|s| s.location.clone()),
+        "{}",
+        describe_job(&suspended)
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    ensure!(
+        pods.list(&ListParams::default()).await?.items.is_empty(),
+        "worker pods left while suspended"
+    );
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    ensure!(
+        !claims.list(&ListParams::default()).await?.items.is_empty(),
+        "the state volume went with the suspend"
+    );
+    lifecycle.produce_third(2)?;
+
+    // Resume: the workers start from the suspend savepoint and read what came meanwhile.
+    patch_spec(&jobs, &name, json!({"suspend": false})).await?;
+    wait_deployed(&jobs, &name, 4).await?;
+    lifecycle
+        .finish(&["TakingSavepoint", "SavepointCompleted", "Suspended"])
+        .await
 }
