@@ -14,7 +14,17 @@ use sluice_e2e::{Environment, TestNamespace, read_repo_file, rendered_documents,
 const GROUPS_NOT_SERVED: [&str; 2] = ["monitoring.coreos.com/", "cert-manager.io/"];
 
 fn template(environment: &Environment, namespace: &str, extra: &[&str]) -> Result<String> {
-    let mut arguments = vec!["template", "sluice", "charts/sluice", "-n", namespace];
+    template_release(environment, "sluice", namespace, extra)
+}
+
+/// `helm template` of a release with a name of the caller's choosing.
+fn template_release(
+    environment: &Environment,
+    release: &str,
+    namespace: &str,
+    extra: &[&str],
+) -> Result<String> {
+    let mut arguments = vec!["template", release, "charts/sluice", "-n", namespace];
     arguments.extend_from_slice(extra);
     environment.helm(&arguments)
 }
@@ -125,7 +135,11 @@ fn the_schema_refuses_wrong_values_naming_them() -> Result<()> {
     Ok(())
 }
 
-/// Every value set renders objects the API server accepts, in fresh namespaces.
+/// Every value set renders objects the API server accepts, in fresh namespaces. The
+/// release is named after its fresh namespace: cluster-scoped objects (ClusterRole,
+/// ClusterRoleBinding, the webhook configuration) carry the release's name, and a release
+/// installed for real under a common name (`make demo` installs `sluice` and leaves it
+/// running) would otherwise own those names and turn the dry run into a conflict.
 #[tokio::test]
 async fn every_value_set_renders_objects_the_api_server_accepts() -> Result<()> {
     let environment = Environment::load()?;
@@ -204,7 +218,7 @@ async fn every_value_set_renders_objects_the_api_server_accepts() -> Result<()> 
     ];
     let mut failures = Vec::new();
     for (name, arguments, present, absent) in &value_sets {
-        let rendered = template(&environment, &release.name, arguments)
+        let rendered = template_release(&environment, &release.name, &release.name, arguments)
             .with_context(|| format!("{name}: helm template"))?;
         let kinds = kinds(&rendered)?;
         for kind in present {
