@@ -17,6 +17,14 @@ pub const OWNED_PROPERTIES: [&str; 9] = [
     "transaction.timeout.ms",
 ];
 
+/// The consumer group under which a job's workers commit their positions inside their
+/// transactions (no consumer joins it): `sluice.<namespace>.<name>`. A namespace has no
+/// '.', so the name is unambiguous. The worker commits under it; the controller's
+/// autoscaler reads it.
+pub fn group_id(namespace: &str, name: &str) -> String {
+    format!("sluice.{namespace}.{name}")
+}
+
 /// The longest topic name Kafka accepts.
 pub const MAX_TOPIC_LENGTH: usize = 249;
 

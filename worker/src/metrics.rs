@@ -1,6 +1,8 @@
 //! The worker's counters, in a prometheus-client registry (served by the admin API in
 //! Kafka mode; summarised at the end of a local run).
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -32,6 +34,9 @@ pub struct PartitionLabels {
 pub struct Metrics {
     /// Records read from the source.
     pub events_in: Counter,
+    /// Seconds spent on records and timers, not waiting for records nor committing (Kafka
+    /// mode): busy time over wall time is how busy the worker is (the autoscaler reads it).
+    pub busy_seconds: Counter<f64, AtomicU64>,
     /// Results written to the sink.
     pub results_out: Counter,
     /// Dead letters, by reason.
@@ -76,6 +81,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Self {
             events_in: Counter::default(),
+            busy_seconds: Counter::default(),
             results_out: Counter::default(),
             dead_letters: Family::default(),
             late_events: Counter::default(),
@@ -107,6 +113,11 @@ impl Metrics {
             "events_in",
             "Records read from the source",
             self.events_in.clone(),
+        );
+        registry.register(
+            "busy_seconds",
+            "Seconds spent on records and timers, not waiting for records nor committing",
+            self.busy_seconds.clone(),
         );
         registry.register(
             "results_out",

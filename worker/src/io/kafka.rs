@@ -36,7 +36,7 @@ impl JobNames {
     /// `sluice.<namespace>.<name>` is unambiguous; a name too long for a topic is
     /// shortened with a hash of the whole.
     pub fn new(namespace: &str, name: &str) -> Self {
-        let base = format!("sluice.{namespace}.{name}");
+        let base = sluice_crds::kafka::group_id(namespace, name);
         let suffix = ".repartition";
         let repartition_topic = if base.len() + suffix.len() <= 249 {
             format!("{base}{suffix}")
