@@ -25,6 +25,12 @@ pub const MAX_PARALLELISM_IMMUTABLE: &str = "spec.maxParallelism is immutable: i
 /// `autoscaler.minParallelism` above `autoscaler.maxParallelism`.
 pub const AUTOSCALER_MIN_ABOVE_MAX: &str = "spec.autoscaler.minParallelism must not exceed spec.autoscaler.maxParallelism: lower minParallelism or raise maxParallelism";
 
+/// The autoscaler on a job with keyed state and nowhere to put savepoints.
+pub const AUTOSCALER_NEEDS_SAVEPOINTS: &str = "spec.savepoints.location is required to autoscale a job with a window: every rescale restores its keyed state from a savepoint; set spec.savepoints.location (file:// or s3://), or disable the autoscaler";
+
+/// The CEL form of [`AUTOSCALER_NEEDS_SAVEPOINTS`] (on the spec).
+pub const RULE_AUTOSCALER_NEEDS_SAVEPOINTS: &str = "!has(self.autoscaler) || !has(self.autoscaler.enabled) || !self.autoscaler.enabled || has(self.savepoints) || !self.pipeline.exists(step, has(step.window))";
+
 /// `autoscaler.maxParallelism` above the number of key groups.
 pub const AUTOSCALER_MAX_ABOVE_KEY_GROUPS: &str = "spec.autoscaler.maxParallelism must not exceed spec.maxParallelism (the number of key groups): lower the autoscaler's maxParallelism";
 

@@ -38,8 +38,8 @@ pub struct StreamJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
 
-    /// Records not yet processed, summed over the source partitions (planned: the
-    /// autoscaler reads it from Kafka and writes it).
+    /// Records not yet processed, summed over the source partitions (the autoscaler
+    /// reads it from Kafka and writes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer_lag: Option<i64>,
 
@@ -61,7 +61,7 @@ pub struct StreamJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeStatus>,
 
-    /// The autoscaler's latest figures and decision (planned: written by the autoscaler).
+    /// The autoscaler's latest figures and decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<AutoscalerStatus>,
 
@@ -213,25 +213,78 @@ pub enum UpgradeState {
     Failed,
 }
 
-/// The autoscaler's latest figures and decision.
+/// The autoscaler's latest figures and decision (docs/autoscaling.md).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalerStatus {
-    /// Events per second consumed, over all workers.
+    /// The parallelism the autoscaler chose: the one the job runs with while the
+    /// autoscaler is enabled (`spec.parallelism` is left as the user wrote it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub events_per_second: Option<f64>,
-    /// Busy share of the workers, in percent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub utilization_percent: Option<f64>,
-    /// The parallelism the autoscaler would choose now.
+    pub parallelism: Option<i32>,
+    /// The parallelism the last full window of samples asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recommended_parallelism: Option<i32>,
-    /// What it decided and why.
+    /// Records not yet processed, summed over the source partitions (end offsets are
+    /// last stable offsets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_records: Option<i64>,
+    /// Records per second arriving on the source partitions, over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_records_per_second: Option<f64>,
+    /// Records per second the job committed, over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processed_records_per_second: Option<f64>,
+    /// Busy share of the workers, in percent, over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_percent: Option<f64>,
+    /// How many source partitions are in each class over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<PartitionClasses>,
+    /// What it decided and why, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<String>,
     /// When it last changed parallelism.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
+    /// The parallelism it scaled down or up from at `lastScaleTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_from: Option<i32>,
+    /// The job's capacity (records per second when fully busy) measured before the last
+    /// scale-up, to tell whether it helped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_before_scale: Option<f64>,
+    /// A scale-up that did not raise capacity: no parallelism above `from` is proposed
+    /// again until the input rate has doubled since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ineffective_scale_up: Option<IneffectiveScaleUp>,
+}
+
+/// Source partitions per class over the autoscaler's window (as Burrow classifies them).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionClasses {
+    /// Lag reached zero in the window.
+    pub ok: i32,
+    /// The position advances but lag does not shrink: falling behind.
+    pub warn: i32,
+    /// The position did not move while lag stayed above zero, the workers up.
+    pub stall: i32,
+    /// As stall, with workers not ready: nothing runs to commit.
+    pub stop: i32,
+    /// The position went back.
+    pub rewind: i32,
+}
+
+/// A scale-up that did not help.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IneffectiveScaleUp {
+    /// The parallelism it scaled up from (and went back to).
+    pub from: i32,
+    /// The parallelism that did not help.
+    pub to: i32,
+    /// The input rate when it was found (records per second).
+    pub input_records_per_second: f64,
 }
 
 /// The kstatus condition types a StreamJob reports.
@@ -242,6 +295,9 @@ pub mod condition_type {
     pub const RECONCILING: &str = "Reconciling";
     /// The job cannot progress without a change by the user.
     pub const STALLED: &str = "Stalled";
+    /// The workers' committed positions advance on every source partition with lag
+    /// (measured by the autoscaler, so only set while it is enabled).
+    pub const CONSUMING: &str = "Consuming";
 }
 
 /// Sets a condition in `conditions`, keeping its `lastTransitionTime` unless its status

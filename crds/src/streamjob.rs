@@ -46,6 +46,7 @@ use crate::status::StreamJobStatus;
     { "rule": "self.parallelism <= self.maxParallelism", "message": messages::PARALLELISM_ABOVE_MAX },
     { "rule": "!has(self.autoscaler) || self.autoscaler.minParallelism <= self.autoscaler.maxParallelism", "message": messages::AUTOSCALER_MIN_ABOVE_MAX },
     { "rule": "!has(self.autoscaler) || self.autoscaler.maxParallelism <= self.maxParallelism", "message": messages::AUTOSCALER_MAX_ABOVE_KEY_GROUPS },
+    { "rule": messages::RULE_AUTOSCALER_NEEDS_SAVEPOINTS, "message": messages::AUTOSCALER_NEEDS_SAVEPOINTS },
 ]))]
 pub struct StreamJobSpec {
     /// Container image of the worker. Defaults to the controller's `--worker-image` (the

@@ -294,6 +294,15 @@ fn check_parallelism(spec: &StreamJobSpec, errors: &mut Errors) {
                 messages::AUTOSCALER_MAX_ABOVE_KEY_GROUPS,
             );
         }
+        if autoscaler.enabled
+            && spec.savepoints.is_none()
+            && spec.pipeline.iter().any(|step| step.window.is_some())
+        {
+            errors.add(
+                "spec.savepoints.location",
+                messages::AUTOSCALER_NEEDS_SAVEPOINTS,
+            );
+        }
     }
 }
 

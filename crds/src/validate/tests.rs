@@ -256,6 +256,12 @@ fn invalid_specs_name_the_field_and_the_fix() {
             "must have at least one step",
         ),
         (
+            "autoscaler on a windowed job without savepoints",
+            Box::new(|spec| spec["autoscaler"] = step("{enabled: true, maxParallelism: 4}")),
+            "spec.savepoints.location",
+            messages::AUTOSCALER_NEEDS_SAVEPOINTS,
+        ),
+        (
             "savepoint location without a scheme",
             Box::new(|spec| spec["savepoints"] = step("{location: /savepoints}")),
             "spec.savepoints.location",
