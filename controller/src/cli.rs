@@ -108,6 +108,15 @@ pub struct RunArgs {
     /// attempt, up to ten minutes.
     #[arg(long, env = "SLUICE_SAVEPOINT_RETRY_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     pub savepoint_retry_backoff: Duration,
+    /// How often the autoscaler samples an autoscaled job's Kafka offsets and workers
+    /// (docs/autoscaling.md).
+    #[arg(long, env = "SLUICE_AUTOSCALER_SAMPLE_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub autoscaler_sample_interval: Duration,
+    /// How much of a job's recent samples the autoscaler decides from (at least two of the
+    /// job's checkpoint intervals plus one sample interval); nothing is decided until a
+    /// whole window has been sampled since the workers started.
+    #[arg(long, env = "SLUICE_AUTOSCALER_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub autoscaler_window: Duration,
     /// Run only while holding a Lease, so several replicas can run with one active. Off
     /// (`--leader-election=false`) for a single process from a shell.
     #[arg(long, env = "SLUICE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -190,6 +199,10 @@ impl RunArgs {
                 lifecycle: crate::lifecycle::machine::Timing {
                     savepoint_timeout: self.savepoint_timeout,
                     retry_backoff: self.savepoint_retry_backoff,
+                },
+                autoscaler: crate::autoscaler::Timing {
+                    sample_interval: self.autoscaler_sample_interval.max(Duration::from_secs(1)),
+                    window: self.autoscaler_window,
                 },
                 // As many requests as reconciles: concurrent applies within a reconcile
                 // shorten one job's latency, not the API server's total work.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::Semaphore;
 
+use crate::autoscaler::{self, Autoscaler};
 use crate::backoff::Backoff;
 use crate::build::WorkerDefaults;
 use crate::cache::ChildCache;
@@ -33,6 +34,8 @@ pub struct Settings {
     pub resync_interval: Duration,
     /// The timing of changes that take a savepoint.
     pub lifecycle: Timing,
+    /// How often the autoscaler samples, and the window it decides from.
+    pub autoscaler: autoscaler::Timing,
     /// How many API requests the reconciles have in flight at most, all jobs together (the
     /// watches aside): each in-flight request holds a connection and its buffers, so this
     /// bounds the controller's memory when many reconciles apply children at once.
@@ -49,6 +52,7 @@ impl Default for Settings {
             },
             resync_interval: Duration::from_secs(600),
             lifecycle: Timing::default(),
+            autoscaler: autoscaler::Timing::default(),
             requests_in_flight: 16,
         }
     }
@@ -74,6 +78,8 @@ pub struct Context {
     pub children: ChildCache,
     /// The client of the workers' admin API.
     pub worker_admin: WorkerAdmin,
+    /// The autoscaler's windows, per job.
+    pub autoscaler: Arc<Autoscaler>,
 }
 
 impl Context {
@@ -97,6 +103,7 @@ impl Context {
             settings: Arc::new(settings),
             children: ChildCache::default(),
             worker_admin: WorkerAdmin::default(),
+            autoscaler: Arc::default(),
         }
     }
 

@@ -17,9 +17,12 @@
 //! - [`backoff`]: per-job exponential backoff after failures.
 //! - [`metrics`], [`http`], [`telemetry`]: metrics, health endpoints, logs.
 //!
-//! The upgrade state machine (`lifecycle/`) and the autoscaler (`autoscaler/`) are
-//! planned (docs/architecture.md).
+//! - [`lifecycle`]: how a change reaches the workers: classify, the upgrade state machine,
+//!   the workers' admin API.
+//! - [`autoscaler`]: parallelism from Kafka lag and the workers' busy time: sample,
+//!   window, decide (docs/architecture.md, "The autoscaler").
 
+pub mod autoscaler;
 pub mod backoff;
 pub mod build;
 pub mod cache;

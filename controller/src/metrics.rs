@@ -52,6 +52,22 @@ pub struct AdmissionLabels {
     pub verdict: &'static str,
 }
 
+/// The labels of an autoscaled job.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    /// The job's namespace.
+    pub namespace: String,
+    /// The job's name.
+    pub job: String,
+}
+
+/// The labels of a scaling decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScalingLabels {
+    /// `up` or `down`.
+    pub direction: &'static str,
+}
+
 /// The label of a phase.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -100,6 +116,36 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabels, Counter>,
     /// StreamJob creates and updates the validating webhook answered, by verdict.
     pub admission_reviews: Family<AdmissionLabels, Counter>,
+    /// The autoscaler's last figures per job.
+    pub autoscaler: AutoscalerMetrics,
+}
+
+/// The autoscaler's figures per job (only for jobs with the autoscaler enabled).
+#[derive(Clone, Debug, Default)]
+pub struct AutoscalerMetrics {
+    /// Records not yet processed over the source partitions.
+    pub lag: Family<JobLabels, Gauge>,
+    /// Records per second arriving.
+    pub input_rate: Family<JobLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Records per second committed.
+    pub processing_rate: Family<JobLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Busy share of the workers, 0 to 1.
+    pub utilization: Family<JobLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// The parallelism the last full window asks for.
+    pub recommended_parallelism: Family<JobLabels, Gauge>,
+    /// Scaling decisions, by direction.
+    pub scalings: Family<ScalingLabels, Counter>,
+}
+
+impl AutoscalerMetrics {
+    /// Removes the series of a job the autoscaler no longer follows.
+    pub fn remove(&self, labels: &JobLabels) {
+        self.lag.remove(labels);
+        self.input_rate.remove(labels);
+        self.processing_rate.remove(labels);
+        self.utilization.remove(labels);
+        self.recommended_parallelism.remove(labels);
+    }
 }
 
 impl Default for Metrics {
@@ -112,6 +158,7 @@ impl Default for Metrics {
             leader: Gauge::default(),
             api_requests: Family::default(),
             admission_reviews: Family::default(),
+            autoscaler: AutoscalerMetrics::default(),
         }
     }
 }
@@ -154,6 +201,37 @@ impl Metrics {
             "admission_reviews",
             "StreamJob creates and updates the validating webhook answered, by verdict",
             self.admission_reviews.clone(),
+        );
+        let autoscaler = registry.sub_registry_with_prefix("autoscaler");
+        autoscaler.register(
+            "lag_records",
+            "Records not yet processed over the job's source partitions (last stable offsets)",
+            self.autoscaler.lag.clone(),
+        );
+        autoscaler.register(
+            "input_records_per_second",
+            "Records per second arriving on the job's source partitions, over the window",
+            self.autoscaler.input_rate.clone(),
+        );
+        autoscaler.register(
+            "processed_records_per_second",
+            "Records per second the job committed, over the window",
+            self.autoscaler.processing_rate.clone(),
+        );
+        autoscaler.register(
+            "utilization_ratio",
+            "Busy share of the job's workers, over the window",
+            self.autoscaler.utilization.clone(),
+        );
+        autoscaler.register(
+            "recommended_parallelism",
+            "The parallelism the last full window asks for",
+            self.autoscaler.recommended_parallelism.clone(),
+        );
+        autoscaler.register(
+            "scalings",
+            "Parallelism changes the autoscaler decided, by direction",
+            self.autoscaler.scalings.clone(),
         );
     }
 

@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use sluice_crds::{CheckedJob, StreamJob, ValidationErrors};
 use tracing::{debug, info, instrument, warn};
 
+use crate::autoscaler;
 use crate::build::{
     BuildInputs, Children, Orphan, build, claim_storage_class, job_name, storage_class,
 };
@@ -113,7 +114,10 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
     // After a start, decide from a full cache rather than apply every child again.
     ctx.children.wait_until_ready().await;
     dereference(job, ctx).await?;
-    let checked = validate(job)?;
+    // While the autoscaler is enabled, the job runs at its parallelism (in this copy only:
+    // the user's spec is never written).
+    job.spec.parallelism = autoscaler::effective_parallelism(job);
+    let mut checked = validate(job)?;
     let namespace = job.namespace().unwrap_or_default();
     let names = ChildNames::of(&job_name(job));
     let spec_hash = spec_hash(&job.spec);
@@ -126,6 +130,21 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
         ctx.settings.workers.storage_class_name.as_deref(),
     )
     .map(str::to_string);
+    // The autoscaler: a sample when one is due, and perhaps a new parallelism, which the
+    // lifecycle then carries out as a rescale.
+    let parallelism = job.spec.parallelism;
+    let next_sample = autoscaler::step(
+        job,
+        ctx,
+        &cached_workers
+            .as_deref()
+            .map(WorkerCounts::of)
+            .unwrap_or_default(),
+    )
+    .await?;
+    if job.spec.parallelism != parallelism {
+        checked = validate(job)?;
+    }
     // The lifecycle: a change that takes a savepoint holds the workers on what they run
     // until it is taken (docs/lifecycle.md).
     let restore = match lifecycle::decide(job, ctx, &checked, cached_token.as_deref()).await? {
@@ -191,11 +210,14 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
         .as_ref()
         .is_some_and(|status| status.upgrade.is_some());
     report(job, ctx, &Observation::Applied { spec_hash, workers }).await?;
-    Ok(Action::requeue(if changing {
+    let requeue = if changing {
         LIFECYCLE_POLL_INTERVAL
     } else {
         ctx.settings.resync_interval
-    }))
+    };
+    Ok(Action::requeue(
+        next_sample.map_or(requeue, |next| next.min(requeue)),
+    ))
 }
 
 /// The reads phase: the Secret of `spec.kafka.secretRef` must exist. Only its metadata is

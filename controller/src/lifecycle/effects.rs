@@ -221,6 +221,19 @@ impl WorkerAdmin {
         }
     }
 
+    /// The worker's metrics, in the Prometheus text exposition (no token needed).
+    pub async fn metrics(&self, address: &str) -> Result<String, String> {
+        match self
+            .call(http::Method::GET, address, "/metrics", "", None)
+            .await?
+        {
+            (status, bytes) if status.is_success() => {
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            (status, _) => Err(format!("worker {address} answered {status} for /metrics")),
+        }
+    }
+
     /// Tells the worker at `address` to go on consuming; true once it acknowledged.
     pub async fn resume(&self, address: &str, token: &str) -> Result<(), String> {
         match self

@@ -64,12 +64,20 @@ pub enum Next {
     },
 }
 
-/// The id of the savepoint of attempt `attempt` of a change to `generation`: the same on
-/// every worker and for every retry of the same attempt after a controller restart.
-pub fn savepoint_id(kind: ChangeKind, generation: i64, attempt: i32) -> String {
+/// The id of the savepoint of attempt `attempt` of a change to `generation` started at
+/// `started_at`: the same on every worker and for every retry of the same attempt after
+/// a controller restart. A rescale's id carries its start time (Unix seconds), as the
+/// autoscaler may rescale one generation many times, and workers remember the ids they
+/// took.
+pub fn savepoint_id(kind: ChangeKind, generation: i64, attempt: i32, started_at: &Time) -> String {
     let kind = match kind {
         ChangeKind::SavepointOnly => "manual",
-        ChangeKind::Rescale => "rescale",
+        ChangeKind::Rescale => {
+            return format!(
+                "rescale-{generation}-{}-{attempt}",
+                started_at.0.as_second()
+            );
+        }
         ChangeKind::Suspend => "suspend",
         ChangeKind::None | ChangeKind::Resume | ChangeKind::Restart | ChangeKind::Upgrade => {
             "upgrade"
@@ -95,7 +103,7 @@ pub fn start(
         started_at: now.clone(),
         state_since: now.clone(),
         attempt: 1,
-        savepoint_id: Some(savepoint_id(kind, target_generation, 1)),
+        savepoint_id: Some(savepoint_id(kind, target_generation, 1, now)),
         savepoint: None,
     }
 }
@@ -161,6 +169,7 @@ pub fn next(upgrade: &UpgradeStatus, found: &Found, now: &Time, timing: &Timing)
                     upgrade.kind,
                     upgrade.target_generation,
                     attempt,
+                    &upgrade.started_at,
                 )),
                 savepoint: None,
                 ..upgrade.clone()
@@ -189,7 +198,7 @@ mod tests {
             state,
             state_since: at(since),
             attempt,
-            savepoint_id: Some(savepoint_id(kind, 7, attempt)),
+            savepoint_id: Some(savepoint_id(kind, 7, attempt, &at(0))),
             savepoint: matches!(state, UpgradeState::Rolling | UpgradeState::Resuming)
                 .then(|| "s3://b/ns/job/x".to_string()),
             ..start(kind, 7, "h7", 2, &at(0))
@@ -200,13 +209,27 @@ mod tests {
     fn a_change_starts_by_recording_its_savepoint() {
         let upgrade = start(ChangeKind::Rescale, 7, "h7", 2, &at(5));
         assert_eq!(upgrade.state, UpgradeState::TakingSavepoint);
-        assert_eq!(upgrade.savepoint_id.as_deref(), Some("rescale-7-1"));
+        assert_eq!(upgrade.savepoint_id.as_deref(), Some("rescale-7-5-1"));
         assert_eq!(upgrade.attempt, 1);
         assert_eq!(upgrade.from_parallelism, 2);
         assert_eq!(upgrade.started_at, at(5));
-        assert_eq!(savepoint_id(ChangeKind::SavepointOnly, 3, 2), "manual-3-2");
-        assert_eq!(savepoint_id(ChangeKind::Suspend, 3, 1), "suspend-3-1");
-        assert_eq!(savepoint_id(ChangeKind::Upgrade, 3, 1), "upgrade-3-1");
+        assert_eq!(
+            savepoint_id(ChangeKind::SavepointOnly, 3, 2, &at(5)),
+            "manual-3-2"
+        );
+        assert_eq!(
+            savepoint_id(ChangeKind::Suspend, 3, 1, &at(5)),
+            "suspend-3-1"
+        );
+        assert_eq!(
+            savepoint_id(ChangeKind::Upgrade, 3, 1, &at(5)),
+            "upgrade-3-1"
+        );
+        // Rescales of one generation (the autoscaler's) differ by their start.
+        assert_ne!(
+            savepoint_id(ChangeKind::Rescale, 3, 1, &at(5)),
+            savepoint_id(ChangeKind::Rescale, 3, 1, &at(900))
+        );
     }
 
     #[test]

@@ -79,12 +79,35 @@ pub async fn decide(
     let generation = job.metadata.generation.unwrap_or(0);
     let status = job.status.clone().unwrap_or_default();
     if let Some(upgrade) = status.upgrade {
+        let autoscaled = upgrade.kind == ChangeKind::Rescale
+            && upgrade.target_generation == generation
+            && job
+                .spec
+                .autoscaler
+                .as_ref()
+                .is_some_and(|autoscaler| autoscaler.enabled);
         if upgrade.state == UpgradeState::Failed && upgrade.target_generation != generation {
             // Edited since the change failed: classify the new spec afresh.
             info!(
                 "spec changed after a failed change to generation {}: starting over",
                 upgrade.target_generation
             );
+            set_upgrade(job, ctx, None).await?;
+        } else if upgrade.state == UpgradeState::Failed && autoscaled {
+            // The autoscaler's rescale failed: back to the parallelism the workers run, and
+            // the autoscaler decides again from a new window (its retry) rather than this
+            // change retrying a target that may no longer be right.
+            let running = upgrade.from_parallelism;
+            info!("the autoscaler's rescale failed: staying at {running} workers");
+            if let Some(autoscaler) = job
+                .status
+                .get_or_insert_with(Default::default)
+                .autoscaler
+                .as_mut()
+            {
+                autoscaler.parallelism = Some(running);
+            }
+            job.spec.parallelism = running;
             set_upgrade(job, ctx, None).await?;
         } else {
             return step(job, ctx, upgrade, token).await;
@@ -93,7 +116,8 @@ pub async fn decide(
     let Some(deployed) = status.deployed else {
         return Ok(Deploy::Wanted(Restore::default()));
     };
-    if deployed.generation == generation {
+    // The parallelism may change without a new generation: the autoscaler's.
+    if deployed.generation == generation && deployed.parallelism == job.spec.parallelism {
         return Ok(Deploy::Wanted(deployed_restore(job)));
     }
     let namespace = job.namespace().unwrap_or_default();

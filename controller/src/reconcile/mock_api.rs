@@ -38,6 +38,7 @@ fn context() -> (Arc<Context>, Handle) {
         workers: fixtures::worker_defaults(),
         resync_interval: Duration::from_secs(600),
         lifecycle: crate::lifecycle::machine::Timing::default(),
+        autoscaler: crate::autoscaler::Timing::default(),
         requests_in_flight: 16,
     };
     let context = Context::new(
