@@ -256,3 +256,116 @@ pub fn work_directory(name: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(&directory)?;
     Ok(directory)
 }
+
+/// Produces input like `generate`'s, made as it goes, at a rate the test changes while
+/// it runs (the autoscaler's load steps), spread evenly over the partitions; `finish`
+/// returns the results what it sent must give.
+pub struct PacedProducer {
+    rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<Expected>>>,
+}
+
+impl PacedProducer {
+    /// Starts producing to the `partitions` partitions of `topic`, `keys` keys, at `rate`
+    /// records per second.
+    pub fn start(
+        environment: &Environment,
+        topic: &str,
+        partitions: i32,
+        keys: u64,
+        rate: u64,
+    ) -> Result<Self> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let producer = producer(environment, None)?;
+        let topic = topic.to_string();
+        let rate = Arc::new(AtomicU64::new(rate));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (thread_rate, thread_stop) = (Arc::clone(&rate), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || -> Result<Expected> {
+            let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut next = move || {
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+            };
+            let base = 1_795_687_200_000_i64;
+            let mut steps = vec![0_i64; usize::try_from(partitions)?];
+            let mut expected = Expected::new();
+            let mut owed = 0.0_f64;
+            let mut last = Instant::now();
+            let mut partition = 0_usize;
+            while !thread_stop.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                owed += now.duration_since(last).as_secs_f64()
+                    * thread_rate.load(Ordering::SeqCst) as f64;
+                last = now;
+                while owed >= 1.0 {
+                    let time = base + steps[partition] * 4 - i64::try_from(next() % 300)?;
+                    let key = format!("k{}", next() % keys);
+                    let value = i64::try_from(next() % 1_000)? - 200;
+                    let record = format!(r#"{{"key":"{key}","ts":{time},"value":{value}}}"#);
+                    let mut pending = BaseRecord::<(), str>::to(&topic)
+                        .partition(i32::try_from(partition)?)
+                        .payload(&record);
+                    loop {
+                        match producer.send(pending) {
+                            Ok(()) => break,
+                            Err((error, returned))
+                                if error.rdkafka_error_code()
+                                    == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                            {
+                                std::thread::sleep(Duration::from_millis(5));
+                                pending = returned;
+                            }
+                            Err((error, _)) => {
+                                anyhow::bail!("failed to produce to {topic}: {error}")
+                            }
+                        }
+                    }
+                    let entry = expected
+                        .entry((key, time - time.rem_euclid(WINDOW_MILLIS)))
+                        .or_default();
+                    entry.0 += 1;
+                    entry.1 += value;
+                    steps[partition] += 1;
+                    partition = (partition + 1) % steps.len();
+                    owed -= 1.0;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            producer.flush(Duration::from_secs(120))?;
+            Ok(expected)
+        });
+        Ok(Self {
+            rate,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Changes the rate.
+    pub fn set_rate(&self, rate: u64) {
+        self.rate.store(rate, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops, waits until what was sent is delivered, and returns the results it must
+    /// give.
+    pub fn finish(mut self) -> Result<Expected> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the paced producer panicked"))?,
+            None => Ok(Expected::new()),
+        }
+    }
+}
+
+impl Drop for PacedProducer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
