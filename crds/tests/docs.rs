@@ -114,7 +114,10 @@ fn every_stream_job_in_the_docs_validates() {
     for (path, text) in documents() {
         for block in yaml_blocks(&text) {
             // A StreamJob at the top level (not a reference to one, as KEDA's scaleTargetRef).
-            if !block.lines().any(|line| line.trim_end() == "kind: StreamJob") {
+            if !block
+                .lines()
+                .any(|line| line.trim_end() == "kind: StreamJob")
+            {
                 continue;
             }
             count += 1;

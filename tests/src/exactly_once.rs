@@ -22,18 +22,22 @@ pub const FAR_FUTURE: i64 = 4_102_358_400_000;
 /// Counts and sums per key and window start: what the job must output, once each.
 pub type Expected = HashMap<(String, i64), (u64, i64)>;
 
+/// A xorshift64* generator from `state`: the same numbers on every run.
+fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
 /// `events` records over `partitions` partitions for `keys` keys. On each partition
 /// event time grows by 4 ms a record, with up to 300 ms of disorder: less than the job's
 /// 1 s out-of-orderness, so no record is ever late and every window has exactly one
 /// result, whatever the workers' interleaving and restarts.
 pub fn generate(events: usize, partitions: i32, keys: u64) -> (Vec<Vec<String>>, Expected) {
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = move || {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
     let base = 1_795_687_200_000_i64;
     let mut per_partition = vec![Vec::new(); usize::try_from(partitions).unwrap()];
     let mut expected = Expected::new();
@@ -284,13 +288,7 @@ impl PacedProducer {
         let stop = Arc::new(AtomicBool::new(false));
         let (thread_rate, thread_stop) = (Arc::clone(&rate), Arc::clone(&stop));
         let thread = std::thread::spawn(move || -> Result<Expected> {
-            let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-            let mut next = move || {
-                state ^= state >> 12;
-                state ^= state << 25;
-                state ^= state >> 27;
-                state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-            };
+            let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
             let base = 1_795_687_200_000_i64;
             let mut steps = vec![0_i64; usize::try_from(partitions)?];
             let mut expected = Expected::new();
