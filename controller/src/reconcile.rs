@@ -221,7 +221,8 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// The reads phase: the Secret of `spec.kafka.secretRef` must exist. Only its metadata is
-/// read: the controller never holds Kafka credentials, so it is not watched either.
+/// read here, and it is not watched: only the autoscaler reads its data, for the Kafka
+/// client of an autoscaled job.
 pub async fn dereference(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
     let Some(reference) = &job.spec.kafka.secret_ref else {
         return Ok(());
