@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod cli;
 pub mod commit;
+pub mod cpu;
 pub mod dead_letter;
 pub mod engine;
 pub mod exchange;

@@ -119,6 +119,7 @@ impl Metrics {
             "Seconds spent on records and timers, not waiting for records nor committing",
             self.busy_seconds.clone(),
         );
+        registry.register_collector(Box::new(crate::cpu::CpuCollector));
         registry.register(
             "results_out",
             "Results written to the sink",

@@ -38,6 +38,10 @@ pub struct Memory {
     pub capacity_before_scale: Option<f64>,
     /// A scale-up that did not help.
     pub ineffective: Option<IneffectiveScaleUp>,
+    /// When the first full window after the last scale-up ended: whether it helped is
+    /// judged on a window that starts after it, since that first one still holds the
+    /// workers' warm-up (state restored, fetch buffers filling).
+    pub judge_after: Option<f64>,
     /// Recommendations of the last `scaleDownDelay`, oldest first: (when, parallelism).
     pub recommendations: Vec<(f64, i32)>,
     /// Since when recommendations have been recorded at this parallelism.
@@ -225,18 +229,26 @@ pub fn decide(
         }
     };
     let capacity = per_worker.map(|per_worker| per_worker * f64::from(parallelism));
-    // 6. Did the last scale-up help? Checked on the first full window after it.
+    // 6. Did the last scale-up help? Judged on the first full window that starts after
+    // the first full window after it.
     if let (Some(before), Some(now_capacity), Some((_, from))) =
         (memory.capacity_before_scale, capacity, memory.last_scale)
     {
-        if from < parallelism && now_capacity < before * HELPED {
-            memory.ineffective = Some(IneffectiveScaleUp {
-                from,
-                to: parallelism,
-                input_records_per_second: summary.input_rate,
-            });
+        match memory.judge_after {
+            None => memory.judge_after = Some(now),
+            Some(after) if summary.started_at >= after => {
+                if from < parallelism && now_capacity < before * HELPED {
+                    memory.ineffective = Some(IneffectiveScaleUp {
+                        from,
+                        to: parallelism,
+                        input_records_per_second: summary.input_rate,
+                    });
+                }
+                memory.capacity_before_scale = None;
+                memory.judge_after = None;
+            }
+            Some(_) => {}
         }
-        memory.capacity_before_scale = None;
     }
     if let Some(ineffective) = &memory.ineffective
         && summary.input_rate >= 2.0 * ineffective.input_records_per_second
@@ -261,11 +273,19 @@ pub fn decide(
     } else {
         (parallelism, wanted_down)
     };
+    // An ineffective scale-up is not repeated, but it is not undone either: the job keeps
+    // the workers it runs while it needs them.
     let mut capped = false;
-    if let Some(ineffective) = &memory.ineffective
-        && recommended > ineffective.from
+    let ceiling = memory.ineffective.as_ref().map(|ineffective| {
+        ineffective
+            .from
+            .max(parallelism)
+            .max(settings.min_parallelism)
+    });
+    if let Some(ceiling) = ceiling
+        && recommended > ceiling
     {
-        recommended = ineffective.from.max(settings.min_parallelism);
+        recommended = ceiling;
         capped = true;
     }
     memory.observed_since.get_or_insert(now);
@@ -281,7 +301,7 @@ pub fn decide(
     );
     if let Some(ineffective) = memory.ineffective.as_ref().filter(|_| capped) {
         figures.push_str(&format!(
-            "; held at {} workers: scaling up to {} did not raise capacity (until the input rate doubles from {:.0} records/s)",
+            "; held at {recommended} workers: scaling up from {} to {} did not raise capacity (until the input rate doubles from {:.0} records/s)",
             ineffective.from, ineffective.to, ineffective.input_records_per_second
         ));
     }
@@ -318,6 +338,7 @@ pub fn decide(
         }
         memory.last_scale = Some((now, parallelism));
         memory.capacity_before_scale = capacity;
+        memory.judge_after = None;
         memory.recommendations.clear();
         memory.observed_since = None;
         return decision(
@@ -438,6 +459,7 @@ mod tests {
             classes.ok = 11;
         }
         Summary {
+            started_at: -120.0,
             classes,
             stuck: if class == "stall" || class == "stop" {
                 vec![("in".into(), 3)]
@@ -640,6 +662,8 @@ mod tests {
                 memory: Memory {
                     last_scale: Some((-200.0, 2)),
                     capacity_before_scale: Some(2000.0),
+                    // The first full window after it ended before this one started.
+                    judge_after: Some(-130.0),
                     ..Memory::default()
                 },
                 now: 0.0,
@@ -683,37 +707,92 @@ mod tests {
     }
 
     #[test]
-    fn the_first_window_after_a_scale_up_says_whether_it_helped() {
+    fn the_second_window_after_a_scale_up_says_whether_it_helped() {
         let memory = Memory {
             last_scale: Some((-200.0, 2)),
             capacity_before_scale: Some(2000.0),
             ..Memory::default()
         };
-        // Capacity doubled (4 workers half busy at 2,000/s: 4,000/s): no cap.
-        let helped = decide(
-            &summary("ok", 0, 2000.0, 2000.0, Some(0.5)),
+        let window = |started_at: f64, class: &str, lag: i64, input: f64, busy: f64| Summary {
+            started_at,
+            ..summary(class, lag, input, 2000.0, Some(busy))
+        };
+        // The first full window still holds the warm-up (capacity unchanged, 2,000/s at
+        // 4 workers fully busy): not judged.
+        let first = decide(&window(-16.0, "ok", 0, 1000.0, 1.0), 4, &settings(), &memory, 0.0);
+        assert_eq!(first.memory.ineffective, None, "{}", first.reason);
+        assert_eq!(first.memory.judge_after, Some(0.0));
+        assert_eq!(first.memory.capacity_before_scale, Some(2000.0));
+        // A window overlapping the first one: not judged either.
+        let overlapping = decide(
+            &window(-10.0, "ok", 0, 1000.0, 1.0),
             4,
             &settings(),
-            &memory,
-            0.0,
+            &first.memory,
+            6.0,
         );
+        assert_eq!(overlapping.memory.ineffective, None);
+        assert_eq!(overlapping.memory.capacity_before_scale, Some(2000.0));
+        // The next window: capacity doubled (4 workers half busy at 2,000/s): no cap.
+        let helped = decide(&window(0.0, "ok", 0, 2000.0, 0.5), 4, &settings(), &first.memory, 16.0);
         assert_eq!(helped.action, Action::Stay, "{}", helped.reason);
         assert_eq!(helped.memory.ineffective, None);
         assert_eq!(helped.memory.capacity_before_scale, None);
-        // Capacity unchanged: remembered.
-        let not = decide(
-            &summary("warn", 9000, 3000.0, 2000.0, Some(1.0)),
-            4,
-            &settings(),
-            &memory,
-            0.0,
-        );
+        assert_eq!(helped.memory.judge_after, None);
+        // Or capacity unchanged: remembered.
+        let not = decide(&window(0.0, "warn", 9000, 3000.0, 1.0), 4, &settings(), &first.memory, 16.0);
         assert_eq!(
             not.memory
                 .ineffective
                 .map(|ineffective| (ineffective.from, ineffective.to)),
             Some((2, 4))
         );
+    }
+
+    #[test]
+    fn an_ineffective_scale_up_is_not_repeated_nor_undone_while_needed() {
+        let ineffective = Memory {
+            ineffective: Some(IneffectiveScaleUp {
+                from: 2,
+                to: 4,
+                input_records_per_second: 3000.0,
+            }),
+            observed_since: Some(-1000.0),
+            ..Memory::default()
+        };
+        // At 4 workers, busy and behind, wanting more than 4 (max 8): held at 4, never
+        // sent back to 2 while the backlog is worked off.
+        let cases = [
+            // (case, parallelism, summary, action)
+            (
+                "at 4, behind",
+                4,
+                summary("warn", 900_000, 3000.0, 3000.0, Some(1.0)),
+                Action::Stay,
+            ),
+            (
+                "at 4, catching up",
+                4,
+                summary("ok", 400_000, 3000.0, 4000.0, Some(0.95)),
+                Action::Stay,
+            ),
+            (
+                "at 2, behind: not scaled up to 4 again",
+                2,
+                summary("warn", 900_000, 3000.0, 2000.0, Some(1.0)),
+                Action::Stay,
+            ),
+        ];
+        for (case, parallelism, summary, action) in cases {
+            let decision = decide(&summary, parallelism, &settings(), &ineffective, 0.0);
+            assert_eq!(decision.action, action, "{case}: {}", decision.reason);
+            assert!(
+                decision.recommended >= Some(parallelism),
+                "{case}: {:?} {}",
+                decision.recommended,
+                decision.reason
+            );
+        }
     }
 
     #[test]

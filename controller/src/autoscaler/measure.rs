@@ -4,7 +4,7 @@
 //! for a `read_committed` client is the last stable offset (librdkafka's ListOffsets asks
 //! with the client's isolation level, so a transaction's commit marker is not lag), and
 //! the position the job committed under its group. From each worker's `/metrics`: its
-//! busy-seconds counter. Any failure fails the whole sample: a failed measurement is
+//! busy seconds, the CPU seconds its process used and the cores it may use. Any failure fails the whole sample: a failed measurement is
 //! never zero lag.
 
 use std::collections::BTreeMap;
@@ -16,14 +16,18 @@ use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::window::{Partition, Reading};
+use super::window::{Partition, Reading, WorkerReading};
 use crate::lifecycle::effects::WorkerAdmin;
 
 /// The longest wait for one Kafka request.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The worker metric that says how busy a worker is.
+/// The worker metric that says how busy a worker's processing loop is.
 pub const BUSY_SECONDS_METRIC: &str = "sluice_worker_busy_seconds_total";
+/// The worker metric of the CPU time its process used (every thread).
+pub const CPU_SECONDS_METRIC: &str = "sluice_worker_cpu_seconds_total";
+/// The worker metric of the cores it may use (its container's CPU limit).
+pub const CPU_LIMIT_METRIC: &str = "sluice_worker_cpu_limit_cores";
 
 /// The client settings of a job's Kafka reader: bootstrap servers, the job's group, and
 /// the user's client properties (spec and Secret) but those the reader owns.
@@ -166,21 +170,29 @@ pub fn metric_value(exposition: &str, name: &str) -> Option<f64> {
     })
 }
 
-/// Each worker's busy seconds (`None` for a worker whose metrics could not be read).
-pub async fn busy_seconds(admin: &WorkerAdmin, addresses: &[Option<String>]) -> Vec<Option<f64>> {
-    let mut busy = Vec::with_capacity(addresses.len());
+/// Each worker's reading (`None` for a worker whose metrics could not be read).
+pub async fn worker_readings(
+    admin: &WorkerAdmin,
+    addresses: &[Option<String>],
+) -> Vec<Option<WorkerReading>> {
+    let mut readings = Vec::with_capacity(addresses.len());
     for address in addresses {
-        let value = match address {
-            Some(address) => admin
-                .metrics(address)
-                .await
-                .ok()
-                .and_then(|exposition| metric_value(&exposition, BUSY_SECONDS_METRIC)),
+        let exposition = match address {
+            Some(address) => admin.metrics(address).await.ok(),
             None => None,
         };
-        busy.push(value);
+        readings.push(exposition.as_deref().and_then(worker_reading));
     }
-    busy
+    readings
+}
+
+/// A worker's reading from its metrics; `None` without the busy counter.
+pub fn worker_reading(exposition: &str) -> Option<WorkerReading> {
+    Some(WorkerReading {
+        busy_seconds: metric_value(exposition, BUSY_SECONDS_METRIC)?,
+        cpu_seconds: metric_value(exposition, CPU_SECONDS_METRIC),
+        cpu_limit_cores: metric_value(exposition, CPU_LIMIT_METRIC),
+    })
 }
 
 #[cfg(test)]
@@ -199,6 +211,30 @@ mod tests {
             metric_value("sluice_worker_busy_seconds_total NaNx", BUSY_SECONDS_METRIC),
             None
         );
+    }
+
+    #[test]
+    fn a_worker_reading_needs_the_busy_counter_and_takes_cpu_when_served() {
+        let full = "sluice_worker_busy_seconds_total 3.5\n\
+            sluice_worker_cpu_seconds_total 7.25\n\
+            sluice_worker_cpu_limit_cores 0.1\n";
+        assert_eq!(
+            worker_reading(full),
+            Some(WorkerReading {
+                busy_seconds: 3.5,
+                cpu_seconds: Some(7.25),
+                cpu_limit_cores: Some(0.1),
+            })
+        );
+        assert_eq!(
+            worker_reading("sluice_worker_busy_seconds_total 1\n"),
+            Some(WorkerReading {
+                busy_seconds: 1.0,
+                cpu_seconds: None,
+                cpu_limit_cores: None,
+            })
+        );
+        assert_eq!(worker_reading("sluice_worker_cpu_seconds_total 7\n"), None);
     }
 
     #[test]

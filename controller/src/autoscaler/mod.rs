@@ -199,7 +199,7 @@ async fn kafka_properties(
 }
 
 /// One sample of `job`, whose workers run `parallelism`: Kafka's offsets and the
-/// workers' busy time. Any failure fails the sample.
+/// workers' busy and CPU time. Any failure fails the sample.
 async fn take_sample(
     job: &StreamJob,
     ctx: &Context,
@@ -220,11 +220,11 @@ async fn take_sample(
     let addresses = worker_addresses(ctx, &namespace, &names.workers, parallelism)
         .await
         .map_err(|error| error.to_string())?;
-    let busy_seconds = measure::busy_seconds(&ctx.worker_admin, &addresses).await;
+    let workers = measure::worker_readings(&ctx.worker_admin, &addresses).await;
     let sample = Sample {
         at: ctx.autoscaler.now(),
         partitions,
-        busy_seconds,
+        workers,
         workers_ready: false,
     };
     Ok((sample, (fingerprint, reader)))

@@ -27,6 +27,17 @@ impl Reading {
     }
 }
 
+/// One worker's counters in a sample.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WorkerReading {
+    /// Seconds its processing loop spent on records and timers.
+    pub busy_seconds: f64,
+    /// CPU seconds its process used, every thread (`None`: not served).
+    pub cpu_seconds: Option<f64>,
+    /// The cores it may use, its CPU limit (`None`: not served).
+    pub cpu_limit_cores: Option<f64>,
+}
+
 /// One sample of a job.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
@@ -34,8 +45,8 @@ pub struct Sample {
     pub at: f64,
     /// Every source partition's reading.
     pub partitions: BTreeMap<Partition, Reading>,
-    /// Each worker's busy-seconds counter, by ordinal (`None`: not readable).
-    pub busy_seconds: Vec<Option<f64>>,
+    /// Each worker's counters, by ordinal (`None`: not readable).
+    pub workers: Vec<Option<WorkerReading>>,
     /// Whether every worker was ready.
     pub workers_ready: bool,
 }
@@ -110,6 +121,8 @@ pub fn classify(readings: &[Reading], workers_ready: bool) -> PartitionClass {
 /// What a full window says.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
+    /// When the window's oldest sample was taken (the window's clock).
+    pub started_at: f64,
     /// Source partitions per class.
     pub classes: PartitionClasses,
     /// The partitions that are stalled, stopped or rewound, for the reason.
@@ -272,6 +285,7 @@ impl Window {
             })
             .sum();
         Some(Summary {
+            started_at: first.at,
             recent_input_rate: if recent_seconds > 0.0 {
                 recent_input as f64 / recent_seconds
             } else {
@@ -282,7 +296,7 @@ impl Window {
             lag,
             input_rate: input as f64 / seconds,
             processing_rate: processed as f64 / seconds,
-            utilization: utilization(&first.busy_seconds, &last.busy_seconds, seconds),
+            utilization: utilization(&first.workers, &last.workers, seconds),
             partitions: i32::try_from(last.partitions.len()).unwrap_or(i32::MAX),
             quiet,
             workers_ready: last.workers_ready,
@@ -290,18 +304,32 @@ impl Window {
     }
 }
 
-/// The mean busy share of the workers between two readings of their counters.
-fn utilization(before: &[Option<f64>], after: &[Option<f64>], seconds: f64) -> Option<f64> {
+/// The workers' mean utilization between two readings of their counters. A worker's is
+/// the larger of its loop's busy share and its CPU use over its CPU limit: the loop waits
+/// for records while the Kafka client's threads use up the quota, so a worker limited to
+/// a fraction of a core can be saturated with its loop half idle.
+fn utilization(
+    before: &[Option<WorkerReading>],
+    after: &[Option<WorkerReading>],
+    seconds: f64,
+) -> Option<f64> {
     if before.is_empty() || before.len() != after.len() || seconds <= 0.0 {
         return None;
     }
     let mut total = 0.0;
     for (before, after) in before.iter().zip(after) {
-        let busy = (*after)? - (*before)?;
+        let (before, after) = ((*before)?, (*after)?);
+        let busy = after.busy_seconds - before.busy_seconds;
         if busy < 0.0 {
             return None;
         }
-        total += (busy / seconds).min(1.0);
+        let cpu = match (before.cpu_seconds, after.cpu_seconds, after.cpu_limit_cores) {
+            (Some(before), Some(after), Some(limit)) if after >= before && limit > 0.0 => {
+                (after - before) / (seconds * limit)
+            }
+            _ => 0.0,
+        };
+        total += (busy / seconds).max(cpu).min(1.0);
     }
     Some(total / before.len() as f64)
 }
@@ -402,6 +430,14 @@ mod tests {
         }
     }
 
+    fn busy_only(busy_seconds: f64) -> WorkerReading {
+        WorkerReading {
+            busy_seconds,
+            cpu_seconds: None,
+            cpu_limit_cores: None,
+        }
+    }
+
     fn sample(at: f64, pairs: &[(i64, i64)], busy: &[Option<f64>]) -> Sample {
         Sample {
             at,
@@ -415,7 +451,10 @@ mod tests {
                     )
                 })
                 .collect(),
-            busy_seconds: busy.to_vec(),
+            workers: busy
+                .iter()
+                .map(|busy| busy.map(busy_only))
+                .collect(),
             workers_ready: true,
         }
     }
@@ -461,19 +500,80 @@ mod tests {
 
     #[test]
     fn utilization_is_unknown_when_a_counter_is_missing_or_went_back() {
-        assert_eq!(utilization(&[Some(0.0)], &[None], 10.0), None);
+        let busy = |values: &[Option<f64>]| -> Vec<Option<WorkerReading>> {
+            values.iter().map(|value| value.map(busy_only)).collect()
+        };
+        assert_eq!(utilization(&busy(&[Some(0.0)]), &busy(&[None]), 10.0), None);
         assert_eq!(
-            utilization(&[Some(9.0)], &[Some(1.0)], 10.0),
+            utilization(&busy(&[Some(9.0)]), &busy(&[Some(1.0)]), 10.0),
             None,
             "restarted"
         );
         assert_eq!(
-            utilization(&[Some(0.0)], &[Some(1.0), Some(1.0)], 10.0),
+            utilization(&busy(&[Some(0.0)]), &busy(&[Some(1.0), Some(1.0)]), 10.0),
             None
         );
         assert_eq!(
-            utilization(&[Some(0.0), Some(0.0)], &[Some(10.0), Some(5.0)], 10.0),
+            utilization(
+                &busy(&[Some(0.0), Some(0.0)]),
+                &busy(&[Some(10.0), Some(5.0)]),
+                10.0
+            ),
             Some(0.75)
         );
+    }
+
+    #[test]
+    fn a_worker_is_as_busy_as_its_loop_or_its_cpu_quota_says_whichever_is_more() {
+        let reading = |busy_seconds: f64, cpu: Option<f64>, limit: Option<f64>| {
+            Some(WorkerReading {
+                busy_seconds,
+                cpu_seconds: cpu,
+                cpu_limit_cores: limit,
+            })
+        };
+        let cases = [
+            // (case, before, after over 10 s, utilization)
+            (
+                "loop 30% busy, 0.09 of a 0.1-core limit: 90%",
+                reading(0.0, Some(1.0), Some(0.1)),
+                reading(3.0, Some(1.9), Some(0.1)),
+                0.9,
+            ),
+            (
+                "loop 60% busy, a fifth of 2 cores: 60%",
+                reading(0.0, Some(0.0), Some(2.0)),
+                reading(6.0, Some(4.0), Some(2.0)),
+                0.6,
+            ),
+            (
+                "throttled beyond the limit: capped at 100%",
+                reading(0.0, Some(0.0), Some(0.1)),
+                reading(2.0, Some(1.5), Some(0.1)),
+                1.0,
+            ),
+            (
+                "no CPU metrics (an older worker): the loop's share",
+                reading(0.0, None, None),
+                reading(4.0, None, None),
+                0.4,
+            ),
+            (
+                "CPU counter restarted: the loop's share",
+                reading(0.0, Some(9.0), Some(1.0)),
+                reading(4.0, Some(1.0), Some(1.0)),
+                0.4,
+            ),
+            (
+                "a zero limit: the loop's share",
+                reading(0.0, Some(0.0), Some(0.0)),
+                reading(4.0, Some(1.0), Some(0.0)),
+                0.4,
+            ),
+        ];
+        for (case, before, after, expected) in cases {
+            let found = utilization(&[before], &[after], 10.0).expect(case);
+            assert!((found - expected).abs() < 1e-9, "{case}: {found}");
+        }
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use sluice_controller::autoscaler::decide::{Action, Memory, Settings, decide, heaviest_share};
-use sluice_controller::autoscaler::window::{Reading, Sample, Window};
+use sluice_controller::autoscaler::window::{Reading, Sample, Window, WorkerReading};
 
 /// Two 10 s checkpoint intervals and a 15 s sample interval: how long a position may
 /// rest while its workers consume.
@@ -90,7 +90,17 @@ impl Job {
                     )
                 })
                 .collect::<BTreeMap<_, _>>(),
-            busy_seconds: self.busy.iter().map(|busy| Some(*busy)).collect(),
+            workers: self
+                .busy
+                .iter()
+                .map(|busy| {
+                    Some(WorkerReading {
+                        busy_seconds: *busy,
+                        cpu_seconds: None,
+                        cpu_limit_cores: None,
+                    })
+                })
+                .collect(),
             workers_ready: self.restarting <= 0.0,
         }
     }
