@@ -30,7 +30,10 @@ use sluice_crds::{CheckedJob, StreamJob};
 use crate::commit;
 use crate::engine::{Engine, EngineOptions, Routed};
 use crate::exchange::{ExchangeRecord, Origin, SourcePartition};
-use crate::io::kafka::{JobNames, SinkTopics, TransactionalSink, client_config};
+use crate::io::kafka::{
+    CONSUMER_DEFAULTS, JobNames, PRODUCER_DEFAULTS, SinkTopics, TransactionalSink, client_config,
+    with_defaults,
+};
 use crate::io::{Position, SourceRecord};
 use crate::metrics::{Metrics, PartitionLabels};
 use crate::ownership::{all_partitions, key_group_of_partition, ownership};
@@ -399,8 +402,7 @@ impl<'a> Worker<'a> {
                 "failed to create the Kafka {what}: {error} (check spec.kafka.properties and the Secret of spec.kafka.secretRef)"
             ))
         };
-        let producer: BaseProducer = base
-            .clone()
+        let producer: BaseProducer = with_defaults(base, PRODUCER_DEFAULTS)
             .set("transactional.id", &transactional_id)
             .set("enable.idempotence", "true")
             .set(
@@ -409,11 +411,9 @@ impl<'a> Worker<'a> {
                     .clamp(60_000, 900_000)
                     .to_string(),
             )
-            .set("linger.ms", "5")
             .create()
             .map_err(|error| invalid(error, "producer"))?;
-        let consumer: WorkerConsumer = base
-            .clone()
+        let consumer: WorkerConsumer = with_defaults(base, CONSUMER_DEFAULTS)
             .set("group.id", &names.group_id)
             .set("statistics.interval.ms", "5000")
             .set("isolation.level", "read_committed")
