@@ -234,7 +234,8 @@ pub struct AutoscalerStatus {
     /// Records per second the job committed, over the window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processed_records_per_second: Option<f64>,
-    /// Busy share of the workers, in percent, over the window.
+    /// How busy the workers are, in percent, over the window: per worker the larger of its
+    /// busy share and its CPU use over its CPU limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub utilization_percent: Option<f64>,
     /// How many source partitions are in each class over the window.

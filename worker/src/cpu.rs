@@ -33,7 +33,8 @@ fn smallest_quota(root: &Path, proc_self_cgroup: &str) -> Option<f64> {
     let mut v1_mounts = Vec::new();
     for line in proc_self_cgroup.lines() {
         let mut fields = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next())
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
@@ -152,7 +153,8 @@ mod tests {
         std::fs::create_dir_all(&cpu).unwrap();
         std::fs::write(cpu.join("cpu.cfs_quota_us"), "10000\n").unwrap();
         std::fs::write(cpu.join("cpu.cfs_period_us"), "100000\n").unwrap();
-        let own = "4:memory:/node/kubepods/pod/c\n1:cpu:/node/kubepods/pod/c\n0::/node/kubepods/pod/c\n";
+        let own =
+            "4:memory:/node/kubepods/pod/c\n1:cpu:/node/kubepods/pod/c\n0::/node/kubepods/pod/c\n";
         assert_eq!(smallest_quota(root.path(), own), Some(0.1));
         // Seen from the host: the path under the mount, and -1 (no quota) above it.
         let host = tempfile::tempdir().unwrap();
@@ -183,10 +185,7 @@ mod tests {
             .register_collector(Box::new(CpuCollector));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(
-            text.contains("sluice_worker_cpu_seconds_total "),
-            "{text}"
-        );
+        assert!(text.contains("sluice_worker_cpu_seconds_total "), "{text}");
         assert!(text.contains("sluice_worker_cpu_limit_cores "), "{text}");
         assert!(cpu_limit_cores() > 0.0);
     }

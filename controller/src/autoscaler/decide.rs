@@ -719,7 +719,13 @@ mod tests {
         };
         // The first full window still holds the warm-up (capacity unchanged, 2,000/s at
         // 4 workers fully busy): not judged.
-        let first = decide(&window(-16.0, "ok", 0, 1000.0, 1.0), 4, &settings(), &memory, 0.0);
+        let first = decide(
+            &window(-16.0, "ok", 0, 1000.0, 1.0),
+            4,
+            &settings(),
+            &memory,
+            0.0,
+        );
         assert_eq!(first.memory.ineffective, None, "{}", first.reason);
         assert_eq!(first.memory.judge_after, Some(0.0));
         assert_eq!(first.memory.capacity_before_scale, Some(2000.0));
@@ -734,13 +740,25 @@ mod tests {
         assert_eq!(overlapping.memory.ineffective, None);
         assert_eq!(overlapping.memory.capacity_before_scale, Some(2000.0));
         // The next window: capacity doubled (4 workers half busy at 2,000/s): no cap.
-        let helped = decide(&window(0.0, "ok", 0, 2000.0, 0.5), 4, &settings(), &first.memory, 16.0);
+        let helped = decide(
+            &window(0.0, "ok", 0, 2000.0, 0.5),
+            4,
+            &settings(),
+            &first.memory,
+            16.0,
+        );
         assert_eq!(helped.action, Action::Stay, "{}", helped.reason);
         assert_eq!(helped.memory.ineffective, None);
         assert_eq!(helped.memory.capacity_before_scale, None);
         assert_eq!(helped.memory.judge_after, None);
         // Or capacity unchanged: remembered.
-        let not = decide(&window(0.0, "warn", 9000, 3000.0, 1.0), 4, &settings(), &first.memory, 16.0);
+        let not = decide(
+            &window(0.0, "warn", 9000, 3000.0, 1.0),
+            4,
+            &settings(),
+            &first.memory,
+            16.0,
+        );
         assert_eq!(
             not.memory
                 .ineffective

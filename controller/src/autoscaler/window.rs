@@ -451,10 +451,7 @@ mod tests {
                     )
                 })
                 .collect(),
-            workers: busy
-                .iter()
-                .map(|busy| busy.map(busy_only))
-                .collect(),
+            workers: busy.iter().map(|busy| busy.map(busy_only)).collect(),
             workers_ready: true,
         }
     }
