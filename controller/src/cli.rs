@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -240,63 +241,17 @@ impl RunArgs {
     }
 }
 
-/// Runs a command.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a command; `validate` answers with its own exit code, the others with 1 on error.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => crate::run::run(args.options()).await,
-        Command::Crd => {
-            print!("{}", sluice_crds::crd::yaml());
-            Ok(())
+        Command::Run(args) => crate::run::run(args.options()).await?,
+        Command::Crd => print!("{}", sluice_crds::crd::yaml()),
+        Command::Validate { job } => {
+            return Ok(sluice_crds::manifest::report::validate_file(&job));
         }
-        Command::Validate { job } => validate(&job),
-        Command::Doctor { namespace } => doctor(namespace).await,
+        Command::Doctor { namespace } => doctor(namespace).await?,
     }
-}
-
-fn validate(path: &PathBuf) -> anyhow::Result<()> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
-    let manifest = sluice_crds::load_manifests_bytes(&bytes)
-        .with_context(|| format!("{} is not a valid manifest", path.display()))?;
-    let mut invalid = 0;
-    for skipped in &manifest.skipped {
-        println!(
-            "{}: document {} is {} {}, not a StreamJob: skipped",
-            path.display(),
-            skipped.document,
-            skipped.api_version,
-            skipped.kind
-        );
-    }
-    for job in &manifest.jobs {
-        let name = job.name.as_deref().unwrap_or("(unnamed)");
-        match &job.result {
-            Ok(_) => println!("{}: StreamJob {name} is valid", path.display()),
-            Err(error) => {
-                invalid += 1;
-                eprintln!(
-                    "{}: document {}: StreamJob {name} is invalid: {error}",
-                    path.display(),
-                    job.document
-                );
-            }
-        }
-    }
-    if manifest.jobs.is_empty() {
-        anyhow::bail!(
-            "{}: {}",
-            path.display(),
-            sluice_crds::manifest::ManifestError::NoStreamJob
-        );
-    }
-    if invalid > 0 {
-        anyhow::bail!(
-            "{}: {invalid} of {} StreamJobs are invalid",
-            path.display(),
-            manifest.jobs.len()
-        );
-    }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn doctor(namespace: Option<String>) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@
 //! are skipped, as a pre-commit check of a folder of mixed manifests expects: validate
 //! does not check them (the API server will).
 
+pub mod report;
 pub mod yaml;
 
 use serde_json::Value;

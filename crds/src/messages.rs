@@ -117,5 +117,8 @@ pub const RULE_IS_QUANTITY: &str = "isQuantity(string(self))";
 /// A quantity (`volumeSize`, `resources`) that does not parse.
 pub const QUANTITY_INVALID: &str = "must be a Kubernetes quantity such as 500m, 2, 1.5Gi or 10Gi: a number, then optionally a suffix (m, k, M, G, T, Ki, Mi, Gi, Ti, or e and an exponent)";
 
+/// `bootstrap.servers` in `spec.kafka.properties`.
+pub const KAFKA_BOOTSTRAP_PROPERTY: &str = "is taken from spec.kafka.bootstrapServers, which every worker and the autoscaler use: set the brokers there and remove this property";
+
 /// A Kafka client property the worker sets itself.
 pub const KAFKA_PROPERTY_OWNED: &str = "is set by the worker itself for exactly-once processing (it owns bootstrap.servers, group.id, transactional.id, enable.idempotence, isolation.level, enable.auto.commit, enable.auto.offset.store, auto.offset.reset and transaction.timeout.ms): remove it";

@@ -311,7 +311,12 @@ fn check_connections(spec: &StreamJobSpec, errors: &mut Errors) {
         errors.add("spec.kafka.bootstrapServers", problem);
     }
     for name in spec.kafka.properties.keys() {
-        if crate::kafka::OWNED_PROPERTIES.contains(&name.as_str()) {
+        if name == "bootstrap.servers" {
+            errors.add(
+                format!("spec.kafka.properties.{name}"),
+                messages::KAFKA_BOOTSTRAP_PROPERTY,
+            );
+        } else if crate::kafka::OWNED_PROPERTIES.contains(&name.as_str()) {
             errors.add(
                 format!("spec.kafka.properties.{name}"),
                 messages::KAFKA_PROPERTY_OWNED,

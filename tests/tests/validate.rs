@@ -8,7 +8,7 @@
 //! megabyte (too large to commit).
 //!
 //! The folders:
-//! - `valid/`: both accept.
+//! - `valid/`: both accept; validate's report contains each `# expect-offline:` line.
 //! - `invalid/`: both refuse; the API server's message contains `# expect:`, validate's
 //!   contains `# expect-offline:` when it words it differently, else `# expect:`.
 //! - `stricter/`: the API server accepts, validate refuses with `# expect-offline:`;
@@ -26,7 +26,10 @@ const MAX_PEAK_MEMORY_KIB: u64 = 100 * 1024;
 /// What the fixture says both sides must answer.
 #[derive(Debug)]
 enum Expected {
-    Valid,
+    /// Both accept; validate's report contains each of these lines (`# expect-offline:`).
+    Valid {
+        offline: Vec<String>,
+    },
     Invalid {
         server: String,
         offline: String,
@@ -49,6 +52,15 @@ fn header(text: &str, name: &str) -> Option<String> {
         .filter(|value| !value.is_empty())
 }
 
+/// Every header line `# <name>: <text>`, in order.
+fn headers(text: &str, name: &str) -> Vec<String> {
+    text.lines()
+        .take_while(|line| line.starts_with('#'))
+        .filter_map(|line| line.strip_prefix(&format!("# {name}: ")))
+        .map(|value| value.trim().to_string())
+        .collect()
+}
+
 fn expected_of(folder: &str, path: &Path) -> Result<Expected> {
     // Bytes: some fixtures are UTF-16 or hold bytes that are not UTF-8, as kubectl reads
     // them (the headers are ASCII where the folder needs them).
@@ -60,7 +72,9 @@ fn expected_of(folder: &str, path: &Path) -> Result<Expected> {
             .with_context(|| format!("{} has no `# {name}: ` header", path.display()))
     };
     Ok(match folder {
-        "valid" => Expected::Valid,
+        "valid" => Expected::Valid {
+            offline: headers(&text, "expect-offline"),
+        },
         "invalid" => {
             let server = required("expect")?;
             let offline = header(&text, "expect-offline").unwrap_or_else(|| server.clone());
@@ -189,7 +203,14 @@ fn generated_manifests(directory: &Path) -> Result<Vec<(PathBuf, Expected)>> {
     for (name, metadata, pod, expected) in [
         ("annotation-140k", 140_000, 1, too_long()),
         ("pod-annotation-300k", 1, 300_000, too_long()),
-        ("pod-annotation-120k", 1, 120_000, Expected::Valid),
+        (
+            "pod-annotation-120k",
+            1,
+            120_000,
+            Expected::Valid {
+                offline: Vec::new(),
+            },
+        ),
     ] {
         let path = directory.join(format!("{name}.yaml"));
         std::fs::write(&path, annotated(name, metadata, pod))
@@ -258,9 +279,11 @@ async fn validate_gives_the_api_servers_verdict_on_every_fixture() -> Result<()>
             let [worker_run, controller_run] = offline.as_slice() else {
                 continue;
             };
-            if worker_run.accepted != controller_run.accepted {
+            if worker_run.accepted != controller_run.accepted
+                || worker_run.output != controller_run.output
+            {
                 failures.push(format!(
-                    "{name}: sluice-worker validate and sluice-controller validate disagree:\n{}\n{}",
+                    "{name}: sluice-worker validate and sluice-controller validate do not say the same:\n{}\n{}",
                     worker_run.output, controller_run.output
                 ));
             }
@@ -278,7 +301,17 @@ async fn validate_gives_the_api_servers_verdict_on_every_fixture() -> Result<()>
                 })
             };
             let (problem, server_words, offline_words) = match expected {
-                Expected::Valid => (mismatch(true, true), None, None),
+                Expected::Valid { offline } => {
+                    for words in offline {
+                        if !worker_run.output.contains(words.as_str()) {
+                            failures.push(format!(
+                                "{name}: validate's report does not contain {words:?}: {}",
+                                worker_run.output
+                            ));
+                        }
+                    }
+                    (mismatch(true, true), None, None)
+                }
                 Expected::Invalid { server, offline } => {
                     (mismatch(false, false), Some(server), Some(offline))
                 }
