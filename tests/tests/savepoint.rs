@@ -187,6 +187,32 @@ fn stop_with_savepoint(workers: &[WorkerProcess], id: &str) -> Result<String> {
     Ok(location)
 }
 
+/// The input (records per partition) in three consecutive parts, each with a third of
+/// every partition's records.
+fn thirds(input: &[Vec<String>]) -> Vec<Vec<Vec<String>>> {
+    (0..3)
+        .map(|third| {
+            input
+                .iter()
+                .map(|records| {
+                    let size = records.len().div_ceil(3);
+                    records
+                        .iter()
+                        .skip(third * size)
+                        .take(size)
+                        .cloned()
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// How many records a part of the input holds.
+fn count_of(part: &[Vec<String>]) -> usize {
+    part.iter().map(Vec::len).sum()
+}
+
 /// Waits until the workers together have read `events` source events since they started,
 /// so that the next savepoint holds state, not only offsets.
 fn wait_for_events(workers: &[WorkerProcess], events: usize) -> Result<()> {
@@ -283,22 +309,7 @@ fn rescale_through_savepoints(partitioning: &str, store: &Store) -> Result<(Job,
     let sink = TestTopic::create(&environment, "savepoint-out", 4)?;
     let (input, expected) = generate(60_000, 4, 300);
     let job = job(&environment, &source.name, &sink.name, partitioning, store)?;
-    let thirds: Vec<Vec<Vec<String>>> = (0..3)
-        .map(|third| {
-            input
-                .iter()
-                .map(|records| {
-                    let size = records.len().div_ceil(3);
-                    records
-                        .iter()
-                        .skip(third * size)
-                        .take(size)
-                        .cloned()
-                        .collect()
-                })
-                .collect()
-        })
-        .collect();
+    let thirds = thirds(&input);
 
     produce(&environment, &source.name, &thirds[0])?;
     let two = job.start(&environment, "two", 2, &[])?;
@@ -309,15 +320,14 @@ fn rescale_through_savepoints(partitioning: &str, store: &Store) -> Result<(Job,
     ensure!(status == 401, "a wrong token: {status}");
     let (status, body) = request(&two[0], "GET", "/v1/savepoints", "")?;
     ensure!(status == 200 && body == Value::Array(Vec::new()), "{body}");
-    let count = |third: &Vec<Vec<String>>| third.iter().map(Vec::len).sum::<usize>();
-    wait_for_events(&two, count(&thirds[0]) / 2)?;
+    wait_for_events(&two, count_of(&thirds[0]) / 2)?;
     let first = stop_with_savepoint(&two, "sp-two")?;
     produce(&environment, &source.name, &thirds[1])?;
     terminate(two)?;
 
     let restore = |location: &str| vec!["--restore-from".to_string(), location.to_string()];
     let three = job.start(&environment, "three", 3, &restore(&first))?;
-    wait_for_events(&three, count(&thirds[1]) / 2)?;
+    wait_for_events(&three, count_of(&thirds[1]) / 2)?;
     let second = stop_with_savepoint(&three, "sp-three")?;
     produce(&environment, &source.name, &thirds[2])?;
     terminate(three)?;
@@ -509,22 +519,7 @@ fn a_worker_killed_during_an_s3_savepoint_upload_leaves_no_restorable_savepoint(
     // Keys are on every partition: `Any` (the repartition topic), whose savepoints stop the
     // worker at its cut; it is resumed after the one that succeeds.
     let job = job(&environment, &source.name, &sink.name, "Any", &store)?;
-    let thirds: Vec<Vec<Vec<String>>> = (0..3)
-        .map(|third| {
-            input
-                .iter()
-                .map(|records| {
-                    let size = records.len().div_ceil(3);
-                    records
-                        .iter()
-                        .skip(third * size)
-                        .take(size)
-                        .cloned()
-                        .collect()
-                })
-                .collect()
-        })
-        .collect();
+    let thirds = thirds(&input);
 
     produce(&environment, &source.name, &thirds[0])?;
     let worker = job
@@ -532,8 +527,7 @@ fn a_worker_killed_during_an_s3_savepoint_upload_leaves_no_restorable_savepoint(
         .into_iter()
         .next()
         .context("one worker")?;
-    let count = |third: &Vec<Vec<String>>| third.iter().map(Vec::len).sum::<usize>();
-    wait_for_events(std::slice::from_ref(&worker), count(&thirds[0]) / 2)?;
+    wait_for_events(std::slice::from_ref(&worker), count_of(&thirds[0]) / 2)?;
     // Mid-upload: the first PUT goes through, the second is held.
     let worker = kill_during_upload(
         &environment,
@@ -544,7 +538,7 @@ fn a_worker_killed_during_an_s3_savepoint_upload_leaves_no_restorable_savepoint(
         |request, puts| request.method == "PUT" && puts >= 1,
     )?;
     produce(&environment, &source.name, &thirds[1])?;
-    wait_for_events(std::slice::from_ref(&worker), count(&thirds[1]) / 2)?;
+    wait_for_events(std::slice::from_ref(&worker), count_of(&thirds[1]) / 2)?;
     // Every file and the part written; the manifest held.
     let worker = kill_during_upload(
         &environment,
@@ -606,5 +600,94 @@ fn a_worker_killed_during_an_s3_savepoint_upload_leaves_no_restorable_savepoint(
         let (code, text) = job.savepoint_command(&["delete", &location])?;
         ensure!(code == 0, "delete {location}: {code} {text}");
     }
+    Ok(())
+}
+
+/// A worker killed after its stop-with-savepoint, before the controller replaces it,
+/// must not consume past the savepoint's cut when it comes back: the workers restored
+/// from the savepoint would produce those results again. It stays stopped until told to
+/// resume (a change aborted), and a worker restoring that savepoint consumes from its cut.
+/// The output is checked exactly once at the end.
+#[test]
+fn a_worker_killed_after_a_stop_with_savepoint_stays_stopped_until_resumed_or_restored()
+-> Result<()> {
+    let environment = Environment::load()?;
+    let source = TestTopic::create(&environment, "savepoint-stopped-in", 4)?;
+    let sink = TestTopic::create(&environment, "savepoint-stopped-out", 4)?;
+    let (input, expected) = generate(30_000, 4, 300);
+    let job = job(&environment, &source.name, &sink.name, "Any", &Store::File)?;
+    let thirds = thirds(&input);
+    let start = |extra: &[String]| -> Result<WorkerProcess> {
+        job.start(&environment, "stopped", 1, extra)?
+            .into_iter()
+            .next()
+            .context("one worker")
+    };
+    let events_read = |worker: &WorkerProcess| {
+        worker
+            .metric("sluice_worker_events_in_total")
+            .unwrap_or(0.0)
+    };
+    // Stays stopped, though events wait, for this long after it is ready.
+    let stays_stopped = |worker: &WorkerProcess, why: &str| -> Result<()> {
+        std::thread::sleep(Duration::from_secs(5));
+        let read = events_read(worker);
+        ensure!(
+            read == 0.0,
+            "{why}: the restarted worker read {read} events past the savepoint's cut\n{}",
+            log_tail(&worker.spec.log)
+        );
+        Ok(())
+    };
+
+    produce(&environment, &source.name, &thirds[0])?;
+    let mut worker = start(&[])?;
+    wait_for_events(std::slice::from_ref(&worker), count_of(&thirds[0]) / 2)?;
+    stop_with_savepoint(std::slice::from_ref(&worker), "sp-first")?;
+    produce(&environment, &source.name, &thirds[1])?;
+    worker.kill()?;
+
+    // Back with the same spec and volume: stopped, until resumed.
+    let mut worker = start(&[])?;
+    stays_stopped(&worker, "restarted after sp-first")?;
+    let log = std::fs::read_to_string(&worker.spec.log).unwrap_or_default();
+    ensure!(
+        log.contains("stays stopped"),
+        "the restarted worker does not say why it waits:\n{}",
+        log_tail(&worker.spec.log)
+    );
+    let (status, body) = request(&worker, "POST", "/v1/resume", "")?;
+    ensure!(
+        status == 200 && body["resumed"] == true,
+        "resume: {status} {body}"
+    );
+    wait_for_events(std::slice::from_ref(&worker), count_of(&thirds[1]) / 2)?;
+
+    // Once resumed, a restart consumes (the record is gone).
+    worker.kill()?;
+    let mut worker = start(&[])?;
+    produce(&environment, &source.name, &thirds[2])?;
+    wait_for_events(std::slice::from_ref(&worker), count_of(&thirds[2]) / 2)?;
+
+    // Stopped again and killed: stopped again after the restart.
+    let second = stop_with_savepoint(std::slice::from_ref(&worker), "sp-second")?;
+    worker.kill()?;
+    let mut worker = start(&[])?;
+    stays_stopped(&worker, "restarted after sp-second")?;
+    worker.kill()?;
+
+    // Restoring the savepoint it stopped after: it consumes from the cut.
+    let restore = ["--restore-from".to_string(), second];
+    let worker = start(&restore)?;
+    produce_flush(&environment, &source.name, input.len())?;
+    let output = read_output(
+        &environment,
+        &sink.name,
+        expected.len(),
+        Instant::now() + Duration::from_secs(300),
+    )?;
+    let summary = verify(&expected, &output)?;
+    eprintln!("savepoint: a stopped worker killed twice, resumed, then restored: {summary}");
+    terminate(vec![worker])?;
     Ok(())
 }

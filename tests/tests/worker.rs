@@ -497,15 +497,22 @@ fn a_second_worker_with_the_same_ordinal_fences_the_first() -> Result<()> {
     };
     let mut first = WorkerProcess::start(&environment, &spec_of("state-first"))?;
     first.wait_ready(Duration::from_secs(60))?;
+    // Frozen once it read every event and committed since (an idle worker then commits
+    // nothing more, so a count of checkpoints alone would wait forever).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while first
-        .metric("sluice_worker_checkpoints_total")
-        .unwrap_or(0.0)
-        < 3.0
-    {
+    let metric = |name: &str| first.metric(name).unwrap_or(0.0);
+    while metric("sluice_worker_events_in_total") < 3_000.0 {
         ensure!(
             Instant::now() < deadline,
-            "the first worker made no checkpoints"
+            "the first worker did not read the 3,000 events"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after_reading = metric("sluice_worker_checkpoints_total");
+    while metric("sluice_worker_checkpoints_total") < after_reading + 1.0 {
+        ensure!(
+            Instant::now() < deadline,
+            "the first worker did not commit what it read"
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -1,7 +1,7 @@
 //! The worker's admin API, on its own thread: `/healthz` (the process is alive),
 //! `/readyz` (state restored, partitions assigned, consuming), `/metrics` (Prometheus
-//! text), and, behind a bearer token, `POST /v1/savepoints` and
-//! `GET /v1/savepoints/{id}` (docs/savepoints.md).
+//! text), and, behind a bearer token, `POST /v1/savepoints`, `GET /v1/savepoints/{id}`,
+//! `POST /v1/resume` and `POST /v1/savepoints/retention` (docs/savepoints.md).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -27,6 +27,8 @@ pub struct AdminState {
     /// The bearer token the savepoint endpoints require (`None`: they refuse every
     /// request).
     pub token: Option<String>,
+    /// The job's savepoints (`<location>/<namespace>/<name>`), when it has a location.
+    pub job_savepoints: Option<crate::savepoint::Url>,
 }
 
 /// The routes.
@@ -39,6 +41,7 @@ pub fn router(state: AdminState) -> Router {
             "/v1/savepoints",
             post(request_savepoint).get(list_savepoints),
         )
+        .route("/v1/savepoints/retention", post(apply_retention))
         .route("/v1/savepoints/{id}", get(savepoint_status))
         .route("/v1/resume", post(resume))
         .with_state(state)
@@ -134,6 +137,86 @@ async fn savepoint_status(
         None => error(
             StatusCode::NOT_FOUND,
             format!("this worker knows no savepoint {id:?}"),
+        ),
+    }
+}
+
+/// The body of `POST /v1/savepoints/retention`: `spec.savepoints.retention`, and the
+/// savepoints the job's status refers to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RetentionRequest {
+    max_count: usize,
+    #[serde(default)]
+    max_age_seconds: Option<u64>,
+    #[serde(default)]
+    keep: Vec<String>,
+}
+
+/// Deletes the job's savepoints that retention no longer keeps (`manage::expired`), and
+/// says which it deleted and which are left. Refused while this worker takes one.
+async fn apply_retention(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(refused) = refusal(&state, &headers) {
+        return refused;
+    }
+    let request: RetentionRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(problem) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "failed to read the request body: {problem} (expected {{\"maxCount\": int, \"maxAgeSeconds\": int, \"keep\": [string]}})"
+                ),
+            );
+        }
+    };
+    let Some(job_savepoints) = state.job_savepoints.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            "this job has no savepoint location (spec.savepoints.location)",
+        );
+    };
+    if state.status.savepoints.busy() {
+        return error(
+            StatusCode::CONFLICT,
+            "a savepoint is being taken: ask again once it is done (retention never deletes files a savepoint being written may share)",
+        );
+    }
+    let retention = crate::savepoint::manage::Retention {
+        max_count: request.max_count,
+        max_age: request.max_age_seconds.map(std::time::Duration::from_secs),
+        keep: request.keep.into_iter().collect(),
+    };
+    // On a thread of its own: the directory blocks on a runtime of its own, which may not
+    // run inside this one.
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let applied =
+            crate::savepoint::location::Directory::open(&job_savepoints).and_then(|directory| {
+                crate::savepoint::manage::apply_retention(
+                    &directory,
+                    &retention,
+                    chrono::Utc::now(),
+                )
+            });
+        let _ = sender.send(applied);
+    });
+    match receiver.await {
+        Ok(Ok(applied)) => {
+            tracing::info!(deleted = ?applied.deleted, kept = applied.kept.len(), "applied the savepoint retention");
+            Json(applied).into_response()
+        }
+        Ok(Err(problem)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to apply the retention: {problem:#}"),
+        ),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed to apply the retention: its thread ended without an answer",
         ),
     }
 }

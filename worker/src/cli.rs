@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sluice_crds::validate::ManifestError;
 
 use crate::engine::EngineOptions;
 use crate::io::file::{FileSink, LineSource};
@@ -307,98 +306,7 @@ fn read_job(path: &Path) -> anyhow::Result<String> {
 }
 
 fn run_validate(args: &ValidateArgs) -> ExitCode {
-    // Bytes, not text: kubectl reads UTF-16 with a byte-order mark and invalid UTF-8 too.
-    let bytes = match std::fs::read(&args.job)
-        .with_context(|| format!("failed to read the StreamJob {}", args.job.display()))
-    {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let (report, valid) = validation_report(&args.job.display().to_string(), &bytes);
-    // A pre-commit hook shows what failed on stderr; a clean run prints to stdout.
-    if valid {
-        print!("{report}");
-        ExitCode::SUCCESS
-    } else {
-        eprint!("{report}");
-        ExitCode::FAILURE
-    }
-}
-
-/// What `validate` says about a manifest file: each StreamJob by name, valid or with every
-/// problem, and the documents of other kinds it skipped. The flag is whether every
-/// StreamJob is valid (and there is at least one).
-pub fn validation_report(file: &str, bytes: &[u8]) -> (String, bool) {
-    use std::fmt::Write as _;
-    let manifest = match sluice_crds::load_manifests_bytes(bytes) {
-        Ok(manifest) => manifest,
-        Err(error) => return (format!("{file}: {error}\n"), false),
-    };
-    let mut report = String::new();
-    let several = manifest.jobs.len() + manifest.skipped.len() > 1;
-    for skipped in &manifest.skipped {
-        let _ = writeln!(
-            report,
-            "{file}: document {}{} is {} {} {}, not a StreamJob: skipped (validate checks only StreamJobs)",
-            skipped.document,
-            skipped
-                .item
-                .map(|item| format!(" item {item}"))
-                .unwrap_or_default(),
-            skipped.api_version,
-            skipped.kind,
-            skipped.name.as_deref().unwrap_or("(unnamed)")
-        );
-    }
-    if manifest.jobs.is_empty() {
-        let _ = writeln!(report, "{file}: {}", ManifestError::NoStreamJob);
-        return (report, false);
-    }
-    let mut valid = true;
-    for job in &manifest.jobs {
-        let name = job.name.as_deref().unwrap_or("(unnamed)");
-        let label = if let Some(item) = job.item {
-            format!(
-                "{file}: document {} (line {}) item {item}: StreamJob {name}",
-                job.document, job.line
-            )
-        } else if several {
-            format!(
-                "{file}: document {} (line {}): StreamJob {name}",
-                job.document, job.line
-            )
-        } else {
-            format!("{file}: StreamJob {name}")
-        };
-        match &job.result {
-            Ok((_, checked)) => {
-                let _ = writeln!(
-                    report,
-                    "{label} is valid ({} pipeline steps)",
-                    checked.pipeline.step_count()
-                );
-            }
-            Err(ManifestError::Invalid(errors)) => {
-                valid = false;
-                let _ = writeln!(
-                    report,
-                    "{label} is invalid, {} problem(s):",
-                    errors.errors.len()
-                );
-                for error in &errors.errors {
-                    let _ = writeln!(report, "  {}: {}", error.field, error.message);
-                }
-            }
-            Err(error) => {
-                valid = false;
-                let _ = writeln!(report, "{label} is invalid: {error}");
-            }
-        }
-    }
-    (report, valid)
+    sluice_crds::manifest::report::validate_file(&args.job)
 }
 
 /// The savepoint location: the flag's, else the job's `spec.savepoints.location`.
@@ -502,6 +410,13 @@ fn run_worker(args: &RunArgs) -> anyhow::Result<ExitCode> {
             status: status.clone(),
             registry: std::sync::Arc::new(std::sync::Mutex::new(registry)),
             token,
+            job_savepoints: match &options.savepoint_location {
+                Some(location) => Some(crate::savepoint::job_url(
+                    location,
+                    &crate::run::job_identity(&manifest, options.namespace.as_deref())?,
+                )),
+                None => None,
+            },
         },
     )?;
     // The engine runs on a thread whose stack is known, so the expression depth that

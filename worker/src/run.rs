@@ -29,7 +29,7 @@ use sluice_crds::{CheckedJob, StreamJob};
 
 use crate::commit;
 use crate::engine::{Engine, EngineOptions, Routed};
-use crate::exchange::{ExchangeRecord, Origin, SourcePartition};
+use crate::exchange::{ExchangeRecord, Origin, SourceClock, SourcePartition};
 use crate::io::kafka::{
     CONSUMER_DEFAULTS, JobNames, PRODUCER_DEFAULTS, SinkTopics, TransactionalSink, client_config,
     with_defaults,
@@ -150,6 +150,82 @@ pub fn savepoint_records_directory(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("savepoint-states")
 }
 
+/// The file where a worker records that it stopped after a savepoint (its id), so that a
+/// restart before the controller rolls the workers does not consume past the savepoint's
+/// cut (docs/architecture.md, "Crash points").
+pub fn stop_record_path(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("stopped-after-savepoint")
+}
+
+/// What a starting worker does about a stop it recorded.
+#[derive(Debug, PartialEq, Eq)]
+enum RecordedStop {
+    /// None recorded: consume.
+    Consume,
+    /// It stopped after that savepoint and has not been told to go on: stay stopped
+    /// until `POST /v1/resume` (an aborted change) or the roll (the pods are replaced).
+    StayStopped,
+    /// It is restoring the savepoint it stopped after (the new spec, or a rescale): the
+    /// state is the savepoint's cut again; or its part of that savepoint was never
+    /// written (it crashed first: the savepoint never completes, nobody restores it).
+    /// Either way, consume.
+    Clear,
+}
+
+/// [`RecordedStop`] from the savepoint id recorded (if any), whether this worker's part
+/// of it was written, and the id of the savepoint the worker is told to restore (if any).
+fn recorded_stop(
+    recorded: Option<&str>,
+    part_written: bool,
+    restoring: Option<&str>,
+) -> RecordedStop {
+    match (recorded, restoring) {
+        (None, _) => RecordedStop::Consume,
+        (Some(stopped_after), Some(restoring)) if stopped_after == restoring => RecordedStop::Clear,
+        (Some(_), _) if !part_written => RecordedStop::Clear,
+        (Some(_), _) => RecordedStop::StayStopped,
+    }
+}
+
+/// The most periodic checkpoints an idle worker skips in a row: every tenth interval it
+/// commits anyway, so the group's committed offsets stay fresh (Kafka expires those of
+/// a group nothing commits to) and a stuck worker is told from an idle one.
+const MAX_SKIPPED_CHECKPOINTS: u32 = 9;
+
+/// Whether a periodic checkpoint is skipped: nothing was read since the last commit of
+/// this worker instance (`sent_at_commit`: the sink's count of records sent then),
+/// nothing was written since (`sent_now`), and fewer than [`MAX_SKIPPED_CHECKPOINTS`]
+/// were skipped since.
+fn skips_checkpoint(
+    read_since_commit: bool,
+    sent_at_commit: Option<u64>,
+    sent_now: u64,
+    skipped: u32,
+) -> bool {
+    !read_since_commit && sent_at_commit == Some(sent_now) && skipped < MAX_SKIPPED_CHECKPOINTS
+}
+
+/// Records durably that the worker stops after savepoint `id` (written, synced, renamed
+/// into place).
+fn write_stop_record(state_dir: &std::path::Path, id: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let path = stop_record_path(state_dir);
+    let pending = path.with_extension("pending");
+    let mut file = std::fs::File::create(&pending)?;
+    file.write_all(id.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&pending, &path)?;
+    std::fs::File::open(state_dir)?.sync_all()
+}
+
+/// Removes the stop record (the worker goes on).
+fn clear_stop_record(state_dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_file(stop_record_path(state_dir)) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
 /// Why the loop stopped.
 #[derive(Debug)]
 enum Stop {
@@ -172,6 +248,21 @@ fn restart(reason: impl std::fmt::Display) -> Stop {
     }
 }
 
+/// The job a worker runs: its name, and its namespace from `--namespace`, else the
+/// manifest's, else `default`.
+pub fn job_identity(manifest: &StreamJob, namespace: Option<&str>) -> anyhow::Result<JobIdentity> {
+    let name = manifest
+        .metadata
+        .name
+        .clone()
+        .context("failed to name the job: the StreamJob has no metadata.name")?;
+    let namespace = namespace
+        .map(str::to_string)
+        .or(manifest.metadata.namespace.clone())
+        .unwrap_or_else(|| "default".into());
+    Ok(JobIdentity { namespace, name })
+}
+
 /// Runs the worker until it is asked to stop or fenced. Returns whether it stopped
 /// cleanly (requested), or the reason it was fenced.
 pub fn run(
@@ -181,16 +272,7 @@ pub fn run(
     status: &Arc<WorkerStatus>,
     metrics: &Metrics,
 ) -> anyhow::Result<Result<(), String>> {
-    let name = manifest
-        .metadata
-        .name
-        .clone()
-        .context("failed to name the job: the StreamJob has no metadata.name")?;
-    let namespace = options
-        .namespace
-        .clone()
-        .or(manifest.metadata.namespace.clone())
-        .unwrap_or_else(|| "default".into());
+    let identity = job_identity(manifest, options.namespace.as_deref())?;
     anyhow::ensure!(
         options.ordinal < options.parallelism,
         "failed to start: ordinal {} is not below parallelism {} (--ordinal, --parallelism)",
@@ -203,14 +285,40 @@ pub fn run(
         options.parallelism,
         job.key_groups
     );
-    let names = JobNames::new(&namespace, &name);
-    let identity = JobIdentity { namespace, name };
+    let names = JobNames::new(&identity.namespace, &identity.name);
     // Snapshots a crash left behind were never uploaded whole; their savepoints are
     // reported failed (`Savepoints::new`).
     let snapshots = snapshot_directory(&options.state_dir);
     if snapshots.exists() {
         std::fs::remove_dir_all(&snapshots)
             .with_context(|| format!("failed to clear {}", snapshots.display()))?;
+    }
+    let recorded = std::fs::read_to_string(stop_record_path(&options.state_dir)).ok();
+    let restoring = options
+        .restore_from
+        .as_ref()
+        .and_then(|url| url.split_last())
+        .map(|(_, id)| id);
+    let recorded = recorded.as_deref().map(str::trim);
+    // Its savepoints' states survive restarts; one it was writing is reported failed.
+    let part_written = recorded
+        .and_then(|id| status.savepoints.status(id))
+        .is_some_and(|savepoint| matches!(savepoint.state, SavepointState::Completed { .. }));
+    match recorded_stop(recorded, part_written, restoring.as_deref()) {
+        RecordedStop::Consume => {}
+        RecordedStop::StayStopped => {
+            tracing::info!(
+                savepoint = recorded,
+                "this worker stopped after a savepoint before it restarted: it stays stopped until told to resume or replaced"
+            );
+            status.stopped.store(true, Ordering::SeqCst);
+        }
+        RecordedStop::Clear => clear_stop_record(&options.state_dir).with_context(|| {
+            format!(
+                "failed to remove {}",
+                stop_record_path(&options.state_dir).display()
+            )
+        })?,
     }
     let secret = match &options.kafka_properties {
         Some(directory) => crate::io::kafka::read_properties_directory(directory)?,
@@ -382,6 +490,15 @@ struct Worker<'a> {
     checkpoints_made: u64,
     /// Consumption paused by a stop-with-savepoint.
     paused: bool,
+    /// Whether a record was read since the last commit.
+    read_since_commit: bool,
+    /// The sink's count of records sent at the last commit (`None`: no commit yet by this
+    /// instance).
+    sent_at_commit: Option<u64>,
+    /// The source clocks last sent to the repartition topic (by this instance).
+    broadcast_clocks: Vec<(SourcePartition, SourceClock)>,
+    /// Periodic checkpoints skipped since the last commit (idle).
+    skipped_checkpoints: u32,
 }
 
 impl<'a> Worker<'a> {
@@ -765,6 +882,10 @@ impl<'a> Worker<'a> {
             exchange_buffer: Vec::new(),
             checkpoints_made: 0,
             paused: false,
+            read_since_commit: false,
+            sent_at_commit: None,
+            broadcast_clocks: Vec::new(),
+            skipped_checkpoints: 0,
             payload_buffer: Vec::new(),
             topic_buffer: String::new(),
         })
@@ -816,11 +937,22 @@ impl<'a> Worker<'a> {
                 return Err(Stop::Requested);
             }
             if let Some((id, stop)) = self.status.savepoints.take_request() {
+                if stop && let Err(error) = write_stop_record(&self.options.state_dir, &id) {
+                    // Without the record a crash after the stop would consume past the
+                    // cut: refuse the savepoint rather than stop unrecorded.
+                    self.status.savepoints.set(
+                        &id,
+                        SavepointState::Failed {
+                            reason: format!(
+                                "failed to record the stop in {}: {error}",
+                                stop_record_path(&self.options.state_dir).display()
+                            ),
+                        },
+                    );
+                    continue;
+                }
                 self.take_savepoint(&id)?;
                 if stop && !self.status.stopped.swap(true, Ordering::SeqCst) {
-                    if let Ok(assignment) = self.consumer.assignment() {
-                        let _ = self.consumer.pause(&assignment);
-                    }
                     tracing::info!(
                         savepoint = id,
                         "stopped consuming after the savepoint; waiting to be told to exit"
@@ -830,11 +962,23 @@ impl<'a> Worker<'a> {
             if self.status.stopped.load(Ordering::SeqCst) {
                 // Stop-with-savepoint: nothing is read, nothing is written; the open
                 // transaction stays empty until the worker is told to exit or resume.
+                if !self.paused
+                    && let Ok(assignment) = self.consumer.assignment()
+                {
+                    let _ = self.consumer.pause(&assignment);
+                }
                 self.paused = true;
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
             if std::mem::take(&mut self.paused) {
+                // Told to go on: a restart from here consumes as well.
+                clear_stop_record(&self.options.state_dir).map_err(|error| {
+                    restart(format!(
+                        "failed to remove {}: {error}",
+                        stop_record_path(&self.options.state_dir).display()
+                    ))
+                })?;
                 if let Ok(assignment) = self.consumer.assignment() {
                     let _ = self.consumer.resume(&assignment);
                 }
@@ -895,7 +1039,7 @@ impl<'a> Worker<'a> {
                 // A commit is a fixed cost per checkpoint interval, mostly a wait for the
                 // broker: not counted as busy, so busy time grows with the records.
                 let committing = Instant::now();
-                self.checkpoint()?;
+                self.periodic_checkpoint()?;
                 idle += committing.elapsed();
                 next_checkpoint = Instant::now() + interval;
             }
@@ -912,6 +1056,7 @@ impl<'a> Worker<'a> {
         offset: i64,
         payload: &[u8],
     ) -> Result<(), Stop> {
+        self.read_since_commit = true;
         let now = self.now();
         if self.exchange && topic == self.names.repartition_topic {
             if let Some(counter) = self.channel_counters.get(&partition) {
@@ -1048,22 +1193,49 @@ impl<'a> Worker<'a> {
     /// Commits state, offsets and outputs together (docs/architecture.md, "Exactly
     /// once"). An abortable failure starts over from the last complete checkpoint.
     /// Returns the checkpoint's record.
-    fn checkpoint(&mut self) -> Result<CheckpointRecord, Stop> {
+    /// The checkpoint of every interval, which an idle worker mostly skips: when it read
+    /// nothing and wrote nothing since its last commit (a watermark that did not move is
+    /// not sent again), the last checkpoint still holds, so there is no transaction to
+    /// commit and no state to write. Each instance commits once before it skips any, and
+    /// at least every tenth interval ([`MAX_SKIPPED_CHECKPOINTS`]).
+    fn periodic_checkpoint(&mut self) -> Result<(), Stop> {
+        self.advance_and_broadcast()?;
+        if skips_checkpoint(
+            self.read_since_commit,
+            self.sent_at_commit,
+            self.sink.sent(),
+            self.skipped_checkpoints,
+        ) {
+            self.skipped_checkpoints += 1;
+            return Ok(());
+        }
+        self.checkpoint().map(|_| ())
+    }
+
+    /// Fires what the clock makes due, then sends this worker's source clocks to every
+    /// repartition partition when they changed since it last sent them: they follow every
+    /// event they cover. (Unchanged clocks say nothing new: a receiver keeps the clocks it
+    /// heard in its checkpoints.)
+    fn advance_and_broadcast(&mut self) -> Result<(), Stop> {
         let now = self.now();
         self.engine.advance(now, &mut self.sink).map_err(restart)?;
         if self.exchange {
-            // Watermark records for the source partitions this worker reads, to every
-            // repartition partition, after every event they cover.
             let clocks = self.engine.source_clocks(now);
-            if !clocks.is_empty() {
-                ExchangeRecord::Watermark(clocks).encode(&mut self.exchange_buffer);
+            if !clocks.is_empty() && clocks != self.broadcast_clocks {
+                ExchangeRecord::Watermark(clocks.clone()).encode(&mut self.exchange_buffer);
                 for group in 0..self.key_groups {
                     self.sink
                         .exchange(group_partition(group), &self.exchange_buffer)
                         .map_err(restart)?;
                 }
+                self.broadcast_clocks = clocks;
             }
         }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<CheckpointRecord, Stop> {
+        self.advance_and_broadcast()?;
         let id = self.next_checkpoint_id;
         let started = Instant::now();
         let record = self
@@ -1120,6 +1292,9 @@ impl<'a> Worker<'a> {
         })?;
         self.metrics.checkpoints.inc();
         self.next_checkpoint_id = id + 1;
+        self.read_since_commit = false;
+        self.sent_at_commit = Some(self.sink.sent());
+        self.skipped_checkpoints = 0;
         self.sink.producer().begin_transaction().map_err(|error| {
             kafka_stop("begin a transaction", error, ordinal, &transactional_id)
         })?;
@@ -1401,6 +1576,110 @@ fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_that_stopped_after_a_savepoint_stays_stopped_until_it_restores_it() {
+        use RecordedStop::{Clear, Consume, StayStopped};
+        let cases = [
+            ("nothing recorded", None, false, None, Consume),
+            (
+                "nothing recorded, restoring",
+                None,
+                false,
+                Some("rescale-3-1"),
+                Consume,
+            ),
+            (
+                "stopped, restarted before the roll",
+                Some("upgrade-4-1"),
+                true,
+                None,
+                StayStopped,
+            ),
+            (
+                "stopped, restarted before the roll, with an earlier restore in its spec",
+                Some("upgrade-4-1"),
+                true,
+                Some("rescale-3-1"),
+                StayStopped,
+            ),
+            (
+                "rolled: restoring that savepoint",
+                Some("upgrade-4-1"),
+                true,
+                Some("upgrade-4-1"),
+                Clear,
+            ),
+            (
+                "crashed before its part was written: the savepoint failed",
+                Some("upgrade-4-1"),
+                false,
+                None,
+                Clear,
+            ),
+        ];
+        for (name, recorded, part_written, restoring, expect) in cases {
+            assert_eq!(
+                recorded_stop(recorded, part_written, restoring),
+                expect,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_idle_worker_skips_its_periodic_checkpoints_once_it_committed() {
+        let cases = [
+            (
+                "nothing committed yet by this instance",
+                false,
+                None,
+                0,
+                0,
+                false,
+            ),
+            ("idle since the last commit", false, Some(7), 7, 0, true),
+            ("idle, eight skipped", false, Some(7), 7, 8, true),
+            (
+                "idle, nine skipped: the tenth commits",
+                false,
+                Some(7),
+                7,
+                9,
+                false,
+            ),
+            ("read a record", true, Some(7), 7, 0, false),
+            (
+                "wrote a record (a window fired on the clock)",
+                false,
+                Some(7),
+                8,
+                0,
+                false,
+            ),
+            ("read and wrote", true, Some(7), 9, 3, false),
+        ];
+        for (name, read, sent_at_commit, sent_now, skipped, expect) in cases {
+            assert_eq!(
+                skips_checkpoint(read, sent_at_commit, sent_now, skipped),
+                expect,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_stop_record_survives_a_restart_and_goes_when_cleared() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = stop_record_path(directory.path());
+        clear_stop_record(directory.path()).unwrap();
+        write_stop_record(directory.path(), "upgrade-4-1").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "upgrade-4-1");
+        write_stop_record(directory.path(), "upgrade-4-2").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "upgrade-4-2");
+        clear_stop_record(directory.path()).unwrap();
+        assert!(!path.exists());
+    }
 
     fn restart_stop() -> Stop {
         restart("failed to produce to job.repartition: Local: Fatal error")

@@ -155,6 +155,8 @@ pub struct TransactionalSink {
     producer: BaseProducer,
     topics: SinkTopics,
     metrics: Metrics,
+    /// Records sent since it was made.
+    sent: std::cell::Cell<u64>,
 }
 
 /// How long a send waits for room in a full queue before trying again.
@@ -167,6 +169,7 @@ impl TransactionalSink {
             producer,
             topics,
             metrics,
+            sent: std::cell::Cell::new(0),
         }
     }
 
@@ -195,7 +198,10 @@ impl TransactionalSink {
         }
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.sent.set(self.sent.get() + 1);
+                    return Ok(());
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     self.metrics.producer_queue_full.inc();
                     self.producer.poll(QUEUE_FULL_WAIT);
@@ -247,6 +253,11 @@ impl TransactionalSink {
                 });
         }
         self.send(topic, None, None, rejected.original, Some(headers))
+    }
+
+    /// Records sent (into transactions) since the sink was made.
+    pub fn sent(&self) -> u64 {
+        self.sent.get()
     }
 
     /// Records waiting to be delivered.

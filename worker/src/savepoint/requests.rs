@@ -194,6 +194,11 @@ impl Savepoints {
         }
     }
 
+    /// Whether a savepoint is pending or being taken.
+    pub fn busy(&self) -> bool {
+        self.table().active.is_some()
+    }
+
     /// The status of savepoint `id`.
     pub fn status(&self, id: &str) -> Option<SavepointStatus> {
         self.table().entries.get(id).cloned()
