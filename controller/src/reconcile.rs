@@ -191,11 +191,13 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
         };
         report(job, ctx, &observation).await?;
     }
+    let mut admin_token = cached_token.clone();
     if cached_token.is_none() {
         // Not seen by the watch (a new job, or a Secret created a moment ago): read it, so
         // the workers' token never changes.
         let token = read_admin_token(ctx, &namespace, &names.admin_token).await?;
         children = build_with(&token);
+        admin_token = Some(token.clone());
         plan = Plan {
             admin_token: true,
             ..self::plan(&mut children, &ctx.children, &namespace)
@@ -204,7 +206,7 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
     let workers =
         WorkerCounts::of(&apply(ctx, &namespace, &children, &plan, cached_workers).await?);
     delete_orphans(ctx, &namespace, &children, &names).await?;
-    lifecycle::rolled_out(job, ctx, &workers, &spec_hash).await?;
+    lifecycle::rolled_out(job, ctx, &workers, &spec_hash, admin_token.as_deref()).await?;
     let changing = job
         .status
         .as_ref()
@@ -573,12 +575,19 @@ mod tests {
             name: &'static str,
             change: fn(&mut StreamJob),
             expect_fields: &'static [&'static str],
+            /// Words every case's messages must contain together (the fix).
+            expect_words: &'static [&'static str],
+        }
+        fn filter(job: &mut StreamJob, expression: String) {
+            job.spec.pipeline[0] =
+                serde_json::from_value(serde_json::json!({ "filter": expression })).unwrap();
         }
         let cases = [
             Case {
                 name: "valid",
                 change: |_| {},
                 expect_fields: &[],
+                expect_words: &[],
             },
             Case {
                 name: "a filter that does not type-check",
@@ -588,29 +597,74 @@ mod tests {
                             .unwrap();
                 },
                 expect_fields: &["spec.pipeline[0].filter"],
+                expect_words: &[],
             },
             Case {
                 name: "a name too long for pod labels",
                 change: |job| job.metadata.name = Some("x".repeat(53)),
                 expect_fields: &["metadata.name"],
+                expect_words: &[],
             },
             Case {
                 name: "a name with a dot, which a Service cannot take",
                 change: |job| job.metadata.name = Some("page.views".to_string()),
                 expect_fields: &["metadata.name"],
+                expect_words: &[],
+            },
+            // One bad StreamJob must never take the controller down (issue 17): these
+            // crashed or used hundreds of megabytes before the bounds.
+            Case {
+                name: "a filter too deep to evaluate safely (1,500 terms of 1+1+…)",
+                change: |job| filter(job, format!("{} > 0", vec!["1"; 1500].join("+"))),
+                expect_fields: &["spec.pipeline[0].filter"],
+                expect_words: &["deep"],
+            },
+            Case {
+                name: "a megabyte of ||",
+                change: |job| filter(job, vec!["true"; 200_000].join(" || ")),
+                expect_fields: &["spec.pipeline[0].filter"],
+                expect_words: &["4096"],
+            },
+            Case {
+                name: "100,000 nested parentheses",
+                change: |job| {
+                    filter(
+                        job,
+                        format!("{}true{}", "(".repeat(100_000), ")".repeat(100_000)),
+                    )
+                },
+                expect_fields: &["spec.pipeline[0].filter"],
+                expect_words: &["4096"],
+            },
+            Case {
+                name: "a Kafka property the worker owns",
+                change: |job| {
+                    job.spec.kafka.properties.insert(
+                        "bootstrap.servers".to_string(),
+                        "elsewhere:9092".to_string(),
+                    );
+                },
+                expect_fields: &["spec.kafka.properties.bootstrap.servers"],
+                expect_words: &["bootstrapServers"],
             },
         ];
         for case in cases {
             let mut job = fixtures::job();
             (case.change)(&mut job);
-            let fields: Vec<String> = match validate(&job) {
-                Ok(_) => Vec::new(),
-                Err(Error::InvalidSpec { source, .. }) => {
-                    source.errors.into_iter().map(|error| error.field).collect()
-                }
+            let (fields, messages): (Vec<String>, Vec<String>) = match validate(&job) {
+                Ok(_) => Default::default(),
+                Err(Error::InvalidSpec { source, .. }) => source
+                    .errors
+                    .into_iter()
+                    .map(|error| (error.field, error.message))
+                    .unzip(),
                 Err(other) => panic!("{}: {other}", case.name),
             };
             assert_eq!(fields, case.expect_fields, "{}", case.name);
+            let messages = messages.join("\n");
+            for words in case.expect_words {
+                assert!(messages.contains(words), "{}: {messages}", case.name);
+            }
         }
     }
 

@@ -93,6 +93,16 @@ pub enum WebhookCertificates {
 /// How often the webhook's certificate is checked for renewal (or re-read from files).
 const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
+/// The shortest validity of a generated certificate: it is checked every sixth of it.
+const MINIMUM_CERTIFICATE_VALIDITY: Duration = Duration::from_secs(60);
+
+/// How often a generated certificate valid for `validity` is checked: every
+/// [`CERTIFICATE_CHECK_INTERVAL`], or six times in its life when that is shorter, so the
+/// renewal (when a third is left) always comes before it expires.
+fn generated_check_interval(validity: Duration) -> Duration {
+    CERTIFICATE_CHECK_INTERVAL.min(validity / 6)
+}
+
 /// Starts the validating webhook: its certificate first (stored and announced), then the
 /// HTTPS server, then the task that keeps the certificate current.
 async fn start_webhook(
@@ -118,6 +128,13 @@ async fn start_webhook(
             hosts,
             validity,
         } => {
+            if *validity < MINIMUM_CERTIFICATE_VALIDITY {
+                return Err(anyhow!(
+                    "--webhook-certificate-validity is {}, shorter than {}: give a longer validity (the default is 365d)",
+                    humantime::format_duration(*validity),
+                    humantime::format_duration(MINIMUM_CERTIFICATE_VALIDITY)
+                ));
+            }
             if hosts.is_empty() {
                 return Err(anyhow!(
                     "--webhook-host is required when the controller generates the webhook's certificate: give the DNS name the API server calls (<service>.<namespace>.svc), or use --webhook-certificate-directory"
@@ -139,7 +156,7 @@ async fn start_webhook(
                 generated,
                 tls,
                 served,
-                CERTIFICATE_CHECK_INTERVAL,
+                generated_check_interval(*validity),
             ));
         }
     }
@@ -522,4 +539,26 @@ pub fn default_identity() -> String {
         Err(_) => std::process::id().to_string(),
     };
     format!("{host}-{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_certificate_is_checked_often_enough_to_be_renewed_in_time() {
+        for (validity, expect) in [(365 * 24 * 3600, 30), (180, 30), (120, 20), (60, 10)] {
+            let interval = generated_check_interval(Duration::from_secs(validity));
+            assert_eq!(
+                interval,
+                Duration::from_secs(expect),
+                "validity {validity} s"
+            );
+            // Renewed when a third is left: a check falls in that third, with time to spare.
+            assert!(
+                interval < Duration::from_secs(validity) / 3,
+                "validity {validity} s"
+            );
+        }
+    }
 }

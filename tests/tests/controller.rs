@@ -574,8 +574,44 @@ async fn a_stalled_job_next_to_a_healthy_one() -> Result<()> {
     no_secret.spec.kafka.secret_ref = Some(sluice_crds::streamjob::SecretReference {
         name: "kafka-credentials".into(),
     });
-    for job in [&bad_filter, &no_secret, &healthy] {
+    // Both pass the API server (the CRD cannot parse expressions nor compare topics);
+    // without the webhook the controller stalls them, naming the field and the fix.
+    let mut deep_filter = page_views(&node, namespace, "deep-filter", &topics)?;
+    deep_filter.spec.pipeline[0] =
+        serde_json::from_value(json!({"filter": format!("{} > 0", vec!["1"; 1500].join("+"))}))?;
+    let mut feedback = page_views(&node, namespace, "feedback", &topics)?;
+    feedback.spec.sink.topic = topics.source.name.clone();
+    for job in [&bad_filter, &deep_filter, &feedback, &no_secret, &healthy] {
         apply_job(&client, job).await?;
+    }
+    for (name, field, fix) in [
+        (
+            "deep-filter",
+            "spec.pipeline[0].filter",
+            "compute parts of it in a map step",
+        ),
+        (
+            "feedback",
+            "spec.sink.topic",
+            "must not be one of spec.source.topics",
+        ),
+    ] {
+        let stalled = wait_condition(
+            &client,
+            namespace,
+            name,
+            "Stalled",
+            "True",
+            Duration::from_secs(60),
+        )
+        .await?;
+        let reason = condition(&stalled, "Stalled").context("no Stalled")?;
+        ensure!(
+            reason.reason == "InvalidSpec"
+                && reason.message.contains(field)
+                && reason.message.contains(fix),
+            "{name}: {reason:?}"
+        );
     }
 
     let stalled = wait_condition(
@@ -971,6 +1007,80 @@ async fn the_webhook_refuses_at_apply_what_the_controller_would_refuse() -> Resu
             error.contains("denied the request") && error.contains(refused[0].1),
             "after the restart: {error}"
         );
+
+        // Renewal: certificates valid for 60 s are replaced when 20 s are left (checked
+        // every 10 s). The new CA joins the old one in the caBundle and the running
+        // process serves the new certificate, which the API server trusts.
+        restarted.kill()?;
+        secrets
+            .delete("sluice-webhook-certificate", &Default::default())
+            .await?;
+        let mut spec = restarted.spec.clone();
+        spec.log = std::env::temp_dir().join(format!("{}.log", unique_name("e2e-webhook")));
+        spec.extra_args
+            .push("--webhook-certificate-validity=60s".to_string());
+        let mut short_lived = ControllerProcess::start(&environment, &spec)?;
+        short_lived.wait_ready(Duration::from_secs(30))?;
+        let data_of = |secret: &Secret, key: &str| -> Result<Vec<u8>> {
+            Ok(secret
+                .data
+                .as_ref()
+                .and_then(|data| data.get(key))
+                .with_context(|| format!("no {key} in the Secret"))?
+                .0
+                .clone())
+        };
+        let first = secrets.get("sluice-webhook-certificate").await?;
+        let (first_certificate, first_ca) = (data_of(&first, "tls.crt")?, data_of(&first, "ca.crt")?);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let renewed = loop {
+            let secret = secrets.get("sluice-webhook-certificate").await?;
+            if data_of(&secret, "tls.crt")? != first_certificate {
+                break secret;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "a certificate valid for 60 s was not renewed within 90 s"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
+        let renewed_ca = data_of(&renewed, "ca.crt")?;
+        ensure!(renewed_ca != first_ca, "the renewal kept the CA");
+        let contains = |haystack: &[u8], needle: &[u8]| {
+            haystack.windows(needle.len()).any(|window| window == needle)
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let bundle = configurations
+                .get(&configuration_name)
+                .await?
+                .webhooks
+                .as_ref()
+                .and_then(|hooks| hooks[0].client_config.ca_bundle.clone())
+                .map(|bundle| bundle.0)
+                .unwrap_or_default();
+            let log = std::fs::read_to_string(&spec.log).unwrap_or_default();
+            if contains(&bundle, &renewed_ca)
+                && contains(&bundle, &first_ca)
+                && log.contains("serving the webhook's renewed certificate")
+            {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "30 s after the renewal the caBundle does not hold both CAs, or the controller does not serve the new certificate (log {})",
+                spec.log.display()
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let error = match apply_job(&client, &refused[0].0).await {
+            Ok(()) => bail!("after the renewal the webhook accepted an invalid job"),
+            Err(error) => format!("{error:#}"),
+        };
+        ensure!(
+            error.contains("denied the request") && error.contains(refused[0].1),
+            "after the renewal: {error}"
+        );
         jobs.delete("valid", &Default::default()).await?;
         anyhow::Ok(())
     }
@@ -1334,6 +1444,18 @@ async fn wait_deployed(jobs: &Api<StreamJob>, name: &str, generation: i64) -> Re
     .await
 }
 
+/// `changes` written over `target`: objects field by field, anything else replaced.
+fn merge(target: &mut Value, changes: Value) {
+    match (target, changes) {
+        (Value::Object(target), Value::Object(changes)) => {
+            for (field, value) in changes {
+                merge(target.entry(field).or_insert(Value::Null), value);
+            }
+        }
+        (target, changes) => *target = changes,
+    }
+}
+
 /// A windowed job with savepoints on S3 (SeaweedFS, reached from the pods through the
 /// bridge), running generation 1 with one worker under its own controller, and its input
 /// generated in thirds with the results it must give.
@@ -1420,11 +1542,7 @@ impl Lifecycle {
             "location": format!("s3://{}/{}", s3.bucket, unique_name("e2e-lifecycle")),
             "secretRef": {"name": "savepoint-credentials"},
         });
-        if let Value::Object(changes) = options.spec {
-            for (field, value) in changes {
-                spec[field] = value;
-            }
-        }
+        merge(spec, options.spec);
         let job: StreamJob = serde_json::from_value(manifest)?;
 
         let mut controller = controller_with(
@@ -1518,7 +1636,15 @@ impl Lifecycle {
 /// refused with the old spec still running; every result is in the sink exactly once.
 #[tokio::test]
 async fn rescales_and_upgrades_go_through_savepoints_exactly_once() -> Result<()> {
-    let lifecycle = Lifecycle::start("e2e-ctl-lifecycle").await?;
+    // Two savepoints kept: the last rescale's retention deletes the first rescale's.
+    let lifecycle = Lifecycle::start_with(
+        "e2e-ctl-lifecycle",
+        LifecycleOptions {
+            spec: json!({"savepoints": {"retention": {"maxCount": 2}}}),
+            ..LifecycleOptions::default()
+        },
+    )
+    .await?;
     let (client, namespace, name, jobs) = (
         lifecycle.client.clone(),
         lifecycle.namespace,
@@ -1644,6 +1770,58 @@ async fn rescales_and_upgrades_go_through_savepoints_exactly_once() -> Result<()
         "{}",
         describe_job(&rescaled)
     );
+
+    // Retention (maxCount 2): the first rescale's savepoint is deleted from the store and
+    // the history; the upgrade's and the last rescale's, which the workers started from,
+    // stay.
+    let kept = wait_for(
+        "the retention to delete the first rescale's savepoint",
+        Duration::from_secs(60),
+        || async {
+            let job = jobs.get(name).await?;
+            let history: Vec<String> = job
+                .status
+                .iter()
+                .flat_map(|status| {
+                    status
+                        .savepoint_history
+                        .iter()
+                        .map(|record| record.id.clone())
+                })
+                .collect();
+            match history.as_slice() {
+                [last, upgrade] if last.starts_with("rescale-5-") && upgrade == "upgrade-4-1" => {
+                    Ok(Some(job))
+                }
+                _ => bail!("savepointHistory {history:?}"),
+            }
+        },
+    )
+    .await?;
+    let location = kept
+        .spec
+        .savepoints
+        .as_ref()
+        .map(|savepoints| savepoints.location.clone())
+        .context("no savepoint location")?;
+    let s3 = sluice_e2e::S3Settings::load()?;
+    let listed = std::process::Command::new(sluice_e2e::worker::worker_binary()?)
+        .args([
+            "savepoint",
+            "list",
+            &format!("{location}/{namespace}/{name}"),
+        ])
+        .envs(s3.worker_env(&s3.endpoint))
+        .output()
+        .context("failed to run sluice-worker savepoint list")?;
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    ensure!(
+        listed.contains("upgrade-4-1")
+            && listed.contains("rescale-5-")
+            && !listed.contains("rescale-2-"),
+        "the store still holds what retention deleted, or lost what it keeps:\n{listed}"
+    );
+
     lifecycle.produce_third(2)?;
     lifecycle
         .finish(&[
@@ -1652,6 +1830,7 @@ async fn rescales_and_upgrades_go_through_savepoints_exactly_once() -> Result<()
             "Rescaled",
             "Upgraded",
             "IncompatibleState",
+            "SavepointsDeleted",
         ])
         .await
 }
@@ -1725,6 +1904,7 @@ async fn suspend_resume_and_a_savepoint_on_request_lose_nothing() -> Result<()> 
     // Resume: the workers start from the suspend savepoint and read what came meanwhile.
     patch_spec(&jobs, &name, json!({"suspend": false})).await?;
     wait_deployed(&jobs, &name, 4).await?;
+
     lifecycle
         .finish(&["TakingSavepoint", "SavepointCompleted", "Suspended"])
         .await

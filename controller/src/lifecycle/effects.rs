@@ -234,6 +234,43 @@ impl WorkerAdmin {
         }
     }
 
+    /// Asks the worker at `address` to delete the job's savepoints `retention` no longer
+    /// keeps (it has the location and its credentials); returns the ids it deleted.
+    pub async fn retention(
+        &self,
+        address: &str,
+        token: &str,
+        retention: serde_json::Value,
+    ) -> Result<Vec<String>, String> {
+        #[derive(Deserialize)]
+        struct Applied {
+            deleted: Vec<String>,
+        }
+        match self
+            .call(
+                http::Method::POST,
+                address,
+                "/v1/savepoints/retention",
+                token,
+                Some(retention),
+            )
+            .await?
+        {
+            (status, bytes) if status.is_success() => serde_json::from_slice::<Applied>(&bytes)
+                .map(|applied| applied.deleted)
+                .map_err(|error| {
+                    format!(
+                        "worker {address} answered {}: {error}",
+                        String::from_utf8_lossy(&bytes)
+                    )
+                }),
+            (status, bytes) => Err(format!(
+                "worker {address} answered {status} to the retention: {}",
+                String::from_utf8_lossy(&bytes)
+            )),
+        }
+    }
+
     /// Tells the worker at `address` to go on consuming; true once it acknowledged.
     pub async fn resume(&self, address: &str, token: &str) -> Result<(), String> {
         match self

@@ -11,6 +11,8 @@ pub mod classify;
 pub mod effects;
 pub mod machine;
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
@@ -20,7 +22,7 @@ use sluice_crds::status::{
     UpgradeState, UpgradeStatus,
 };
 use sluice_crds::streamjob::UpgradeMode;
-use sluice_crds::{CheckedJob, StreamJob};
+use sluice_crds::{CheckedJob, StreamJob, StreamJobStatus};
 use tracing::{info, warn};
 
 use self::effects::{Answer, savepoint_found, worker_addresses};
@@ -300,7 +302,7 @@ async fn step(
         Next::Done { savepoint } => {
             // Only a savepoint on request ends here: the workers went on; the ConfigMap
             // takes the new nonce.
-            finish(job, ctx, &upgrade, savepoint).await?;
+            finish(job, ctx, &upgrade, savepoint, token).await?;
             Ok(Deploy::Wanted(deployed_restore(job)))
         }
     }
@@ -369,6 +371,7 @@ pub async fn rolled_out(
     ctx: &Context,
     workers: &WorkerCounts,
     applied_spec_hash: &str,
+    token: Option<&str>,
 ) -> Result<(), Error> {
     let Some(upgrade) = job
         .status
@@ -386,7 +389,7 @@ pub async fn rolled_out(
     if let Next::Done { savepoint } =
         machine::next(&upgrade, &Found::RolledOut, &now(), &ctx.settings.lifecycle)
     {
-        finish(job, ctx, &upgrade, savepoint).await?;
+        finish(job, ctx, &upgrade, savepoint, token).await?;
     }
     Ok(())
 }
@@ -398,6 +401,7 @@ async fn finish(
     ctx: &Context,
     upgrade: &UpgradeStatus,
     savepoint: Option<String>,
+    token: Option<&str>,
 ) -> Result<(), Error> {
     let generation = job.metadata.generation.unwrap_or(0);
     let completed_at = now();
@@ -463,7 +467,104 @@ async fn finish(
         ),
     )
     .await;
+    if upgrade.kind != ChangeKind::Suspend {
+        apply_retention(job, ctx, token).await?;
+    }
     Ok(())
+}
+
+/// The savepoints the status refers to, which retention never deletes: the newest, the
+/// one the workers started from, and the one a change in progress takes.
+pub fn referenced_savepoints(status: &StreamJobStatus) -> BTreeSet<String> {
+    let id_of = |location: &str| {
+        location
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    status
+        .last_savepoint
+        .iter()
+        .map(|record| record.id.clone())
+        .chain(
+            status
+                .deployed
+                .iter()
+                .filter_map(|deployed| deployed.savepoint.as_deref())
+                .map(id_of),
+        )
+        .chain(
+            status
+                .upgrade
+                .iter()
+                .filter_map(|upgrade| upgrade.savepoint_id.clone()),
+        )
+        .filter(|id| !id.is_empty())
+        .collect()
+}
+
+/// After a change: deletes the savepoints `spec.savepoints.retention` no longer keeps,
+/// through worker 0 (the workers have the location and its credentials; no savepoint is
+/// being taken now). Those deleted leave `status.savepointHistory`, with an Event. A
+/// failure is a warning Event only: the next completed change applies it again.
+async fn apply_retention(
+    job: &mut StreamJob,
+    ctx: &Context,
+    token: Option<&str>,
+) -> Result<(), Error> {
+    let (Some(savepoints), Some(token)) = (job.spec.savepoints.as_ref(), token) else {
+        return Ok(());
+    };
+    let status = job.status.clone().unwrap_or_default();
+    let retention = serde_json::json!({
+        "maxCount": savepoints.retention.max_count,
+        "maxAgeSeconds": savepoints.retention.max_age.map(|age| age.get().as_secs()),
+        "keep": referenced_savepoints(&status),
+    });
+    let namespace = job.namespace().unwrap_or_default();
+    let names = ChildNames::of(&job_name(job));
+    let addresses = worker_addresses(ctx, &namespace, &names.workers, 1).await?;
+    let outcome = match addresses.first().cloned().flatten() {
+        Some(address) => ctx.worker_admin.retention(&address, token, retention).await,
+        None => Err("worker 0 has no pod IP".to_string()),
+    };
+    match outcome {
+        Ok(deleted) if deleted.is_empty() => Ok(()),
+        Ok(deleted) => {
+            let history = &mut job
+                .status
+                .get_or_insert_with(Default::default)
+                .savepoint_history;
+            history.retain(|record| !deleted.contains(&record.id));
+            crate::reconcile::write_status(job, ctx).await?;
+            publish(
+                job,
+                ctx,
+                false,
+                "SavepointsDeleted",
+                format!(
+                    "deleted savepoints {} (spec.savepoints.retention)",
+                    deleted.join(", ")
+                ),
+            )
+            .await;
+            Ok(())
+        }
+        Err(why) => {
+            warn!("failed to apply the savepoint retention: {why}");
+            publish(
+                job,
+                ctx,
+                true,
+                "RetentionFailed",
+                format!("failed to delete savepoints retention no longer keeps: {why}; the next completed change tries again"),
+            )
+            .await;
+            Ok(())
+        }
+    }
 }
 
 /// The checked job the workers run: the job ConfigMap's manifest (`None`: no ConfigMap,
@@ -512,4 +613,57 @@ async fn publish(job: &StreamJob, ctx: &Context, warning: bool, reason: &str, me
         message,
     };
     crate::reconcile::publish(job, ctx, &transition).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_never_deletes_a_savepoint_the_status_refers_to() {
+        let status = |value: serde_json::Value| -> StreamJobStatus {
+            serde_json::from_value(value).unwrap()
+        };
+        let last = serde_json::json!({
+            "id": "manual-5-1", "location": "s3://b/ns/job/manual-5-1", "trigger": "Manual",
+            "completedAt": "2026-11-30T10:00:00Z", "generation": 5
+        });
+        let deployed = serde_json::json!({
+            "generation": 4, "specHash": "h", "parallelism": 2,
+            "savepoint": "s3://b/ns/job/rescale-4-1700000000-1"
+        });
+        let upgrade = serde_json::json!({
+            "kind": "Upgrade", "state": "TakingSavepoint", "targetGeneration": 6,
+            "targetSpecHash": "h", "fromParallelism": 2, "startedAt": "2026-11-30T10:00:00Z",
+            "stateSince": "2026-11-30T10:00:00Z", "attempt": 1, "savepointId": "upgrade-6-1"
+        });
+        let cases = [
+            ("a new job", status(serde_json::json!({})), vec![]),
+            (
+                "the newest and the one the workers started from",
+                status(serde_json::json!({"lastSavepoint": last, "deployed": deployed})),
+                vec!["manual-5-1", "rescale-4-1700000000-1"],
+            ),
+            (
+                "and the one a change takes",
+                status(serde_json::json!({
+                    "lastSavepoint": last, "deployed": deployed, "upgrade": upgrade
+                })),
+                vec!["manual-5-1", "rescale-4-1700000000-1", "upgrade-6-1"],
+            ),
+            (
+                "started from the newest",
+                status(serde_json::json!({
+                    "lastSavepoint": last,
+                    "deployed": {"generation": 5, "specHash": "h", "parallelism": 2,
+                                 "savepoint": "s3://b/ns/job/manual-5-1/"}
+                })),
+                vec!["manual-5-1"],
+            ),
+        ];
+        for (name, status, expect) in cases {
+            let expect: BTreeSet<String> = expect.into_iter().map(str::to_string).collect();
+            assert_eq!(referenced_savepoints(&status), expect, "{name}");
+        }
+    }
 }
