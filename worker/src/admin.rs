@@ -29,6 +29,8 @@ pub struct AdminState {
     pub token: Option<String>,
     /// The job's savepoints (`<location>/<namespace>/<name>`), when it has a location.
     pub job_savepoints: Option<crate::savepoint::Url>,
+    /// The file recording a stop-with-savepoint, removed by a resume.
+    pub stop_record: Option<std::path::PathBuf>,
 }
 
 /// The routes.
@@ -225,6 +227,16 @@ async fn apply_retention(
 async fn resume(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     if let Some(refused) = refusal(&state, &headers) {
         return refused;
+    }
+    // The record goes first: a crash right after this answer must not come back stopped.
+    if let Some(path) = &state.stop_record
+        && let Err(problem) = std::fs::remove_file(path)
+        && problem.kind() != std::io::ErrorKind::NotFound
+    {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to remove {}: {problem}; ask again", path.display()),
+        );
     }
     let was_stopped = state.status.stopped.swap(false, Ordering::SeqCst);
     Json(serde_json::json!({ "resumed": was_stopped })).into_response()

@@ -404,12 +404,15 @@ fn run_worker(args: &RunArgs) -> anyhow::Result<ExitCode> {
             Some(crate::run::savepoint_records_directory(&args.state_dir)),
         ),
     ));
+    // Before the admin API answers: a resume must never come before this and be undone.
+    crate::run::apply_recorded_stop(&options, &status)?;
     crate::admin::serve(
         args.admin_address,
         crate::admin::AdminState {
             status: status.clone(),
             registry: std::sync::Arc::new(std::sync::Mutex::new(registry)),
             token,
+            stop_record: Some(crate::run::stop_record_path(&args.state_dir)),
             job_savepoints: match &options.savepoint_location {
                 Some(location) => Some(crate::savepoint::job_url(
                     location,

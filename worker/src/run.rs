@@ -165,24 +165,28 @@ enum RecordedStop {
     /// It stopped after that savepoint and has not been told to go on: stay stopped
     /// until `POST /v1/resume` (an aborted change) or the roll (the pods are replaced).
     StayStopped,
-    /// It is restoring the savepoint it stopped after (the new spec, or a rescale): the
-    /// state is the savepoint's cut again; or its part of that savepoint was never
-    /// written (it crashed first: the savepoint never completes, nobody restores it).
+    /// It restores the savepoint it stopped after (the new spec, or a rescale), or another
+    /// one it has not restored yet (a volume kept from before a scale-down, taken again
+    /// by a scale-up): the state becomes a savepoint's cut; or its part of the savepoint
+    /// failed (it crashed first: the savepoint never completes, nobody restores it).
     /// Either way, consume.
     Clear,
 }
 
 /// [`RecordedStop`] from the savepoint id recorded (if any), whether this worker's part
-/// of it was written, and the id of the savepoint the worker is told to restore (if any).
+/// of it failed (it crashed before writing it: the savepoint never completes), the id of
+/// the savepoint the worker is told to restore (if any), and whether that restore is
+/// still to happen (it replaces the state).
 fn recorded_stop(
     recorded: Option<&str>,
-    part_written: bool,
+    part_failed: bool,
     restoring: Option<&str>,
+    restores_now: bool,
 ) -> RecordedStop {
     match (recorded, restoring) {
         (None, _) => RecordedStop::Consume,
         (Some(stopped_after), Some(restoring)) if stopped_after == restoring => RecordedStop::Clear,
-        (Some(_), _) if !part_written => RecordedStop::Clear,
+        (Some(_), _) if part_failed || restores_now => RecordedStop::Clear,
         (Some(_), _) => RecordedStop::StayStopped,
     }
 }
@@ -263,6 +267,43 @@ pub fn job_identity(manifest: &StreamJob, namespace: Option<&str>) -> anyhow::Re
     Ok(JobIdentity { namespace, name })
 }
 
+/// Applies a stop this worker recorded before it restarted (see [`RecordedStop`]): sets
+/// `status.stopped`, or removes the record. Called before the admin API starts, so a
+/// resume can never come first and be overridden.
+pub fn apply_recorded_stop(options: &RunOptions, status: &WorkerStatus) -> anyhow::Result<()> {
+    let path = stop_record_path(&options.state_dir);
+    let recorded = std::fs::read_to_string(&path).ok();
+    let recorded = recorded.as_deref().map(str::trim);
+    let restoring = options
+        .restore_from
+        .as_ref()
+        .and_then(|url| url.split_last())
+        .map(|(_, id)| id);
+    // A restore that has not happened yet replaces the state by a savepoint's cut.
+    let restores_now = options
+        .restore_from
+        .as_ref()
+        .is_some_and(|url| !savepoint_restore::already_restored(&options.state_dir, url));
+    // Its savepoints' states survive restarts (one it was writing is reported failed); a
+    // state it cannot read counts as written, the safe side.
+    let part_failed = recorded
+        .and_then(|id| status.savepoints.status(id))
+        .is_some_and(|savepoint| matches!(savepoint.state, SavepointState::Failed { .. }));
+    match recorded_stop(recorded, part_failed, restoring.as_deref(), restores_now) {
+        RecordedStop::Consume => Ok(()),
+        RecordedStop::StayStopped => {
+            tracing::info!(
+                savepoint = recorded,
+                "this worker stopped after a savepoint before it restarted: it stays stopped until told to resume or replaced"
+            );
+            status.stopped.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        RecordedStop::Clear => clear_stop_record(&options.state_dir)
+            .with_context(|| format!("failed to remove {}", path.display())),
+    }
+}
+
 /// Runs the worker until it is asked to stop or fenced. Returns whether it stopped
 /// cleanly (requested), or the reason it was fenced.
 pub fn run(
@@ -292,33 +333,6 @@ pub fn run(
     if snapshots.exists() {
         std::fs::remove_dir_all(&snapshots)
             .with_context(|| format!("failed to clear {}", snapshots.display()))?;
-    }
-    let recorded = std::fs::read_to_string(stop_record_path(&options.state_dir)).ok();
-    let restoring = options
-        .restore_from
-        .as_ref()
-        .and_then(|url| url.split_last())
-        .map(|(_, id)| id);
-    let recorded = recorded.as_deref().map(str::trim);
-    // Its savepoints' states survive restarts; one it was writing is reported failed.
-    let part_written = recorded
-        .and_then(|id| status.savepoints.status(id))
-        .is_some_and(|savepoint| matches!(savepoint.state, SavepointState::Completed { .. }));
-    match recorded_stop(recorded, part_written, restoring.as_deref()) {
-        RecordedStop::Consume => {}
-        RecordedStop::StayStopped => {
-            tracing::info!(
-                savepoint = recorded,
-                "this worker stopped after a savepoint before it restarted: it stays stopped until told to resume or replaced"
-            );
-            status.stopped.store(true, Ordering::SeqCst);
-        }
-        RecordedStop::Clear => clear_stop_record(&options.state_dir).with_context(|| {
-            format!(
-                "failed to remove {}",
-                stop_record_path(&options.state_dir).display()
-            )
-        })?,
     }
     let secret = match &options.kafka_properties {
         Some(directory) => crate::io::kafka::read_properties_directory(directory)?,
@@ -1581,46 +1595,67 @@ mod tests {
     fn a_worker_that_stopped_after_a_savepoint_stays_stopped_until_it_restores_it() {
         use RecordedStop::{Clear, Consume, StayStopped};
         let cases = [
-            ("nothing recorded", None, false, None, Consume),
+            ("nothing recorded", None, false, None, false, Consume),
             (
                 "nothing recorded, restoring",
                 None,
                 false,
                 Some("rescale-3-1"),
+                true,
                 Consume,
             ),
             (
                 "stopped, restarted before the roll",
                 Some("upgrade-4-1"),
-                true,
+                false,
                 None,
+                false,
                 StayStopped,
             ),
             (
-                "stopped, restarted before the roll, with an earlier restore in its spec",
+                "stopped, restarted before the roll, with an earlier restore done",
                 Some("upgrade-4-1"),
-                true,
+                false,
                 Some("rescale-3-1"),
+                false,
                 StayStopped,
             ),
             (
                 "rolled: restoring that savepoint",
                 Some("upgrade-4-1"),
-                true,
+                false,
                 Some("upgrade-4-1"),
+                true,
+                Clear,
+            ),
+            (
+                "rolled, restored, restarted",
+                Some("upgrade-4-1"),
+                false,
+                Some("upgrade-4-1"),
+                false,
+                Clear,
+            ),
+            (
+                "a volume kept since a scale-down, restoring a newer savepoint",
+                Some("rescale-5-1"),
+                false,
+                Some("rescale-9-1"),
+                true,
                 Clear,
             ),
             (
                 "crashed before its part was written: the savepoint failed",
                 Some("upgrade-4-1"),
-                false,
+                true,
                 None,
+                false,
                 Clear,
             ),
         ];
-        for (name, recorded, part_written, restoring, expect) in cases {
+        for (name, recorded, part_failed, restoring, restores_now, expect) in cases {
             assert_eq!(
-                recorded_stop(recorded, part_written, restoring),
+                recorded_stop(recorded, part_failed, restoring, restores_now),
                 expect,
                 "{name}"
             );

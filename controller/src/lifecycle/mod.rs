@@ -525,10 +525,12 @@ async fn apply_retention(
     });
     let namespace = job.namespace().unwrap_or_default();
     let names = ChildNames::of(&job_name(job));
-    let addresses = worker_addresses(ctx, &namespace, &names.workers, 1).await?;
-    let outcome = match addresses.first().cloned().flatten() {
-        Some(address) => ctx.worker_admin.retention(&address, token, retention).await,
-        None => Err("worker 0 has no pod IP".to_string()),
+    let outcome = match worker_addresses(ctx, &namespace, &names.workers, 1).await {
+        Ok(addresses) => match addresses.first().cloned().flatten() {
+            Some(address) => ctx.worker_admin.retention(&address, token, retention).await,
+            None => Err("worker 0 has no pod IP".to_string()),
+        },
+        Err(error) => Err(error.to_string()),
     };
     match outcome {
         Ok(deleted) if deleted.is_empty() => Ok(()),
@@ -538,7 +540,11 @@ async fn apply_retention(
                 .get_or_insert_with(Default::default)
                 .savepoint_history;
             history.retain(|record| !deleted.contains(&record.id));
-            crate::reconcile::write_status(job, ctx).await?;
+            // The change is done whatever happens here: a failed write only leaves the
+            // deleted ids in the history until the next status write.
+            if let Err(error) = crate::reconcile::write_status(job, ctx).await {
+                warn!("failed to drop deleted savepoints from the history: {error}");
+            }
             publish(
                 job,
                 ctx,
