@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 
 /// The field manager of every server-side apply the controller makes.
 pub const FIELD_MANAGER: &str = "sluice-controller";
+/// The finalizer that holds a deleted StreamJob until its final savepoint is taken
+/// (`spec.savepoints.onDelete`).
+pub const FINAL_SAVEPOINT_FINALIZER: &str = "sluice.dev/final-savepoint";
 
 /// Label: the StreamJob a child belongs to.
 pub const JOB_LABEL: &str = "sluice.dev/job";

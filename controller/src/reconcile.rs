@@ -37,7 +37,7 @@ use crate::cache::{ChildCache, cached, in_sync, stamp};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind};
 use crate::lifecycle::{self, Deploy};
-use crate::names::{ChildNames, FIELD_MANAGER, TOKEN_FILE};
+use crate::names::{ChildNames, FIELD_MANAGER, FINAL_SAVEPOINT_FINALIZER, TOKEN_FILE};
 use crate::spec_hash::spec_hash;
 use crate::status::{Observation, Transition, WorkerCounts, next_status};
 
@@ -50,13 +50,20 @@ const LIFECYCLE_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_s
 pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started();
     let key = object_key(&job);
-    if job.metadata.deletion_timestamp.is_some() {
+    let deleted = job.metadata.deletion_timestamp.is_some();
+    if deleted && !holds_finalizer(&job) {
         // Garbage collection deletes the children through their owner references.
         return Ok(Action::await_change());
     }
     // The job as this reconcile last wrote its status (the status phase compares with it).
     let mut job = StreamJob::clone(&job);
-    match phases(&mut job, &ctx).await {
+    let outcome = if deleted {
+        // The final savepoint, then the finalizer goes.
+        deleting(&mut job, &ctx).await
+    } else {
+        phases(&mut job, &ctx).await
+    };
+    match outcome {
         Ok(action) => {
             ctx.backoff.succeeded(&key);
             Ok(action)
@@ -64,6 +71,9 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action,
         Err(error) => {
             ctx.metrics.failure(error.kind());
             warn!(kind = error.kind().as_str(), "{error}");
+            if deleted {
+                return Err(error);
+            }
             let observation = if error.kind().stalls() {
                 Observation::Stalled {
                     reason: error.kind(),
@@ -106,6 +116,89 @@ pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
+/// Whether the job carries the finalizer of its final savepoint.
+fn holds_finalizer(job: &StreamJob) -> bool {
+    job.finalizers()
+        .iter()
+        .any(|finalizer| finalizer == FINAL_SAVEPOINT_FINALIZER)
+}
+
+/// Whether the job wants a final savepoint when it is deleted.
+fn wants_final_savepoint(job: &StreamJob) -> bool {
+    job.spec
+        .savepoints
+        .as_ref()
+        .is_some_and(|savepoints| savepoints.on_delete)
+}
+
+/// Adds or removes the finalizer of the final savepoint, with a JSON patch that first
+/// tests what it changes (so another writer's finalizer is never lost, and a conflict
+/// fails and retries), as kube-runtime's `finalizer` does.
+async fn set_finalizer(job: &mut StreamJob, ctx: &Context, hold: bool) -> Result<(), Error> {
+    let current = job.finalizers().to_vec();
+    let operations = if hold {
+        if current.is_empty() {
+            serde_json::json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": [FINAL_SAVEPOINT_FINALIZER]},
+            ])
+        } else {
+            serde_json::json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": current},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": FINAL_SAVEPOINT_FINALIZER},
+            ])
+        }
+    } else {
+        let Some(index) = current
+            .iter()
+            .position(|finalizer| finalizer == FINAL_SAVEPOINT_FINALIZER)
+        else {
+            return Ok(());
+        };
+        let path = format!("/metadata/finalizers/{index}");
+        serde_json::json!([
+            {"op": "test", "path": path, "value": FINAL_SAVEPOINT_FINALIZER},
+            {"op": "remove", "path": path},
+        ])
+    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(operations).expect("a JSON patch of finalizers is well formed");
+    let jobs: Api<StreamJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let name = job.name_any();
+    let patched = ctx
+        .limited(jobs.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)))
+        .await
+        .map_err(Error::api(format!(
+            "{} the finalizer {FINAL_SAVEPOINT_FINALIZER} of StreamJob {name}",
+            if hold { "add" } else { "remove" }
+        )))?;
+    job.metadata.finalizers = patched.metadata.finalizers;
+    Ok(())
+}
+
+/// A deleted job that holds the finalizer: its final savepoint, then the finalizer goes
+/// and garbage collection takes the children.
+async fn deleting(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
+    ctx.children.wait_until_ready().await;
+    let namespace = job.namespace().unwrap_or_default();
+    let names = ChildNames::of(&job_name(job));
+    let token = cached(&ctx.children.admin_tokens, &namespace, &names.admin_token)
+        .and_then(|secret| token_of(&secret));
+    let workers = cached(&ctx.children.workers, &namespace, &names.workers)
+        .as_deref()
+        .map(WorkerCounts::of)
+        .unwrap_or_default();
+    let done = !wants_final_savepoint(job)
+        || lifecycle::final_savepoint(job, ctx, token.as_deref(), &workers).await?;
+    if !done {
+        return Ok(Action::requeue(LIFECYCLE_POLL_INTERVAL));
+    }
+    info!("letting the job go");
+    set_finalizer(job, ctx, false).await?;
+    Ok(Action::await_change())
+}
+
 fn object_key(job: &StreamJob) -> String {
     format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
 }
@@ -113,6 +206,9 @@ fn object_key(job: &StreamJob) -> String {
 async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
     // After a start, decide from a full cache rather than apply every child again.
     ctx.children.wait_until_ready().await;
+    if wants_final_savepoint(job) != holds_finalizer(job) {
+        set_finalizer(job, ctx, wants_final_savepoint(job)).await?;
+    }
     dereference(job, ctx).await?;
     // While the autoscaler is enabled, the job runs at its parallelism (in this copy only:
     // the user's spec is never written).
@@ -147,7 +243,19 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
     }
     // The lifecycle: a change that takes a savepoint holds the workers on what they run
     // until it is taken (docs/lifecycle.md).
-    let restore = match lifecycle::decide(job, ctx, &checked, cached_token.as_deref()).await? {
+    let current_workers = cached_workers
+        .as_deref()
+        .map(WorkerCounts::of)
+        .unwrap_or_default();
+    let restore = match lifecycle::decide(
+        job,
+        ctx,
+        &checked,
+        cached_token.as_deref(),
+        &current_workers,
+    )
+    .await?
+    {
         Deploy::Wanted(restore) => restore,
         Deploy::Hold => {
             let workers = cached_workers
@@ -215,7 +323,9 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
     let requeue = if changing {
         LIFECYCLE_POLL_INTERVAL
     } else {
-        ctx.settings.resync_interval
+        lifecycle::next_periodic_savepoint(job).map_or(ctx.settings.resync_interval, |due| {
+            due.min(ctx.settings.resync_interval)
+        })
     };
     Ok(Action::requeue(
         next_sample.map_or(requeue, |next| next.min(requeue)),
@@ -353,6 +463,8 @@ pub fn validate(job: &StreamJob) -> Result<CheckedJob, Error> {
     if let Err(error) = sluice_crds::validate::validate_name(&name) {
         errors.push(error);
     }
+    // The job as the API server has it names its namespace.
+    errors.extend(sluice_crds::validate::initial_savepoint_problem(job));
     match sluice_crds::validate(&job.spec) {
         Ok(checked) if errors.is_empty() => Ok(checked),
         Ok(_) => Err(Error::InvalidSpec {

@@ -149,14 +149,26 @@ pub fn next_status(
             if let Some(upgrade) = &previous.upgrade {
                 // A change in progress (docs/lifecycle.md): the lifecycle writes
                 // `deployed` when it completes, and `lastError` when a step fails.
-                status.phase = Some(Phase::Upgrading);
                 let (why, what) = changing(upgrade, parallelism);
                 reason = why.to_string();
                 message = format!(
                     "{what}; {} of {} workers ready",
                     workers.ready, workers.desired
                 );
-                (ready, reconciling, stalled) = (false, true, false);
+                // A periodic savepoint is routine: the job stays Running and Ready (no
+                // alert, no GitOps tool seeing it progress every interval) unless it fails.
+                let routine = upgrade.kind == ChangeKind::PeriodicSavepoint
+                    && matches!(
+                        upgrade.state,
+                        UpgradeState::TakingSavepoint | UpgradeState::Resuming
+                    );
+                if routine {
+                    status.phase = Some(Phase::Running);
+                    (ready, reconciling, stalled) = (true, false, false);
+                } else {
+                    status.phase = Some(Phase::Upgrading);
+                    (ready, reconciling, stalled) = (false, true, false);
+                }
             } else if workers.all_ready() {
                 status.last_error = None;
                 if job.spec.suspend {
@@ -171,9 +183,18 @@ pub fn next_status(
                         generation,
                         spec_hash: spec_hash.clone(),
                         parallelism,
-                        savepoint: restore.and_then(|deployed| deployed.savepoint.clone()),
+                        // A new job started from `spec.savepoints.initialSavepoint`.
+                        savepoint: match restore {
+                            Some(deployed) => deployed.savepoint.clone(),
+                            None => job
+                                .spec
+                                .savepoints
+                                .as_ref()
+                                .and_then(|savepoints| savepoints.initial_savepoint.clone()),
+                        },
                         previous_parallelism: restore
                             .and_then(|deployed| deployed.previous_parallelism),
+                        offsets_only: restore.is_some_and(|deployed| deployed.offsets_only),
                     });
                     reason = "Running".to_string();
                     message = format!(
@@ -239,6 +260,8 @@ fn changing(upgrade: &UpgradeStatus, parallelism: i32) -> (&'static str, String)
         ),
         ChangeKind::Suspend => "suspending".to_string(),
         ChangeKind::SavepointOnly => "taking a savepoint on request".to_string(),
+        ChangeKind::PeriodicSavepoint => "taking a periodic savepoint".to_string(),
+        ChangeKind::Delete => "deleting the job after a final savepoint".to_string(),
         _ => format!("upgrading to generation {}", upgrade.target_generation),
     };
     let savepoint = upgrade.savepoint_id.as_deref().unwrap_or_default();
@@ -261,7 +284,8 @@ fn changing(upgrade: &UpgradeStatus, parallelism: i32) -> (&'static str, String)
         (UpgradeState::Failed | UpgradeState::Aborting, _) => UPGRADE_FAILED,
         (_, ChangeKind::Rescale) => "Rescaling",
         (_, ChangeKind::Suspend) => "Suspending",
-        (_, ChangeKind::SavepointOnly) => "TakingSavepoint",
+        (_, ChangeKind::SavepointOnly | ChangeKind::PeriodicSavepoint) => "TakingSavepoint",
+        (_, ChangeKind::Delete) => "Deleting",
         _ => "Upgrading",
     };
     (reason, format!("{what}: {step}"))
@@ -340,6 +364,70 @@ mod tests {
     }
 
     #[test]
+    fn a_change_in_progress_is_reconciling_but_a_periodic_savepoint_is_routine() {
+        use ChangeKind::{PeriodicSavepoint, SavepointOnly, Upgrade};
+        use UpgradeState::{Failed, Resuming, TakingSavepoint};
+        let cases = [
+            (
+                PeriodicSavepoint,
+                TakingSavepoint,
+                Phase::Running,
+                "True",
+                "TakingSavepoint",
+            ),
+            (
+                PeriodicSavepoint,
+                Resuming,
+                Phase::Running,
+                "True",
+                "TakingSavepoint",
+            ),
+            (
+                PeriodicSavepoint,
+                Failed,
+                Phase::Upgrading,
+                "False",
+                UPGRADE_FAILED,
+            ),
+            (
+                SavepointOnly,
+                TakingSavepoint,
+                Phase::Upgrading,
+                "False",
+                "TakingSavepoint",
+            ),
+            (
+                Upgrade,
+                TakingSavepoint,
+                Phase::Upgrading,
+                "False",
+                "Upgrading",
+            ),
+        ];
+        for (kind, state, phase, ready, reason) in cases {
+            let mut job = fixtures::job();
+            job.status = Some(StreamJobStatus {
+                upgrade: Some(UpgradeStatus {
+                    state,
+                    ..crate::lifecycle::machine::start(kind, 1, "h1", 2, &at(50))
+                }),
+                ..StreamJobStatus::default()
+            });
+            let (status, _) = next_status(&job, &applied("h1", counts(2, 2, 2, true)), &at(100));
+            let name = format!("{kind:?} {state:?}");
+            assert_eq!(status.phase, Some(phase), "{name}");
+            let condition_ready = condition(&status, condition_type::READY);
+            assert_eq!(condition_ready.status, ready, "{name}");
+            assert_eq!(condition_ready.reason, reason, "{name}");
+            assert_eq!(
+                condition(&status, condition_type::RECONCILING).status == "True",
+                ready == "False",
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn phases_and_conditions_follow_the_workers() {
         struct Case {
             name: &'static str,
@@ -359,6 +447,7 @@ mod tests {
                 parallelism,
                 savepoint: None,
                 previous_parallelism: None,
+                offsets_only: false,
             })
         };
         let cases = [

@@ -354,8 +354,19 @@ fn load_document(mut object: Value) -> Result<(StreamJob, CheckedJob), ManifestE
         let message = error.into_inner().to_string();
         ManifestError::Field { field, message }
     })?;
-    let checked = crate::validate(&job.spec)?;
-    Ok((job, checked))
+    // Stricter than the API server: a savepoint the workers would refuse to restore.
+    let initial = crate::validate::initial_savepoint_problem(&job);
+    match (crate::validate(&job.spec), initial) {
+        (Ok(checked), None) => Ok((job, checked)),
+        (Ok(_), Some(error)) => Err(ValidationErrors {
+            errors: vec![error],
+        }
+        .into()),
+        (Err(mut invalid), error) => {
+            invalid.errors.extend(error);
+            Err(invalid.into())
+        }
+    }
 }
 
 #[cfg(test)]

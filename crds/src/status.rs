@@ -107,6 +107,11 @@ pub struct DeployedSpec {
     /// `SLUICE_PREVIOUS_PARALLELISM`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_parallelism: Option<i32>,
+    /// Whether the workers took only the Kafka offsets of that savepoint, their windows
+    /// starting empty (an upgrade with `upgradeMode: Stateless`; their
+    /// `SLUICE_RESTORE_OFFSETS_ONLY`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offsets_only: bool,
 }
 
 /// A completed savepoint.
@@ -168,6 +173,10 @@ pub struct UpgradeStatus {
     /// The savepoint the new workers start from, once taken (its location).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub savepoint: Option<String>,
+    /// Whether the new workers take only the savepoint's Kafka offsets, their windows
+    /// starting empty (an upgrade with `upgradeMode: Stateless`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offsets_only: bool,
 }
 
 /// A classified spec change, from least to most disruptive.
@@ -180,6 +189,9 @@ pub enum ChangeKind {
     None,
     /// `spec.savepointTriggerNonce` changed: a savepoint, then the workers go on.
     SavepointOnly,
+    /// `spec.savepoints.interval` passed since the last savepoint: a savepoint, then the
+    /// workers go on.
+    PeriodicSavepoint,
     /// `spec.suspend` was cleared: the workers start from the suspend savepoint.
     Resume,
     /// `spec.restartNonce` changed: the workers restart from their volumes.
@@ -192,6 +204,9 @@ pub enum ChangeKind {
     Upgrade,
     /// `spec.suspend` was set: a savepoint, then no worker runs.
     Suspend,
+    /// The StreamJob was deleted with `spec.savepoints.onDelete`: a final savepoint, then
+    /// the workers go with it.
+    Delete,
 }
 
 /// Steps of a change (docs/lifecycle.md).

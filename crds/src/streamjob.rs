@@ -109,7 +109,8 @@ pub struct StreamJobSpec {
 
     /// How a running job moves to a new spec: `Savepoint` (take a savepoint, restart from
     /// it), `LastState` (restart from the last checkpoint on the volumes, faster, no
-    /// savepoint), or `Stateless` (restart with empty state).
+    /// savepoint), or `Stateless` (a savepoint of the Kafka offsets only: the new spec's
+    /// windows start empty, and any pipeline change is accepted).
     #[serde(default)]
     pub upgrade_mode: UpgradeMode,
 
@@ -445,7 +446,19 @@ pub struct SavepointSpec {
     #[serde(default)]
     pub retention: SavepointRetention,
 
-    /// Take a final savepoint when the StreamJob is deleted.
+    /// A savepoint the job starts from when it is created (as Flink's
+    /// `initialSavepointPath`): the location of one savepoint,
+    /// `<location>/<namespace>/<name>/<id>`, taken by a StreamJob of the same namespace and
+    /// name (the final savepoint of a deleted one, say). Read once, when the job first
+    /// deploys; changing it later does nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = messages::SAVEPOINT_LOCATION_PATTERN))]
+    pub initial_savepoint: Option<String>,
+
+    /// Take a final savepoint when the StreamJob is deleted: the controller holds the
+    /// deletion (a finalizer) until every running worker wrote its part. A job whose
+    /// final savepoint cannot be taken stays until the finalizer is removed by hand
+    /// (docs/lifecycle.md).
     #[serde(default = "default_true")]
     pub on_delete: bool,
 
@@ -496,7 +509,8 @@ pub enum UpgradeMode {
     Savepoint,
     /// Stop the workers and start the new spec from the last checkpoint on their volumes.
     LastState,
-    /// Stop the workers and start the new spec with empty state.
+    /// Take a savepoint and start the new spec from its Kafka offsets alone, with empty
+    /// windows: any pipeline change is accepted.
     Stateless,
 }
 

@@ -144,6 +144,39 @@ pub fn validate_name(name: &str) -> Result<(), FieldError> {
     }
 }
 
+/// Checks that `spec.savepoints.initialSavepoint` names a savepoint of this job (its
+/// location ends in `/<namespace>/<name>/<id>`): a worker restores only its own job's
+/// savepoints, as their Kafka offsets include the job's repartition topic. With no
+/// namespace (a manifest file that does not say it), only the name is checked.
+pub fn validate_initial_savepoint(
+    location: &str,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<(), FieldError> {
+    let mut segments = location.trim_end_matches('/').rsplit('/');
+    let id = segments.next().unwrap_or_default();
+    let (job, job_namespace) = (segments.next(), segments.next());
+    let namespace_matches = namespace.is_none_or(|namespace| job_namespace == Some(namespace));
+    if !id.is_empty() && job == Some(name) && job_namespace.is_some() && namespace_matches {
+        return Ok(());
+    }
+    let namespace = namespace.unwrap_or("<namespace>");
+    Err(FieldError {
+        field: "spec.savepoints.initialSavepoint".to_string(),
+        message: format!(
+            "{location:?} is not a savepoint of StreamJob {namespace}/{name}: a job starts only from its own savepoints, whose locations end in /{namespace}/{name}/<id> (the final savepoint of a deleted job of this name, say); `sluice-worker savepoint list <location>/{namespace}/{name}` lists them"
+        ),
+    })
+}
+
+/// The problem of a job's `spec.savepoints.initialSavepoint`, if any (see
+/// [`validate_initial_savepoint`]).
+pub fn initial_savepoint_problem(job: &crate::StreamJob) -> Option<FieldError> {
+    let initial = job.spec.savepoints.as_ref()?.initial_savepoint.as_deref()?;
+    let name = job.metadata.name.as_deref().unwrap_or_default();
+    validate_initial_savepoint(initial, job.metadata.namespace.as_deref(), name).err()
+}
+
 /// Checks a spec: the rules of the CRD and the pipeline's CEL expressions.
 pub fn validate(spec: &StreamJobSpec) -> Result<CheckedJob, ValidationErrors> {
     let mut errors = Errors::default();

@@ -1470,6 +1470,8 @@ struct Lifecycle {
     sink: TestTopic,
     per_partition: Vec<Vec<String>>,
     expected: sluice_e2e::exactly_once::Expected,
+    /// The job as first applied.
+    job: StreamJob,
 }
 
 /// How a lifecycle test's job differs from the default one.
@@ -1558,6 +1560,7 @@ impl Lifecycle {
         let jobs: Api<StreamJob> = Api::namespaced(client.clone(), namespace);
         wait_deployed(&jobs, &name, 1).await?;
         Ok(Self {
+            job,
             environment,
             client,
             namespace,
@@ -1589,9 +1592,24 @@ impl Lifecycle {
         sluice_e2e::exactly_once::produce(&self.environment, &self.source.name, &third)
     }
 
+    /// Deletes the job (taking its final savepoint when it wants one) and waits until it
+    /// is gone.
+    async fn delete_job(&self) -> Result<()> {
+        self.environment.kubectl(&[
+            "delete",
+            "-n",
+            self.namespace,
+            "streamjob",
+            &self.name,
+            "--wait=true",
+            "--timeout=180s",
+        ])?;
+        Ok(())
+    }
+
     /// Fires every window, checks every result is in the sink exactly once and the
-    /// Events `reasons` were published, stops the controller and deletes the job.
-    async fn finish(mut self, reasons: &[&str]) -> Result<()> {
+    /// Events `reasons` were published, deletes the job and stops the controller.
+    async fn finish(self, reasons: &[&str]) -> Result<()> {
         use sluice_e2e::exactly_once;
         exactly_once::produce_flush(
             &self.environment,
@@ -1612,19 +1630,18 @@ impl Lifecycle {
                 "no {reason} event: {published:?}"
             );
         }
+        self.close().await
+    }
+
+    /// Deletes the job while the controller runs (it takes the final savepoint and lets
+    /// the job go), stops the controller and deletes the namespace.
+    async fn close(mut self) -> Result<()> {
+        self.delete_job().await?;
         let status = self.controller.terminate(Duration::from_secs(20))?;
         ensure!(
             status.success(),
             "the controller exited {status} on SIGTERM"
         );
-        self.environment.kubectl(&[
-            "delete",
-            "-n",
-            self.namespace,
-            "streamjob",
-            &self.name,
-            "--wait=true",
-        ])?;
         delete_namespace(&self.client, self.namespace).await;
         Ok(())
     }
@@ -1908,6 +1925,277 @@ async fn suspend_resume_and_a_savepoint_on_request_lose_nothing() -> Result<()> 
     lifecycle
         .finish(&["TakingSavepoint", "SavepointCompleted", "Suspended"])
         .await
+}
+
+/// Periodic savepoints, a final savepoint on delete and a new job started from it
+/// (docs/lifecycle.md), with events arriving throughout: `spec.savepoints.interval`
+/// takes savepoints while the job runs; deleting the job holds it (a finalizer) until
+/// its final savepoint is written; input sent while no job exists is processed by a new
+/// StreamJob of the same name started from that savepoint
+/// (`spec.savepoints.initialSavepoint`); every result is in the sink exactly once.
+#[tokio::test]
+async fn periodic_savepoints_a_final_savepoint_on_delete_and_a_new_job_from_it() -> Result<()> {
+    use sluice_crds::status::SavepointTrigger;
+    let lifecycle = Lifecycle::start_with(
+        "e2e-ctl-final",
+        LifecycleOptions {
+            spec: json!({"savepoints": {"interval": "10s", "retention": {"maxCount": 3}}}),
+            ..LifecycleOptions::default()
+        },
+    )
+    .await?;
+    let (client, namespace, name, jobs) = (
+        lifecycle.client.clone(),
+        lifecycle.namespace,
+        lifecycle.name.clone(),
+        lifecycle.jobs.clone(),
+    );
+    let running = jobs.get(&name).await?;
+    ensure!(
+        running
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|finalizer| finalizer == "sluice.dev/final-savepoint"),
+        "no finalizer on a job with savepoints.onDelete: {:?}",
+        running.metadata.finalizers
+    );
+    lifecycle.produce_third(0)?;
+
+    // Periodic savepoints, while the workers go on; retention keeps three.
+    let periodic = wait_for("two periodic savepoints", READY_TIMEOUT, || async {
+        let job = jobs.get(&name).await?;
+        let status = job.status.clone().unwrap_or_default();
+        let taken = status
+            .savepoint_history
+            .iter()
+            .filter(|record| record.trigger == SavepointTrigger::Periodic)
+            .count();
+        if taken >= 2 && status.upgrade.is_none() {
+            Ok(Some(job))
+        } else {
+            bail!("{taken} periodic savepoints, status {}", describe_job(&job))
+        }
+    })
+    .await?;
+    let status = periodic.status.clone().context("no status")?;
+    ensure!(
+        status.savepoint_history.len() <= 3
+            && status
+                .savepoint_history
+                .iter()
+                .all(|record| record.id.starts_with("periodic-1-")),
+        "{}",
+        describe_job(&periodic)
+    );
+    lifecycle.produce_third(1)?;
+
+    // Delete: the final savepoint, then the job and its workers go.
+    let started = Instant::now();
+    lifecycle.delete_job().await?;
+    eprintln!("deleted with a final savepoint in {:?}", started.elapsed());
+    let events = events_about(&client, namespace, &name).await?;
+    let message = events
+        .iter()
+        .filter(|event| event.reason.as_deref() == Some("FinalSavepointCompleted"))
+        .find_map(|event| event.note.clone())
+        .with_context(|| {
+            format!(
+                "no FinalSavepointCompleted event: {:?}",
+                events.iter().map(|e| &e.reason).collect::<Vec<_>>()
+            )
+        })?;
+    let location = message
+        .split_whitespace()
+        .nth(4)
+        .context("no location in the event")?
+        .to_string();
+    // `final-<generation>-<attempt>` (the deletion is generation 2), or a periodic
+    // savepoint the deletion found under way.
+    ensure!(
+        location.contains(&format!("/{namespace}/{name}/final-2-"))
+            || location.contains(&format!("/{namespace}/{name}/periodic-1-")),
+        "{message}"
+    );
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    wait_for("the workers to go", Duration::from_secs(60), || async {
+        match statefulsets.get_opt(&name).await? {
+            None => Ok(Some(())),
+            Some(_) => bail!("StatefulSet {name} still there"),
+        }
+    })
+    .await?;
+    lifecycle.produce_third(2)?;
+
+    // A new job of the same name, from the final savepoint: it reads what came meanwhile.
+    let mut again = lifecycle.job.clone();
+    again.metadata.resource_version = None;
+    again
+        .spec
+        .savepoints
+        .as_mut()
+        .context("no savepoints")?
+        .initial_savepoint = Some(location.clone());
+    apply_job(&client, &again).await?;
+    let restored = wait_deployed(&jobs, &name, 1).await?;
+    ensure!(
+        restored
+            .status
+            .as_ref()
+            .and_then(|status| status.deployed.as_ref())
+            .and_then(|deployed| deployed.savepoint.as_deref())
+            == Some(location.as_str()),
+        "{}",
+        describe_job(&restored)
+    );
+
+    lifecycle
+        .finish(&["TakingSavepoint", "SavepointCompleted"])
+        .await
+}
+
+/// An upgrade with `upgradeMode: Stateless` (docs/lifecycle.md): a change of the key the
+/// state is kept by, refused in the other modes, goes through; the new workers take the
+/// savepoint's Kafka offsets alone, so their windows start empty and no input is read
+/// twice or skipped: every window closed before the upgrade has its result under the old
+/// key, every window opened after it under the new key, and none is counted twice.
+#[tokio::test]
+async fn a_stateless_upgrade_keeps_the_offsets_and_starts_the_windows_empty() -> Result<()> {
+    let lifecycle = Lifecycle::start_with(
+        "e2e-ctl-stateless",
+        LifecycleOptions {
+            spec: json!({"upgradeMode": "Stateless"}),
+            ..LifecycleOptions::default()
+        },
+    )
+    .await?;
+    let (namespace, name, jobs) = (
+        lifecycle.namespace,
+        lifecycle.name.clone(),
+        lifecycle.jobs.clone(),
+    );
+    lifecycle.produce_third(0)?;
+    let partitions = i32::try_from(lifecycle.per_partition.len())?;
+    wait_for("the first third to be read", READY_TIMEOUT, || async {
+        match committed_lag(
+            &lifecycle.environment,
+            namespace,
+            &name,
+            &lifecycle.source.name,
+            partitions,
+        )? {
+            0 => Ok(Some(())),
+            lag => bail!("lag {lag}"),
+        }
+    })
+    .await?;
+
+    // Every window the first third closes fires while the input pauses: those that end
+    // before the watermark (the slower partition's greatest time, less the 1 s the
+    // source allows out of order).
+    let watermark = lifecycle
+        .per_partition
+        .iter()
+        .map(|records| {
+            let third = records.len().div_ceil(3);
+            records[..third]
+                .iter()
+                .filter_map(|record| serde_json::from_str::<Value>(record).ok()?["ts"].as_i64())
+                .max()
+                .unwrap_or(i64::MIN)
+        })
+        .min()
+        .context("no partition")?
+        - 1_000;
+    let closed = lifecycle
+        .expected
+        .keys()
+        .filter(|(_, start)| start + 1_000 < watermark)
+        .count();
+    let fired = sluice_e2e::exactly_once::read_output(
+        &lifecycle.environment,
+        &lifecycle.sink.name,
+        closed,
+        Instant::now() + Duration::from_secs(90),
+    )?;
+    ensure!(
+        fired.records >= closed,
+        "{} results while the input pauses, of the {closed} windows the watermark closed",
+        fired.records
+    );
+
+    // A new key: the running windows cannot be carried over, and Stateless drops them.
+    let mut pipeline = lifecycle.job.spec.pipeline.clone();
+    pipeline[0] = serde_json::from_value(json!({"keyBy": "'s-' + event.key"}))?;
+    patch_spec(&jobs, &name, json!({"pipeline": pipeline})).await?;
+    let upgraded = wait_deployed(&jobs, &name, 2).await?;
+    let deployed = upgraded
+        .status
+        .as_ref()
+        .and_then(|status| status.deployed.clone())
+        .context("no deployed")?;
+    ensure!(
+        deployed.offsets_only && deployed.savepoint.is_some(),
+        "{}",
+        describe_job(&upgraded)
+    );
+    lifecycle.produce_third(1)?;
+    lifecycle.produce_third(2)?;
+    sluice_e2e::exactly_once::produce_flush(
+        &lifecycle.environment,
+        &lifecycle.source.name,
+        lifecycle.per_partition.len(),
+    )?;
+    let expected = lifecycle.expected.clone();
+    // Every window but those open at the upgrade, then 5 s with nothing more.
+    let output = sluice_e2e::exactly_once::read_output(
+        &lifecycle.environment,
+        &lifecycle.sink.name,
+        expected.len() * 9 / 10,
+        Instant::now() + Duration::from_secs(180),
+    )?;
+    let (mut exact, mut new_key, mut partial) = (0, 0, 0);
+    for ((key, start), (count, total)) in &expected {
+        let old = output.results.get(&(key.clone(), *start));
+        let new = output.results.get(&(format!("s-{key}"), *start));
+        let results: Vec<(u64, i64)> = old.into_iter().chain(new).flatten().copied().collect();
+        ensure!(
+            old.is_none_or(|found| found.len() == 1) && new.is_none_or(|found| found.len() == 1),
+            "window {key}@{start} written more than once under one key: {results:?}"
+        );
+        let counted: u64 = results.iter().map(|(n, _)| n).sum();
+        ensure!(
+            counted <= *count,
+            "window {key}@{start} counted {counted} events of its {count}: input read twice"
+        );
+        if results == [(*count, *total)] {
+            exact += 1;
+            new_key += usize::from(new.is_some());
+        } else {
+            partial += 1;
+        }
+    }
+    eprintln!(
+        "{exact} windows exact ({new_key} under the new key), {partial} open at the upgrade, of {}",
+        expected.len()
+    );
+    ensure!(
+        exact * 10 >= expected.len() * 9 && new_key * 2 >= expected.len(),
+        "{exact} windows exact, {new_key} under the new key, {partial} not, of {}",
+        expected.len()
+    );
+    let extra = output
+        .results
+        .keys()
+        .filter(|(key, start)| {
+            let key = key.trim_start_matches("s-");
+            key != "flush" && !expected.contains_key(&(key.to_string(), *start))
+        })
+        .count();
+    ensure!(extra == 0, "{extra} results of windows with no input");
+
+    lifecycle.close().await
 }
 
 /// The job's lag as Kafka has it: end offsets minus the positions committed under its

@@ -160,6 +160,19 @@ pub struct RunArgs {
     /// same value keeps the state it made since.
     #[arg(long, env = "SLUICE_RESTORE_FROM")]
     pub restore_from: Option<String>,
+    /// Take only the Kafka offsets (and watermark) of --restore-from: the windows start
+    /// empty, and the savepoint's state need not fit the job (an upgrade with
+    /// `upgradeMode: Stateless`).
+    #[arg(
+        long,
+        env = "SLUICE_RESTORE_OFFSETS_ONLY",
+        requires = "restore_from",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub restore_offsets_only: bool,
     /// A file holding the bearer token the admin API's savepoint endpoints require (a
     /// mounted Secret); without it they refuse every request.
     #[arg(long, env = "SLUICE_ADMIN_TOKEN_FILE")]
@@ -370,6 +383,7 @@ fn run_worker(args: &RunArgs) -> anyhow::Result<ExitCode> {
             .map(crate::savepoint::Url::parse)
             .transpose()
             .context("failed to read --restore-from")?,
+        restore_offsets_only: args.restore_offsets_only,
         spec_hash: args.spec_hash.clone(),
     };
     let token = match &args.admin_token_file {

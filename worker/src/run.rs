@@ -75,6 +75,8 @@ pub struct RunOptions {
     pub savepoint_location: Option<Url>,
     /// A savepoint to start from, once (a restart keeps the state made since).
     pub restore_from: Option<Url>,
+    /// Take only the Kafka offsets of `restore_from`; the windows start empty.
+    pub restore_offsets_only: bool,
     /// The hash of the spec the worker runs (recorded in savepoints).
     pub spec_hash: Option<String>,
 }
@@ -645,10 +647,16 @@ impl<'a> Worker<'a> {
                 &StateDescription::of(job),
                 &owned_here,
                 &options.state_dir,
+                if options.restore_offsets_only {
+                    savepoint_restore::Take::OffsetsOnly
+                } else {
+                    savepoint_restore::Take::Everything
+                },
             )
             .map_err(Stop::Invalid)?;
             tracing::info!(
                 savepoint = %url,
+                offsets_only = options.restore_offsets_only,
                 taken_at_parallelism = savepoint.manifest.parallelism,
                 key_groups = ?owned.key_groups,
                 partitions = record.partitions.len(),

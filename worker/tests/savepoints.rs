@@ -16,7 +16,7 @@ use sluice_worker::io::memory::MemorySink;
 use sluice_worker::io::{Position, SourceRecord};
 use sluice_worker::metrics::Metrics;
 use sluice_worker::savepoint::format::{KeyGroupRange, Part, SAVEPOINT_FORMAT_VERSION};
-use sluice_worker::savepoint::restore::{Owned, Savepoint, restore};
+use sluice_worker::savepoint::restore::{Owned, Savepoint, Take, restore};
 use sluice_worker::savepoint::{Directory, JobIdentity, StateDescription, Url, manage, take};
 use sluice_worker::state::key_group::key_group_range;
 use sluice_worker::state::rocksdb::{RocksDbStore, link_checkpoint};
@@ -205,6 +205,16 @@ fn fresh(job: &CheckedJob, parallelism: u32) -> Workers {
 /// Workers at `parallelism` restored from the savepoint at `savepoint`; returns them and
 /// the offset to continue each partition from.
 fn restored(job: &CheckedJob, savepoint: &Url, parallelism: u32) -> (Workers, Vec<i64>) {
+    restored_taking(job, savepoint, parallelism, Take::Everything)
+}
+
+/// [`restored`], taking `take` of the savepoint.
+fn restored_taking(
+    job: &CheckedJob,
+    savepoint: &Url,
+    parallelism: u32,
+    take: Take,
+) -> (Workers, Vec<i64>) {
     let opened = Savepoint::open(savepoint).unwrap();
     let key_groups = u32::from(job.key_groups.get());
     let mut workers = fresh(job, 0);
@@ -222,6 +232,7 @@ fn restored(job: &CheckedJob, savepoint: &Url, parallelism: u32) -> (Workers, Ve
             &StateDescription::of(job),
             &owned,
             directory.path(),
+            take,
         )
         .unwrap();
         for partition in &record.partitions {
@@ -304,6 +315,33 @@ fn a_job_rescaled_through_savepoints_gives_the_results_of_an_uninterrupted_run()
     }
 }
 
+#[test]
+fn an_offsets_only_restore_takes_the_offsets_of_any_pipeline_and_no_window() {
+    let events = generate_events(4_000, PARTITIONS, 50, 31);
+    let (_, job) = sluice_crds::load_manifest(&JobBuilder::tumbling().build()).unwrap();
+    let rekeyed = JobBuilder::tumbling().key_by("'re-' + event.user").build();
+    let (_, rekeyed) = sluice_crds::load_manifest(&rekeyed).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let location = Url::File(root.path().join("default/test"));
+    let mut two = fresh(&job, 2);
+    two.feed(&events[..1_500]);
+    two.savepoint(&job, &location, "sp-two", 1);
+    let savepoint = location.join("sp-two");
+
+    // The whole state cannot serve another key; the offsets alone can, at any parallelism.
+    assert!(refusal(&savepoint, &rekeyed, &identity()).contains("keyBy"));
+    let (mut three, next) = restored_taking(&rekeyed, &savepoint, 3, Take::OffsetsOnly);
+    let rest = after(&events, &next);
+    assert_eq!(rest.len(), events.len() - 1_500, "offsets restored");
+    three.feed(&rest);
+    let results = three.finish();
+    assert!(!results.is_empty());
+    // No window of the old job came along: exactly the results of a fresh run of the new
+    // job over the events after the savepoint (none of which is behind the restored
+    // watermark here, so none is late).
+    assert_same_results(results, uninterrupted(&rekeyed, &rest), "offsets only");
+}
+
 impl Workers {
     /// The results committed with the last savepoint's checkpoint (the workers then stop:
     /// what they would write later belongs to no committed transaction).
@@ -334,6 +372,7 @@ fn refusal(savepoint: &Url, job: &CheckedJob, identity: &JobIdentity) -> String 
                 partitions: all_partitions(),
             },
             directory.path(),
+            Take::Everything,
         )
     });
     assert!(marker.exists(), "nothing changes before every check passed");
@@ -468,6 +507,7 @@ fn an_incremental_savepoint_shares_files_and_survives_its_parents_deletion() {
             partitions: all_partitions(),
         },
         target.path(),
+        Take::Everything,
     )
     .unwrap();
     // Deleting the last one removes every file.

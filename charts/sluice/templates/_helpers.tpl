@@ -37,10 +37,11 @@ Role per watched namespace. */}}
 {{- define "sluice.controllerRules" }}
   # The StreamJobs it reconciles (watched through a cache) and their status. It never
   # writes a spec: `kubectl scale`, HPAs and KEDA use the scale subresource with their
-  # own rights.
+  # own rights. It patches metadata.finalizers alone: the final savepoint of
+  # spec.savepoints.onDelete holds a deletion until it is taken.
   - apiGroups: ["sluice.dev"]
     resources: ["streamjobs"]
-    verbs: ["list", "watch"]
+    verbs: ["list", "watch", "patch"]
   - apiGroups: ["sluice.dev"]
     resources: ["streamjobs/status"]
     verbs: ["patch"]

@@ -158,6 +158,9 @@ fn container(inputs: &BuildInputs<'_>) -> Container {
     if let Some(previous) = inputs.restore.previous_parallelism {
         variables.push(env("SLUICE_PREVIOUS_PARALLELISM", previous.to_string()));
     }
+    if inputs.restore.savepoint.is_some() && inputs.restore.offsets_only {
+        variables.push(env("SLUICE_RESTORE_OFFSETS_ONLY", "true".to_string()));
+    }
     if spec.kafka.secret_ref.is_some() {
         variables.push(env_var_kafka());
     }

@@ -35,9 +35,14 @@ pub fn classify(running: &StreamJobSpec, wanted: &StreamJobSpec) -> ChangeKind {
 /// Whether the change takes a savepoint before it touches the workers.
 pub fn needs_savepoint(kind: ChangeKind, wanted: &StreamJobSpec) -> bool {
     match kind {
-        ChangeKind::SavepointOnly | ChangeKind::Rescale | ChangeKind::Suspend => true,
+        ChangeKind::SavepointOnly
+        | ChangeKind::PeriodicSavepoint
+        | ChangeKind::Rescale
+        | ChangeKind::Suspend
+        | ChangeKind::Delete => true,
+        // `Stateless` keeps the Kafka offsets through a savepoint, and only them.
         ChangeKind::Upgrade => {
-            wanted.upgrade_mode == sluice_crds::streamjob::UpgradeMode::Savepoint
+            wanted.upgrade_mode != sluice_crds::streamjob::UpgradeMode::LastState
         }
         ChangeKind::None | ChangeKind::Resume | ChangeKind::Restart => false,
     }
@@ -152,6 +157,21 @@ mod tests {
                 expect: ChangeKind::None,
             },
             Case {
+                name: "savepoint settings the controller alone reads, and the upgrade mode",
+                change: |spec| {
+                    spec.savepoints = Some(
+                        serde_json::from_value(serde_json::json!({
+                            "location": "s3://b/p", "interval": "10m", "onDelete": false,
+                            "retention": {"maxCount": 2},
+                            "initialSavepoint": "s3://b/p/shop/page-views/delete-3-1"
+                        }))
+                        .unwrap(),
+                    );
+                    spec.upgrade_mode = UpgradeMode::LastState;
+                },
+                expect: ChangeKind::None,
+            },
+            Case {
                 name: "savepoint nonce",
                 change: |spec| spec.savepoint_trigger_nonce = Some(1),
                 expect: ChangeKind::SavepointOnly,
@@ -214,7 +234,9 @@ mod tests {
                 expect: ChangeKind::Suspend,
             },
         ];
-        let running = fixtures::spec();
+        let mut running = fixtures::spec();
+        running.savepoints =
+            Some(serde_json::from_value(serde_json::json!({"location": "s3://b/p"})).unwrap());
         for case in cases {
             let mut wanted = running.clone();
             (case.change)(&mut wanted);
@@ -246,7 +268,7 @@ mod tests {
             (ChangeKind::Rescale, UpgradeMode::LastState, true),
             (ChangeKind::Upgrade, UpgradeMode::Savepoint, true),
             (ChangeKind::Upgrade, UpgradeMode::LastState, false),
-            (ChangeKind::Upgrade, UpgradeMode::Stateless, false),
+            (ChangeKind::Upgrade, UpgradeMode::Stateless, true),
             (ChangeKind::Suspend, UpgradeMode::LastState, true),
         ];
         for (kind, mode, expect) in cases {

@@ -66,19 +66,22 @@ pub enum Next {
 
 /// The id of the savepoint of attempt `attempt` of a change to `generation` started at
 /// `started_at`: the same on every worker and for every retry of the same attempt after
-/// a controller restart. A rescale's id carries its start time (Unix seconds), as the
-/// autoscaler may rescale one generation many times, and workers remember the ids they
-/// took.
+/// a controller restart. The id of a rescale or a periodic savepoint carries its start
+/// time (Unix seconds), as one generation may have many (the autoscaler's rescales), and
+/// workers remember the ids they took.
 pub fn savepoint_id(kind: ChangeKind, generation: i64, attempt: i32, started_at: &Time) -> String {
     let kind = match kind {
         ChangeKind::SavepointOnly => "manual",
-        ChangeKind::Rescale => {
-            return format!(
-                "rescale-{generation}-{}-{attempt}",
-                started_at.0.as_second()
-            );
+        ChangeKind::Rescale | ChangeKind::PeriodicSavepoint => {
+            let kind = if kind == ChangeKind::Rescale {
+                "rescale"
+            } else {
+                "periodic"
+            };
+            return format!("{kind}-{generation}-{}-{attempt}", started_at.0.as_second());
         }
         ChangeKind::Suspend => "suspend",
+        ChangeKind::Delete => "final",
         ChangeKind::None | ChangeKind::Resume | ChangeKind::Restart | ChangeKind::Upgrade => {
             "upgrade"
         }
@@ -105,6 +108,7 @@ pub fn start(
         attempt: 1,
         savepoint_id: Some(savepoint_id(kind, target_generation, 1, now)),
         savepoint: None,
+        offsets_only: false,
     }
 }
 
@@ -134,10 +138,15 @@ pub fn next(upgrade: &UpgradeStatus, found: &Found, now: &Time, timing: &Timing)
     let waited = seconds_between(&upgrade.state_since, now);
     match (upgrade.state, found) {
         (UpgradeState::TakingSavepoint, Found::SavepointCompleted { location }) => {
-            let state = if upgrade.kind == ChangeKind::SavepointOnly {
-                UpgradeState::Resuming
-            } else {
-                UpgradeState::Rolling
+            let state = match upgrade.kind {
+                ChangeKind::SavepointOnly | ChangeKind::PeriodicSavepoint => UpgradeState::Resuming,
+                // The workers stay stopped at the final savepoint and go with the job.
+                ChangeKind::Delete => {
+                    return Next::Done {
+                        savepoint: Some(location.clone()),
+                    };
+                }
+                _ => UpgradeState::Rolling,
             };
             Next::Enter(UpgradeStatus {
                 state,
@@ -176,6 +185,34 @@ pub fn next(upgrade: &UpgradeStatus, found: &Found, now: &Time, timing: &Timing)
             })
         }
         _ => Next::Stay,
+    }
+}
+
+/// When the next periodic savepoint (`spec.savepoints.interval`) is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Periodic {
+    /// Now.
+    Due,
+    /// After this wait.
+    In(Duration),
+}
+
+/// When the next periodic savepoint is due: `interval` after the last savepoint of any
+/// kind, else after the workers became Ready (`running_since`); with neither, a whole
+/// interval from now.
+pub fn periodic_savepoint(
+    interval: Duration,
+    last_savepoint: Option<&Time>,
+    running_since: Option<&Time>,
+    now: &Time,
+) -> Periodic {
+    let Some(since) = last_savepoint.or(running_since) else {
+        return Periodic::In(interval);
+    };
+    let waited = Duration::from_secs(seconds_between(since, now));
+    match interval.checked_sub(waited) {
+        Some(wait) if !wait.is_zero() => Periodic::In(wait),
+        _ => Periodic::Due,
     }
 }
 
@@ -225,6 +262,11 @@ mod tests {
             savepoint_id(ChangeKind::Upgrade, 3, 1, &at(5)),
             "upgrade-3-1"
         );
+        assert_eq!(savepoint_id(ChangeKind::Delete, 3, 2, &at(5)), "final-3-2");
+        assert_eq!(
+            savepoint_id(ChangeKind::PeriodicSavepoint, 3, 1, &at(5)),
+            "periodic-3-5-1"
+        );
         // Rescales of one generation (the autoscaler's) differ by their start.
         assert_ne!(
             savepoint_id(ChangeKind::Rescale, 3, 1, &at(5)),
@@ -234,7 +276,7 @@ mod tests {
 
     #[test]
     fn every_step_on_every_finding() {
-        use ChangeKind::{Rescale, SavepointOnly, Upgrade};
+        use ChangeKind::{Delete, PeriodicSavepoint, Rescale, SavepointOnly, Upgrade};
         use UpgradeState::{Aborting, Failed, Resuming, Rolling, TakingSavepoint};
         let timing = Timing {
             savepoint_timeout: Duration::from_secs(100),
@@ -296,6 +338,42 @@ mod tests {
                 found: completed.clone(),
                 now: 50,
                 expect: to(Resuming),
+            },
+            Case {
+                name: "a periodic savepoint: resume",
+                kind: PeriodicSavepoint,
+                state: TakingSavepoint,
+                attempt: 1,
+                found: completed.clone(),
+                now: 50,
+                expect: to(Resuming),
+            },
+            Case {
+                name: "the final savepoint: done, the workers stay stopped",
+                kind: Delete,
+                state: TakingSavepoint,
+                attempt: 1,
+                found: completed.clone(),
+                now: 50,
+                expect: done,
+            },
+            Case {
+                name: "the final savepoint failed: abort, the workers go on",
+                kind: Delete,
+                state: TakingSavepoint,
+                attempt: 1,
+                found: failed.clone(),
+                now: 50,
+                expect: to(Aborting),
+            },
+            Case {
+                name: "the final savepoint failed: retried after the backoff",
+                kind: Delete,
+                state: Failed,
+                attempt: 1,
+                found: Found::Waiting,
+                now: 40,
+                expect: to(TakingSavepoint),
             },
             Case {
                 name: "savepoint failed: abort",
@@ -452,6 +530,65 @@ mod tests {
         assert_eq!(retry.attempt, 2);
         assert_eq!(retry.savepoint_id.as_deref(), Some("upgrade-7-2"));
         assert_eq!(retry.savepoint, None);
+    }
+
+    #[test]
+    fn a_periodic_savepoint_is_due_an_interval_after_the_last_one() {
+        let interval = Duration::from_secs(600);
+        let cases = [
+            (
+                "no savepoint, not running",
+                None,
+                None,
+                100,
+                Periodic::In(interval),
+            ),
+            (
+                "no savepoint, running since 100",
+                None,
+                Some(100),
+                400,
+                Periodic::In(Duration::from_secs(300)),
+            ),
+            (
+                "no savepoint, running an interval",
+                None,
+                Some(100),
+                700,
+                Periodic::Due,
+            ),
+            (
+                "the last savepoint counts, not when the workers started",
+                Some(500),
+                Some(100),
+                900,
+                Periodic::In(Duration::from_secs(200)),
+            ),
+            ("just due", Some(500), Some(100), 1100, Periodic::Due),
+            (
+                "overdue (a controller that was down)",
+                Some(500),
+                None,
+                9000,
+                Periodic::Due,
+            ),
+            (
+                "a clock behind the last savepoint waits the whole interval",
+                Some(500),
+                None,
+                400,
+                Periodic::In(interval),
+            ),
+        ];
+        for (name, last, running, now, expect) in cases {
+            let last = last.map(at);
+            let running = running.map(at);
+            assert_eq!(
+                periodic_savepoint(interval, last.as_ref(), running.as_ref(), &at(now)),
+                expect,
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Restore {
     pub savepoint: Option<String>,
     /// The parallelism of the workers that took it.
     pub previous_parallelism: Option<i32>,
+    /// Only its Kafka offsets: the windows start empty (`upgradeMode: Stateless`).
+    pub offsets_only: bool,
 }
 
 /// What this reconcile deploys.
@@ -66,6 +68,7 @@ fn deployed_restore(job: &StreamJob) -> Restore {
         .map(|deployed| Restore {
             savepoint: deployed.savepoint.clone(),
             previous_parallelism: deployed.previous_parallelism,
+            offsets_only: deployed.offsets_only,
         })
         .unwrap_or_default()
 }
@@ -77,10 +80,14 @@ pub async fn decide(
     ctx: &Context,
     checked: &CheckedJob,
     token: Option<&str>,
+    workers: &WorkerCounts,
 ) -> Result<Deploy, Error> {
     let generation = job.metadata.generation.unwrap_or(0);
-    let status = job.status.clone().unwrap_or_default();
-    if let Some(upgrade) = status.upgrade {
+    if let Some(upgrade) = job
+        .status
+        .as_ref()
+        .and_then(|status| status.upgrade.clone())
+    {
         let autoscaled = upgrade.kind == ChangeKind::Rescale
             && upgrade.target_generation == generation
             && job
@@ -111,15 +118,49 @@ pub async fn decide(
             }
             job.spec.parallelism = running;
             set_upgrade(job, ctx, None).await?;
-        } else {
-            return step(job, ctx, upgrade, token).await;
+        } else if let Some(deploy) = step(job, ctx, upgrade, token).await? {
+            return Ok(deploy);
         }
+        // A savepoint taken while the workers went on completed: the spec may have been
+        // edited meanwhile, so it is classified afresh.
     }
-    let Some(deployed) = status.deployed else {
-        return Ok(Deploy::Wanted(Restore::default()));
+    let status = job.status.clone().unwrap_or_default();
+    let Some(deployed) = status.deployed.clone() else {
+        // A new job: from `spec.savepoints.initialSavepoint` if set.
+        return Ok(Deploy::Wanted(Restore {
+            savepoint: initial_savepoint(job),
+            previous_parallelism: None,
+            offsets_only: false,
+        }));
     };
     // The parallelism may change without a new generation: the autoscaler's.
     if deployed.generation == generation && deployed.parallelism == job.spec.parallelism {
+        if let Some(interval) = job
+            .spec
+            .savepoints
+            .as_ref()
+            .and_then(|savepoints| savepoints.interval)
+            && !job.spec.suspend
+            && workers.all_ready()
+            && machine::periodic_savepoint(
+                interval.get(),
+                status
+                    .last_savepoint
+                    .as_ref()
+                    .map(|last| &last.completed_at),
+                running_since(&status).as_ref(),
+                &now(),
+            ) == machine::Periodic::Due
+        {
+            return begin(
+                job,
+                ctx,
+                ChangeKind::PeriodicSavepoint,
+                deployed.parallelism,
+                token,
+            )
+            .await;
+        }
         return Ok(Deploy::Wanted(deployed_restore(job)));
     }
     let namespace = job.namespace().unwrap_or_default();
@@ -156,6 +197,9 @@ pub async fn decide(
                     }
                     ChangeKind::Suspend => "a suspend takes a savepoint to resume from",
                     ChangeKind::SavepointOnly => "spec.savepointTriggerNonce asks for a savepoint",
+                    _ if job.spec.upgrade_mode == UpgradeMode::Stateless => {
+                        "upgradeMode Stateless keeps the Kafka offsets through a savepoint"
+                    }
                     _ => "upgradeMode Savepoint takes a savepoint before the upgrade",
                 };
                 return Err(Error::ChangeRefused {
@@ -173,52 +217,117 @@ pub async fn decide(
             }
         }
     }
-    let upgrade = machine::start(
-        kind,
-        generation,
-        &spec_hash(&job.spec),
-        running.spec.parallelism,
-        &now(),
-    );
-    info!(
-        kind = ?kind,
-        savepoint = upgrade.savepoint_id.as_deref().unwrap_or_default(),
-        "starting a change to generation {generation}: taking a savepoint first"
-    );
+    begin(job, ctx, kind, running.spec.parallelism, token).await
+}
+
+/// Records a change of `kind` that starts with a savepoint of the `from_parallelism`
+/// workers that run, announces it, and takes its first step.
+async fn begin(
+    job: &mut StreamJob,
+    ctx: &Context,
+    kind: ChangeKind,
+    from_parallelism: i32,
+    token: Option<&str>,
+) -> Result<Deploy, Error> {
+    let generation = job.metadata.generation.unwrap_or(0);
+    let upgrade = UpgradeStatus {
+        // An upgrade in `Stateless` mode keeps the Kafka offsets alone.
+        offsets_only: kind == ChangeKind::Upgrade
+            && job.spec.upgrade_mode == UpgradeMode::Stateless,
+        ..machine::start(
+            kind,
+            generation,
+            &spec_hash(&job.spec),
+            from_parallelism,
+            &now(),
+        )
+    };
+    let savepoint = upgrade.savepoint_id.clone().unwrap_or_default();
+    let what = match kind {
+        ChangeKind::PeriodicSavepoint => "a periodic savepoint (spec.savepoints.interval)".into(),
+        ChangeKind::Delete => "the job was deleted: its final savepoint".into(),
+        _ => format!("{kind:?} to generation {generation}"),
+    };
+    info!(kind = ?kind, savepoint, "{what}: taking a savepoint first");
     set_upgrade(job, ctx, Some(upgrade.clone())).await?;
     publish(
         job,
         ctx,
         false,
         "TakingSavepoint",
-        format!(
-            "{kind:?} to generation {generation}: taking savepoint {} on every worker",
-            upgrade.savepoint_id.as_deref().unwrap_or_default()
-        ),
+        format!("{what}: taking savepoint {savepoint} on every worker"),
     )
     .await;
-    step(job, ctx, upgrade, token).await
+    Ok(step(job, ctx, upgrade, token)
+        .await?
+        .unwrap_or(Deploy::Hold))
 }
 
-/// One step of a recorded change: its effect, then the transition.
+/// How long until the next periodic savepoint is due (the reconcile requeues by then),
+/// or `None` when the job takes none, or one is due but could not begin (a worker not
+/// Ready: the StatefulSet's watch reconciles again when it is).
+pub fn next_periodic_savepoint(job: &StreamJob) -> Option<std::time::Duration> {
+    let interval = job.spec.savepoints.as_ref()?.interval?;
+    let status = job.status.as_ref()?;
+    if job.spec.suspend || status.upgrade.is_some() {
+        return None;
+    }
+    match machine::periodic_savepoint(
+        interval.get(),
+        status
+            .last_savepoint
+            .as_ref()
+            .map(|last| &last.completed_at),
+        running_since(status).as_ref(),
+        &now(),
+    ) {
+        machine::Periodic::Due => None,
+        machine::Periodic::In(wait) => Some(wait),
+    }
+}
+
+/// `spec.savepoints.initialSavepoint`, which a new job starts from.
+fn initial_savepoint(job: &StreamJob) -> Option<String> {
+    job.spec
+        .savepoints
+        .as_ref()
+        .and_then(|savepoints| savepoints.initial_savepoint.clone())
+}
+
+/// Since when every worker is Ready (the Ready condition's last transition to True).
+fn running_since(status: &StreamJobStatus) -> Option<Time> {
+    status
+        .conditions
+        .iter()
+        .find(|condition| {
+            condition.type_ == sluice_crds::status::condition_type::READY
+                && condition.status == "True"
+        })
+        .map(|condition| condition.last_transition_time.clone())
+}
+
+/// One step of a recorded change: its effect, then the transition. `None`: the change
+/// completed and the workers went on (a savepoint while they run) or are gone (the
+/// final savepoint).
 async fn step(
     job: &mut StreamJob,
     ctx: &Context,
     upgrade: UpgradeStatus,
     token: Option<&str>,
-) -> Result<Deploy, Error> {
+) -> Result<Option<Deploy>, Error> {
     let rolling = Deploy::Wanted(Restore {
         savepoint: upgrade.savepoint.clone(),
         previous_parallelism: Some(upgrade.from_parallelism),
+        offsets_only: upgrade.offsets_only,
     });
     if upgrade.state == UpgradeState::Rolling {
         // The roll is applied by the reconcile; `rolled_out` completes it.
-        return Ok(rolling);
+        return Ok(Some(rolling));
     }
     let found = effect(job, ctx, &upgrade, token).await?;
     let next = machine::next(&upgrade, &found, &now(), &ctx.settings.lifecycle);
     match next {
-        Next::Stay => Ok(Deploy::Hold),
+        Next::Stay => Ok(Some(Deploy::Hold)),
         Next::Enter(entered) => {
             let state = entered.state;
             let reason = match &found {
@@ -250,10 +359,11 @@ async fn step(
                         ),
                     )
                     .await;
-                    Ok(Deploy::Wanted(Restore {
+                    Ok(Some(Deploy::Wanted(Restore {
                         savepoint: entered.savepoint.clone(),
                         previous_parallelism: Some(entered.from_parallelism),
-                    }))
+                        offsets_only: entered.offsets_only,
+                    })))
                 }
                 UpgradeState::Aborting => {
                     publish(
@@ -264,7 +374,7 @@ async fn step(
                         format!("{reason}; the workers go on with the spec they run, and the change is retried"),
                     )
                     .await;
-                    Ok(Deploy::Hold)
+                    Ok(Some(Deploy::Hold))
                 }
                 UpgradeState::Failed => {
                     let wait = machine::backoff(&ctx.settings.lifecycle, entered.attempt);
@@ -279,7 +389,7 @@ async fn step(
                         ),
                     )
                     .await;
-                    Ok(Deploy::Hold)
+                    Ok(Some(Deploy::Hold))
                 }
                 UpgradeState::TakingSavepoint => {
                     publish(
@@ -294,16 +404,15 @@ async fn step(
                         ),
                     )
                     .await;
-                    Ok(Deploy::Hold)
+                    Ok(Some(Deploy::Hold))
                 }
-                UpgradeState::Resuming => Ok(Deploy::Hold),
+                UpgradeState::Resuming => Ok(Some(Deploy::Hold)),
             }
         }
         Next::Done { savepoint } => {
-            // Only a savepoint on request ends here: the workers went on; the ConfigMap
-            // takes the new nonce.
+            // A savepoint while the workers went on, or the final one, ends here.
             finish(job, ctx, &upgrade, savepoint, token).await?;
-            Ok(Deploy::Wanted(deployed_restore(job)))
+            Ok(None)
         }
     }
 }
@@ -412,7 +521,9 @@ async fn finish(
             location: location.clone(),
             trigger: match upgrade.kind {
                 ChangeKind::SavepointOnly => SavepointTrigger::Manual,
+                ChangeKind::PeriodicSavepoint => SavepointTrigger::Periodic,
                 ChangeKind::Suspend => SavepointTrigger::Suspend,
+                ChangeKind::Delete => SavepointTrigger::Delete,
                 _ => SavepointTrigger::Upgrade,
             },
             completed_at: completed_at.clone(),
@@ -422,12 +533,27 @@ async fn finish(
         status.savepoint_history.truncate(SAVEPOINT_HISTORY_LIMIT);
         status.last_savepoint = Some(record);
     }
-    let rolled = upgrade.kind != ChangeKind::SavepointOnly;
+    let rolled = !matches!(
+        upgrade.kind,
+        ChangeKind::SavepointOnly | ChangeKind::PeriodicSavepoint | ChangeKind::Delete
+    );
     let previous = status.deployed.clone();
+    // A roll completes once the workers run the spec as it is now; a savepoint while
+    // they went on leaves them on the spec it was taken for (an edit made meanwhile is
+    // classified next).
+    let (generation, deployed_hash, parallelism) = if rolled {
+        (generation, spec_hash(&job.spec), job.spec.parallelism)
+    } else {
+        (
+            upgrade.target_generation,
+            upgrade.target_spec_hash.clone(),
+            upgrade.from_parallelism,
+        )
+    };
     status.deployed = Some(DeployedSpec {
         generation,
-        spec_hash: spec_hash(&job.spec),
-        parallelism: job.spec.parallelism,
+        spec_hash: deployed_hash,
+        parallelism,
         savepoint: if rolled {
             savepoint.clone()
         } else {
@@ -438,7 +564,14 @@ async fn finish(
         previous_parallelism: if rolled {
             Some(upgrade.from_parallelism)
         } else {
-            previous.and_then(|deployed| deployed.previous_parallelism)
+            previous
+                .as_ref()
+                .and_then(|deployed| deployed.previous_parallelism)
+        },
+        offsets_only: if rolled {
+            upgrade.offsets_only
+        } else {
+            previous.is_some_and(|deployed| deployed.offsets_only)
         },
     });
     status.last_error = None;
@@ -454,6 +587,25 @@ async fn finish(
         ),
         ChangeKind::Suspend => ("Suspended", "suspended".to_string()),
         ChangeKind::SavepointOnly => ("SavepointCompleted", "took a savepoint".to_string()),
+        ChangeKind::PeriodicSavepoint => (
+            "SavepointCompleted",
+            "took a periodic savepoint".to_string(),
+        ),
+        ChangeKind::Delete => {
+            let location = savepoint.as_deref().unwrap_or_default();
+            publish(
+                job,
+                ctx,
+                false,
+                "FinalSavepointCompleted",
+                format!(
+                    "took the final savepoint {location} in {seconds}s; the workers go with the job. A new StreamJob {} in this namespace starts from it with spec.savepoints.initialSavepoint: {location}",
+                    job_name(job)
+                ),
+            )
+            .await;
+            return Ok(());
+        }
         _ => ("Upgraded", format!("upgraded to generation {generation}")),
     };
     publish(
@@ -471,6 +623,73 @@ async fn finish(
         apply_retention(job, ctx, token).await?;
     }
     Ok(())
+}
+
+/// The deletion of a job with `spec.savepoints.onDelete` (the controller holds its
+/// finalizer): takes the final savepoint of its running workers as a `Delete` change.
+/// `true` once the job may go: the savepoint is taken, or no worker runs to take one (a
+/// suspended job's state is in its suspend savepoint). A final savepoint that fails is
+/// retried with backoff; removing the finalizer by hand lets the job go without it.
+pub async fn final_savepoint(
+    job: &mut StreamJob,
+    ctx: &Context,
+    token: Option<&str>,
+    workers: &WorkerCounts,
+) -> Result<bool, Error> {
+    let status = job.status.clone().unwrap_or_default();
+    if let Some(upgrade) = status.upgrade {
+        match (upgrade.kind, upgrade.state) {
+            (ChangeKind::Delete, _) => {
+                return Ok(step(job, ctx, upgrade, token).await?.is_none());
+            }
+            // The workers are stopping at another change's savepoint: it becomes the
+            // final one.
+            (_, UpgradeState::TakingSavepoint) => {
+                let upgrade = UpgradeStatus {
+                    kind: ChangeKind::Delete,
+                    ..upgrade
+                };
+                info!(
+                    savepoint = upgrade.savepoint_id.as_deref().unwrap_or_default(),
+                    "the job was deleted while a savepoint was being taken: it is the final one"
+                );
+                set_upgrade(job, ctx, Some(upgrade.clone())).await?;
+                return Ok(step(job, ctx, upgrade, token).await?.is_none());
+            }
+            // The workers are being told to go on: once they have, the final savepoint.
+            (_, UpgradeState::Resuming | UpgradeState::Aborting) => {
+                step(job, ctx, upgrade, token).await?;
+                return Ok(false);
+            }
+            (_, UpgradeState::Rolling | UpgradeState::Failed) => {}
+        }
+    }
+    if job.spec.suspend || workers.desired == 0 || !workers.all_ready() {
+        let newest = status
+            .last_savepoint
+            .as_ref()
+            .map_or("none".to_string(), |last| last.location.clone());
+        let why = if job.spec.suspend {
+            "the job is suspended: its state is in its suspend savepoint"
+        } else {
+            "not every worker is running, so no final savepoint can be taken"
+        };
+        publish(
+            job,
+            ctx,
+            !job.spec.suspend,
+            "DeletedWithoutFinalSavepoint",
+            format!("{why}; the newest savepoint: {newest}"),
+        )
+        .await;
+        return Ok(true);
+    }
+    let from_parallelism = workers.desired;
+    begin(job, ctx, ChangeKind::Delete, from_parallelism, token).await?;
+    Ok(job
+        .status
+        .as_ref()
+        .is_none_or(|status| status.upgrade.is_none()))
 }
 
 /// The savepoints the status refers to, which retention never deletes: the newest, the

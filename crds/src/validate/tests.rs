@@ -353,3 +353,28 @@ fn a_duration_too_long_names_its_field_and_the_limit() {
         "{error}"
     );
 }
+
+#[test]
+fn an_initial_savepoint_must_be_one_of_the_jobs_own() {
+    let shop = Some("shop");
+    let cases = [
+        ("s3://b/prefix/shop/orders/final-3-1", shop, true),
+        ("s3://b/prefix/shop/orders/final-3-1/", shop, true),
+        ("file:///savepoints/shop/orders/manual-2-1", shop, true),
+        ("s3://b/prefix/team/orders/final-3-1", None, true),
+        ("s3://b/prefix/shop/other/final-3-1", shop, false),
+        ("s3://b/prefix/shop/other/final-3-1", None, false),
+        ("s3://b/prefix/team/orders/final-3-1", shop, false),
+        ("s3://b/prefix/shop/orders", shop, false),
+        ("s3://b/prefix", shop, false),
+        ("orders/final-3-1", None, false),
+    ];
+    for (location, namespace, valid) in cases {
+        let result = super::validate_initial_savepoint(location, namespace, "orders");
+        assert_eq!(result.is_ok(), valid, "{location} in {namespace:?}");
+        if let Err(error) = result {
+            assert_eq!(error.field, "spec.savepoints.initialSavepoint");
+            assert!(error.message.contains("/orders/<id>"), "{}", error.message);
+        }
+    }
+}

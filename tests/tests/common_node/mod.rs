@@ -185,15 +185,41 @@ pub fn from_json<K: DeserializeOwned>(value: serde_json::Value) -> Result<K> {
     serde_json::from_value(value).context("building a Kubernetes object from JSON")
 }
 
+/// Lets the StreamJobs of a test namespace go: the finalizer of a job's final savepoint
+/// (`spec.savepoints.onDelete`) would hold it forever once the controller of an earlier,
+/// interrupted run is gone. Nothing to do where the CRD is not installed.
+pub async fn release_stream_jobs(client: &Client, namespace: &str) {
+    let jobs: Api<sluice_crds::StreamJob> = Api::namespaced(client.clone(), namespace);
+    let Ok(list) = jobs.list(&ListParams::default()).await else {
+        return;
+    };
+    for job in list {
+        if job
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| !f.is_empty())
+        {
+            let name = job.metadata.name.unwrap_or_default();
+            let patch = serde_json::json!({"metadata": {"finalizers": null}});
+            let _ = jobs
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+        }
+    }
+}
+
 /// Deletes namespace `name` if present (leftover of an earlier failed run) and recreates it.
 pub async fn fresh_namespace(client: &Client, name: &str) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if namespaces.get_opt(name).await?.is_some() {
+        release_stream_jobs(client, name).await;
         let _ = namespaces.delete(name, &DeleteParams::foreground()).await;
         wait_for(
             &format!("leftover namespace {name} to be deleted"),
             Duration::from_secs(120),
             || async {
+                release_stream_jobs(client, name).await;
                 Ok(match namespaces.get_opt(name).await? {
                     None => Some(()),
                     Some(ns) => bail!(

@@ -303,7 +303,14 @@ fn main() -> anyhow::Result<()> {
         let target = directory.path().join("restored");
         let started = Instant::now();
         let savepoint = restore::Savepoint::open(&job_url.join("bench-incremental"))?;
-        restore::restore(&savepoint, &identity, &state, &owned, &target)?;
+        restore::restore(
+            &savepoint,
+            &identity,
+            &state,
+            &owned,
+            &target,
+            restore::Take::Everything,
+        )?;
         let restored = started.elapsed().as_secs_f64();
         // What a worker does next on its start, on any start: return to the checkpoint
         // and rebuild the timers from the window state (one scan of it).
@@ -324,7 +331,14 @@ fn main() -> anyhow::Result<()> {
             partitions: owned.partitions.clone(),
         };
         let started = Instant::now();
-        restore::restore(&savepoint, &identity, &state, &half, &target)?;
+        restore::restore(
+            &savepoint,
+            &identity,
+            &state,
+            &half,
+            &target,
+            restore::Take::Everything,
+        )?;
         let restored_half = started.elapsed().as_secs_f64();
         std::fs::remove_dir_all(&target).ok();
         println!(

@@ -72,18 +72,21 @@ impl Savepoint {
         })
     }
 
+    /// Why the job named `identity` cannot take even the Kafka offsets of this
+    /// savepoint (another job's: its offsets include that job's repartition topic).
+    pub fn identity_problems(&self, identity: &JobIdentity) -> Vec<String> {
+        if self.manifest.job == *identity {
+            return Vec::new();
+        }
+        vec![format!(
+            "the savepoint belongs to StreamJob {}/{}, not {}/{}",
+            self.manifest.job.namespace, self.manifest.job.name, identity.namespace, identity.name
+        )]
+    }
+
     /// Why `job` (named `identity`) cannot restore this savepoint; empty when it can.
     pub fn problems(&self, identity: &JobIdentity, job: &StateDescription) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.manifest.job != *identity {
-            problems.push(format!(
-                "the savepoint belongs to StreamJob {}/{}, not {}/{}",
-                self.manifest.job.namespace,
-                self.manifest.job.name,
-                identity.namespace,
-                identity.name
-            ));
-        }
+        let mut problems = self.identity_problems(identity);
         problems.extend(
             compatibility(self.manifest.format_version, &self.manifest.state, job)
                 .into_iter()
@@ -360,6 +363,16 @@ pub fn already_restored(state_dir: &Path, url: &Url) -> bool {
         .is_ok_and(|text| text.trim() == url.to_string())
 }
 
+/// What a restore takes from a savepoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// The windows, the Kafka offsets and the watermark: the job goes on where it was.
+    Everything,
+    /// The Kafka offsets and the watermark alone: the windows start empty, and the
+    /// savepoint's state need not fit the job (`upgradeMode: Stateless`).
+    OffsetsOnly,
+}
+
 /// Replaces the state in `state_dir` by what worker `owned` takes from `savepoint`, as a
 /// complete checkpoint the worker then starts from. `job_state` describes the job that
 /// will run on it. Returns the checkpoint record.
@@ -369,8 +382,12 @@ pub fn restore(
     job_state: &StateDescription,
     owned: &Owned,
     state_dir: &Path,
+    take: Take,
 ) -> anyhow::Result<CheckpointRecord> {
-    let problems = savepoint.problems(identity, job_state);
+    let problems = match take {
+        Take::Everything => savepoint.problems(identity, job_state),
+        Take::OffsetsOnly => savepoint.identity_problems(identity),
+    };
     anyhow::ensure!(
         problems.is_empty(),
         "failed to restore {}: {}",
@@ -379,7 +396,7 @@ pub fn restore(
     );
     let manifest = &savepoint.manifest;
     let (first, end) = owned.key_groups;
-    let with_state: Vec<_> = if manifest.state.window.is_some() {
+    let with_state: Vec<_> = if take == Take::Everything && manifest.state.window.is_some() {
         manifest
             .parts
             .iter()
