@@ -109,6 +109,10 @@ pub struct RunArgs {
     /// attempt, up to ten minutes.
     #[arg(long, env = "SLUICE_SAVEPOINT_RETRY_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     pub savepoint_retry_backoff: Duration,
+    /// For recovery tests only: abort at a step of a change (`recorded`,
+    /// `savepoint-requested`, `savepoint-completed`, `rolling`), as if killed there.
+    #[arg(long, env = "SLUICE_TEST_CRASH", hide = true, value_enum)]
+    pub test_crash: Option<crate::lifecycle::CrashPoint>,
     /// How often the autoscaler samples an autoscaled job's Kafka offsets and workers
     /// (docs/autoscaling.md).
     #[arg(long, env = "SLUICE_AUTOSCALER_SAMPLE_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
@@ -208,6 +212,7 @@ impl RunArgs {
                 // As many requests as reconciles: concurrent applies within a reconcile
                 // shorten one job's latency, not the API server's total work.
                 requests_in_flight: usize::from(self.concurrency.max(1)),
+                crash_point: self.test_crash,
             },
             http_address: self.http_address,
             concurrency: self.concurrency.max(1),

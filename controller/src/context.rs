@@ -40,6 +40,8 @@ pub struct Settings {
     /// watches aside): each in-flight request holds a connection and its buffers, so this
     /// bounds the controller's memory when many reconciles apply children at once.
     pub requests_in_flight: usize,
+    /// For recovery tests only: where the controller aborts (`--test-crash`).
+    pub crash_point: Option<crate::lifecycle::CrashPoint>,
 }
 
 impl Default for Settings {
@@ -54,6 +56,7 @@ impl Default for Settings {
             lifecycle: Timing::default(),
             autoscaler: autoscaler::Timing::default(),
             requests_in_flight: 16,
+            crash_point: None,
         }
     }
 }

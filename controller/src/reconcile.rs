@@ -313,6 +313,15 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
     }
     let workers =
         WorkerCounts::of(&apply(ctx, &namespace, &children, &plan, cached_workers).await?);
+    if plan.workers
+        && job
+            .status
+            .as_ref()
+            .and_then(|status| status.upgrade.as_ref())
+            .is_some_and(|upgrade| upgrade.state == sluice_crds::status::UpgradeState::Rolling)
+    {
+        lifecycle::crash_if(ctx, lifecycle::CrashPoint::Rolling);
+    }
     delete_orphans(ctx, &namespace, &children, &names).await?;
     lifecycle::rolled_out(job, ctx, &workers, &spec_hash, admin_token.as_deref()).await?;
     let changing = job

@@ -156,12 +156,15 @@ pub fn next_status(
                     workers.ready, workers.desired
                 );
                 // A periodic savepoint is routine: the job stays Running and Ready (no
-                // alert, no GitOps tool seeing it progress every interval) unless it fails.
+                // alert, no GitOps tool seeing it progress every interval) while every
+                // worker is, unless it fails or an edit waits for it.
                 let routine = upgrade.kind == ChangeKind::PeriodicSavepoint
                     && matches!(
                         upgrade.state,
                         UpgradeState::TakingSavepoint | UpgradeState::Resuming
-                    );
+                    )
+                    && workers.all_ready()
+                    && upgrade.target_generation == generation;
                 if routine {
                     status.phase = Some(Phase::Running);
                     (ready, reconciling, stalled) = (true, false, false);
@@ -424,6 +427,30 @@ mod tests {
                 ready == "False",
                 "{name}"
             );
+        }
+        // Not routine while a worker is not Ready, nor while an edit waits for it.
+        let periodic = |generation: i64| {
+            let mut job = fixtures::job();
+            job.metadata.generation = Some(generation);
+            job.status = Some(StreamJobStatus {
+                upgrade: Some(crate::lifecycle::machine::start(
+                    PeriodicSavepoint,
+                    1,
+                    "h1",
+                    2,
+                    &at(50),
+                )),
+                ..StreamJobStatus::default()
+            });
+            job
+        };
+        for (job, workers) in [
+            (periodic(1), counts(2, 2, 1, true)),
+            (periodic(2), counts(2, 2, 2, true)),
+        ] {
+            let (status, _) = next_status(&job, &applied("h1", workers), &at(100));
+            assert_eq!(status.phase, Some(Phase::Upgrading));
+            assert_eq!(condition(&status, condition_type::READY).status, "False");
         }
     }
 

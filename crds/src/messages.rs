@@ -120,5 +120,11 @@ pub const QUANTITY_INVALID: &str = "must be a Kubernetes quantity such as 500m, 
 /// `bootstrap.servers` in `spec.kafka.properties`.
 pub const KAFKA_BOOTSTRAP_PROPERTY: &str = "is taken from spec.kafka.bootstrapServers, which every worker and the autoscaler use: set the brokers there and remove this property";
 
+/// The shortest `spec.savepoints.interval`.
+pub const SAVEPOINT_INTERVAL_MIN_SECONDS: u64 = 10;
+
+/// A `spec.savepoints.interval` below [`SAVEPOINT_INTERVAL_MIN_SECONDS`].
+pub const SAVEPOINT_INTERVAL_TOO_SHORT: &str = "must be at least 10s: each periodic savepoint pauses the workers while they write it; for recovery from a crash the workers' checkpoints (spec.state.checkpointInterval) are what count";
+
 /// A Kafka client property the worker sets itself.
 pub const KAFKA_PROPERTY_OWNED: &str = "is set by the worker itself for exactly-once processing (it owns bootstrap.servers, group.id, transactional.id, enable.idempotence, isolation.level, enable.auto.commit, enable.auto.offset.store, auto.offset.reset and transaction.timeout.ms): remove it";

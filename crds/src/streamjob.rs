@@ -437,8 +437,9 @@ pub struct SavepointSpec {
     #[schemars(length(min = 1, max = 1024), regex(pattern = messages::SAVEPOINT_LOCATION_PATTERN))]
     pub location: String,
 
-    /// Take a savepoint this often. Unset: only before upgrades and rescales, on
-    /// request and on delete.
+    /// Take a savepoint this often (at least 10s; each one pauses the workers while they
+    /// write it). Unset: only before upgrades and rescales, on suspend, on request and on
+    /// delete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
 

@@ -191,6 +191,7 @@ pub fn validate(spec: &StreamJobSpec) -> Result<CheckedJob, ValidationErrors> {
     let schema_errors = errors.0.len();
     check_parallelism(spec, &mut errors);
     check_connections(spec, &mut errors);
+    check_savepoints(spec, &mut errors);
     let (steps, fields_after_pipeline) = check_pipeline(&spec.pipeline, &mut errors);
     let sink_key = spec.sink.key.as_deref().and_then(|source| {
         check_expression(
@@ -336,6 +337,20 @@ fn check_parallelism(spec: &StreamJobSpec, errors: &mut Errors) {
                 messages::AUTOSCALER_NEEDS_SAVEPOINTS,
             );
         }
+    }
+}
+
+fn check_savepoints(spec: &StreamJobSpec, errors: &mut Errors) {
+    if let Some(interval) = spec
+        .savepoints
+        .as_ref()
+        .and_then(|savepoints| savepoints.interval)
+        && interval.get() < std::time::Duration::from_secs(messages::SAVEPOINT_INTERVAL_MIN_SECONDS)
+    {
+        errors.add(
+            "spec.savepoints.interval",
+            messages::SAVEPOINT_INTERVAL_TOO_SHORT,
+        );
     }
 }
 

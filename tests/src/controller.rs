@@ -147,6 +147,24 @@ impl ControllerProcess {
         self.metric("sluice_controller_leader").unwrap_or(0.0) >= 1.0
     }
 
+    /// Waits until the process exits by itself (a crash point, say).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "controller {} still runs after {timeout:?}:\n{}",
+                    self.spec.identity,
+                    log_tail(&self.spec.log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL: the process dies where it stands (the Lease is not released).
     pub fn kill(&mut self) -> Result<()> {
         self.child.kill().ok();

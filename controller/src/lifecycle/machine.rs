@@ -66,27 +66,23 @@ pub enum Next {
 
 /// The id of the savepoint of attempt `attempt` of a change to `generation` started at
 /// `started_at`: the same on every worker and for every retry of the same attempt after
-/// a controller restart. The id of a rescale or a periodic savepoint carries its start
-/// time (Unix seconds), as one generation may have many (the autoscaler's rescales), and
-/// workers remember the ids they took.
+/// a controller restart. It carries the change's start time (Unix seconds): one
+/// generation may have many changes (the autoscaler's rescales, periodic savepoints), and
+/// a job deleted and created again under its name starts again at generation 1 in the
+/// same directory, where an id of the old job must not be taken for the new one's (a
+/// worker answers for a savepoint already in the store).
 pub fn savepoint_id(kind: ChangeKind, generation: i64, attempt: i32, started_at: &Time) -> String {
     let kind = match kind {
         ChangeKind::SavepointOnly => "manual",
-        ChangeKind::Rescale | ChangeKind::PeriodicSavepoint => {
-            let kind = if kind == ChangeKind::Rescale {
-                "rescale"
-            } else {
-                "periodic"
-            };
-            return format!("{kind}-{generation}-{}-{attempt}", started_at.0.as_second());
-        }
+        ChangeKind::PeriodicSavepoint => "periodic",
+        ChangeKind::Rescale => "rescale",
         ChangeKind::Suspend => "suspend",
         ChangeKind::Delete => "final",
         ChangeKind::None | ChangeKind::Resume | ChangeKind::Restart | ChangeKind::Upgrade => {
             "upgrade"
         }
     };
-    format!("{kind}-{generation}-{attempt}")
+    format!("{kind}-{generation}-{}-{attempt}", started_at.0.as_second())
 }
 
 /// The first step of a change that takes a savepoint.
@@ -250,22 +246,21 @@ mod tests {
         assert_eq!(upgrade.attempt, 1);
         assert_eq!(upgrade.from_parallelism, 2);
         assert_eq!(upgrade.started_at, at(5));
-        assert_eq!(
-            savepoint_id(ChangeKind::SavepointOnly, 3, 2, &at(5)),
-            "manual-3-2"
-        );
-        assert_eq!(
-            savepoint_id(ChangeKind::Suspend, 3, 1, &at(5)),
-            "suspend-3-1"
-        );
-        assert_eq!(
-            savepoint_id(ChangeKind::Upgrade, 3, 1, &at(5)),
-            "upgrade-3-1"
-        );
-        assert_eq!(savepoint_id(ChangeKind::Delete, 3, 2, &at(5)), "final-3-2");
-        assert_eq!(
-            savepoint_id(ChangeKind::PeriodicSavepoint, 3, 1, &at(5)),
-            "periodic-3-5-1"
+        let ids = [
+            (ChangeKind::SavepointOnly, 2, "manual-3-5-2"),
+            (ChangeKind::PeriodicSavepoint, 1, "periodic-3-5-1"),
+            (ChangeKind::Suspend, 1, "suspend-3-5-1"),
+            (ChangeKind::Upgrade, 1, "upgrade-3-5-1"),
+            (ChangeKind::Delete, 2, "final-3-5-2"),
+        ];
+        for (kind, attempt, id) in ids {
+            assert_eq!(savepoint_id(kind, 3, attempt, &at(5)), id);
+        }
+        // A job created again under its name starts again at generation 1: its changes
+        // differ by their start.
+        assert_ne!(
+            savepoint_id(ChangeKind::Delete, 1, 1, &at(5)),
+            savepoint_id(ChangeKind::Delete, 1, 1, &at(900))
         );
         // Rescales of one generation (the autoscaler's) differ by their start.
         assert_ne!(
@@ -528,7 +523,7 @@ mod tests {
             panic!("no retry");
         };
         assert_eq!(retry.attempt, 2);
-        assert_eq!(retry.savepoint_id.as_deref(), Some("upgrade-7-2"));
+        assert_eq!(retry.savepoint_id.as_deref(), Some("upgrade-7-0-2"));
         assert_eq!(retry.savepoint, None);
     }
 

@@ -34,6 +34,29 @@ use crate::names::{ChildNames, JOB_FILE};
 use crate::spec_hash::spec_hash;
 use crate::status::{Transition, WorkerCounts};
 
+/// For recovery tests only: a step of a change where the controller aborts, as if killed
+/// there (`--test-crash`, `SLUICE_TEST_CRASH`), to show that a controller restarted in
+/// any step completes the change once (docs/architecture.md, "Crash points").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CrashPoint {
+    /// Right after `TakingSavepoint` is recorded, before any worker is asked.
+    Recorded,
+    /// Right after every worker was asked for the savepoint.
+    SavepointRequested,
+    /// With the savepoint complete, before `Rolling` is recorded.
+    SavepointCompleted,
+    /// Right after the StatefulSet of the new spec is applied.
+    Rolling,
+}
+
+/// Aborts the process at `point` if the controller was told to (`--test-crash`).
+pub fn crash_if(ctx: &Context, point: CrashPoint) {
+    if ctx.settings.crash_point == Some(point) {
+        tracing::error!(?point, "crashing on purpose (--test-crash)");
+        std::process::abort();
+    }
+}
+
 /// Where the workers restore from (their `SLUICE_RESTORE_FROM` and
 /// `SLUICE_PREVIOUS_PARALLELISM`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -250,6 +273,7 @@ async fn begin(
     };
     info!(kind = ?kind, savepoint, "{what}: taking a savepoint first");
     set_upgrade(job, ctx, Some(upgrade.clone())).await?;
+    crash_if(ctx, CrashPoint::Recorded);
     publish(
         job,
         ctx,
@@ -325,6 +349,9 @@ async fn step(
         return Ok(Some(rolling));
     }
     let found = effect(job, ctx, &upgrade, token).await?;
+    if matches!(found, Found::SavepointCompleted { .. }) {
+        crash_if(ctx, CrashPoint::SavepointCompleted);
+    }
     let next = machine::next(&upgrade, &found, &now(), &ctx.settings.lifecycle);
     match next {
         Next::Stay => Ok(Some(Deploy::Hold)),
@@ -447,6 +474,7 @@ async fn effect(
                 },
             ))
             .await;
+            crash_if(ctx, CrashPoint::SavepointRequested);
             for answer in &answers {
                 if let Answer::Unreachable(why) = answer {
                     info!("savepoint {id}: {why}; asking again");
@@ -637,6 +665,50 @@ pub async fn final_savepoint(
     workers: &WorkerCounts,
 ) -> Result<bool, Error> {
     let status = job.status.clone().unwrap_or_default();
+    let generation = job.metadata.generation.unwrap_or(0);
+    if status.upgrade.is_none()
+        && status.last_savepoint.as_ref().is_some_and(|last| {
+            last.trigger == SavepointTrigger::Delete && last.generation == generation
+        })
+    {
+        // Taken already; the finalizer's removal failed or the controller stopped.
+        return Ok(true);
+    }
+    // The newest savepoint, for a deletion that cannot take one: a change's, once taken,
+    // is newer than the last recorded.
+    let newest = status
+        .upgrade
+        .as_ref()
+        .and_then(|upgrade| upgrade.savepoint.clone())
+        .or_else(|| {
+            status
+                .last_savepoint
+                .as_ref()
+                .map(|last| last.location.clone())
+        })
+        .unwrap_or_else(|| "none".to_string());
+    if workers.desired == 0 && workers.replicas == 0 {
+        return deleted_without(
+            job,
+            ctx,
+            &newest,
+            false,
+            "no worker runs (the job is suspended: its state is in its suspend savepoint)",
+        )
+        .await;
+    }
+    // Pods gone (their namespace is being deleted) or no admin token: nothing can answer,
+    // and a change in progress would wait forever.
+    if workers.replicas == 0 || token.is_none() {
+        return deleted_without(
+            job,
+            ctx,
+            &newest,
+            true,
+            "no worker can take a final savepoint (its pods or admin token are gone)",
+        )
+        .await;
+    }
     if let Some(upgrade) = status.upgrade {
         match (upgrade.kind, upgrade.state) {
             (ChangeKind::Delete, _) => {
@@ -664,32 +736,56 @@ pub async fn final_savepoint(
             (_, UpgradeState::Rolling | UpgradeState::Failed) => {}
         }
     }
-    if job.spec.suspend || workers.desired == 0 || !workers.all_ready() {
-        let newest = status
-            .last_savepoint
-            .as_ref()
-            .map_or("none".to_string(), |last| last.location.clone());
-        let why = if job.spec.suspend {
-            "the job is suspended: its state is in its suspend savepoint"
-        } else {
-            "not every worker is running, so no final savepoint can be taken"
-        };
-        publish(
+    if !workers.all_ready() {
+        return deleted_without(
             job,
             ctx,
-            !job.spec.suspend,
-            "DeletedWithoutFinalSavepoint",
-            format!("{why}; the newest savepoint: {newest}"),
+            &newest,
+            true,
+            "not every worker is Ready, so no consistent final savepoint can be taken",
         )
         .await;
-        return Ok(true);
     }
-    let from_parallelism = workers.desired;
-    begin(job, ctx, ChangeKind::Delete, from_parallelism, token).await?;
+    let namespace = job.namespace().unwrap_or_default();
+    let names = ChildNames::of(&job_name(job));
+    if read_running(ctx, &namespace, &names.job_config)
+        .await?
+        .is_some_and(|running| running.spec.savepoints.is_none())
+    {
+        return deleted_without(
+            job,
+            ctx,
+            &newest,
+            true,
+            "the workers run a spec with no spec.savepoints.location, so they cannot write one",
+        )
+        .await;
+    }
+    begin(job, ctx, ChangeKind::Delete, workers.desired, token).await?;
     Ok(job
         .status
         .as_ref()
         .is_none_or(|status| status.upgrade.is_none()))
+}
+
+/// Lets a deleted job go without a final savepoint, saying why and which savepoint is
+/// the newest.
+async fn deleted_without(
+    job: &StreamJob,
+    ctx: &Context,
+    newest: &str,
+    warning: bool,
+    why: &str,
+) -> Result<bool, Error> {
+    publish(
+        job,
+        ctx,
+        warning,
+        "DeletedWithoutFinalSavepoint",
+        format!("{why}; the newest savepoint: {newest}"),
+    )
+    .await;
+    Ok(true)
 }
 
 /// The savepoints the status refers to, which retention never deletes: the newest, the

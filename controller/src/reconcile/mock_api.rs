@@ -40,6 +40,7 @@ fn context() -> (Arc<Context>, Handle) {
         lifecycle: crate::lifecycle::machine::Timing::default(),
         autoscaler: crate::autoscaler::Timing::default(),
         requests_in_flight: 16,
+        crash_point: None,
     };
     let context = Context::new(
         client,

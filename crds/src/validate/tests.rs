@@ -262,6 +262,14 @@ fn invalid_specs_name_the_field_and_the_fix() {
             messages::AUTOSCALER_NEEDS_SAVEPOINTS,
         ),
         (
+            "periodic savepoints back to back",
+            Box::new(|spec| {
+                spec["savepoints"] = step("{location: s3://b/p, interval: 5s}");
+            }),
+            "spec.savepoints.interval",
+            "must be at least 10s",
+        ),
+        (
             "savepoint location without a scheme",
             Box::new(|spec| spec["savepoints"] = step("{location: /savepoints}")),
             "spec.savepoints.location",
