@@ -4,6 +4,7 @@
 
 use sluice_crds::pipeline::WindowKind;
 use sluice_crds::status::ChangeKind;
+use sluice_crds::streamjob::UpgradeMode;
 use sluice_crds::{CheckedJob, StreamJobSpec};
 
 use crate::spec_hash::spec_hash;
@@ -41,11 +42,24 @@ pub fn needs_savepoint(kind: ChangeKind, wanted: &StreamJobSpec) -> bool {
         | ChangeKind::Suspend
         | ChangeKind::Delete => true,
         // `Stateless` keeps the Kafka offsets through a savepoint, and only them.
-        ChangeKind::Upgrade => {
-            wanted.upgrade_mode != sluice_crds::streamjob::UpgradeMode::LastState
-        }
+        ChangeKind::Upgrade => wanted.upgrade_mode != UpgradeMode::LastState,
         ChangeKind::None | ChangeKind::Resume | ChangeKind::Restart => false,
     }
+}
+
+/// Why `wanted` cannot take over from `running` in upgrade mode `mode`: with `Stateless`
+/// no state is kept, but `maxParallelism` still cannot change for a job with a window (its
+/// repartition topic has one partition per key group); otherwise [`incompatibility`].
+pub fn refusal(mode: UpgradeMode, running: &CheckedJob, wanted: &CheckedJob) -> Option<String> {
+    if mode != UpgradeMode::Stateless {
+        return incompatibility(running, wanted);
+    }
+    (running.pipeline.windowed().is_some() && running.key_groups != wanted.key_groups).then(|| {
+        format!(
+            "spec.maxParallelism changed from {} to {}: the job's repartition topic has one partition per key group, so it cannot change, even with upgradeMode: Stateless; set it back to {}, or start a new job",
+            running.key_groups, wanted.key_groups, running.key_groups
+        )
+    })
 }
 
 /// Why `wanted` cannot take over the state of `running`, or `None` when it can: the same
@@ -129,7 +143,6 @@ fn describe_window(kind: WindowKind) -> String {
 mod tests {
     use super::*;
     use crate::fixtures;
-    use sluice_crds::streamjob::UpgradeMode;
 
     #[test]
     fn a_change_is_classified_by_its_most_disruptive_part() {
@@ -338,7 +351,8 @@ mod tests {
             let wanted_spec: StreamJobSpec = serde_json::from_value(value).unwrap();
             let wanted = sluice_crds::validate(&wanted_spec)
                 .unwrap_or_else(|error| panic!("{}: {error}", case.name));
-            let found = incompatibility(&running, &wanted);
+            let found = refusal(UpgradeMode::Savepoint, &running, &wanted);
+            assert_eq!(found, incompatibility(&running, &wanted), "{}", case.name);
             match case.refused_with {
                 None => assert_eq!(found, None, "{}", case.name),
                 Some(text) => assert!(
@@ -347,6 +361,14 @@ mod tests {
                     case.name
                 ),
             }
+            // Stateless keeps no state: only the key groups must stay.
+            let stateless = refusal(UpgradeMode::Stateless, &running, &wanted);
+            assert_eq!(
+                stateless.is_some(),
+                case.name == "maxParallelism",
+                "{} with Stateless: {stateless:?}",
+                case.name
+            );
         }
     }
 }

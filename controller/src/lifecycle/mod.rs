@@ -194,8 +194,7 @@ pub async fn decide(
     let kind = classify::classify(&running.spec, &job.spec);
     let name = job_name(job);
     if kind != ChangeKind::None
-        && job.spec.upgrade_mode != UpgradeMode::Stateless
-        && let Some(why) = classify::incompatibility(&running, checked)
+        && let Some(why) = classify::refusal(job.spec.upgrade_mode, &running, checked)
     {
         return Err(Error::ChangeRefused {
             name,
