@@ -15,6 +15,9 @@ pub enum ErrorKind {
     IncompatibleState,
     /// The change needs a savepoint and the job has no `spec.savepoints.location`.
     NoSavepointLocation,
+    /// The spec was rolled back automatically (its workers were not Ready in time); it
+    /// is not tried again until it changes.
+    RolledBack,
 }
 
 impl ErrorKind {
@@ -26,6 +29,7 @@ impl ErrorKind {
             Self::MissingReference => "MissingReference",
             Self::IncompatibleState => "IncompatibleState",
             Self::NoSavepointLocation => "NoSavepointLocation",
+            Self::RolledBack => "RolledBack",
         }
     }
 
@@ -36,7 +40,8 @@ impl ErrorKind {
             Self::InvalidSpec
             | Self::MissingReference
             | Self::IncompatibleState
-            | Self::NoSavepointLocation => true,
+            | Self::NoSavepointLocation
+            | Self::RolledBack => true,
             Self::KubernetesApi => false,
         }
     }

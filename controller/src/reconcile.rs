@@ -91,7 +91,8 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action,
                 // Nothing but an edit can fix the spec, and an edit triggers a reconcile.
                 ErrorKind::InvalidSpec
                 | ErrorKind::IncompatibleState
-                | ErrorKind::NoSavepointLocation => {
+                | ErrorKind::NoSavepointLocation
+                | ErrorKind::RolledBack => {
                     ctx.backoff.succeeded(&key);
                     Ok(Action::await_change())
                 }
@@ -247,6 +248,10 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
         .as_deref()
         .map(WorkerCounts::of)
         .unwrap_or_default();
+    // The build reads the spec (the wanted one, or the last good one in a rollback); the
+    // status phase updates `job.status`.
+    let built_from;
+    let mut spec_hash = spec_hash;
     let restore = match lifecycle::decide(
         job,
         ctx,
@@ -256,7 +261,24 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
     )
     .await?
     {
-        Deploy::Wanted(restore) => restore,
+        Deploy::Wanted(restore) => {
+            built_from = job.clone();
+            restore
+        }
+        Deploy::RollBack(to) => {
+            let lifecycle::RollBackTo {
+                spec,
+                generation,
+                restore,
+            } = *to;
+            let mut last_good = job.clone();
+            last_good.spec = spec;
+            last_good.metadata.generation = Some(generation);
+            checked = validate(&last_good)?;
+            built_from = last_good;
+            spec_hash = self::spec_hash(&built_from.spec);
+            restore
+        }
         Deploy::Hold => {
             let workers = cached_workers
                 .as_deref()
@@ -266,8 +288,6 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
             return Ok(Action::requeue(LIFECYCLE_POLL_INTERVAL));
         }
     };
-    // The build reads the spec; the status phase updates `job.status`.
-    let built_from = job.clone();
     let build_with = |admin_token: &str| {
         build(&BuildInputs {
             job: &built_from,
@@ -324,6 +344,11 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
     }
     delete_orphans(ctx, &namespace, &children, &names).await?;
     lifecycle::rolled_out(job, ctx, &workers, &spec_hash, admin_token.as_deref()).await?;
+    if let Some(refusal) = lifecycle::rolled_back_refusal(job) {
+        // Rolled back just now: the workers run the last good spec, which the status must
+        // not take for the wanted one.
+        return Err(refusal);
+    }
     let changing = job
         .status
         .as_ref()

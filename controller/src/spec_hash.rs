@@ -2,8 +2,8 @@
 //! new workers, and leaves out what changes without them: `parallelism` (a rescale),
 //! `autoscaler` (the controller's own policy), `suspend` (whether workers run at all),
 //! the nonces (one-shot requests), and the settings only the controller reads:
-//! `upgradeMode` and `savepoints` but for its `location` and `secretRef` (retention,
-//! interval, onDelete, initialSavepoint). `status.deployed.specHash` and the pod
+//! `upgradeMode`, `rollback`, and `savepoints` but for its `location` and `secretRef`
+//! (retention, interval, onDelete, initialSavepoint). `status.deployed.specHash` and the pod
 //! annotation `sluice.dev/spec-hash` carry it.
 
 use sluice_crds::StreamJobSpec;
@@ -22,6 +22,7 @@ pub fn spec_hash(spec: &StreamJobSpec) -> String {
     workers.restart_nonce = None;
     workers.savepoint_trigger_nonce = None;
     workers.upgrade_mode = UpgradeMode::default();
+    workers.rollback = None;
     if let Some(savepoints) = workers.savepoints.as_mut() {
         savepoints.retention = SavepointRetention::default();
         savepoints.interval = None;
@@ -71,6 +72,16 @@ mod tests {
             Case {
                 name: "upgrade mode",
                 change: |spec| spec.upgrade_mode = UpgradeMode::LastState,
+                changes_hash: false,
+            },
+            Case {
+                name: "rollback settings",
+                change: |spec| {
+                    spec.rollback = Some(sluice_crds::streamjob::RollbackSpec {
+                        enabled: false,
+                        ready_timeout: "1m".parse().unwrap(),
+                    })
+                },
                 changes_hash: false,
             },
             Case {

@@ -244,7 +244,7 @@ pub fn next_status(
         || previous_reason != Some(reason.as_str())
         || (stalled && previous.last_error != status.last_error))
         .then_some(Transition {
-            warning: stalled || reason == UPGRADE_FAILED,
+            warning: stalled || reason == UPGRADE_FAILED || reason == "RollingBack",
             reason,
             message,
         });
@@ -282,9 +282,15 @@ fn changing(upgrade: &UpgradeStatus, parallelism: i32) -> (&'static str, String)
             "attempt {} failed (see lastError), the workers run the spec they ran; retried after a backoff",
             upgrade.attempt
         ),
+        UpgradeState::RollingBack => format!(
+            "its workers were not all Ready in time (see lastError): starting generation {} again from savepoint {}",
+            upgrade.from_generation.unwrap_or_default(),
+            upgrade.savepoint.as_deref().unwrap_or(savepoint)
+        ),
     };
     let reason = match (upgrade.state, upgrade.kind) {
         (UpgradeState::Failed | UpgradeState::Aborting, _) => UPGRADE_FAILED,
+        (UpgradeState::RollingBack, _) => "RollingBack",
         (_, ChangeKind::Rescale) => "Rescaling",
         (_, ChangeKind::Suspend) => "Suspending",
         (_, ChangeKind::SavepointOnly | ChangeKind::PeriodicSavepoint) => "TakingSavepoint",

@@ -28,6 +28,23 @@ pub fn group_id(namespace: &str, name: &str) -> String {
 /// The longest topic name Kafka accepts.
 pub const MAX_TOPIC_LENGTH: usize = 249;
 
+/// A job's repartition topic: `<group id>.repartition`, or, for a name too long for a
+/// topic, the group id cut short and a hash of the whole. The worker creates and uses it;
+/// the controller reads the job's committed positions in it.
+pub fn repartition_topic(namespace: &str, name: &str) -> String {
+    let base = group_id(namespace, name);
+    let suffix = ".repartition";
+    if base.len() + suffix.len() <= MAX_TOPIC_LENGTH {
+        return format!("{base}{suffix}");
+    }
+    let hash = xxhash_rust::xxh3::xxh3_64(base.as_bytes());
+    let mut cut = MAX_TOPIC_LENGTH - suffix.len() - 17;
+    while !base.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}-{hash:016x}{suffix}", &base[..cut])
+}
+
 /// Why Kafka would refuse `topic` as a topic name, if it would.
 pub fn topic_name_problem(topic: &str) -> Option<String> {
     let valid_characters = topic

@@ -126,5 +126,11 @@ pub const SAVEPOINT_INTERVAL_MIN_SECONDS: u64 = 10;
 /// A `spec.savepoints.interval` below [`SAVEPOINT_INTERVAL_MIN_SECONDS`].
 pub const SAVEPOINT_INTERVAL_TOO_SHORT: &str = "must be at least 10s: each periodic savepoint pauses the workers while they write it; for recovery from a crash the workers' checkpoints (spec.state.checkpointInterval) are what count";
 
+/// The shortest `spec.rollback.readyTimeout`.
+pub const READY_TIMEOUT_MIN_SECONDS: u64 = 10;
+
+/// A `spec.rollback.readyTimeout` below [`READY_TIMEOUT_MIN_SECONDS`].
+pub const READY_TIMEOUT_TOO_SHORT: &str = "must be at least 10s: workers need that long to start and restore; a shorter timeout would roll back changes that are fine (set spec.rollback.enabled: false to never roll back)";
+
 /// A Kafka client property the worker sets itself.
 pub const KAFKA_PROPERTY_OWNED: &str = "is set by the worker itself for exactly-once processing (it owns bootstrap.servers, group.id, transactional.id, enable.idempotence, isolation.level, enable.auto.commit, enable.auto.offset.store, auto.offset.reset and transaction.timeout.ms): remove it";

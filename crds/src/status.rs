@@ -61,6 +61,11 @@ pub struct StreamJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeStatus>,
 
+    /// The last automatic rollback (docs/lifecycle.md); cleared by the next completed
+    /// upgrade, rescale or suspend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackRecord>,
+
     /// The autoscaler's latest figures and decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<AutoscalerStatus>,
@@ -177,6 +182,39 @@ pub struct UpgradeStatus {
     /// starting empty (an upgrade with `upgradeMode: Stateless`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub offsets_only: bool,
+    /// The spec the workers ran when the change started (JSON), which a rollback
+    /// returns to: kept for changes that start new workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_spec: Option<String>,
+    /// The generation of that spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_generation: Option<i64>,
+    /// The job's committed Kafka positions, summed over its source and repartition
+    /// partitions, when the savepoint completed and every worker had stopped: while the
+    /// sum is the same, no worker of the new spec has committed anything, and a rollback
+    /// to the savepoint repeats nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_positions: Option<i64>,
+}
+
+/// An automatic rollback: the spec it left is not tried again until the spec changes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackRecord {
+    /// The generation whose workers were not Ready in time.
+    pub generation: i64,
+    /// The hash of its spec (see `spec_hash`).
+    pub spec_hash: String,
+    /// Its parallelism.
+    pub parallelism: i32,
+    /// The generation the workers run again.
+    pub to_generation: i64,
+    /// The savepoint they started from.
+    pub savepoint: String,
+    /// What the workers of the new spec showed.
+    pub reason: String,
+    /// When the rollback completed.
+    pub completed_at: Time,
 }
 
 /// A classified spec change, from least to most disruptive.
@@ -226,6 +264,10 @@ pub enum UpgradeState {
     /// The savepoint failed (see `lastError`); the old spec runs and the change is
     /// retried after a backoff.
     Failed,
+    /// The new spec's workers were not all Ready within `spec.rollback.readyTimeout` and
+    /// none committed anything: the StatefulSet runs the spec of `fromSpec` again from the
+    /// savepoint; waiting for every worker to be Ready on it.
+    RollingBack,
 }
 
 /// The autoscaler's latest figures and decision (docs/autoscaling.md).

@@ -114,6 +114,12 @@ pub struct StreamJobSpec {
     #[serde(default)]
     pub upgrade_mode: UpgradeMode,
 
+    /// Automatic rollback: when the workers of a new spec or parallelism are not all Ready
+    /// within `readyTimeout`, the controller starts the last good spec again from the
+    /// savepoint taken before the change. Unset: enabled, with a 5m timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackSpec>,
+
     /// Stop the job's workers, keeping state (a savepoint is taken first when
     /// upgradeMode is `Savepoint`). Set back to false to resume.
     #[serde(default)]
@@ -513,6 +519,35 @@ pub enum UpgradeMode {
     /// Take a savepoint and start the new spec from its Kafka offsets alone, with empty
     /// windows: any pipeline change is accepted.
     Stateless,
+}
+
+/// Automatic rollback of a change whose workers do not become Ready.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackSpec {
+    /// Whether a change whose workers are not Ready in time is rolled back. A rollback
+    /// is automatic only when no worker of the new spec committed anything after the
+    /// savepoint (docs/lifecycle.md); the user's manifest is never modified.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// How long the workers of a new spec may take to be all Ready, from the moment
+    /// they start from the savepoint (at least 10s).
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout: Duration,
+}
+
+impl Default for RollbackSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ready_timeout: default_ready_timeout(),
+        }
+    }
+}
+
+fn default_ready_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// Automatic scaling of parallelism.

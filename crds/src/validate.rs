@@ -352,6 +352,15 @@ fn check_savepoints(spec: &StreamJobSpec, errors: &mut Errors) {
             messages::SAVEPOINT_INTERVAL_TOO_SHORT,
         );
     }
+    if let Some(rollback) = &spec.rollback
+        && rollback.ready_timeout.get()
+            < std::time::Duration::from_secs(messages::READY_TIMEOUT_MIN_SECONDS)
+    {
+        errors.add(
+            "spec.rollback.readyTimeout",
+            messages::READY_TIMEOUT_TOO_SHORT,
+        );
+    }
 }
 
 fn check_connections(spec: &StreamJobSpec, errors: &mut Errors) {

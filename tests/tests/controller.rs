@@ -2324,6 +2324,126 @@ async fn a_stateless_upgrade_keeps_the_offsets_and_starts_the_windows_empty() ->
     lifecycle.close().await
 }
 
+/// A new image that never becomes Ready (docs/lifecycle.md, "Rollback"): after
+/// `spec.rollback.readyTimeout` the controller starts the last good spec again from the
+/// upgrade's savepoint, says so in `status.rollback`, a Stalled condition and Events,
+/// leaves the user's spec as it is and does not try it again; putting the image back runs
+/// the job on; every result is in the sink exactly once.
+#[tokio::test]
+async fn a_new_image_that_never_becomes_ready_is_rolled_back() -> Result<()> {
+    let lifecycle = Lifecycle::start_with(
+        "e2e-ctl-rollback",
+        LifecycleOptions {
+            spec: json!({"rollback": {"readyTimeout": "15s"}}),
+            ..LifecycleOptions::default()
+        },
+    )
+    .await?;
+    let (client, namespace, name, jobs) = (
+        lifecycle.client.clone(),
+        lifecycle.namespace,
+        lifecycle.name.clone(),
+        lifecycle.jobs.clone(),
+    );
+    lifecycle.produce_third(0)?;
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let image_of = |set: &StatefulSet| -> Option<String> {
+        set.spec
+            .template
+            .spec
+            .as_ref()?
+            .containers
+            .first()?
+            .image
+            .clone()
+    };
+    let good_image = image_of(&sets.get(&name).await?).context("no worker image")?;
+
+    // An image the node does not have, with imagePullPolicy Never: ErrImageNeverPull.
+    let started = Instant::now();
+    patch_spec(&jobs, &name, json!({"image": "sluice-worker:never-built"})).await?;
+    let rolled_back = wait_for("the rollback", READY_TIMEOUT, || async {
+        let job = jobs.get(&name).await?;
+        let status = job.status.clone().unwrap_or_default();
+        match (&status.rollback, &status.deployed, &status.upgrade) {
+            (Some(rollback), Some(deployed), None) if deployed.generation == 1 => {
+                Ok(Some((job.clone(), rollback.clone())))
+            }
+            _ => bail!("status {}", describe_job(&job)),
+        }
+    })
+    .await?;
+    let (job, rollback) = rolled_back;
+    eprintln!(
+        "rolled back in {:?}: {}",
+        started.elapsed(),
+        rollback.reason
+    );
+    ensure!(
+        rollback.generation == 2
+            && rollback.to_generation == 1
+            && rollback.reason.contains("ErrImageNeverPull")
+            && rollback.savepoint.contains("upgrade-2-"),
+        "rollback {rollback:?}"
+    );
+    let stalled = condition(&job, "Stalled").context("no Stalled condition")?;
+    ensure!(
+        stalled.status == "True" && stalled.reason == "RolledBack",
+        "Stalled: {stalled:?}"
+    );
+    // The user's spec is untouched (GitOps sees no drift); the workers run the old image
+    // from the savepoint.
+    ensure!(
+        job.spec.image.as_deref() == Some("sluice-worker:never-built"),
+        "spec.image became {:?}",
+        job.spec.image
+    );
+    let set = sets.get(&name).await?;
+    ensure!(
+        image_of(&set).as_deref() == Some(good_image.as_str()),
+        "the StatefulSet runs {:?}",
+        image_of(&set)
+    );
+    let pod = wait_pod_ready(&client, namespace, &format!("{name}-0")).await?;
+    let restore_from = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.containers.first())
+        .and_then(|container| container.env.as_ref())
+        .and_then(|env| env.iter().find(|var| var.name == "SLUICE_RESTORE_FROM"))
+        .and_then(|var| var.value.clone());
+    ensure!(
+        restore_from.as_deref() == Some(rollback.savepoint.as_str()),
+        "the worker restores from {restore_from:?}, not {}",
+        rollback.savepoint
+    );
+    lifecycle.produce_third(1)?;
+
+    // Not tried again: a reconcile later, still generation 1.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let job = jobs.get(&name).await?;
+    let status = job.status.clone().unwrap_or_default();
+    ensure!(
+        status.upgrade.is_none()
+            && status.deployed.as_ref().map(|deployed| deployed.generation) == Some(1),
+        "the rolled back spec was tried again: {}",
+        describe_job(&job)
+    );
+
+    // The fix: the image back. Nothing for the workers to do; the job runs generation 3.
+    jobs.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Json::<()>(serde_json::from_value(json!([
+            {"op": "remove", "path": "/spec/image"}
+        ]))?),
+    )
+    .await?;
+    wait_deployed(&jobs, &name, 3).await?;
+    lifecycle.produce_third(2)?;
+    lifecycle.finish(&["RollingBack", "RolledBack"]).await
+}
+
 /// The job's lag as Kafka has it: end offsets minus the positions committed under its
 /// group, over the source partitions.
 fn committed_lag(

@@ -87,6 +87,62 @@ impl KafkaReader {
     }
 }
 
+impl KafkaReader {
+    /// The job's committed positions summed over every partition of `topics`; a topic
+    /// that does not exist (a job without a repartition hop) and a partition the job never
+    /// committed count nothing. The sum only grows while the job commits.
+    pub async fn committed_positions(&self, topics: &[String]) -> Result<i64, String> {
+        let consumer = Arc::clone(&self.consumer);
+        let topics = topics.to_vec();
+        tokio::task::spawn_blocking(move || committed_blocking(&consumer, &topics))
+            .await
+            .map_err(|error| format!("failed to read Kafka offsets: {error}"))?
+    }
+}
+
+fn committed_blocking(consumer: &BaseConsumer, topics: &[String]) -> Result<i64, String> {
+    let _ = consumer.poll(Duration::ZERO);
+    let mut partitions = TopicPartitionList::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+            .map_err(|error| format!("failed to read the metadata of topic {topic}: {error}"))?;
+        let Some(described) = metadata.topics().iter().find(|found| found.name() == topic) else {
+            continue;
+        };
+        match described.error() {
+            None => {}
+            Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => {
+                continue;
+            }
+            Some(error) => return Err(format!("failed to read topic {topic}: {error:?}")),
+        }
+        for partition in described.partitions() {
+            partitions.add_partition(topic, partition.id());
+        }
+    }
+    if partitions.count() == 0 {
+        return Ok(0);
+    }
+    let committed = consumer
+        .committed_offsets(partitions, KAFKA_TIMEOUT)
+        .map_err(|error| format!("failed to read the job's committed offsets: {error}"))?;
+    let mut sum = 0_i64;
+    for element in committed.elements() {
+        if let Err(error) = element.error() {
+            return Err(format!(
+                "failed to read the committed offset of {}/{}: {error}",
+                element.topic(),
+                element.partition()
+            ));
+        }
+        if let Offset::Offset(offset) = element.offset() {
+            sum = sum.saturating_add(offset);
+        }
+    }
+    Ok(sum)
+}
+
 fn read_blocking(
     consumer: &BaseConsumer,
     topics: &[String],

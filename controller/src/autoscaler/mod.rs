@@ -175,8 +175,9 @@ fn memory_of(status: &AutoscalerStatus, kept: &Memory, now: f64) -> Memory {
 }
 
 /// The Kafka client properties of a job: `spec.kafka.properties`, and those of its
-/// Secret when it names one (read only for an autoscaled job).
-async fn kafka_properties(
+/// Secret when it names one (read for an autoscaled job, and by the lifecycle for a
+/// rollback's check).
+pub(crate) async fn kafka_properties(
     job: &StreamJob,
     ctx: &Context,
 ) -> Result<BTreeMap<String, String>, String> {

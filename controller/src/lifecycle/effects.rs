@@ -18,6 +18,9 @@ use kube::api::Api;
 use serde::Deserialize;
 use tracing::debug;
 
+use kube::ResourceExt;
+use sluice_crds::StreamJob;
+
 use super::machine::Found;
 use crate::context::Context;
 use crate::error::Error;
@@ -101,6 +104,131 @@ pub fn savepoint_found(answers: &[Answer]) -> Found {
     match location {
         Some(location) if manifest => Found::SavepointCompleted { location },
         _ => Found::Waiting,
+    }
+}
+
+/// The job's committed Kafka positions, summed over the partitions of its source topics,
+/// `also_topics` (the source topics of the spec it moves from) and its repartition topic,
+/// read with the connection of its spec (the rollback's check, docs/lifecycle.md).
+pub async fn committed_positions(
+    job: &StreamJob,
+    ctx: &Context,
+    also_topics: &[String],
+) -> Result<i64, String> {
+    let properties = crate::autoscaler::kafka_properties(job, ctx).await?;
+    let namespace = job.namespace().unwrap_or_default();
+    let name = crate::build::job_name(job);
+    let group = sluice_crds::kafka::group_id(&namespace, &name);
+    let mut config = crate::autoscaler::measure::client_config(
+        &job.spec.kafka.bootstrap_servers,
+        &group,
+        &properties,
+    );
+    config.set("client.id", "sluice-controller-lifecycle");
+    let reader = crate::autoscaler::measure::KafkaReader::new(&config)?;
+    let mut topics: Vec<String> = job.spec.source.topics.clone();
+    topics.extend(also_topics.iter().cloned());
+    topics.push(sluice_crds::kafka::repartition_topic(&namespace, &name));
+    topics.sort();
+    topics.dedup();
+    reader.committed_positions(&topics).await
+}
+
+/// What keeps a worker pod from being Ready (pure), for the rollback's record and event:
+/// `None` when it is Ready.
+pub fn pod_problem(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|condition| condition.type_ == "Ready" && condition.status == "True");
+    if ready {
+        return None;
+    }
+    let shorten = |text: &str| -> String {
+        let text = text.trim();
+        match text.char_indices().nth(160) {
+            Some((cut, _)) => format!("{}…", &text[..cut]),
+            None => text.to_string(),
+        }
+    };
+    for container in status.container_statuses.iter().flatten() {
+        let state = container.state.clone().unwrap_or_default();
+        if let Some(waiting) = state.waiting {
+            let reason = waiting.reason.unwrap_or_else(|| "Waiting".into());
+            let last_exit = container
+                .last_state
+                .as_ref()
+                .and_then(|last| last.terminated.as_ref())
+                .map(|exit| format!(", last exit code {}", exit.exit_code))
+                .unwrap_or_default();
+            return Some(match waiting.message {
+                Some(message) if !message.trim().is_empty() => {
+                    format!("{reason} ({}){last_exit}", shorten(&message))
+                }
+                _ => format!("{reason}{last_exit}"),
+            });
+        }
+        if let Some(terminated) = state.terminated {
+            return Some(format!(
+                "exited with code {} ({})",
+                terminated.exit_code,
+                terminated.reason.unwrap_or_default()
+            ));
+        }
+        if state.running.is_some() {
+            return Some(format!(
+                "running but not Ready (restarted {} times)",
+                container.restart_count
+            ));
+        }
+    }
+    let unscheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|condition| condition.type_ == "PodScheduled" && condition.status == "False");
+    Some(match unscheduled {
+        Some(condition) => format!(
+            "not scheduled ({})",
+            shorten(condition.message.as_deref().unwrap_or_default())
+        ),
+        None => format!(
+            "{} and not Ready",
+            status.phase.as_deref().unwrap_or("no phase")
+        ),
+    })
+}
+
+/// What keeps workers `0..replicas` from being Ready, as one line ("worker 1:
+/// ImagePullBackOff (…)"); failures to read a pod are reported in place.
+pub async fn worker_problems(
+    ctx: &Context,
+    namespace: &str,
+    workers: &str,
+    replicas: i32,
+) -> String {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut problems = Vec::new();
+    for ordinal in 0..replicas {
+        let name = format!("{workers}-{ordinal}");
+        match ctx.limited(pods.get_opt(&name)).await {
+            Ok(Some(pod)) => {
+                if let Some(problem) = pod_problem(&pod) {
+                    problems.push(format!("worker {ordinal}: {problem}"));
+                }
+            }
+            Ok(None) => problems.push(format!("worker {ordinal}: no pod")),
+            Err(error) => problems.push(format!(
+                "worker {ordinal}: failed to read pod {name}: {error}"
+            )),
+        }
+    }
+    if problems.is_empty() {
+        "every worker Ready by now".to_string()
+    } else {
+        problems.join("; ")
     }
 }
 
@@ -343,6 +471,54 @@ mod tests {
         ];
         for (name, answers, expect) in cases {
             assert_eq!(savepoint_found(&answers), expect, "{name}");
+        }
+    }
+
+    #[test]
+    fn what_keeps_a_worker_from_being_ready() {
+        let pod = |status: serde_json::Value| -> Pod {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "w-0"}, "status": status}),
+            )
+            .unwrap()
+        };
+        let cases = [
+            (
+                "ready",
+                serde_json::json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}),
+                None,
+            ),
+            (
+                "an image that does not pull",
+                serde_json::json!({"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}],
+                    "containerStatuses": [{"name": "worker", "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+                        "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"x\""}}}]}),
+                Some("ImagePullBackOff (Back-off pulling image \"x\")"),
+            ),
+            (
+                "a crash loop",
+                serde_json::json!({"phase": "Running",
+                    "containerStatuses": [{"name": "worker", "ready": false, "restartCount": 3, "image": "x", "imageID": "",
+                        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                        "lastState": {"terminated": {"exitCode": 2}}}]}),
+                Some("CrashLoopBackOff, last exit code 2"),
+            ),
+            (
+                "running, probe failing",
+                serde_json::json!({"phase": "Running",
+                    "containerStatuses": [{"name": "worker", "ready": false, "restartCount": 1, "image": "x", "imageID": "",
+                        "state": {"running": {}}}]}),
+                Some("running but not Ready (restarted 1 times)"),
+            ),
+            (
+                "not scheduled",
+                serde_json::json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                    "message": "0/1 nodes are available: 1 Insufficient cpu."}]}),
+                Some("not scheduled (0/1 nodes are available: 1 Insufficient cpu.)"),
+            ),
+        ];
+        for (name, status, expect) in cases {
+            assert_eq!(pod_problem(&pod(status)).as_deref(), expect, "{name}");
         }
     }
 

@@ -46,8 +46,11 @@ pub enum Found {
     },
     /// Every worker acknowledged `POST /v1/resume`.
     Resumed,
-    /// Every worker runs the new spec and is Ready.
+    /// Every worker runs the new spec (or, rolling back, the last good one) and is Ready.
     RolledOut,
+    /// The new spec's workers are not all Ready within `spec.rollback.readyTimeout`, and
+    /// none of them committed anything since the savepoint ([`rollback_verdict`]).
+    RollbackSafe,
 }
 
 /// The next step.
@@ -105,6 +108,9 @@ pub fn start(
         savepoint_id: Some(savepoint_id(kind, target_generation, 1, now)),
         savepoint: None,
         offsets_only: false,
+        from_spec: None,
+        from_generation: None,
+        committed_positions: None,
     }
 }
 
@@ -161,9 +167,12 @@ pub fn next(upgrade: &UpgradeStatus, found: &Found, now: &Time, timing: &Timing)
             savepoint: upgrade.savepoint.clone(),
         },
         (UpgradeState::Aborting, Found::Resumed) => enter(UpgradeState::Failed),
-        (UpgradeState::Rolling, Found::RolledOut) => Next::Done {
+        (UpgradeState::Rolling | UpgradeState::RollingBack, Found::RolledOut) => Next::Done {
             savepoint: upgrade.savepoint.clone(),
         },
+        (UpgradeState::Rolling, Found::RollbackSafe) if upgrade.from_spec.is_some() => {
+            enter(UpgradeState::RollingBack)
+        }
         (UpgradeState::Failed, _) if waited >= backoff(timing, upgrade.attempt).as_secs() => {
             let attempt = upgrade.attempt + 1;
             Next::Enter(UpgradeStatus {
@@ -181,6 +190,37 @@ pub fn next(upgrade: &UpgradeStatus, found: &Found, now: &Time, timing: &Timing)
             })
         }
         _ => Next::Stay,
+    }
+}
+
+/// Whether a roll is overdue: in `Rolling` for `ready_timeout` (`None`: rollback
+/// disabled) without every worker Ready, with a last good spec to return to.
+pub fn rollback_due(
+    upgrade: &UpgradeStatus,
+    ready_timeout: Option<Duration>,
+    all_ready: bool,
+    now: &Time,
+) -> bool {
+    let Some(timeout) = ready_timeout else {
+        return false;
+    };
+    upgrade.state == UpgradeState::Rolling
+        && upgrade.from_spec.is_some()
+        && !all_ready
+        && seconds_between(&upgrade.state_since, now) >= timeout.as_secs()
+}
+
+/// Whether an overdue roll may go back to the savepoint without repeating output: only
+/// if the job's committed positions are those recorded when the savepoint completed (no
+/// worker of the new spec committed a transaction). `Err`: why not.
+pub fn rollback_verdict(at_savepoint: Option<i64>, now: Result<i64, String>) -> Result<(), String> {
+    match (at_savepoint, now) {
+        (None, _) => Err("the job's committed Kafka positions could not be read when the savepoint completed, so nothing proves that the new workers committed nothing since".to_string()),
+        (Some(_), Err(error)) => Err(format!("failed to read the job's committed Kafka positions: {error}")),
+        (Some(then), Ok(now)) if then == now => Ok(()),
+        (Some(then), Ok(now)) => Err(format!(
+            "workers of the new spec committed output after the savepoint (the job's committed positions moved from {then} to {now}), so starting the last good spec from it would repeat that output"
+        )),
     }
 }
 
@@ -232,8 +272,14 @@ mod tests {
             state_since: at(since),
             attempt,
             savepoint_id: Some(savepoint_id(kind, 7, attempt, &at(0))),
-            savepoint: matches!(state, UpgradeState::Rolling | UpgradeState::Resuming)
-                .then(|| "s3://b/ns/job/x".to_string()),
+            savepoint: matches!(
+                state,
+                UpgradeState::Rolling | UpgradeState::RollingBack | UpgradeState::Resuming
+            )
+            .then(|| "s3://b/ns/job/x".to_string()),
+            from_spec: Some("{}".to_string()),
+            from_generation: Some(6),
+            committed_positions: Some(100),
             ..start(kind, 7, "h7", 2, &at(0))
         }
     }
@@ -272,7 +318,7 @@ mod tests {
     #[test]
     fn every_step_on_every_finding() {
         use ChangeKind::{Delete, PeriodicSavepoint, Rescale, SavepointOnly, Upgrade};
-        use UpgradeState::{Aborting, Failed, Resuming, Rolling, TakingSavepoint};
+        use UpgradeState::{Aborting, Failed, Resuming, Rolling, RollingBack, TakingSavepoint};
         let timing = Timing {
             savepoint_timeout: Duration::from_secs(100),
             retry_backoff: Duration::from_secs(30),
@@ -443,6 +489,51 @@ mod tests {
                 expect: done,
             },
             Case {
+                name: "rolling, overdue, nothing committed: roll back",
+                kind: Upgrade,
+                state: Rolling,
+                attempt: 1,
+                found: Found::RollbackSafe,
+                now: 500,
+                expect: to(RollingBack),
+            },
+            Case {
+                name: "a rescale overdue: roll back",
+                kind: Rescale,
+                state: Rolling,
+                attempt: 1,
+                found: Found::RollbackSafe,
+                now: 500,
+                expect: to(RollingBack),
+            },
+            Case {
+                name: "rolling back, not Ready yet: no timeout",
+                kind: Upgrade,
+                state: RollingBack,
+                attempt: 1,
+                found: Found::Waiting,
+                now: 5000,
+                expect: stay,
+            },
+            Case {
+                name: "rolled back",
+                kind: Upgrade,
+                state: RollingBack,
+                attempt: 1,
+                found: Found::RolledOut,
+                now: 50,
+                expect: done,
+            },
+            Case {
+                name: "a second rollback finding while rolling back changes nothing",
+                kind: Upgrade,
+                state: RollingBack,
+                attempt: 1,
+                found: Found::RollbackSafe,
+                now: 50,
+                expect: stay,
+            },
+            Case {
                 name: "a late savepoint finding while rolling changes nothing",
                 kind: Upgrade,
                 state: Rolling,
@@ -587,6 +678,80 @@ mod tests {
     }
 
     #[test]
+    fn a_roll_is_overdue_after_the_ready_timeout_without_every_worker_ready() {
+        let rolling = in_state(ChangeKind::Upgrade, UpgradeState::Rolling, 10, 1);
+        let minute = Some(Duration::from_secs(60));
+        let no_last_good_spec = UpgradeStatus {
+            from_spec: None,
+            ..rolling.clone()
+        };
+        let taking = in_state(ChangeKind::Upgrade, UpgradeState::TakingSavepoint, 10, 1);
+        let rolling_back = in_state(ChangeKind::Upgrade, UpgradeState::RollingBack, 10, 1);
+        let cases = [
+            ("within the timeout", &rolling, minute, false, 69, false),
+            ("at the timeout", &rolling, minute, false, 70, true),
+            ("every worker Ready", &rolling, minute, true, 700, false),
+            ("rollback disabled", &rolling, None, false, 700, false),
+            (
+                "no spec to return to",
+                &no_last_good_spec,
+                minute,
+                false,
+                700,
+                false,
+            ),
+            (
+                "still taking the savepoint",
+                &taking,
+                minute,
+                false,
+                700,
+                false,
+            ),
+            (
+                "already rolling back",
+                &rolling_back,
+                minute,
+                false,
+                700,
+                false,
+            ),
+        ];
+        for (name, upgrade, timeout, all_ready, now, expect) in cases {
+            assert_eq!(
+                rollback_due(upgrade, timeout, all_ready, &at(now)),
+                expect,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rollback_is_safe_only_while_the_committed_positions_stand_still() {
+        let cases = [
+            ("nothing committed since", Some(100), Ok(100), true),
+            ("a new worker committed", Some(100), Ok(130), false),
+            (
+                "positions moved back (another writer)",
+                Some(100),
+                Ok(90),
+                false,
+            ),
+            ("not recorded at the savepoint", None, Ok(100), false),
+            (
+                "cannot read them now",
+                Some(100),
+                Err("broker down".to_string()),
+                false,
+            ),
+        ];
+        for (name, then, now, safe) in cases {
+            let verdict = rollback_verdict(then, now);
+            assert_eq!(verdict.is_ok(), safe, "{name}: {verdict:?}");
+        }
+    }
+
+    #[test]
     fn the_backoff_doubles_up_to_ten_minutes() {
         let timing = Timing::default();
         let waits: Vec<u64> = (1..=7)
@@ -603,6 +768,7 @@ mod tests {
             UpgradeState::Resuming,
             UpgradeState::Aborting,
             UpgradeState::Failed,
+            UpgradeState::RollingBack,
         ] {
             assert!(!runs_target(state), "{state:?}");
         }

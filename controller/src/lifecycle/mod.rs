@@ -17,15 +17,18 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
+use sluice_crds::status::RollbackRecord;
 use sluice_crds::status::{
     ChangeKind, DeployedSpec, SAVEPOINT_HISTORY_LIMIT, SavepointRecord, SavepointTrigger,
     UpgradeState, UpgradeStatus,
 };
 use sluice_crds::streamjob::UpgradeMode;
-use sluice_crds::{CheckedJob, StreamJob, StreamJobStatus};
+use sluice_crds::{CheckedJob, StreamJob, StreamJobSpec, StreamJobStatus};
 use tracing::{info, warn};
 
-use self::effects::{Answer, savepoint_found, worker_addresses};
+use self::effects::{
+    Answer, committed_positions, savepoint_found, worker_addresses, worker_problems,
+};
 use self::machine::{Found, Next};
 use crate::build::job_name;
 use crate::context::Context;
@@ -69,11 +72,24 @@ pub struct Restore {
     pub offsets_only: bool,
 }
 
+/// The last good spec a rollback starts again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RollBackTo {
+    /// The spec the workers ran before the change.
+    pub spec: StreamJobSpec,
+    /// Its generation.
+    pub generation: i64,
+    /// The savepoint taken before the change, by the workers that ran it.
+    pub restore: Restore,
+}
+
 /// What this reconcile deploys.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Deploy {
     /// The wanted spec.
     Wanted(Restore),
+    /// The last good spec, from the savepoint taken before the change (a rollback).
+    RollBack(Box<RollBackTo>),
     /// Nothing: the workers keep the spec they run (a savepoint, resume or retry wait is
     /// in progress).
     Hold,
@@ -141,6 +157,26 @@ pub async fn decide(
             }
             job.spec.parallelism = running;
             set_upgrade(job, ctx, None).await?;
+        } else if upgrade.state == UpgradeState::Rolling && upgrade.target_generation != generation
+        {
+            // Edited while the workers start: they start the newest spec from the same
+            // savepoint, and its ready timeout counts from now.
+            info!(
+                "spec changed while generation {} was starting: starting generation {generation} from the same savepoint",
+                upgrade.target_generation
+            );
+            let upgrade = UpgradeStatus {
+                target_generation: generation,
+                target_spec_hash: spec_hash(&job.spec),
+                state_since: now(),
+                ..upgrade
+            };
+            set_upgrade(job, ctx, Some(upgrade.clone())).await?;
+            if let Some(deploy) = step(job, ctx, upgrade, token).await? {
+                return Ok(deploy);
+            }
+        } else if let Some(deploy) = overdue(job, ctx, &upgrade, workers).await? {
+            return Ok(deploy);
         } else if let Some(deploy) = step(job, ctx, upgrade, token).await? {
             return Ok(deploy);
         }
@@ -156,6 +192,9 @@ pub async fn decide(
             offsets_only: false,
         }));
     };
+    if let Some(refusal) = rolled_back_refusal(job) {
+        return Err(refusal);
+    }
     // The parallelism may change without a new generation: the autoscaler's.
     if deployed.generation == generation && deployed.parallelism == job.spec.parallelism {
         if let Some(interval) = job
@@ -180,6 +219,7 @@ pub async fn decide(
                 ctx,
                 ChangeKind::PeriodicSavepoint,
                 deployed.parallelism,
+                None,
                 token,
             )
             .await;
@@ -239,16 +279,21 @@ pub async fn decide(
             }
         }
     }
-    begin(job, ctx, kind, running.spec.parallelism, token).await
+    let from = matches!(kind, ChangeKind::Upgrade | ChangeKind::Rescale)
+        .then_some((&running.spec, deployed.generation));
+    begin(job, ctx, kind, running.spec.parallelism, from, token).await
 }
 
 /// Records a change of `kind` that starts with a savepoint of the `from_parallelism`
-/// workers that run, announces it, and takes its first step.
+/// workers that run, announces it, and takes its first step. `from`: the spec those
+/// workers run and its generation, for a change that starts new workers (a rollback
+/// returns to it).
 async fn begin(
     job: &mut StreamJob,
     ctx: &Context,
     kind: ChangeKind,
     from_parallelism: i32,
+    from: Option<(&StreamJobSpec, i64)>,
     token: Option<&str>,
 ) -> Result<Deploy, Error> {
     let generation = job.metadata.generation.unwrap_or(0);
@@ -256,6 +301,10 @@ async fn begin(
         // An upgrade in `Stateless` mode keeps the Kafka offsets alone.
         offsets_only: kind == ChangeKind::Upgrade
             && job.spec.upgrade_mode == UpgradeMode::Stateless,
+        from_spec: from.map(|(spec, _)| {
+            serde_json::to_string(spec).expect("a StreamJobSpec always serializes")
+        }),
+        from_generation: from.map(|(_, generation)| generation),
         ..machine::start(
             kind,
             generation,
@@ -347,6 +396,15 @@ async fn step(
         // The roll is applied by the reconcile; `rolled_out` completes it.
         return Ok(Some(rolling));
     }
+    if upgrade.state == UpgradeState::RollingBack {
+        return Ok(Some(match roll_back_to(&upgrade) {
+            Some(to) => Deploy::RollBack(Box::new(to)),
+            None => {
+                warn!("status.upgrade.fromSpec does not load: the rollback waits");
+                Deploy::Hold
+            }
+        }));
+    }
     let found = effect(job, ctx, &upgrade, token).await?;
     if matches!(found, Found::SavepointCompleted { .. }) {
         crash_if(ctx, CrashPoint::SavepointCompleted);
@@ -354,8 +412,26 @@ async fn step(
     let next = machine::next(&upgrade, &found, &now(), &ctx.settings.lifecycle);
     match next {
         Next::Stay => Ok(Some(Deploy::Hold)),
-        Next::Enter(entered) => {
+        Next::Enter(mut entered) => {
             let state = entered.state;
+            if state == UpgradeState::Rolling
+                && entered.from_spec.is_some()
+                && ready_timeout(&job.spec).is_some()
+            {
+                // Every worker has stopped at the savepoint: the positions a rollback
+                // checks against.
+                let from_topics = from_spec(&entered)
+                    .map(|spec| spec.source.topics)
+                    .unwrap_or_default();
+                entered.committed_positions =
+                    match committed_positions(job, ctx, &from_topics).await {
+                        Ok(sum) => Some(sum),
+                        Err(error) => {
+                            warn!("{error}: a rollback of this change will not be automatic");
+                            None
+                        }
+                    };
+            }
             let reason = match &found {
                 Found::SavepointFailed { reason } => reason.clone(),
                 _ => format!(
@@ -433,6 +509,9 @@ async fn step(
                     Ok(Some(Deploy::Hold))
                 }
                 UpgradeState::Resuming => Ok(Some(Deploy::Hold)),
+                UpgradeState::RollingBack => Ok(roll_back_to(&entered)
+                    .map(|to| Deploy::RollBack(Box::new(to)))
+                    .or(Some(Deploy::Hold))),
             }
         }
         Next::Done { savepoint } => {
@@ -497,7 +576,9 @@ async fn effect(
             }
             Ok(if all { Found::Resumed } else { Found::Waiting })
         }
-        UpgradeState::Rolling | UpgradeState::Failed => Ok(Found::Waiting),
+        UpgradeState::Rolling | UpgradeState::RollingBack | UpgradeState::Failed => {
+            Ok(Found::Waiting)
+        }
     }
 }
 
@@ -516,6 +597,15 @@ pub async fn rolled_out(
     else {
         return Ok(());
     };
+    if upgrade.state == UpgradeState::RollingBack {
+        let Some(to) = roll_back_to(&upgrade) else {
+            return Ok(());
+        };
+        if workers.all_ready() && applied_spec_hash == spec_hash(&to.spec) {
+            rolled_back(job, ctx, &upgrade, &to).await?;
+        }
+        return Ok(());
+    }
     if upgrade.state != UpgradeState::Rolling
         || !workers.all_ready()
         || applied_spec_hash != spec_hash(&job.spec)
@@ -527,6 +617,222 @@ pub async fn rolled_out(
     {
         finish(job, ctx, &upgrade, savepoint, token).await?;
     }
+    Ok(())
+}
+
+/// The refusal of a spec that was rolled back (`status.rollback`), until it changes.
+pub fn rolled_back_refusal(job: &StreamJob) -> Option<Error> {
+    let status = job.status.as_ref()?;
+    let rollback = status.rollback.as_ref()?;
+    let generation = job.metadata.generation.unwrap_or(0);
+    (status.upgrade.is_none()
+        && rollback.generation == generation
+        && rollback.spec_hash == spec_hash(&job.spec)
+        && rollback.parallelism == job.spec.parallelism)
+        .then(|| Error::ChangeRefused {
+            name: job_name(job),
+            kind: ErrorKind::RolledBack,
+            message: format!(
+                "generation {generation} was rolled back ({}): the workers run generation {} again, from savepoint {}; fix the spec and apply it (any change, or spec.restartNonce, tries again)",
+                rollback.reason, rollback.to_generation, rollback.savepoint
+            ),
+        })
+}
+
+/// Records the savepoint a change took in `lastSavepoint` and the history.
+fn record_savepoint(
+    status: &mut StreamJobStatus,
+    upgrade: &UpgradeStatus,
+    savepoint: Option<&str>,
+    completed_at: &Time,
+) {
+    let (Some(location), Some(id)) = (savepoint, &upgrade.savepoint_id) else {
+        return;
+    };
+    let record = SavepointRecord {
+        id: id.clone(),
+        location: location.to_string(),
+        trigger: match upgrade.kind {
+            ChangeKind::SavepointOnly => SavepointTrigger::Manual,
+            ChangeKind::PeriodicSavepoint => SavepointTrigger::Periodic,
+            ChangeKind::Suspend => SavepointTrigger::Suspend,
+            ChangeKind::Delete => SavepointTrigger::Delete,
+            _ => SavepointTrigger::Upgrade,
+        },
+        completed_at: completed_at.clone(),
+        generation: upgrade.target_generation,
+    };
+    status.savepoint_history.insert(0, record.clone());
+    status.savepoint_history.truncate(SAVEPOINT_HISTORY_LIMIT);
+    status.last_savepoint = Some(record);
+}
+
+/// `spec.rollback.readyTimeout` when rollback is enabled (the default).
+fn ready_timeout(spec: &StreamJobSpec) -> Option<std::time::Duration> {
+    let rollback = spec.rollback.clone().unwrap_or_default();
+    rollback.enabled.then(|| rollback.ready_timeout.get())
+}
+
+/// The spec a change started from (`status.upgrade.fromSpec`).
+fn from_spec(upgrade: &UpgradeStatus) -> Option<StreamJobSpec> {
+    serde_json::from_str(upgrade.from_spec.as_deref()?).ok()
+}
+
+/// What a rollback of `upgrade` starts: the spec it started from, from its savepoint.
+fn roll_back_to(upgrade: &UpgradeStatus) -> Option<RollBackTo> {
+    Some(RollBackTo {
+        spec: from_spec(upgrade)?,
+        generation: upgrade.from_generation?,
+        restore: Restore {
+            savepoint: upgrade.savepoint.clone(),
+            previous_parallelism: Some(upgrade.from_parallelism),
+            offsets_only: false,
+        },
+    })
+}
+
+/// A roll not Ready within `spec.rollback.readyTimeout`: starts the last good spec again
+/// when no worker of the new one committed anything (`RollingBack`), else says why not,
+/// once, and leaves the workers starting (a fix of the spec starts from the same
+/// savepoint). `None`: nothing to do here.
+async fn overdue(
+    job: &mut StreamJob,
+    ctx: &Context,
+    upgrade: &UpgradeStatus,
+    workers: &WorkerCounts,
+) -> Result<Option<Deploy>, Error> {
+    let timeout = ready_timeout(&job.spec);
+    if !machine::rollback_due(upgrade, timeout, workers.all_ready(), &now()) {
+        return Ok(None);
+    }
+    let Some(to) = roll_back_to(upgrade) else {
+        return Ok(None);
+    };
+    let namespace = job.namespace().unwrap_or_default();
+    let names = ChildNames::of(&job_name(job));
+    let problems = worker_problems(
+        ctx,
+        &namespace,
+        &names.workers,
+        workers.desired.max(workers.replicas),
+    )
+    .await;
+    let timeout = timeout.unwrap_or_default();
+    let late = format!(
+        "the workers of generation {} were not all Ready within {timeout:?} (spec.rollback.readyTimeout): {problems}",
+        upgrade.target_generation
+    );
+    let verdict = machine::rollback_verdict(
+        upgrade.committed_positions,
+        committed_positions(job, ctx, &to.spec.source.topics).await,
+    );
+    match verdict {
+        Ok(()) => {
+            let Next::Enter(entered) = machine::next(
+                upgrade,
+                &Found::RollbackSafe,
+                &now(),
+                &ctx.settings.lifecycle,
+            ) else {
+                return Ok(None);
+            };
+            warn!("{late}: rolling back to generation {}", to.generation);
+            job.status.get_or_insert_with(Default::default).last_error = Some(late.clone());
+            set_upgrade(job, ctx, Some(entered)).await?;
+            publish(
+                job,
+                ctx,
+                true,
+                "RollingBack",
+                format!(
+                    "{late}; no worker of it committed anything, so generation {} starts again from savepoint {}",
+                    to.generation,
+                    to.restore.savepoint.as_deref().unwrap_or_default()
+                ),
+            )
+            .await;
+            Ok(Some(Deploy::RollBack(Box::new(to))))
+        }
+        Err(why) => {
+            let message = format!("no automatic rollback: {why}");
+            let status = job.status.get_or_insert_with(Default::default);
+            if status.last_error.as_deref() != Some(message.as_str()) {
+                warn!("{late}; {message}");
+                status.last_error = Some(message.clone());
+                crate::reconcile::write_status(job, ctx).await?;
+                publish(
+                    job,
+                    ctx,
+                    true,
+                    "RollbackRefused",
+                    format!(
+                        "{late}; {message}. Fix the spec: its workers start from savepoint {}",
+                        to.restore.savepoint.as_deref().unwrap_or_default()
+                    ),
+                )
+                .await;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Completes a rollback: the workers run the last good spec again, from the savepoint;
+/// the spec left behind is recorded so it is not tried again until it changes.
+async fn rolled_back(
+    job: &mut StreamJob,
+    ctx: &Context,
+    upgrade: &UpgradeStatus,
+    to: &RollBackTo,
+) -> Result<(), Error> {
+    let completed_at = now();
+    let autoscaled = job
+        .spec
+        .autoscaler
+        .as_ref()
+        .is_some_and(|autoscaler| autoscaler.enabled);
+    let status = job.status.get_or_insert_with(Default::default);
+    record_savepoint(status, upgrade, upgrade.savepoint.as_deref(), &completed_at);
+    let savepoint = upgrade.savepoint.clone().unwrap_or_default();
+    let reason = status.last_error.clone().unwrap_or_else(|| {
+        format!(
+            "the workers of generation {} were not all Ready in time",
+            upgrade.target_generation
+        )
+    });
+    status.deployed = Some(DeployedSpec {
+        generation: to.generation,
+        spec_hash: spec_hash(&to.spec),
+        parallelism: to.spec.parallelism,
+        savepoint: to.restore.savepoint.clone(),
+        previous_parallelism: to.restore.previous_parallelism,
+        offsets_only: false,
+    });
+    status.rollback = Some(RollbackRecord {
+        generation: upgrade.target_generation,
+        spec_hash: spec_hash(&job.spec),
+        parallelism: job.spec.parallelism,
+        to_generation: to.generation,
+        savepoint: savepoint.clone(),
+        reason: reason.clone(),
+        completed_at,
+    });
+    if autoscaled && let Some(autoscaler) = status.autoscaler.as_mut() {
+        // The autoscaler decides again from a new window rather than retry this target.
+        autoscaler.parallelism = Some(to.spec.parallelism);
+    }
+    set_upgrade(job, ctx, None).await?;
+    publish(
+        job,
+        ctx,
+        true,
+        "RolledBack",
+        format!(
+            "rolled back: {reason}; the workers run generation {} again, from savepoint {savepoint}. Fix the spec and apply it (any change, or spec.restartNonce, tries again)",
+            to.generation
+        ),
+    )
+    .await;
     Ok(())
 }
 
@@ -542,24 +848,7 @@ async fn finish(
     let generation = job.metadata.generation.unwrap_or(0);
     let completed_at = now();
     let status = job.status.get_or_insert_with(Default::default);
-    if let (Some(location), Some(id)) = (&savepoint, &upgrade.savepoint_id) {
-        let record = SavepointRecord {
-            id: id.clone(),
-            location: location.clone(),
-            trigger: match upgrade.kind {
-                ChangeKind::SavepointOnly => SavepointTrigger::Manual,
-                ChangeKind::PeriodicSavepoint => SavepointTrigger::Periodic,
-                ChangeKind::Suspend => SavepointTrigger::Suspend,
-                ChangeKind::Delete => SavepointTrigger::Delete,
-                _ => SavepointTrigger::Upgrade,
-            },
-            completed_at: completed_at.clone(),
-            generation: upgrade.target_generation,
-        };
-        status.savepoint_history.insert(0, record.clone());
-        status.savepoint_history.truncate(SAVEPOINT_HISTORY_LIMIT);
-        status.last_savepoint = Some(record);
-    }
+    record_savepoint(status, upgrade, savepoint.as_deref(), &completed_at);
     let rolled = !matches!(
         upgrade.kind,
         ChangeKind::SavepointOnly | ChangeKind::PeriodicSavepoint | ChangeKind::Delete
@@ -602,6 +891,9 @@ async fn finish(
         },
     });
     status.last_error = None;
+    if rolled {
+        status.rollback = None;
+    }
     let seconds = completed_at.0.as_second() - upgrade.started_at.0.as_second();
     set_upgrade(job, ctx, None).await?;
     let (reason, what) = match upgrade.kind {
@@ -732,7 +1024,7 @@ pub async fn final_savepoint(
                 step(job, ctx, upgrade, token).await?;
                 return Ok(false);
             }
-            (_, UpgradeState::Rolling | UpgradeState::Failed) => {}
+            (_, UpgradeState::Rolling | UpgradeState::RollingBack | UpgradeState::Failed) => {}
         }
     }
     if !workers.all_ready() {
@@ -760,7 +1052,7 @@ pub async fn final_savepoint(
         )
         .await;
     }
-    begin(job, ctx, ChangeKind::Delete, workers.desired, token).await?;
+    begin(job, ctx, ChangeKind::Delete, workers.desired, None, token).await?;
     Ok(job
         .status
         .as_ref()
@@ -938,6 +1230,51 @@ async fn publish(job: &StreamJob, ctx: &Context, warning: bool, reason: &str, me
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rolled_back_spec_is_refused_until_it_changes() {
+        let mut job = crate::fixtures::job();
+        job.metadata.generation = Some(5);
+        let record = RollbackRecord {
+            generation: 5,
+            spec_hash: spec_hash(&job.spec),
+            parallelism: job.spec.parallelism,
+            to_generation: 4,
+            savepoint: "s3://b/ns/job/upgrade-5-1700000000-1".into(),
+            reason: "worker 0: ErrImageNeverPull".into(),
+            completed_at: now(),
+        };
+        let with = |change: &dyn Fn(&mut StreamJob)| {
+            let mut job = job.clone();
+            job.status = Some(StreamJobStatus {
+                rollback: Some(record.clone()),
+                ..StreamJobStatus::default()
+            });
+            change(&mut job);
+            rolled_back_refusal(&job).map(|error| error.to_string())
+        };
+        let refused = with(&|_| {}).expect("the rolled back spec is refused");
+        assert!(
+            refused.contains("generation 5 was rolled back")
+                && refused.contains("ErrImageNeverPull")
+                && refused.contains("upgrade-5-1700000000-1"),
+            "{refused}"
+        );
+        let cases: [(&str, &dyn Fn(&mut StreamJob)); 4] = [
+            ("a new generation", &|job| job.metadata.generation = Some(6)),
+            ("another parallelism (the autoscaler's)", &|job| {
+                job.spec.parallelism += 1
+            }),
+            ("a change in progress", &|job| {
+                job.status.as_mut().unwrap().upgrade =
+                    Some(machine::start(ChangeKind::Upgrade, 5, "h", 1, &now()));
+            }),
+            ("no rollback", &|job| job.status.as_mut().unwrap().rollback = None),
+        ];
+        for (name, change) in cases {
+            assert_eq!(with(change), None, "{name}");
+        }
+    }
 
     #[test]
     fn retention_never_deletes_a_savepoint_the_status_refers_to() {

@@ -270,6 +270,12 @@ fn invalid_specs_name_the_field_and_the_fix() {
             "must be at least 10s",
         ),
         (
+            "a rollback before the workers could start",
+            Box::new(|spec| spec["rollback"] = step("{readyTimeout: 2s}")),
+            "spec.rollback.readyTimeout",
+            "must be at least 10s",
+        ),
+        (
             "savepoint location without a scheme",
             Box::new(|spec| spec["savepoints"] = step("{location: /savepoints}")),
             "spec.savepoints.location",

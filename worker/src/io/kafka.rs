@@ -37,18 +37,7 @@ impl JobNames {
     /// shortened with a hash of the whole.
     pub fn new(namespace: &str, name: &str) -> Self {
         let base = sluice_crds::kafka::group_id(namespace, name);
-        let suffix = ".repartition";
-        let repartition_topic = if base.len() + suffix.len() <= 249 {
-            format!("{base}{suffix}")
-        } else {
-            let hash = xxhash_rust::xxh3::xxh3_64(base.as_bytes());
-            let keep = 249 - suffix.len() - 17;
-            let mut cut = keep;
-            while !base.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            format!("{}-{hash:016x}{suffix}", &base[..cut])
-        };
+        let repartition_topic = sluice_crds::kafka::repartition_topic(namespace, name);
         Self {
             group_id: base.clone(),
             transactional_id_prefix: base,
