@@ -2,8 +2,9 @@
 //! new workers, and leaves out what changes without them: `parallelism` (a rescale),
 //! `autoscaler` (the controller's own policy), `suspend` (whether workers run at all),
 //! the nonces (one-shot requests), and the settings only the controller reads:
-//! `upgradeMode`, `rollback`, and `savepoints` but for its `location` and `secretRef`
-//! (retention, interval, onDelete, initialSavepoint). `status.deployed.specHash` and the pod
+//! `upgradeMode`, `rollback`, `allowNonRestoredState` (which the workers read only when
+//! they restore, so it applies to the next restart), and `savepoints` but for its
+//! `location` and `secretRef` (retention, interval, onDelete, initialSavepoint). `status.deployed.specHash` and the pod
 //! annotation `sluice.dev/spec-hash` carry it.
 
 use sluice_crds::StreamJobSpec;
@@ -23,6 +24,7 @@ pub fn spec_hash(spec: &StreamJobSpec) -> String {
     workers.savepoint_trigger_nonce = None;
     workers.upgrade_mode = UpgradeMode::default();
     workers.rollback = None;
+    workers.allow_non_restored_state = false;
     if let Some(savepoints) = workers.savepoints.as_mut() {
         savepoints.retention = SavepointRetention::default();
         savepoints.interval = None;
@@ -72,6 +74,11 @@ mod tests {
             Case {
                 name: "upgrade mode",
                 change: |spec| spec.upgrade_mode = UpgradeMode::LastState,
+                changes_hash: false,
+            },
+            Case {
+                name: "allowNonRestoredState",
+                change: |spec| spec.allow_non_restored_state = true,
                 changes_hash: false,
             },
             Case {

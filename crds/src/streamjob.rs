@@ -120,6 +120,15 @@ pub struct StreamJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackSpec>,
 
+    /// Let a restore drop state that no longer maps to the pipeline (as Flink's
+    /// `allowNonRestoredState`): the accumulators of an aggregate removed from the job, or
+    /// whose function changed under the same name (it starts empty in windows already
+    /// open). Without it such a change is refused (`IncompatibleState`). The `keyBy`, the
+    /// window and `maxParallelism` still cannot change: no state would map (use
+    /// `upgradeMode: Stateless`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_non_restored_state: bool,
+
     /// Stop the job's workers, keeping state (a savepoint is taken first when
     /// upgradeMode is `Savepoint`). Set back to false to resume.
     #[serde(default)]

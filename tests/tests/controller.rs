@@ -2444,6 +2444,113 @@ async fn a_new_image_that_never_becomes_ready_is_rolled_back() -> Result<()> {
     lifecycle.finish(&["RollingBack", "RolledBack"]).await
 }
 
+/// State that no longer maps (docs/lifecycle.md): changing an aggregate's function under
+/// its name (`total` from a Sum to a Count) is refused with `IncompatibleState` naming
+/// `spec.allowNonRestoredState`; with it, the upgrade goes through a savepoint, the count
+/// `n` carried over stays exact in every window (each written once), and `total` starts
+/// afresh in the windows open at the upgrade.
+#[tokio::test]
+async fn allow_non_restored_state_drops_only_the_state_that_no_longer_maps() -> Result<()> {
+    let lifecycle = Lifecycle::start("e2e-ctl-nonrestored").await?;
+    let (client, namespace, name, jobs) = (
+        lifecycle.client.clone(),
+        lifecycle.namespace,
+        lifecycle.name.clone(),
+        lifecycle.jobs.clone(),
+    );
+    lifecycle.produce_third(0)?;
+    let pipeline = json!([
+        {"keyBy": "event.key"},
+        {"window": {"tumbling": {"size": "1s"}}},
+        {"aggregate": {"n": {"function": "Count"}, "total": {"function": "Count"}}},
+    ]);
+    patch_spec(&jobs, &name, json!({"pipeline": pipeline})).await?;
+    let refused = wait_condition(
+        &client,
+        namespace,
+        &name,
+        "Stalled",
+        "True",
+        Duration::from_secs(60),
+    )
+    .await?;
+    let stalled = condition(&refused, "Stalled").context("no Stalled condition")?;
+    ensure!(
+        stalled.reason == "IncompatibleState"
+            && stalled
+                .message
+                .contains("\"total\" was Sum and is now Count")
+            && stalled.message.contains("spec.allowNonRestoredState"),
+        "{stalled:?}"
+    );
+    lifecycle.produce_third(1)?;
+
+    patch_spec(&jobs, &name, json!({"allowNonRestoredState": true})).await?;
+    let upgraded = wait_deployed(&jobs, &name, 3).await?;
+    ensure!(
+        upgraded
+            .status
+            .as_ref()
+            .and_then(|status| status.last_savepoint.as_ref())
+            .is_some_and(|savepoint| savepoint.id.starts_with("upgrade-3-")),
+        "{}",
+        describe_job(&upgraded)
+    );
+    lifecycle.produce_third(2)?;
+    sluice_e2e::exactly_once::produce_flush(
+        &lifecycle.environment,
+        &lifecycle.source.name,
+        lifecycle.per_partition.len(),
+    )?;
+    let expected = lifecycle.expected.clone();
+    let output = sluice_e2e::exactly_once::read_output(
+        &lifecycle.environment,
+        &lifecycle.sink.name,
+        expected.len(),
+        Instant::now() + Duration::from_secs(180),
+    )?;
+    let mut counted = 0;
+    for ((key, start), (count, sum)) in &expected {
+        let found = output
+            .results
+            .get(&(key.clone(), *start))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let [(n, total)] = found else {
+            bail!("window {key}@{start}: {found:?}, expected one result counting {count}");
+        };
+        ensure!(
+            n == count,
+            "window {key}@{start} counted {n} of its {count} events: the count's state was not carried over exactly"
+        );
+        // A sum on the old spec, or a count on the new one (of the events after the
+        // upgrade, in a window open at it).
+        let new_function = u64::try_from(*total).is_ok_and(|total| total <= *n);
+        ensure!(
+            total == sum || new_function,
+            "window {key}@{start}: total {total}, neither the sum {sum} nor a count of at most {n}"
+        );
+        counted += usize::from(total != sum && new_function);
+    }
+    eprintln!(
+        "{} windows, each once with its exact count; {counted} with total as a count",
+        expected.len()
+    );
+    // The last third's windows (a third of them) run on the new spec; in most, the count
+    // of their events is not their sum.
+    ensure!(
+        counted * 10 >= expected.len(),
+        "only {counted} of {} windows count their total: the new function did not apply",
+        expected.len()
+    );
+    let published = event_reasons(&client, namespace, &name).await?;
+    ensure!(
+        published.contains("IncompatibleState") && published.contains("Upgraded"),
+        "{published:?}"
+    );
+    lifecycle.close().await
+}
+
 /// The job's lag as Kafka has it: end offsets minus the positions committed under its
 /// group, over the source partitions.
 fn committed_lag(

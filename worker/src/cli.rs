@@ -250,7 +250,11 @@ fn run_savepoint(command: &SavepointCommand) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            let problems = opened.problems(&identity, &StateDescription::of(&checked));
+            let problems = opened.problems(
+                &identity,
+                &StateDescription::of(&checked),
+                checked.spec.allow_non_restored_state,
+            );
             if !problems.is_empty() {
                 println!("cannot restore {url}:");
                 for problem in problems {

@@ -132,7 +132,11 @@ impl Engine {
         metrics: Metrics,
     ) -> anyhow::Result<Self> {
         let pipeline = compile(job)?;
-        meta::open(store.as_mut(), &state_meta(&pipeline))?;
+        meta::open(
+            store.as_mut(),
+            &state_meta(&pipeline),
+            job.spec.allow_non_restored_state,
+        )?;
         Self::build(job, pipeline, store, options, metrics)
     }
 
@@ -162,7 +166,11 @@ impl Engine {
             return Ok((Self::new(job, store, options, metrics)?, None));
         };
         store.restore_checkpoint(id)?;
-        meta::open(store.as_mut(), &state_meta(&pipeline))?;
+        meta::open(
+            store.as_mut(),
+            &state_meta(&pipeline),
+            job.spec.allow_non_restored_state,
+        )?;
         let record: CheckpointRecord = match store.get(Column::Meta, format::META_CHECKPOINT)? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
                 anyhow::anyhow!("failed to read the record of checkpoint {id}: {error}")

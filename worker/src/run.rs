@@ -649,6 +649,8 @@ impl<'a> Worker<'a> {
                 &options.state_dir,
                 if options.restore_offsets_only {
                     savepoint_restore::Take::OffsetsOnly
+                } else if job.spec.allow_non_restored_state {
+                    savepoint_restore::Take::WhatMaps
                 } else {
                     savepoint_restore::Take::Everything
                 },

@@ -64,7 +64,9 @@ pub fn refusal(mode: UpgradeMode, running: &CheckedJob, wanted: &CheckedJob) -> 
 
 /// Why `wanted` cannot take over the state of `running`, or `None` when it can: the same
 /// rules as `sluice-worker savepoint check` (docs/savepoints.md). Stateless changes
-/// (filters, maps before the key, sinks) keep the state; a new aggregate starts empty.
+/// (filters, maps before the key, sinks) keep the state; a new aggregate starts empty;
+/// with `wanted.spec.allowNonRestoredState`, an aggregate removed or with another function
+/// drops its state.
 pub fn incompatibility(running: &CheckedJob, wanted: &CheckedJob) -> Option<String> {
     let Some(old) = running.pipeline.windowed() else {
         // No keyed state to keep (offsets are in Kafka).
@@ -100,6 +102,9 @@ pub fn incompatibility(running: &CheckedJob, wanted: &CheckedJob) -> Option<Stri
             describe_window(new.window.kind)
         ));
     }
+    if wanted.spec.allow_non_restored_state {
+        return None;
+    }
     for aggregate in &old.aggregates {
         match new
             .aggregates
@@ -108,14 +113,14 @@ pub fn incompatibility(running: &CheckedJob, wanted: &CheckedJob) -> Option<Stri
         {
             None => {
                 return Some(format!(
-                    "aggregate {:?} ({}) has state and is gone from the job: put it back, or set upgradeMode: Stateless to start without state",
+                    "aggregate {:?} ({}) has state and is gone from the job: put it back, or set spec.allowNonRestoredState: true to drop its state",
                     aggregate.name,
                     aggregate.function.name()
                 ));
             }
             Some(found) if found.function != aggregate.function => {
                 return Some(format!(
-                    "aggregate {:?} was {} and is now {}: its state cannot be reused; give the new aggregate another name",
+                    "aggregate {:?} was {} and is now {}: its state cannot be reused; give the new aggregate another name, or set spec.allowNonRestoredState: true to start it empty",
                     aggregate.name,
                     aggregate.function.name(),
                     found.function.name()
@@ -342,7 +347,51 @@ mod tests {
                 },
                 refused_with: Some("the window changed from tumbling 1m to tumbling 2m"),
             },
+            Case {
+                name: "an aggregate removed",
+                change: |spec| remove_average(spec, false),
+                refused_with: Some(r#"aggregate "avgLatencyMs" (Avg) has state and is gone"#),
+            },
+            Case {
+                name: "an aggregate removed, with allowNonRestoredState",
+                change: |spec| remove_average(spec, true),
+                refused_with: None,
+            },
+            Case {
+                name: "an aggregate's function changed, with allowNonRestoredState",
+                change: |spec| {
+                    spec["allowNonRestoredState"] = true.into();
+                    for step in spec["pipeline"].as_array_mut().unwrap() {
+                        if let Some(aggregate) = step.get_mut("aggregate") {
+                            aggregate["avgLatencyMs"]["function"] = "Max".into();
+                        }
+                    }
+                },
+                refused_with: None,
+            },
+            Case {
+                name: "the key, with allowNonRestoredState",
+                change: |spec| {
+                    spec["allowNonRestoredState"] = true.into();
+                    for step in spec["pipeline"].as_array_mut().unwrap() {
+                        if step.get("keyBy").is_some() {
+                            step["keyBy"] = "event.page + '/'".into();
+                        }
+                    }
+                },
+                refused_with: Some("the keyBy expression changed"),
+            },
         ];
+        fn remove_average(spec: &mut serde_json::Value, allow: bool) {
+            if allow {
+                spec["allowNonRestoredState"] = true.into();
+            }
+            for step in spec["pipeline"].as_array_mut().unwrap() {
+                if let Some(aggregate) = step.get_mut("aggregate") {
+                    aggregate.as_object_mut().unwrap().remove("avgLatencyMs");
+                }
+            }
+        }
         let running_spec = fixtures::spec();
         let running = sluice_crds::validate(&running_spec).unwrap();
         for case in cases {

@@ -1244,7 +1244,7 @@ mod tests {
             reason: "worker 0: ErrImageNeverPull".into(),
             completed_at: now(),
         };
-        let with = |change: &dyn Fn(&mut StreamJob)| {
+        let with = |change: fn(&mut StreamJob)| -> Option<String> {
             let mut job = job.clone();
             job.status = Some(StreamJobStatus {
                 rollback: Some(record.clone()),
@@ -1253,23 +1253,26 @@ mod tests {
             change(&mut job);
             rolled_back_refusal(&job).map(|error| error.to_string())
         };
-        let refused = with(&|_| {}).expect("the rolled back spec is refused");
+        let refused = with(|_| {}).expect("the rolled back spec is refused");
         assert!(
             refused.contains("generation 5 was rolled back")
                 && refused.contains("ErrImageNeverPull")
                 && refused.contains("upgrade-5-1700000000-1"),
             "{refused}"
         );
-        let cases: [(&str, &dyn Fn(&mut StreamJob)); 4] = [
-            ("a new generation", &|job| job.metadata.generation = Some(6)),
-            ("another parallelism (the autoscaler's)", &|job| {
+        type Change = fn(&mut StreamJob);
+        let cases: [(&str, Change); 4] = [
+            ("a new generation", |job| job.metadata.generation = Some(6)),
+            ("another parallelism (the autoscaler's)", |job| {
                 job.spec.parallelism += 1
             }),
-            ("a change in progress", &|job| {
+            ("a change in progress", |job| {
                 job.status.as_mut().unwrap().upgrade =
                     Some(machine::start(ChangeKind::Upgrade, 5, "h", 1, &now()));
             }),
-            ("no rollback", &|job| job.status.as_mut().unwrap().rollback = None),
+            ("no rollback", |job| {
+                job.status.as_mut().unwrap().rollback = None
+            }),
         ];
         for (name, change) in cases {
             assert_eq!(with(change), None, "{name}");

@@ -311,7 +311,7 @@ pub enum Incompatibility {
     },
     /// An aggregate with state is gone.
     #[error(
-        "aggregate {name:?} ({function:?}) has state in the savepoint and is gone from the job: put it back, or start without state"
+        "aggregate {name:?} ({function:?}) has state in the savepoint and is gone from the job: put it back, or set spec.allowNonRestoredState: true to drop its state"
     )]
     AggregateRemoved {
         /// Its name.
@@ -321,7 +321,7 @@ pub enum Incompatibility {
     },
     /// An aggregate kept its name and changed its function.
     #[error(
-        "aggregate {name:?} was {saved:?} and is now {job:?}: its state cannot be reused; give the new aggregate another name, or start without state"
+        "aggregate {name:?} was {saved:?} and is now {job:?}: its state cannot be reused; give the new aggregate another name, or set spec.allowNonRestoredState: true to start it empty"
     )]
     AggregateChanged {
         /// Its name.
@@ -361,11 +361,13 @@ fn humantime_millis(millis: u64) -> String {
 /// `saved` (taken in savepoint format `format_version`): every reason it cannot, empty
 /// when it can. Stateless changes (filters, maps before the key, sinks, allowed lateness,
 /// added aggregates) are compatible; a savepoint with no window state fits any job with
-/// the same key groups.
+/// the same key groups. `drop_unmapped` (`spec.allowNonRestoredState`): an aggregate
+/// removed, or with another function, is dropped, not a reason.
 pub fn compatibility(
     format_version: u32,
     saved: &StateDescription,
     job: &StateDescription,
+    drop_unmapped: bool,
 ) -> Vec<Incompatibility> {
     let mut reasons = Vec::new();
     if format_version > SAVEPOINT_FORMAT_VERSION {
@@ -404,6 +406,7 @@ pub fn compatibility(
     }
     for old in &saved.aggregates {
         match job.aggregates.iter().find(|new| new.name == old.name) {
+            _ if drop_unmapped => {}
             None => reasons.push(Incompatibility::AggregateRemoved {
                 name: old.name.clone(),
                 function: old.function,
@@ -521,7 +524,7 @@ mod tests {
         for case in cases {
             let mut job = base();
             (case.change)(&mut job);
-            let reasons = compatibility(SAVEPOINT_FORMAT_VERSION, &base(), &job);
+            let reasons = compatibility(SAVEPOINT_FORMAT_VERSION, &base(), &job, false);
             assert_eq!(
                 reasons.is_empty(),
                 case.compatible,
@@ -532,17 +535,40 @@ mod tests {
     }
 
     #[test]
+    fn allowing_non_restored_state_drops_aggregates_but_not_the_key_or_window() {
+        let mut removed = base();
+        removed.aggregates.pop();
+        let mut changed = base();
+        changed.aggregates[0].function = Sum;
+        let mut rekeyed = base();
+        rekeyed.key = Some("event.page".into());
+        let cases = [
+            ("an aggregate removed", removed, true),
+            ("a function changed", changed, true),
+            ("the key changed", rekeyed, false),
+        ];
+        for (name, job, compatible) in cases {
+            assert!(
+                !compatibility(SAVEPOINT_FORMAT_VERSION, &base(), &job, false).is_empty(),
+                "{name}: refused without the opt-in"
+            );
+            let reasons = compatibility(SAVEPOINT_FORMAT_VERSION, &base(), &job, true);
+            assert_eq!(reasons.is_empty(), compatible, "{name}: {reasons:?}");
+        }
+    }
+
+    #[test]
     fn a_savepoint_without_window_state_fits_a_new_window() {
         let mut saved = base();
         saved.key = None;
         saved.window = None;
         saved.aggregates.clear();
-        assert!(compatibility(SAVEPOINT_FORMAT_VERSION, &saved, &base()).is_empty());
+        assert!(compatibility(SAVEPOINT_FORMAT_VERSION, &saved, &base(), false).is_empty());
     }
 
     #[test]
     fn a_newer_format_is_refused_with_what_to_do() {
-        let reasons = compatibility(SAVEPOINT_FORMAT_VERSION + 1, &base(), &base());
+        let reasons = compatibility(SAVEPOINT_FORMAT_VERSION + 1, &base(), &base(), false);
         assert_eq!(reasons.len(), 1);
         assert!(reasons[0].to_string().contains("at least as new"));
     }
@@ -551,7 +577,7 @@ mod tests {
     fn messages_name_both_sides() {
         let mut job = base();
         job.window = Some(WindowDescription::Session { gap_millis: 5_000 });
-        let reasons = compatibility(SAVEPOINT_FORMAT_VERSION, &base(), &job);
+        let reasons = compatibility(SAVEPOINT_FORMAT_VERSION, &base(), &job, false);
         assert_eq!(
             reasons[0].to_string(),
             "the window changed from tumbling 1m to session with gap 5s: open windows cannot be carried over; keep the old window, or start without state (upgradeMode: Stateless)"

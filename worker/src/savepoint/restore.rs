@@ -85,12 +85,23 @@ impl Savepoint {
     }
 
     /// Why `job` (named `identity`) cannot restore this savepoint; empty when it can.
-    pub fn problems(&self, identity: &JobIdentity, job: &StateDescription) -> Vec<String> {
+    /// `drop_unmapped`: aggregates that no longer map are dropped, not a problem.
+    pub fn problems(
+        &self,
+        identity: &JobIdentity,
+        job: &StateDescription,
+        drop_unmapped: bool,
+    ) -> Vec<String> {
         let mut problems = self.identity_problems(identity);
         problems.extend(
-            compatibility(self.manifest.format_version, &self.manifest.state, job)
-                .into_iter()
-                .map(|reason| reason.to_string()),
+            compatibility(
+                self.manifest.format_version,
+                &self.manifest.state,
+                job,
+                drop_unmapped,
+            )
+            .into_iter()
+            .map(|reason| reason.to_string()),
         );
         problems
     }
@@ -368,6 +379,10 @@ pub fn already_restored(state_dir: &Path, url: &Url) -> bool {
 pub enum Take {
     /// The windows, the Kafka offsets and the watermark: the job goes on where it was.
     Everything,
+    /// As `Everything`, but the accumulators of aggregates the job no longer has (or has
+    /// with another function) are dropped rather than refused
+    /// (`spec.allowNonRestoredState`).
+    WhatMaps,
     /// The Kafka offsets and the watermark alone: the windows start empty, and the
     /// savepoint's state need not fit the job (`upgradeMode: Stateless`).
     OffsetsOnly,
@@ -385,7 +400,8 @@ pub fn restore(
     take: Take,
 ) -> anyhow::Result<CheckpointRecord> {
     let problems = match take {
-        Take::Everything => savepoint.problems(identity, job_state),
+        Take::Everything => savepoint.problems(identity, job_state, false),
+        Take::WhatMaps => savepoint.problems(identity, job_state, true),
         Take::OffsetsOnly => savepoint.identity_problems(identity),
     };
     anyhow::ensure!(
@@ -396,7 +412,7 @@ pub fn restore(
     );
     let manifest = &savepoint.manifest;
     let (first, end) = owned.key_groups;
-    let with_state: Vec<_> = if take == Take::Everything && manifest.state.window.is_some() {
+    let with_state: Vec<_> = if take != Take::OffsetsOnly && manifest.state.window.is_some() {
         manifest
             .parts
             .iter()

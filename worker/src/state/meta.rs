@@ -3,7 +3,9 @@
 //! its effect ([`open`]): a fresh store is stamped; a store of a newer format or another
 //! number of key groups is refused; aggregates are matched by name, so adding one is a
 //! migration that rewrites each window's accumulators in the new order, and removing one
-//! or changing its function is refused. State is never read by position.
+//! or changing its function is refused, unless the job allows dropping state that no
+//! longer maps (`spec.allowNonRestoredState`): then the migration leaves it out. State is
+//! never read by position.
 
 use sluice_crds::pipeline::AggregateFunction;
 
@@ -39,7 +41,7 @@ pub enum IncompatibleState {
     },
     /// An aggregate with state is gone from the job.
     #[error(
-        "the state holds aggregate {name:?} ({function:?}), which the job no longer has: put it back, or start without this state"
+        "the state holds aggregate {name:?} ({function:?}), which the job no longer has: put it back, or set spec.allowNonRestoredState: true to drop its state"
     )]
     AggregateRemoved {
         /// Its name.
@@ -49,7 +51,7 @@ pub enum IncompatibleState {
     },
     /// An aggregate keeps its name but not its function.
     #[error(
-        "aggregate {name:?} was {stored:?} and is now {job:?}: its state cannot be reused; give the new aggregate another name, or start without this state"
+        "aggregate {name:?} was {stored:?} and is now {job:?}: its state cannot be reused; give the new aggregate another name, or set spec.allowNonRestoredState: true to start it empty"
     )]
     AggregateChanged {
         /// Its name.
@@ -78,9 +80,12 @@ pub enum MetaDecision {
 }
 
 /// Decides whether the state described by `stored` can serve `job`, and how.
+/// `drop_unmapped`: the accumulators of an aggregate the job no longer has, or has with
+/// another function, are dropped rather than refused.
 pub fn compare(
     stored: Option<&StateMeta>,
     job: &StateMeta,
+    drop_unmapped: bool,
 ) -> Result<MetaDecision, IncompatibleState> {
     let Some(stored) = stored else {
         return Ok(MetaDecision::Stamp);
@@ -99,6 +104,7 @@ pub fn compare(
     }
     for old in &stored.aggregates {
         match job.aggregates.iter().find(|new| new.name == old.name) {
+            _ if drop_unmapped => {}
             None => {
                 return Err(IncompatibleState::AggregateRemoved {
                     name: old.name.clone(),
@@ -125,7 +131,7 @@ pub fn compare(
                 stored
                     .aggregates
                     .iter()
-                    .position(|old| old.name == new.name)
+                    .position(|old| old.name == new.name && old.function == new.function)
             })
             .collect(),
     ))
@@ -161,9 +167,13 @@ pub enum OpenError {
 /// Checks `store` against the job described by `job` and makes it the job's: stamps a
 /// fresh store, migrates window values when aggregates were added or reordered, refuses
 /// what cannot be reused. Returns the decision taken.
-pub fn open(store: &mut dyn StateStore, job: &StateMeta) -> Result<MetaDecision, OpenError> {
+pub fn open(
+    store: &mut dyn StateStore,
+    job: &StateMeta,
+    drop_unmapped: bool,
+) -> Result<MetaDecision, OpenError> {
     let stored = read(store)?;
-    let decision = compare(stored.as_ref(), job)?;
+    let decision = compare(stored.as_ref(), job, drop_unmapped)?;
     match &decision {
         MetaDecision::Unchanged => {}
         MetaDecision::Stamp => write(store, job)?,
@@ -323,11 +333,49 @@ mod tests {
         ];
         for case in cases {
             assert_eq!(
-                compare(case.stored.as_ref(), &case.job),
+                compare(case.stored.as_ref(), &case.job, false),
                 case.expected,
                 "{}",
                 case.name
             );
+        }
+    }
+
+    #[test]
+    fn state_that_no_longer_maps_is_dropped_only_when_allowed() {
+        let stored = meta(16, &[("avgLatency", Avg), ("views", Count)]);
+        let cases = [
+            (
+                "a removed aggregate is left out",
+                meta(16, &[("views", Count)]),
+                Ok(MetaDecision::Migrate(vec![Some(1)])),
+            ),
+            (
+                "a changed function starts empty",
+                meta(16, &[("avgLatency", Max), ("views", Count)]),
+                Ok(MetaDecision::Migrate(vec![None, Some(1)])),
+            ),
+            (
+                "a rename keeps nothing of the old name",
+                meta(16, &[("views", Count), ("avgLatencyMs", Avg)]),
+                Ok(MetaDecision::Migrate(vec![Some(1), None])),
+            ),
+            (
+                "the same aggregates change nothing",
+                stored.clone(),
+                Ok(MetaDecision::Unchanged),
+            ),
+            (
+                "other key groups are still refused",
+                meta(32, &[("views", Count)]),
+                Err(IncompatibleState::KeyGroups {
+                    stored: 16,
+                    job: 32,
+                }),
+            ),
+        ];
+        for (name, job, expected) in cases {
+            assert_eq!(compare(Some(&stored), &job, true), expected, "{name}");
         }
     }
 }
