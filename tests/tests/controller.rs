@@ -3203,6 +3203,9 @@ mod upgrade_benchmark {
         gap: Option<(i64, i64)>,
         usual_latency: Option<i64>,
         peak_latency: Option<i64>,
+        /// Results from the first new one until the catch-up (a burst of windows a first
+        /// new worker can fire alone, before every worker is back, splits the gap).
+        results_before_caught_up: usize,
     }
 
     fn upgrade_state(sample: &Sample) -> Option<UpgradeState> {
@@ -3366,6 +3369,10 @@ mod upgrade_benchmark {
                     .iter()
                     .find(|arrival| arrival.latency() <= usual + CAUGHT_UP_MARGIN_MILLIS)
                     .map(|arrival| arrival.at - from);
+                timeline.results_before_caught_up = new_results
+                    .iter()
+                    .take_while(|arrival| Some(arrival.at - from) != timeline.caught_up)
+                    .count();
             }
         }
         timeline
@@ -3393,7 +3400,7 @@ mod upgrade_benchmark {
         }
         text.push_str("\n|---|");
         text.push_str(&"---|".repeat(changes.len()));
-        let rows: [(&str, &Row); 16] = [
+        let rows: [(&str, &Row); 17] = [
             ("status.upgrade TakingSavepoint", &|t| {
                 seconds(t.taking_savepoint)
             }),
@@ -3425,6 +3432,9 @@ mod upgrade_benchmark {
             ("first new result", &|t| seconds(t.first_result)),
             ("results back at their usual latency", &|t| {
                 seconds(t.caught_up)
+            }),
+            ("results from the first new one to then", &|t| {
+                t.results_before_caught_up.to_string()
             }),
             ("longest gap in the output: from, to", &|t| {
                 t.gap.map_or_else(
