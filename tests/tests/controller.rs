@@ -2956,11 +2956,10 @@ mod upgrade_benchmark {
             })
     }
 
-    /// What one new worker's log says about its start: when the process logged first, how
-    /// long restoring the savepoint took and when it was done, and when it was ready.
+    /// What one new worker's log says about its start: how long restoring the savepoint
+    /// took and when it was done (its first line), and when it was ready.
     #[derive(Default)]
     struct WorkerStart {
-        first_line: Option<i64>,
         restore_seconds: Option<f64>,
         restored: Option<i64>,
         ready: Option<i64>,
@@ -2975,7 +2974,6 @@ mod upgrade_benchmark {
             let at = entry["timestamp"]
                 .as_str()
                 .and_then(|text| chrono_millis(text).ok());
-            start.first_line = start.first_line.or(at);
             match entry["fields"]["message"].as_str() {
                 Some("restored the savepoint") => {
                     start.restore_seconds = entry["fields"]["seconds"].as_f64();
@@ -3062,7 +3060,8 @@ mod upgrade_benchmark {
         /// Pods before the patch, and once the change completed (uids).
         old_pods: BTreeSet<String>,
         new_pods: BTreeSet<String>,
-        workers: Vec<WorkerStart>,
+        /// The new workers' logs, by pod name.
+        workers: BTreeMap<String, WorkerStart>,
         old_workers: Vec<WorkerStop>,
         /// Names of the pods and whether each was there before the change.
         pod_names: BTreeMap<String, String>,
@@ -3146,14 +3145,14 @@ mod upgrade_benchmark {
                     .context("failed to follow an old worker's log")??,
             ));
         }
-        let mut workers = Vec::new();
+        let mut workers = BTreeMap::new();
         for ordinal in 0..parallelism {
             let pod = format!("{name}-{ordinal}");
             let log = pods
                 .logs(&pod, &LogParams::default())
                 .await
                 .with_context(|| format!("failed to read the log of {pod}"))?;
-            workers.push(worker_start(&log));
+            workers.insert(pod, worker_start(&log));
         }
         let reason = if savepoint_kind == "rescale" {
             "Rescaled"
@@ -3190,7 +3189,8 @@ mod upgrade_benchmark {
         rolling: Option<i64>,
         set_applied: Option<i64>,
         /// Per pod name: its old pod deleting and gone, its new pod running and Ready.
-        workers: BTreeMap<String, [Option<i64>; 4]>,
+        /// Its new worker's log: restored, ready.
+        workers: BTreeMap<String, [Option<i64>; 6]>,
         first_old_deleting: Option<i64>,
         old_gone: Option<i64>,
         first_new_running: Option<i64>,
@@ -3303,9 +3303,13 @@ mod upgrade_benchmark {
             if change.new_pods.contains(pod_uid) {
                 times[2] =
                     first(&|sample| present(sample).is_some_and(|pod| container_running(&pod)));
-                times[3] = first(&|sample| {
+                times[5] = first(&|sample| {
                     present(sample).is_some_and(|pod| common_node::pod_is_ready(&pod))
                 });
+                if let Some(logged) = change.workers.get(pod_name) {
+                    times[3] = logged.restored.map(|at| at - from);
+                    times[4] = logged.ready.map(|at| at - from);
+                }
             }
         }
         let running: Vec<Option<i64>> = change
@@ -3459,16 +3463,18 @@ mod upgrade_benchmark {
         for name in names {
             let ordinal = name.rsplit('-').next().unwrap_or_default();
             text.push_str(&format!(
-                "\n| worker {ordinal}: old pod deleting, gone; new pod running, Ready |"
+                "\n| worker {ordinal}: old pod deleting, gone; new pod running, restored (log), ready (log), Ready |"
             ));
             for (_, timeline) in changes {
                 let times = timeline.workers.get(name).copied().unwrap_or_default();
                 text.push_str(&format!(
-                    " {}, {}; {}, {} |",
+                    " {}, {}; {}, {}, {}, {} |",
                     seconds(times[0]),
                     seconds(times[1]),
                     seconds(times[2]),
-                    seconds(times[3])
+                    seconds(times[3]),
+                    seconds(times[4]),
+                    seconds(times[5])
                 ));
             }
         }
@@ -3476,21 +3482,21 @@ mod upgrade_benchmark {
             "\n\nBreakdown, seconds (savepoint: patch to Rolling, and in brackets to the last part \
              written; pod stop: to the last old pod gone; pod start: to the last new container \
              running; restore: to every new pod Ready; catch-up: to results at their usual \
-             latency; worker: its log's restore seconds and first line to ready):\n\n\
-             | change | savepoint | pod stop | pod start | restore | catch-up | patch to Ready | patch to first new result | longest gap | worker: restore s; start to ready s | targets (< 30 s, gap < 10 s) |\n\
+             latency; worker: its log's restore seconds, and restored to ready):\n\n\
+             | change | savepoint | pod stop | pod start | restore | catch-up | patch to Ready | patch to first new result | longest gap | worker: restore s; restored to ready s | targets (< 30 s, gap < 10 s) |\n\
              |---|---|---|---|---|---|---|---|---|---|---|",
         );
         for (change, t) in changes {
             let workers: Vec<String> = change
                 .workers
-                .iter()
+                .values()
                 .map(|worker| {
                     format!(
                         "{}; {}",
                         worker
                             .restore_seconds
                             .map_or_else(|| "-".to_string(), |seconds| format!("{seconds:.2}")),
-                        seconds(between(worker.first_line, worker.ready))
+                        seconds(between(worker.restored, worker.ready))
                     )
                 })
                 .collect();
