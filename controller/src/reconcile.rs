@@ -26,6 +26,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sluice_crds::status::UpgradeState;
 use sluice_crds::{CheckedJob, StreamJob, ValidationErrors};
 use tracing::{debug, info, instrument, warn};
 
@@ -44,6 +45,25 @@ use crate::status::{Observation, Transition, WorkerCounts, next_status};
 /// How often a job with a change in progress is reconciled (a savepoint's progress is
 /// read from the workers, which no watch reports).
 const LIFECYCLE_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How often a change is checked while the workers write a savepoint or are told to go on:
+/// each check is one admin-API request per worker, and the workers wait meanwhile.
+const SAVEPOINT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// When to check a change in progress again.
+fn lifecycle_poll(job: &StreamJob) -> std::time::Duration {
+    match job
+        .status
+        .as_ref()
+        .and_then(|status| status.upgrade.as_ref())
+        .map(|upgrade| upgrade.state)
+    {
+        Some(UpgradeState::TakingSavepoint | UpgradeState::Resuming | UpgradeState::Aborting) => {
+            SAVEPOINT_POLL_INTERVAL
+        }
+        _ => LIFECYCLE_POLL_INTERVAL,
+    }
+}
 
 /// Reconciles one StreamJob (the `Controller`'s reconcile function).
 #[instrument(skip_all, fields(namespace = %job.namespace().unwrap_or_default(), job = %job.name_any()))]
@@ -193,7 +213,7 @@ async fn deleting(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
     let done = !wants_final_savepoint(job)
         || lifecycle::final_savepoint(job, ctx, token.as_deref(), &workers).await?;
     if !done {
-        return Ok(Action::requeue(LIFECYCLE_POLL_INTERVAL));
+        return Ok(Action::requeue(lifecycle_poll(job)));
     }
     info!("letting the job go");
     set_finalizer(job, ctx, false).await?;
@@ -285,7 +305,7 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
                 .map(WorkerCounts::of)
                 .unwrap_or_default();
             report(job, ctx, &Observation::Applied { spec_hash, workers }).await?;
-            return Ok(Action::requeue(LIFECYCLE_POLL_INTERVAL));
+            return Ok(Action::requeue(lifecycle_poll(job)));
         }
     };
     let build_with = |admin_token: &str| {
@@ -338,11 +358,38 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
             .status
             .as_ref()
             .and_then(|status| status.upgrade.as_ref())
-            .is_some_and(|upgrade| upgrade.state == sluice_crds::status::UpgradeState::Rolling)
+            .is_some_and(|upgrade| upgrade.state == UpgradeState::Rolling)
     {
         lifecycle::crash_if(ctx, lifecycle::CrashPoint::Rolling);
     }
     delete_orphans(ctx, &namespace, &children, &names).await?;
+    if job
+        .status
+        .as_ref()
+        .and_then(|status| status.upgrade.as_ref())
+        .is_some_and(|upgrade| {
+            matches!(
+                upgrade.state,
+                UpgradeState::Rolling | UpgradeState::RollingBack
+            )
+        })
+    {
+        // Every worker starts from the savepoint at once (docs/lifecycle.md).
+        let replaced = lifecycle::effects::replace_outdated_workers(
+            ctx,
+            &namespace,
+            &names.workers,
+            workers.desired.max(workers.replicas),
+            &children.workers.spec.template,
+        )
+        .await?;
+        if !replaced.is_empty() {
+            info!(
+                "replacing workers {} on the new template at once",
+                replaced.join(", ")
+            );
+        }
+    }
     lifecycle::rolled_out(job, ctx, &workers, &spec_hash, admin_token.as_deref()).await?;
     if let Some(refusal) = lifecycle::rolled_back_refusal(job) {
         // Rolled back just now: the workers run the last good spec, which the status must
@@ -355,7 +402,7 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
         .is_some_and(|status| status.upgrade.is_some());
     report(job, ctx, &Observation::Applied { spec_hash, workers }).await?;
     let requeue = if changing {
-        LIFECYCLE_POLL_INTERVAL
+        lifecycle_poll(job)
     } else {
         lifecycle::next_periodic_savepoint(job).map_or(ctx.settings.resync_interval, |due| {
             due.min(ctx.settings.resync_interval)

@@ -151,10 +151,17 @@ pub fn next_status(
                 // `deployed` when it completes, and `lastError` when a step fails.
                 let (why, what) = changing(upgrade, parallelism);
                 reason = why.to_string();
-                message = format!(
-                    "{what}; {} of {} workers ready",
-                    workers.ready, workers.desired
-                );
+                message = match (&previous.last_error, upgrade.state) {
+                    // Why it rolls back (the workers' problems), in the condition and Event.
+                    (Some(late), UpgradeState::RollingBack) => format!(
+                        "{what}; {late}; {} of {} workers ready",
+                        workers.ready, workers.desired
+                    ),
+                    _ => format!(
+                        "{what}; {} of {} workers ready",
+                        workers.ready, workers.desired
+                    ),
+                };
                 // A periodic savepoint is routine: the job stays Running and Ready (no
                 // alert, no GitOps tool seeing it progress every interval) while every
                 // worker is, unless it fails or an edit waits for it.
@@ -283,7 +290,7 @@ fn changing(upgrade: &UpgradeStatus, parallelism: i32) -> (&'static str, String)
             upgrade.attempt
         ),
         UpgradeState::RollingBack => format!(
-            "its workers were not all Ready in time (see lastError): starting generation {} again from savepoint {}",
+            "its workers were not all Ready in time and none committed anything: starting generation {} again from savepoint {}",
             upgrade.from_generation.unwrap_or_default(),
             upgrade.savepoint.as_deref().unwrap_or(savepoint)
         ),
@@ -458,6 +465,35 @@ mod tests {
             assert_eq!(status.phase, Some(Phase::Upgrading));
             assert_eq!(condition(&status, condition_type::READY).status, "False");
         }
+    }
+
+    #[test]
+    fn a_rollback_says_why_in_its_warning() {
+        let mut job = fixtures::job();
+        job.status = Some(StreamJobStatus {
+            upgrade: Some(UpgradeStatus {
+                state: UpgradeState::RollingBack,
+                from_generation: Some(1),
+                savepoint: Some("s3://b/ns/job/upgrade-2-50-1".into()),
+                ..crate::lifecycle::machine::start(ChangeKind::Upgrade, 2, "h2", 1, &at(50))
+            }),
+            last_error: Some("worker 0: ErrImageNeverPull".into()),
+            ..StreamJobStatus::default()
+        });
+        let (status, transition) =
+            next_status(&job, &applied("h1", counts(1, 1, 0, false)), &at(100));
+        assert_eq!(status.phase, Some(Phase::Upgrading));
+        let ready = condition(&status, condition_type::READY);
+        assert_eq!(ready.reason, "RollingBack");
+        assert!(
+            ready.message.contains(
+                "starting generation 1 again from savepoint s3://b/ns/job/upgrade-2-50-1"
+            ) && ready.message.contains("ErrImageNeverPull"),
+            "{}",
+            ready.message
+        );
+        let transition = transition.expect("an Event");
+        assert!(transition.warning && transition.reason == "RollingBack");
     }
 
     #[test]

@@ -59,10 +59,11 @@ Role per watched namespace. */}}
   - apiGroups: [""]
     resources: ["configmaps"]
     verbs: ["get", "list", "watch", "create", "patch"]
-  # The workers' pod IPs, to call their admin API for savepoints (docs/lifecycle.md).
+  # The workers' pod IPs, to call their admin API for savepoints, and the workers
+  # stopped at a savepoint, replaced all at once by the new spec (docs/lifecycle.md).
   - apiGroups: [""]
     resources: ["pods"]
-    verbs: ["get"]
+    verbs: ["get", "delete"]
   - apiGroups: [""]
     resources: ["serviceaccounts"]
     verbs: ["list", "watch", "create", "patch", "delete"]

@@ -198,7 +198,7 @@ fn container(inputs: &BuildInputs<'_>) -> Container {
             ..ContainerPort::default()
         }]),
         // Ready once state is restored and partitions are assigned (the worker's /readyz).
-        readiness_probe: Some(probe("/readyz", 2, 3)),
+        readiness_probe: Some(probe("/readyz", 1, 3)),
         // Alive while the process serves its admin API; restarts a wedged worker.
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(10),

@@ -21,10 +21,13 @@ use tracing::debug;
 use kube::ResourceExt;
 use sluice_crds::StreamJob;
 
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+
 use super::machine::Found;
 use crate::context::Context;
 use crate::error::Error;
 use crate::names::ADMIN_PORT;
+use crate::names::SPEC_HASH_ANNOTATION;
 
 /// The longest wait for one admin-API request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -230,6 +233,71 @@ pub async fn worker_problems(
     } else {
         problems.join("; ")
     }
+}
+
+/// Whether `pod` runs another template than `template` (pure): another spec hash (the
+/// pod annotation) or other plain environment values (the restore settings, the
+/// parallelism).
+pub fn outdated(pod: &Pod, template: &PodTemplateSpec) -> bool {
+    let hash_of = |annotations: Option<&std::collections::BTreeMap<String, String>>| {
+        annotations.and_then(|annotations| annotations.get(SPEC_HASH_ANNOTATION).cloned())
+    };
+    // Plain values only: the API server fills in defaults of `valueFrom` references.
+    let env_of = |spec: Option<&k8s_openapi::api::core::v1::PodSpec>| {
+        spec.and_then(|spec| spec.containers.first())
+            .and_then(|container| container.env.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|var| Some((var.name.clone(), var.value.clone()?)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    hash_of(pod.metadata.annotations.as_ref())
+        != hash_of(
+            template
+                .metadata
+                .as_ref()
+                .and_then(|meta| meta.annotations.as_ref()),
+        )
+        || env_of(pod.spec.as_ref()) != env_of(template.spec.as_ref())
+}
+
+/// Deletes the pods of workers `0..replicas` that run another template than `template`
+/// and are not terminating yet, so the StatefulSet starts them all at once on it rather
+/// than one at a time (its rolling update waits for each new pod to be Ready before it
+/// replaces the next). Only while a change starts new workers from a savepoint: the old
+/// ones are stopped at it, or never became Ready. Returns the pods deleted.
+pub async fn replace_outdated_workers(
+    ctx: &Context,
+    namespace: &str,
+    workers: &str,
+    replicas: i32,
+    template: &PodTemplateSpec,
+) -> Result<Vec<String>, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut deleted = Vec::new();
+    for ordinal in 0..replicas {
+        let name = format!("{workers}-{ordinal}");
+        let Some(pod) = ctx
+            .limited(pods.get_opt(&name))
+            .await
+            .map_err(Error::api(format!("read Pod {name}")))?
+        else {
+            continue;
+        };
+        if pod.metadata.deletion_timestamp.is_some() || !outdated(&pod, template) {
+            continue;
+        }
+        match ctx
+            .limited(pods.delete(&name, &kube::api::DeleteParams::default()))
+            .await
+        {
+            Ok(_) => deleted.push(name),
+            // Gone meanwhile: the StatefulSet replaces it anyway.
+            Err(kube::Error::Api(response)) if response.code == 404 => {}
+            Err(error) => return Err(Error::api(format!("delete Pod {name}"))(error)),
+        }
+    }
+    Ok(deleted)
 }
 
 /// The pod IPs of workers `0..replicas` of StatefulSet `workers` (`None`: no pod or no IP
@@ -471,6 +539,53 @@ mod tests {
         ];
         for (name, answers, expect) in cases {
             assert_eq!(savepoint_found(&answers), expect, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_pod_is_outdated_when_its_spec_hash_or_settings_differ() {
+        let template = |hash: &str, restore: &str| -> PodTemplateSpec {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"annotations": {SPEC_HASH_ANNOTATION: hash}},
+                "spec": {"containers": [{"name": "worker", "env": [
+                    {"name": "SLUICE_RESTORE_FROM", "value": restore},
+                    {"name": "SLUICE_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                ]}]}
+            }))
+            .unwrap()
+        };
+        let pod = |hash: &str, restore: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "w-0", "annotations": {SPEC_HASH_ANNOTATION: hash, "other": "x"}},
+                "spec": {"containers": [{"name": "worker", "env": [
+                    {"name": "SLUICE_RESTORE_FROM", "value": restore},
+                    // As the API server stores it, with its default filled in.
+                    {"name": "SLUICE_NAMESPACE", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}},
+                ]}]}
+            }))
+            .unwrap()
+        };
+        let wanted = template("h2", "s3://b/sp-2");
+        let cases = [
+            ("the same template", pod("h2", "s3://b/sp-2"), false),
+            (
+                "stopped at the savepoint, on the old spec",
+                pod("h1", "s3://b/sp-1"),
+                true,
+            ),
+            (
+                "the same spec from another savepoint",
+                pod("h2", "s3://b/sp-1"),
+                true,
+            ),
+            (
+                "a failed spec, from the same savepoint (a rollback)",
+                pod("h3", "s3://b/sp-2"),
+                true,
+            ),
+        ];
+        for (name, pod, expected) in cases {
+            assert_eq!(outdated(&pod, &wanted), expected, "{name}");
         }
     }
 

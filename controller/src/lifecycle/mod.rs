@@ -736,21 +736,10 @@ async fn overdue(
             ) else {
                 return Ok(None);
             };
+            // The status's `RollingBack` transition announces it, with `lastError`.
             warn!("{late}: rolling back to generation {}", to.generation);
-            job.status.get_or_insert_with(Default::default).last_error = Some(late.clone());
+            job.status.get_or_insert_with(Default::default).last_error = Some(late);
             set_upgrade(job, ctx, Some(entered)).await?;
-            publish(
-                job,
-                ctx,
-                true,
-                "RollingBack",
-                format!(
-                    "{late}; no worker of it committed anything, so generation {} starts again from savepoint {}",
-                    to.generation,
-                    to.restore.savepoint.as_deref().unwrap_or_default()
-                ),
-            )
-            .await;
             Ok(Some(Deploy::RollBack(Box::new(to))))
         }
         Err(why) => {
@@ -821,19 +810,13 @@ async fn rolled_back(
         // The autoscaler decides again from a new window rather than retry this target.
         autoscaler.parallelism = Some(to.spec.parallelism);
     }
-    set_upgrade(job, ctx, None).await?;
-    publish(
-        job,
-        ctx,
-        true,
-        "RolledBack",
-        format!(
-            "rolled back: {reason}; the workers run generation {} again, from savepoint {savepoint}. Fix the spec and apply it (any change, or spec.restartNonce, tries again)",
-            to.generation
-        ),
-    )
-    .await;
-    Ok(())
+    // The reconcile then refuses the spec left behind (`rolled_back_refusal`): that
+    // `Stalled` transition announces the rollback.
+    info!(
+        "rolled back to generation {} from savepoint {savepoint}: {reason}",
+        to.generation
+    );
+    set_upgrade(job, ctx, None).await
 }
 
 /// Completes a change: records the savepoint and what the workers run, clears
