@@ -1647,8 +1647,8 @@ impl Lifecycle {
     }
 }
 
-/// The job lifecycle end to end (docs/lifecycle.md): with events arriving throughout, a
-/// rescale up, a compatible pipeline change and a rescale down each go through a
+/// The job lifecycle end to end (docs/lifecycle.md): with events arriving throughout,
+/// rescales 1 → 2, 2 → 3 and 3 → 1 and a compatible pipeline change each go through a
 /// stop-with-savepoint on S3 and new workers restored from it; an incompatible change is
 /// refused with the old spec still running; every result is in the sink exactly once.
 #[tokio::test]
@@ -1779,25 +1779,29 @@ async fn rescales_and_upgrades_go_through_savepoints_exactly_once() -> Result<()
         savepoint.location
     );
 
-    // Rescale 2 → 1, then the rest of the input.
-    patch_spec(&jobs, name, json!({"parallelism": 1})).await?;
-    let rescaled = wait_deployed(&jobs, name, 5).await?;
-    ensure!(
-        rescaled
-            .status
-            .as_ref()
-            .and_then(|status| status.last_savepoint.as_ref())
-            .map(|s| s.id.as_str())
-            .is_some_and(|id| id.starts_with("rescale-5-")),
-        "{}",
-        describe_job(&rescaled)
-    );
+    // Rescale 2 → 3, then 3 → 1, then the rest of the input.
+    for (parallelism, generation) in [(3, 5), (1, 6)] {
+        patch_spec(&jobs, name, json!({"parallelism": parallelism})).await?;
+        let rescaled = wait_deployed(&jobs, name, generation).await?;
+        let status = rescaled.status.clone().context("no status")?;
+        ensure!(
+            status
+                .last_savepoint
+                .as_ref()
+                .is_some_and(|savepoint| savepoint
+                    .id
+                    .starts_with(&format!("rescale-{generation}-")))
+                && status.ready_replicas == Some(parallelism),
+            "{}",
+            describe_job(&rescaled)
+        );
+    }
 
-    // Retention (maxCount 2): the first rescale's savepoint is deleted from the store and
-    // the history; the upgrade's and the last rescale's, which the workers started from,
-    // stay.
+    // Retention (maxCount 2): the first rescale's and the upgrade's savepoints are deleted
+    // from the store and the history; the last two rescales', the newest of which the
+    // workers started from, stay.
     let kept = wait_for(
-        "the retention to delete the first rescale's savepoint",
+        "the retention to delete the first rescale's and the upgrade's savepoints",
         Duration::from_secs(60),
         || async {
             let job = jobs.get(name).await?;
@@ -1812,7 +1816,9 @@ async fn rescales_and_upgrades_go_through_savepoints_exactly_once() -> Result<()
                 })
                 .collect();
             match history.as_slice() {
-                [last, upgrade] if last.starts_with("rescale-5-") && *upgrade == upgrade_id => {
+                [last, before]
+                    if last.starts_with("rescale-6-") && before.starts_with("rescale-5-") =>
+                {
                     Ok(Some(job))
                 }
                 _ => bail!("savepointHistory {history:?}"),
@@ -1838,8 +1844,9 @@ async fn rescales_and_upgrades_go_through_savepoints_exactly_once() -> Result<()
         .context("failed to run sluice-worker savepoint list")?;
     let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
     ensure!(
-        listed.contains(&upgrade_id)
+        listed.contains("rescale-6-")
             && listed.contains("rescale-5-")
+            && !listed.contains(&upgrade_id)
             && !listed.contains("rescale-2-"),
         "the store still holds what retention deleted, or lost what it keeps:\n{listed}"
     );
