@@ -363,16 +363,17 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
         lifecycle::crash_if(ctx, lifecycle::CrashPoint::Rolling);
     }
     delete_orphans(ctx, &namespace, &children, &names).await?;
-    if job
+    if let Some(since) = job
         .status
         .as_ref()
         .and_then(|status| status.upgrade.as_ref())
-        .is_some_and(|upgrade| {
+        .filter(|upgrade| {
             matches!(
                 upgrade.state,
                 UpgradeState::Rolling | UpgradeState::RollingBack
             )
         })
+        .map(|upgrade| upgrade.state_since.clone())
     {
         // Every worker starts from the savepoint at once (docs/lifecycle.md).
         let replaced = lifecycle::effects::replace_outdated_workers(
@@ -381,6 +382,7 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
             &names.workers,
             workers.desired.max(workers.replicas),
             &children.workers.spec.template,
+            &since,
         )
         .await?;
         if !replaced.is_empty() {

@@ -22,6 +22,7 @@ use kube::ResourceExt;
 use sluice_crds::StreamJob;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::machine::Found;
 use crate::context::Context;
@@ -236,8 +237,9 @@ pub async fn worker_problems(
 }
 
 /// Whether `pod` runs another template than `template` (pure): another spec hash (the
-/// pod annotation) or other plain environment values (the restore settings, the
-/// parallelism).
+/// pod annotation), or a plain environment value of the template (the restore settings,
+/// the parallelism) that the pod does not have. Variables an admission webhook adds to
+/// the pod (cloud credentials, say) do not count.
 pub fn outdated(pod: &Pod, template: &PodTemplateSpec) -> bool {
     let hash_of = |annotations: Option<&std::collections::BTreeMap<String, String>>| {
         annotations.and_then(|annotations| annotations.get(SPEC_HASH_ANNOTATION).cloned())
@@ -258,20 +260,28 @@ pub fn outdated(pod: &Pod, template: &PodTemplateSpec) -> bool {
                 .as_ref()
                 .and_then(|meta| meta.annotations.as_ref()),
         )
-        || env_of(pod.spec.as_ref()) != env_of(template.spec.as_ref())
+        || {
+            let running = env_of(pod.spec.as_ref());
+            env_of(template.spec.as_ref())
+                .iter()
+                .any(|(name, value)| running.get(name) != Some(value))
+        }
 }
 
-/// Deletes the pods of workers `0..replicas` that run another template than `template`
-/// and are not terminating yet, so the StatefulSet starts them all at once on it rather
-/// than one at a time (its rolling update waits for each new pod to be Ready before it
-/// replaces the next). Only while a change starts new workers from a savepoint: the old
-/// ones are stopped at it, or never became Ready. Returns the pods deleted.
+/// Deletes the pods of workers `0..replicas` created before `since` that run another
+/// template than `template` and are not terminating yet, so the StatefulSet starts them
+/// all at once on it rather than one at a time (its rolling update waits for each new pod
+/// to be Ready before it replaces the next). Only while a change starts new workers from a
+/// savepoint (`since`: when that step began): the old ones are stopped at it, or never
+/// became Ready. A pod created since is never deleted, whatever it looks like, so nothing
+/// can make this loop. Returns the pods deleted.
 pub async fn replace_outdated_workers(
     ctx: &Context,
     namespace: &str,
     workers: &str,
     replicas: i32,
     template: &PodTemplateSpec,
+    since: &Time,
 ) -> Result<Vec<String>, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let mut deleted = Vec::new();
@@ -284,7 +294,13 @@ pub async fn replace_outdated_workers(
         else {
             continue;
         };
-        if pod.metadata.deletion_timestamp.is_some() || !outdated(&pod, template) {
+        let created_before = pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|created| created.0 < since.0);
+        if !created_before || pod.metadata.deletion_timestamp.is_some() || !outdated(&pod, template)
+        {
             continue;
         }
         match ctx
@@ -582,6 +598,24 @@ mod tests {
                 "a failed spec, from the same savepoint (a rollback)",
                 pod("h3", "s3://b/sp-2"),
                 true,
+            ),
+            (
+                "a variable a webhook added",
+                {
+                    let mut pod = pod("h2", "s3://b/sp-2");
+                    pod.spec.as_mut().unwrap().containers[0]
+                        .env
+                        .as_mut()
+                        .unwrap()
+                        .push(
+                            serde_json::from_value(
+                                serde_json::json!({"name": "AWS_ROLE_ARN", "value": "arn:x"}),
+                            )
+                            .unwrap(),
+                        );
+                    pod
+                },
+                false,
             ),
         ];
         for (name, pod, expected) in cases {
