@@ -392,11 +392,11 @@ async fn phases(job: &mut StreamJob, ctx: &Context) -> Result<Action, Error> {
             );
         }
     }
-    lifecycle::rolled_out(job, ctx, &workers, &spec_hash, admin_token.as_deref()).await?;
-    if let Some(refusal) = lifecycle::rolled_back_refusal(job) {
-        // Rolled back just now: the workers run the last good spec, which the status must
-        // not take for the wanted one.
-        return Err(refusal);
+    if lifecycle::rolled_out(job, ctx, &workers, &spec_hash, admin_token.as_deref()).await? {
+        // Rolled back just now: the workers run the last good spec, which this reconcile's
+        // status must not take for the wanted one. The next one decides afresh: it refuses
+        // the spec left behind, or (the autoscaler's rescale rolled back) runs on.
+        return Ok(Action::requeue(std::time::Duration::from_millis(100)));
     }
     let changing = job
         .status

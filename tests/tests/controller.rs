@@ -2393,11 +2393,18 @@ async fn a_new_image_that_never_becomes_ready_is_rolled_back() -> Result<()> {
             && rollback.savepoint.contains("upgrade-2-"),
         "rollback {rollback:?}"
     );
+    // The reconcile after the rollback refuses the spec left behind.
+    let job = wait_condition(
+        &client,
+        namespace,
+        &name,
+        "Stalled",
+        "True",
+        Duration::from_secs(30),
+    )
+    .await?;
     let stalled = condition(&job, "Stalled").context("no Stalled condition")?;
-    ensure!(
-        stalled.status == "True" && stalled.reason == "RolledBack",
-        "Stalled: {stalled:?}"
-    );
+    ensure!(stalled.reason == "RolledBack", "Stalled: {stalled:?}");
     // The user's spec is untouched (GitOps sees no drift); the workers run the old image
     // from the savepoint.
     ensure!(

@@ -205,16 +205,48 @@ pub fn pod_problem(pod: &Pod) -> Option<String> {
     })
 }
 
-/// What keeps workers `0..replicas` from being Ready, as one line ("worker 1:
-/// ImagePullBackOff (…)"); failures to read a pod are reported in place.
-pub async fn worker_problems(
+/// Whether the worker container of `pod` ever ran (pure): running, exited, or restarted.
+/// One that never ran (an image that does not pull, a pod not scheduled, a container that
+/// cannot be created) restored nothing and committed nothing.
+pub fn worker_ran(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|status| status.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|container| {
+            let state = container.state.clone().unwrap_or_default();
+            container.restart_count > 0
+                || state.running.is_some()
+                || state.terminated.is_some()
+                || container
+                    .last_state
+                    .as_ref()
+                    .is_some_and(|last| last.terminated.is_some())
+        })
+}
+
+/// What the workers of an overdue roll show.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OverdueWorkers {
+    /// What keeps each from being Ready, as one line ("worker 1: ImagePullBackOff (…)").
+    pub problems: String,
+    /// The workers of the new spec (pods created since the roll began) whose container
+    /// ran, or whose pod could not be read.
+    pub ran: Vec<i32>,
+}
+
+/// Reads the pods of workers `0..replicas` of an overdue roll that began at `since`.
+pub async fn overdue_workers(
     ctx: &Context,
     namespace: &str,
     workers: &str,
     replicas: i32,
-) -> String {
+    since: &Time,
+) -> OverdueWorkers {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let mut problems = Vec::new();
+    let mut ran = Vec::new();
     for ordinal in 0..replicas {
         let name = format!("{workers}-{ordinal}");
         match ctx.limited(pods.get_opt(&name)).await {
@@ -222,17 +254,31 @@ pub async fn worker_problems(
                 if let Some(problem) = pod_problem(&pod) {
                     problems.push(format!("worker {ordinal}: {problem}"));
                 }
+                let new = pod
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .is_none_or(|created| created.0 >= since.0);
+                if new && worker_ran(&pod) {
+                    ran.push(ordinal);
+                }
             }
             Ok(None) => problems.push(format!("worker {ordinal}: no pod")),
-            Err(error) => problems.push(format!(
-                "worker {ordinal}: failed to read pod {name}: {error}"
-            )),
+            Err(error) => {
+                problems.push(format!(
+                    "worker {ordinal}: failed to read pod {name}: {error}"
+                ));
+                ran.push(ordinal);
+            }
         }
     }
-    if problems.is_empty() {
-        "every worker Ready by now".to_string()
-    } else {
-        problems.join("; ")
+    OverdueWorkers {
+        problems: if problems.is_empty() {
+            "every worker Ready by now".to_string()
+        } else {
+            problems.join("; ")
+        },
+        ran,
     }
 }
 
@@ -620,6 +666,67 @@ mod tests {
         ];
         for (name, pod, expected) in cases {
             assert_eq!(outdated(&pod, &wanted), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_worker_ran_once_its_container_started() {
+        let pod = |containers: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "w-0"},
+                "status": {"phase": "Pending", "containerStatuses": containers}}))
+            .unwrap()
+        };
+        let status = |restarts: i32, state: serde_json::Value, last: serde_json::Value| {
+            serde_json::json!([{"name": "worker", "ready": false, "restartCount": restarts,
+                "image": "x", "imageID": "", "state": state, "lastState": last}])
+        };
+        let waiting = |reason: &str| serde_json::json!({"waiting": {"reason": reason}});
+        let cases = [
+            (
+                "no container status yet (not scheduled)",
+                serde_json::json!([]),
+                false,
+            ),
+            (
+                "an image that does not pull",
+                status(0, waiting("ErrImageNeverPull"), serde_json::json!({})),
+                false,
+            ),
+            (
+                "a container that cannot be created",
+                status(
+                    0,
+                    waiting("CreateContainerConfigError"),
+                    serde_json::json!({}),
+                ),
+                false,
+            ),
+            (
+                "running",
+                status(0, serde_json::json!({"running": {}}), serde_json::json!({})),
+                true,
+            ),
+            (
+                "exited",
+                status(
+                    0,
+                    serde_json::json!({"terminated": {"exitCode": 1}}),
+                    serde_json::json!({}),
+                ),
+                true,
+            ),
+            (
+                "crash looping",
+                status(
+                    3,
+                    waiting("CrashLoopBackOff"),
+                    serde_json::json!({"terminated": {"exitCode": 1}}),
+                ),
+                true,
+            ),
+        ];
+        for (name, containers, ran) in cases {
+            assert_eq!(worker_ran(&pod(containers)), ran, "{name}");
         }
     }
 

@@ -27,7 +27,7 @@ use sluice_crds::{CheckedJob, StreamJob, StreamJobSpec, StreamJobStatus};
 use tracing::{info, warn};
 
 use self::effects::{
-    Answer, committed_positions, savepoint_found, worker_addresses, worker_problems,
+    Answer, committed_positions, overdue_workers, savepoint_found, worker_addresses,
 };
 use self::machine::{Found, Next};
 use crate::build::job_name;
@@ -582,42 +582,45 @@ async fn effect(
     }
 }
 
-/// After the apply: completes a roll once every worker runs the new spec and is Ready.
+/// After the apply: completes a roll once every worker runs the new spec and is Ready, or
+/// a rollback once every worker runs the last good one. `true`: a rollback completed, and
+/// the reconcile starts over (the spec it read is not the one the workers run).
 pub async fn rolled_out(
     job: &mut StreamJob,
     ctx: &Context,
     workers: &WorkerCounts,
     applied_spec_hash: &str,
     token: Option<&str>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let Some(upgrade) = job
         .status
         .as_ref()
         .and_then(|status| status.upgrade.clone())
     else {
-        return Ok(());
+        return Ok(false);
     };
     if upgrade.state == UpgradeState::RollingBack {
         let Some(to) = roll_back_to(&upgrade) else {
-            return Ok(());
+            return Ok(false);
         };
         if workers.all_ready() && applied_spec_hash == spec_hash(&to.spec) {
             rolled_back(job, ctx, &upgrade, &to).await?;
+            return Ok(true);
         }
-        return Ok(());
+        return Ok(false);
     }
     if upgrade.state != UpgradeState::Rolling
         || !workers.all_ready()
         || applied_spec_hash != spec_hash(&job.spec)
     {
-        return Ok(());
+        return Ok(false);
     }
     if let Next::Done { savepoint } =
         machine::next(&upgrade, &Found::RolledOut, &now(), &ctx.settings.lifecycle)
     {
         finish(job, ctx, &upgrade, savepoint, token).await?;
     }
-    Ok(())
+    Ok(false)
 }
 
 /// The refusal of a spec that was rolled back (`status.rollback`), until it changes.
@@ -710,22 +713,39 @@ async fn overdue(
     };
     let namespace = job.namespace().unwrap_or_default();
     let names = ChildNames::of(&job_name(job));
-    let problems = worker_problems(
+    let seen = overdue_workers(
         ctx,
         &namespace,
         &names.workers,
         workers.desired.max(workers.replicas),
+        &upgrade.state_since,
     )
     .await;
     let timeout = timeout.unwrap_or_default();
     let late = format!(
-        "the workers of generation {} were not all Ready within {timeout:?} (spec.rollback.readyTimeout): {problems}",
-        upgrade.target_generation
+        "the workers of generation {} were not all Ready within {timeout:?} (spec.rollback.readyTimeout): {}",
+        upgrade.target_generation, seen.problems
     );
-    let verdict = machine::rollback_verdict(
-        upgrade.committed_positions,
-        committed_positions(job, ctx, &to.spec.source.topics).await,
-    );
+    // A worker of the new spec that ran may have restored the savepoint into its volume
+    // (which the last good spec would then take for its own restore) or committed output
+    // (which starting again from the savepoint would repeat): only workers that never ran
+    // are rolled back, and then only while the positions show nothing committed.
+    let verdict = if seen.ran.is_empty() {
+        machine::rollback_verdict(
+            upgrade.committed_positions,
+            committed_positions(job, ctx, &to.spec.source.topics).await,
+        )
+    } else {
+        Err(format!(
+            "worker{} {} of the new spec ran, so it may have restored the savepoint into its volume or committed output",
+            if seen.ran.len() == 1 { "" } else { "s" },
+            seen.ran
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    };
     match verdict {
         Ok(()) => {
             let Next::Enter(entered) = machine::next(
@@ -799,7 +819,7 @@ async fn rolled_back(
     });
     status.rollback = Some(RollbackRecord {
         generation: upgrade.target_generation,
-        spec_hash: spec_hash(&job.spec),
+        spec_hash: upgrade.target_spec_hash.clone(),
         parallelism: job.spec.parallelism,
         to_generation: to.generation,
         savepoint: savepoint.clone(),
