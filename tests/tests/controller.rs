@@ -2369,18 +2369,17 @@ async fn a_new_image_that_never_becomes_ready_is_rolled_back() -> Result<()> {
     // An image the node does not have, with imagePullPolicy Never: ErrImageNeverPull.
     let started = Instant::now();
     patch_spec(&jobs, &name, json!({"image": "sluice-worker:never-built"})).await?;
-    let rolled_back = wait_for("the rollback", READY_TIMEOUT, || async {
+    let rollback = wait_for("the rollback", READY_TIMEOUT, || async {
         let job = jobs.get(&name).await?;
         let status = job.status.clone().unwrap_or_default();
         match (&status.rollback, &status.deployed, &status.upgrade) {
             (Some(rollback), Some(deployed), None) if deployed.generation == 1 => {
-                Ok(Some((job.clone(), rollback.clone())))
+                Ok(Some(rollback.clone()))
             }
             _ => bail!("status {}", describe_job(&job)),
         }
     })
     .await?;
-    let (job, rollback) = rolled_back;
     eprintln!(
         "rolled back in {:?}: {}",
         started.elapsed(),
