@@ -153,10 +153,12 @@ pub fn next_status(
                 reason = why.to_string();
                 message = match (&previous.last_error, upgrade.state) {
                     // Why it rolls back (the workers' problems), in the condition and Event.
-                    (Some(late), UpgradeState::RollingBack) => format!(
-                        "{what}; {late}; {} of {} workers ready",
-                        workers.ready, workers.desired
-                    ),
+                    (Some(late), UpgradeState::StoppingForRollback | UpgradeState::RollingBack) => {
+                        format!(
+                            "{what}; {late}; {} of {} workers ready",
+                            workers.ready, workers.desired
+                        )
+                    }
                     _ => format!(
                         "{what}; {} of {} workers ready",
                         workers.ready, workers.desired
@@ -205,6 +207,7 @@ pub fn next_status(
                         previous_parallelism: restore
                             .and_then(|deployed| deployed.previous_parallelism),
                         offsets_only: restore.is_some_and(|deployed| deployed.offsets_only),
+                        restore_epoch: restore.and_then(|deployed| deployed.restore_epoch),
                     });
                     reason = "Running".to_string();
                     message = format!(
@@ -289,6 +292,11 @@ fn changing(upgrade: &UpgradeStatus, parallelism: i32) -> (&'static str, String)
             "attempt {} failed (see lastError), the workers run the spec they ran; retried after a backoff",
             upgrade.attempt
         ),
+        UpgradeState::StoppingForRollback => format!(
+            "its workers were not all Ready in time: stopping them, then starting generation {} again from savepoint {} if none committed anything",
+            upgrade.from_generation.unwrap_or_default(),
+            upgrade.savepoint.as_deref().unwrap_or(savepoint)
+        ),
         UpgradeState::RollingBack => format!(
             "its workers were not all Ready in time and none committed anything: starting generation {} again from savepoint {}",
             upgrade.from_generation.unwrap_or_default(),
@@ -297,7 +305,7 @@ fn changing(upgrade: &UpgradeStatus, parallelism: i32) -> (&'static str, String)
     };
     let reason = match (upgrade.state, upgrade.kind) {
         (UpgradeState::Failed | UpgradeState::Aborting, _) => UPGRADE_FAILED,
-        (UpgradeState::RollingBack, _) => "RollingBack",
+        (UpgradeState::StoppingForRollback | UpgradeState::RollingBack, _) => "RollingBack",
         (_, ChangeKind::Rescale) => "Rescaling",
         (_, ChangeKind::Suspend) => "Suspending",
         (_, ChangeKind::SavepointOnly | ChangeKind::PeriodicSavepoint) => "TakingSavepoint",
@@ -469,31 +477,40 @@ mod tests {
 
     #[test]
     fn a_rollback_says_why_in_its_warning() {
-        let mut job = fixtures::job();
-        job.status = Some(StreamJobStatus {
-            upgrade: Some(UpgradeStatus {
-                state: UpgradeState::RollingBack,
-                from_generation: Some(1),
-                savepoint: Some("s3://b/ns/job/upgrade-2-50-1".into()),
-                ..crate::lifecycle::machine::start(ChangeKind::Upgrade, 2, "h2", 1, &at(50))
-            }),
-            last_error: Some("worker 0: ErrImageNeverPull".into()),
-            ..StreamJobStatus::default()
-        });
-        let (status, transition) =
-            next_status(&job, &applied("h1", counts(1, 1, 0, false)), &at(100));
-        assert_eq!(status.phase, Some(Phase::Upgrading));
-        let ready = condition(&status, condition_type::READY);
-        assert_eq!(ready.reason, "RollingBack");
-        assert!(
-            ready.message.contains(
-                "starting generation 1 again from savepoint s3://b/ns/job/upgrade-2-50-1"
-            ) && ready.message.contains("ErrImageNeverPull"),
-            "{}",
-            ready.message
-        );
-        let transition = transition.expect("an Event");
-        assert!(transition.warning && transition.reason == "RollingBack");
+        for (state, says) in [
+            (
+                UpgradeState::StoppingForRollback,
+                "stopping them, then starting generation 1 again from savepoint s3://b/ns/job/upgrade-2-50-1 if none committed anything",
+            ),
+            (
+                UpgradeState::RollingBack,
+                "starting generation 1 again from savepoint s3://b/ns/job/upgrade-2-50-1",
+            ),
+        ] {
+            let mut job = fixtures::job();
+            job.status = Some(StreamJobStatus {
+                upgrade: Some(UpgradeStatus {
+                    state,
+                    from_generation: Some(1),
+                    savepoint: Some("s3://b/ns/job/upgrade-2-50-1".into()),
+                    ..crate::lifecycle::machine::start(ChangeKind::Upgrade, 2, "h2", 1, &at(50))
+                }),
+                last_error: Some("worker 0: ErrImageNeverPull".into()),
+                ..StreamJobStatus::default()
+            });
+            let (status, transition) =
+                next_status(&job, &applied("h1", counts(1, 1, 0, false)), &at(100));
+            assert_eq!(status.phase, Some(Phase::Upgrading), "{state:?}");
+            let ready = condition(&status, condition_type::READY);
+            assert_eq!(ready.reason, "RollingBack", "{state:?}");
+            assert!(
+                ready.message.contains(says) && ready.message.contains("ErrImageNeverPull"),
+                "{state:?}: {}",
+                ready.message
+            );
+            let transition = transition.expect("an Event");
+            assert!(transition.warning && transition.reason == "RollingBack");
+        }
     }
 
     #[test]
@@ -517,6 +534,7 @@ mod tests {
                 savepoint: None,
                 previous_parallelism: None,
                 offsets_only: false,
+                restore_epoch: None,
             })
         };
         let cases = [

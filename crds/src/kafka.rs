@@ -25,6 +25,12 @@ pub fn group_id(namespace: &str, name: &str) -> String {
     format!("sluice.{namespace}.{name}")
 }
 
+/// The transactional id of worker `ordinal` of a job: `<group id>.<ordinal>`. The worker
+/// produces under it; the controller fences it before a rollback.
+pub fn transactional_id(namespace: &str, name: &str, ordinal: u32) -> String {
+    format!("{}.{ordinal}", group_id(namespace, name))
+}
+
 /// The longest topic name Kafka accepts.
 pub const MAX_TOPIC_LENGTH: usize = 249;
 

@@ -117,6 +117,11 @@ pub struct DeployedSpec {
     /// `SLUICE_RESTORE_OFFSETS_ONLY`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub offsets_only: bool,
+    /// The epoch of that restore (their `SLUICE_RESTORE_EPOCH`): set by a rollback, so
+    /// the workers restore the savepoint afresh rather than keep what the rolled-back
+    /// spec's workers made of it on their volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_epoch: Option<u64>,
 }
 
 /// A completed savepoint.
@@ -195,6 +200,10 @@ pub struct UpgradeStatus {
     /// to the savepoint repeats nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub committed_positions: Option<i64>,
+    /// Why this change is not rolled back automatically, once found: the change waits in
+    /// `Rolling` for a fix of the spec, and is not checked again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_refused: Option<String>,
 }
 
 /// An automatic rollback: the spec it left is not tried again until the spec changes.
@@ -264,9 +273,15 @@ pub enum UpgradeState {
     /// The savepoint failed (see `lastError`); the old spec runs and the change is
     /// retried after a backoff.
     Failed,
-    /// The new spec's workers were not all Ready within `spec.rollback.readyTimeout` and
-    /// none committed anything: the StatefulSet runs the spec of `fromSpec` again from the
-    /// savepoint; waiting for every worker to be Ready on it.
+    /// The new spec's workers were not all Ready within `spec.rollback.readyTimeout`: the
+    /// StatefulSet runs none, and once every worker pod is gone their transactional ids
+    /// are fenced and the job's committed positions compared with `committedPositions`.
+    /// Unchanged: `RollingBack`; moved (a new worker committed output): back to `Rolling`
+    /// with `rollbackRefused`.
+    StoppingForRollback,
+    /// No worker of the new spec committed anything and none runs: the StatefulSet runs
+    /// the spec of `fromSpec` again from the savepoint, restored afresh in a new epoch
+    /// (`restoreEpoch`); waiting for every worker to be Ready on it.
     RollingBack,
 }
 

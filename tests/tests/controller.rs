@@ -13,7 +13,7 @@
 #[allow(dead_code)]
 mod common_node;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -2455,6 +2455,170 @@ async fn a_new_image_that_never_becomes_ready_is_rolled_back() -> Result<()> {
     wait_deployed(&jobs, &name, 3).await?;
     lifecycle.produce_third(2)?;
     lifecycle.finish(&["RollingBack", "RolledBack"]).await
+}
+
+/// A new version whose workers ran (docs/lifecycle.md, "Rollback"): workers that crash at
+/// start committed nothing, so once they are stopped and fenced the last good spec starts
+/// again from the savepoint, restoring it afresh (a new restore epoch); workers that
+/// committed output after the savepoint are not rolled back (a restart from it would
+/// repeat that output): the refusal is recorded once, with an Event, and the change waits
+/// for a fix. Every result is in the sink exactly once.
+#[tokio::test]
+async fn a_version_that_crashes_is_rolled_back_but_not_one_that_committed_output() -> Result<()> {
+    let node = node_env().await?;
+    let lifecycle = Lifecycle::start_with(
+        "e2e-ctl-rollback-ran",
+        LifecycleOptions {
+            spec: json!({"parallelism": 2, "rollback": {"readyTimeout": "15s"}}),
+            ..LifecycleOptions::default()
+        },
+    )
+    .await?;
+    let (client, namespace, name, jobs) = (
+        lifecycle.client.clone(),
+        lifecycle.namespace,
+        lifecycle.name.clone(),
+        lifecycle.jobs.clone(),
+    );
+    lifecycle.produce_third(0)?;
+
+    // An image that runs and exits at once (the controller's: it cannot start as a
+    // worker), so its containers ran and crash-loop.
+    let started = Instant::now();
+    patch_spec(&jobs, &name, json!({"image": node.controller_image})).await?;
+    let rollback = wait_for("the rollback", READY_TIMEOUT, || async {
+        let job = jobs.get(&name).await?;
+        let status = job.status.clone().unwrap_or_default();
+        match (&status.rollback, &status.deployed, &status.upgrade) {
+            (Some(rollback), Some(deployed), None) if deployed.generation == 1 => {
+                Ok(Some((rollback.clone(), deployed.clone())))
+            }
+            _ => bail!("status {}", describe_job(&job)),
+        }
+    })
+    .await?;
+    let (rollback, deployed) = rollback;
+    eprintln!(
+        "rolled back workers that ran in {:?}: {}",
+        started.elapsed(),
+        rollback.reason
+    );
+    ensure!(
+        rollback.generation == 2 && rollback.to_generation == 1,
+        "rollback {rollback:?}"
+    );
+    ensure!(
+        deployed.restore_epoch == Some(2),
+        "the rolled-back workers restore in epoch {:?}",
+        deployed.restore_epoch
+    );
+    for ordinal in 0..2 {
+        let pod = wait_pod_ready(&client, namespace, &format!("{name}-{ordinal}")).await?;
+        let env: BTreeMap<String, String> = pod
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.containers.first())
+            .and_then(|container| container.env.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|var| Some((var.name, var.value?)))
+            .collect();
+        ensure!(
+            env.get("SLUICE_RESTORE_FROM") == Some(&rollback.savepoint)
+                && env.get("SLUICE_RESTORE_EPOCH").map(String::as_str) == Some("2"),
+            "worker {ordinal} restores with {env:?}"
+        );
+    }
+    let job = wait_condition(
+        &client,
+        namespace,
+        &name,
+        "Stalled",
+        "True",
+        Duration::from_secs(30),
+    )
+    .await?;
+    let stalled = condition(&job, "Stalled").context("no Stalled condition")?;
+    ensure!(stalled.reason == "RolledBack", "Stalled: {stalled:?}");
+    lifecycle.produce_third(1)?;
+
+    // The good image, but more CPU than the node has for two workers: one runs and
+    // commits output, the other stays Pending. Not rolled back.
+    patch_spec(
+        &jobs,
+        &name,
+        json!({"image": null, "resources": {"requests": {"cpu": "1500m"}}}),
+    )
+    .await?;
+    let generation = 3;
+    wait_for("the new spec's workers to start", READY_TIMEOUT, || async {
+        let job = jobs.get(&name).await?;
+        match job
+            .status
+            .as_ref()
+            .and_then(|status| status.upgrade.as_ref())
+        {
+            Some(upgrade)
+                if upgrade.target_generation == generation
+                    && upgrade.state == sluice_crds::status::UpgradeState::Rolling =>
+            {
+                Ok(Some(()))
+            }
+            _ => bail!("status {}", describe_job(&job)),
+        }
+    })
+    .await?;
+    // Input while one worker of the new spec runs: it commits some.
+    lifecycle.produce_third(2)?;
+    let refused = wait_for("the refusal", READY_TIMEOUT, || async {
+        let job = jobs.get(&name).await?;
+        match job
+            .status
+            .as_ref()
+            .and_then(|status| status.upgrade.as_ref())
+        {
+            Some(upgrade) if upgrade.rollback_refused.is_some() => Ok(Some(job)),
+            _ => bail!("status {}", describe_job(&job)),
+        }
+    })
+    .await?;
+    let upgrade = refused
+        .status
+        .as_ref()
+        .and_then(|status| status.upgrade.clone())
+        .context("no upgrade")?;
+    ensure!(
+        upgrade.state == sluice_crds::status::UpgradeState::Rolling
+            && upgrade
+                .rollback_refused
+                .as_deref()
+                .is_some_and(|why| why.contains("committed output after the savepoint")),
+        "refused: {upgrade:?}"
+    );
+    let refusals = events_with_reason(&client, namespace, &name, "RollbackRefused").await?;
+    ensure!(refusals.len() == 1, "RollbackRefused Events: {refusals:?}");
+
+    // The fix: requests that fit. The change completes from the same savepoint.
+    patch_spec(&jobs, &name, json!({"resources": null})).await?;
+    let fixed = wait_deployed(&jobs, &name, 4).await?;
+    ensure!(
+        fixed
+            .status
+            .as_ref()
+            .and_then(|status| status.deployed.as_ref())
+            .is_some_and(|deployed| deployed.restore_epoch.is_none()
+                && deployed.savepoint.as_deref() == upgrade.savepoint.as_deref()),
+        "{}",
+        describe_job(&fixed)
+    );
+    let refusals = events_with_reason(&client, namespace, &name, "RollbackRefused").await?;
+    ensure!(
+        refusals.len() == 1,
+        "the refusal was announced more than once: {refusals:?}"
+    );
+    lifecycle
+        .finish(&["RollingBack", "RolledBack", "RollbackRefused"])
+        .await
 }
 
 /// State that no longer maps (docs/lifecycle.md): changing an aggregate's function under

@@ -173,6 +173,12 @@ pub struct RunArgs {
         default_missing_value = "true"
     )]
     pub restore_offsets_only: bool,
+    /// The epoch of --restore-from: a worker restarted with the same savepoint and epoch
+    /// keeps the state it made since; another epoch restores the savepoint again, whatever
+    /// the volume holds (the controller sets one when it rolls back to a savepoint that
+    /// another spec's workers may have restored).
+    #[arg(long, env = "SLUICE_RESTORE_EPOCH", requires = "restore_from")]
+    pub restore_epoch: Option<u64>,
     /// A file holding the bearer token the admin API's savepoint endpoints require (a
     /// mounted Secret); without it they refuse every request.
     #[arg(long, env = "SLUICE_ADMIN_TOKEN_FILE")]
@@ -388,6 +394,7 @@ fn run_worker(args: &RunArgs) -> anyhow::Result<ExitCode> {
             .transpose()
             .context("failed to read --restore-from")?,
         restore_offsets_only: args.restore_offsets_only,
+        restore_epoch: args.restore_epoch,
         spec_hash: args.spec_hash.clone(),
     };
     let token = match &args.admin_token_file {

@@ -77,6 +77,9 @@ pub struct RunOptions {
     pub restore_from: Option<Url>,
     /// Take only the Kafka offsets of `restore_from`; the windows start empty.
     pub restore_offsets_only: bool,
+    /// The restore's epoch: a new epoch restores `restore_from` again, whatever the
+    /// volume holds (a rollback to the savepoint another spec's workers restored).
+    pub restore_epoch: Option<u64>,
     /// The hash of the spec the worker runs (recorded in savepoints).
     pub spec_hash: Option<String>,
 }
@@ -282,10 +285,9 @@ pub fn apply_recorded_stop(options: &RunOptions, status: &WorkerStatus) -> anyho
         .and_then(|url| url.split_last())
         .map(|(_, id)| id);
     // A restore that has not happened yet replaces the state by a savepoint's cut.
-    let restores_now = options
-        .restore_from
-        .as_ref()
-        .is_some_and(|url| !savepoint_restore::already_restored(&options.state_dir, url));
+    let restores_now = options.restore_from.as_ref().is_some_and(|url| {
+        !savepoint_restore::already_restored(&options.state_dir, url, options.restore_epoch)
+    });
     // Its savepoints' states survive restarts (one it was writing is reported failed); a
     // state it cannot read counts as written, the safe side.
     let part_failed = recorded
@@ -623,7 +625,7 @@ impl<'a> Worker<'a> {
 
         // A savepoint to start from replaces the state, once.
         if let Some(url) = &options.restore_from
-            && !savepoint_restore::already_restored(&options.state_dir, url)
+            && !savepoint_restore::already_restored(&options.state_dir, url, options.restore_epoch)
         {
             let started = Instant::now();
             let savepoint =
@@ -654,6 +656,7 @@ impl<'a> Worker<'a> {
                 } else {
                     savepoint_restore::Take::Everything
                 },
+                options.restore_epoch,
             )
             .map_err(Stop::Invalid)?;
             tracing::info!(

@@ -16,7 +16,7 @@ use sluice_worker::io::memory::MemorySink;
 use sluice_worker::io::{Position, SourceRecord};
 use sluice_worker::metrics::Metrics;
 use sluice_worker::savepoint::format::{KeyGroupRange, Part, SAVEPOINT_FORMAT_VERSION};
-use sluice_worker::savepoint::restore::{Owned, Savepoint, Take, restore};
+use sluice_worker::savepoint::restore::{Owned, Savepoint, Take, already_restored, restore};
 use sluice_worker::savepoint::{Directory, JobIdentity, StateDescription, Url, manage, take};
 use sluice_worker::state::key_group::key_group_range;
 use sluice_worker::state::rocksdb::{RocksDbStore, link_checkpoint};
@@ -233,6 +233,7 @@ fn restored_taking(
             &owned,
             directory.path(),
             take,
+            None,
         )
         .unwrap();
         for partition in &record.partitions {
@@ -373,6 +374,7 @@ fn refusal(savepoint: &Url, job: &CheckedJob, identity: &JobIdentity) -> String 
             },
             directory.path(),
             Take::Everything,
+            None,
         )
     });
     assert!(marker.exists(), "nothing changes before every check passed");
@@ -508,9 +510,63 @@ fn an_incremental_savepoint_shares_files_and_survives_its_parents_deletion() {
         },
         target.path(),
         Take::Everything,
+        None,
     )
     .unwrap();
     // Deleting the last one removes every file.
     manage::delete(&directory, "sp-2").unwrap();
     assert!(files_of(&root.path().join("default/test"), ".sst").is_empty());
+}
+
+#[test]
+fn a_restore_in_another_epoch_is_a_new_restore_of_the_same_savepoint() {
+    let manifest = JobBuilder::tumbling().build();
+    let (_, job) = sluice_crds::load_manifest(&manifest).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let location = Url::File(root.path().join("default/test"));
+    let _workers = one_savepoint(&job, &location, "sp-epoch");
+    let url = location.join("sp-epoch");
+    let opened = Savepoint::open(&url).unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let restore_in = |epoch: Option<u64>| {
+        restore(
+            &opened,
+            &identity(),
+            &StateDescription::of(&job),
+            &Owned {
+                key_groups: (0, u32::from(job.key_groups.get())),
+                partitions: all_partitions(),
+            },
+            target.path(),
+            Take::Everything,
+            epoch,
+        )
+        .unwrap()
+    };
+    // (the epoch restored in, then whether a start in each epoch keeps that restore)
+    type Expectations = [(Option<u64>, bool); 3];
+    let cases: [(Option<u64>, Expectations); 3] = [
+        // A restart with the same savepoint and no epoch keeps what it made since.
+        (None, [(None, true), (Some(7), false), (Some(8), false)]),
+        // A rollback (epoch 7) restores it again, whatever the volume holds...
+        (Some(7), [(None, false), (Some(7), true), (Some(8), false)]),
+        // ...and a later one (epoch 8) does too.
+        (Some(8), [(None, false), (Some(7), false), (Some(8), true)]),
+    ];
+    for (restored_in, expectations) in cases {
+        restore_in(restored_in);
+        for (asked, expected) in expectations {
+            assert_eq!(
+                already_restored(target.path(), &url, asked),
+                expected,
+                "restored in epoch {restored_in:?}, started with epoch {asked:?}"
+            );
+        }
+    }
+    // Another savepoint is never taken for this one, in any epoch.
+    assert!(!already_restored(
+        target.path(),
+        &location.join("sp-other"),
+        None
+    ));
 }

@@ -16,8 +16,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use kube::api::Api;
-use sluice_crds::StreamJob;
 use sluice_crds::status::{AutoscalerStatus, condition_type, set_condition};
+use sluice_crds::{StreamJob, StreamJobSpec};
 use tracing::{debug, info};
 
 use self::decide::{Action, Decision, Memory, Refusal, Settings};
@@ -181,10 +181,19 @@ pub(crate) async fn kafka_properties(
     job: &StreamJob,
     ctx: &Context,
 ) -> Result<BTreeMap<String, String>, String> {
-    let mut properties = job.spec.kafka.properties.clone();
-    if let Some(reference) = &job.spec.kafka.secret_ref {
-        let secrets: Api<Secret> =
-            Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    kafka_properties_of(ctx, &job.namespace().unwrap_or_default(), &job.spec).await
+}
+
+/// [`kafka_properties`] of `spec`, a spec of a job in `namespace` (the one it runs, or
+/// the last good one a rollback returns to).
+pub(crate) async fn kafka_properties_of(
+    ctx: &Context,
+    namespace: &str,
+    spec: &StreamJobSpec,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut properties = spec.kafka.properties.clone();
+    if let Some(reference) = &spec.kafka.secret_ref {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
         let secret = ctx
             .limited(secrets.get(&reference.name))
             .await

@@ -161,6 +161,9 @@ fn container(inputs: &BuildInputs<'_>) -> Container {
     if inputs.restore.savepoint.is_some() && inputs.restore.offsets_only {
         variables.push(env("SLUICE_RESTORE_OFFSETS_ONLY", "true".to_string()));
     }
+    if let (Some(_), Some(epoch)) = (&inputs.restore.savepoint, inputs.restore.epoch) {
+        variables.push(env("SLUICE_RESTORE_EPOCH", epoch.to_string()));
+    }
     if spec.kafka.secret_ref.is_some() {
         variables.push(env_var_kafka());
     }
@@ -402,6 +405,101 @@ mod tests {
                 "{}",
                 case.name
             );
+        }
+    }
+
+    #[test]
+    fn the_restore_settings_become_the_workers_restore_variables() {
+        use crate::lifecycle::Restore;
+        let savepoint = Some("s3://b/shop/page-views/upgrade-3-9-1".to_string());
+        let cases = [
+            ("no restore", Restore::default(), [None, None, None, None]),
+            (
+                "an upgrade's",
+                Restore {
+                    savepoint: savepoint.clone(),
+                    previous_parallelism: Some(2),
+                    ..Restore::default()
+                },
+                [
+                    Some("s3://b/shop/page-views/upgrade-3-9-1"),
+                    Some("2"),
+                    None,
+                    None,
+                ],
+            ),
+            (
+                "a Stateless upgrade's",
+                Restore {
+                    savepoint: savepoint.clone(),
+                    previous_parallelism: Some(2),
+                    offsets_only: true,
+                    epoch: None,
+                },
+                [
+                    Some("s3://b/shop/page-views/upgrade-3-9-1"),
+                    Some("2"),
+                    Some("true"),
+                    None,
+                ],
+            ),
+            (
+                "a rollback's: a new epoch",
+                Restore {
+                    savepoint: savepoint.clone(),
+                    previous_parallelism: Some(2),
+                    offsets_only: false,
+                    epoch: Some(3),
+                },
+                [
+                    Some("s3://b/shop/page-views/upgrade-3-9-1"),
+                    Some("2"),
+                    None,
+                    Some("3"),
+                ],
+            ),
+            (
+                "no epoch without a savepoint",
+                Restore {
+                    epoch: Some(3),
+                    ..Restore::default()
+                },
+                [None, None, None, None],
+            ),
+        ];
+        let names = [
+            "SLUICE_RESTORE_FROM",
+            "SLUICE_PREVIOUS_PARALLELISM",
+            "SLUICE_RESTORE_OFFSETS_ONLY",
+            "SLUICE_RESTORE_EPOCH",
+        ];
+        for (name, restore, expect) in cases {
+            let job = fixtures::job();
+            let checked = fixtures::checked(&job);
+            let children = crate::build::build(&crate::build::BuildInputs {
+                job: &job,
+                checked: &checked,
+                defaults: &fixtures::worker_defaults(),
+                storage_class_name: None,
+                admin_token: fixtures::TOKEN,
+                spec_hash: fixtures::SPEC_HASH,
+                restore: &restore,
+            });
+            let env: BTreeMap<String, String> =
+                children.workers.spec.template.spec.unwrap().containers[0]
+                    .env
+                    .clone()
+                    .unwrap()
+                    .into_iter()
+                    .map(|var| (var.name, var.value.unwrap_or_default()))
+                    .collect();
+            for (variable, expected) in names.iter().zip(expect) {
+                assert_eq!(
+                    env.get(*variable).map(String::as_str),
+                    expected,
+                    "{name}: {variable}"
+                );
+            }
         }
     }
 

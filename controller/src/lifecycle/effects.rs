@@ -16,15 +16,16 @@ use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use serde::Deserialize;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use kube::ResourceExt;
-use sluice_crds::StreamJob;
+use sluice_crds::status::UpgradeStatus;
+use sluice_crds::{StreamJob, StreamJobSpec};
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::machine::Found;
+use super::machine::{Found, rollback_verdict};
 use crate::context::Context;
 use crate::error::Error;
 use crate::names::ADMIN_PORT;
@@ -117,25 +118,114 @@ pub fn savepoint_found(answers: &[Answer]) -> Found {
 pub async fn committed_positions(
     job: &StreamJob,
     ctx: &Context,
+    connection: &StreamJobSpec,
     also_topics: &[String],
 ) -> Result<i64, String> {
-    let properties = crate::autoscaler::kafka_properties(job, ctx).await?;
     let namespace = job.namespace().unwrap_or_default();
     let name = crate::build::job_name(job);
+    let properties = crate::autoscaler::kafka_properties_of(ctx, &namespace, connection).await?;
     let group = sluice_crds::kafka::group_id(&namespace, &name);
     let mut config = crate::autoscaler::measure::client_config(
-        &job.spec.kafka.bootstrap_servers,
+        &connection.kafka.bootstrap_servers,
         &group,
         &properties,
     );
     config.set("client.id", "sluice-controller-lifecycle");
     let reader = crate::autoscaler::measure::KafkaReader::new(&config)?;
-    let mut topics: Vec<String> = job.spec.source.topics.clone();
+    let mut topics: Vec<String> = connection.source.topics.clone();
     topics.extend(also_topics.iter().cloned());
     topics.push(sluice_crds::kafka::repartition_topic(&namespace, &name));
     topics.sort();
     topics.dedup();
     reader.committed_positions(&topics).await
+}
+
+/// Fences the transactional ids of workers `0..ordinals` of `job` with the Kafka
+/// connection of `connection`: initialising each id aborts the transaction its last
+/// producer left open and fences that producer, so it can never commit again.
+pub async fn fence_workers(
+    job: &StreamJob,
+    ctx: &Context,
+    connection: &StreamJobSpec,
+    ordinals: u32,
+) -> Result<(), String> {
+    use rdkafka::producer::{BaseProducer, Producer as _};
+    let namespace = job.namespace().unwrap_or_default();
+    let name = crate::build::job_name(job);
+    let properties = crate::autoscaler::kafka_properties_of(ctx, &namespace, connection).await?;
+    let mut config = rdkafka::ClientConfig::new();
+    for (key, value) in &properties {
+        if !sluice_crds::kafka::OWNED_PROPERTIES.contains(&key.as_str()) {
+            config.set(key, value);
+        }
+    }
+    config
+        .set("bootstrap.servers", &connection.kafka.bootstrap_servers)
+        .set("client.id", "sluice-controller-lifecycle");
+    let ids: Vec<String> = (0..ordinals)
+        .map(|ordinal| sluice_crds::kafka::transactional_id(&namespace, &name, ordinal))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        for id in ids {
+            let producer: BaseProducer = config
+                .clone()
+                .set("transactional.id", &id)
+                .create()
+                .map_err(|error| format!("failed to create a producer for {id}: {error}"))?;
+            producer
+                .init_transactions(REQUEST_TIMEOUT)
+                .map_err(|error| format!("failed to fence transactional id {id}: {error}"))?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|error| format!("failed to fence the workers: {error}"))?
+}
+
+/// The effect of `StoppingForRollback` (the StatefulSet has no replica): waits until no
+/// pod of workers `0..ordinals` is left, fences their transactional ids, then compares
+/// the job's committed positions with those recorded at the savepoint, all with the
+/// Kafka connection of `last_good` (the spec the rollback returns to). A failure to read
+/// is `Waiting` (the machine gives up after the savepoint timeout).
+pub async fn stopped_for_rollback(
+    job: &StreamJob,
+    ctx: &Context,
+    last_good: &StreamJobSpec,
+    upgrade: &UpgradeStatus,
+    ordinals: i32,
+) -> Found {
+    let namespace = job.namespace().unwrap_or_default();
+    let workers = crate::names::ChildNames::of(&crate::build::job_name(job)).workers;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    for ordinal in 0..ordinals {
+        let name = format!("{workers}-{ordinal}");
+        match ctx.limited(pods.get_opt(&name)).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                debug!("worker pod {name} is still there: the rollback waits for it to go");
+                return Found::Waiting;
+            }
+            Err(error) => {
+                warn!("failed to read pod {name}: {error}");
+                return Found::Waiting;
+            }
+        }
+    }
+    let ordinals = u32::try_from(ordinals).unwrap_or_default();
+    if let Err(error) = fence_workers(job, ctx, last_good, ordinals).await {
+        warn!("{error}: the rollback waits");
+        return Found::Waiting;
+    }
+    match committed_positions(job, ctx, last_good, &job.spec.source.topics).await {
+        Ok(now) => match rollback_verdict(upgrade.committed_positions, Ok(now)) {
+            Ok(()) => Found::RollbackSafe,
+            Err(reason) => Found::RollbackRefused { reason },
+        },
+        Err(error) => {
+            warn!("{error}: the rollback waits");
+            Found::Waiting
+        }
+    }
 }
 
 /// What keeps a worker pod from being Ready (pure), for the rollback's record and event:
@@ -205,48 +295,16 @@ pub fn pod_problem(pod: &Pod) -> Option<String> {
     })
 }
 
-/// Whether the worker container of `pod` ever ran (pure): running, exited, or restarted.
-/// One that never ran (an image that does not pull, a pod not scheduled, a container that
-/// cannot be created) restored nothing and committed nothing.
-pub fn worker_ran(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|status| status.container_statuses.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|container| {
-            let state = container.state.clone().unwrap_or_default();
-            container.restart_count > 0
-                || state.running.is_some()
-                || state.terminated.is_some()
-                || container
-                    .last_state
-                    .as_ref()
-                    .is_some_and(|last| last.terminated.is_some())
-        })
-}
-
-/// What the workers of an overdue roll show.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OverdueWorkers {
-    /// What keeps each from being Ready, as one line ("worker 1: ImagePullBackOff (…)").
-    pub problems: String,
-    /// The workers of the new spec (pods created since the roll began) whose container
-    /// ran, or whose pod could not be read.
-    pub ran: Vec<i32>,
-}
-
-/// Reads the pods of workers `0..replicas` of an overdue roll that began at `since`.
+/// What keeps workers `0..replicas` of an overdue roll from being Ready, as one line
+/// ("worker 1: ImagePullBackOff (…); worker 2: no pod").
 pub async fn overdue_workers(
     ctx: &Context,
     namespace: &str,
     workers: &str,
     replicas: i32,
-    since: &Time,
-) -> OverdueWorkers {
+) -> String {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let mut problems = Vec::new();
-    let mut ran = Vec::new();
     for ordinal in 0..replicas {
         let name = format!("{workers}-{ordinal}");
         match ctx.limited(pods.get_opt(&name)).await {
@@ -254,31 +312,17 @@ pub async fn overdue_workers(
                 if let Some(problem) = pod_problem(&pod) {
                     problems.push(format!("worker {ordinal}: {problem}"));
                 }
-                let new = pod
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .is_none_or(|created| created.0 >= since.0);
-                if new && worker_ran(&pod) {
-                    ran.push(ordinal);
-                }
             }
             Ok(None) => problems.push(format!("worker {ordinal}: no pod")),
-            Err(error) => {
-                problems.push(format!(
-                    "worker {ordinal}: failed to read pod {name}: {error}"
-                ));
-                ran.push(ordinal);
-            }
+            Err(error) => problems.push(format!(
+                "worker {ordinal}: failed to read pod {name}: {error}"
+            )),
         }
     }
-    OverdueWorkers {
-        problems: if problems.is_empty() {
-            "every worker Ready by now".to_string()
-        } else {
-            problems.join("; ")
-        },
-        ran,
+    if problems.is_empty() {
+        "every worker Ready by now".to_string()
+    } else {
+        problems.join("; ")
     }
 }
 
@@ -666,67 +710,6 @@ mod tests {
         ];
         for (name, pod, expected) in cases {
             assert_eq!(outdated(&pod, &wanted), expected, "{name}");
-        }
-    }
-
-    #[test]
-    fn a_worker_ran_once_its_container_started() {
-        let pod = |containers: serde_json::Value| -> Pod {
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "w-0"},
-                "status": {"phase": "Pending", "containerStatuses": containers}}))
-            .unwrap()
-        };
-        let status = |restarts: i32, state: serde_json::Value, last: serde_json::Value| {
-            serde_json::json!([{"name": "worker", "ready": false, "restartCount": restarts,
-                "image": "x", "imageID": "", "state": state, "lastState": last}])
-        };
-        let waiting = |reason: &str| serde_json::json!({"waiting": {"reason": reason}});
-        let cases = [
-            (
-                "no container status yet (not scheduled)",
-                serde_json::json!([]),
-                false,
-            ),
-            (
-                "an image that does not pull",
-                status(0, waiting("ErrImageNeverPull"), serde_json::json!({})),
-                false,
-            ),
-            (
-                "a container that cannot be created",
-                status(
-                    0,
-                    waiting("CreateContainerConfigError"),
-                    serde_json::json!({}),
-                ),
-                false,
-            ),
-            (
-                "running",
-                status(0, serde_json::json!({"running": {}}), serde_json::json!({})),
-                true,
-            ),
-            (
-                "exited",
-                status(
-                    0,
-                    serde_json::json!({"terminated": {"exitCode": 1}}),
-                    serde_json::json!({}),
-                ),
-                true,
-            ),
-            (
-                "crash looping",
-                status(
-                    3,
-                    waiting("CrashLoopBackOff"),
-                    serde_json::json!({"terminated": {"exitCode": 1}}),
-                ),
-                true,
-            ),
-        ];
-        for (name, containers, ran) in cases {
-            assert_eq!(worker_ran(&pod(containers)), ran, "{name}");
         }
     }
 

@@ -48,9 +48,17 @@ pub enum Found {
     Resumed,
     /// Every worker runs the new spec (or, rolling back, the last good one) and is Ready.
     RolledOut,
-    /// The new spec's workers are not all Ready within `spec.rollback.readyTimeout`, and
+    /// The new spec's workers are not all Ready within `spec.rollback.readyTimeout`
+    /// ([`rollback_due`]).
+    RollbackDue,
+    /// No worker of the new spec runs any more, their transactional ids are fenced, and
     /// none of them committed anything since the savepoint ([`rollback_verdict`]).
     RollbackSafe,
+    /// A rollback would repeat output, or cannot be shown not to: why.
+    RollbackRefused {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The next step.
@@ -111,6 +119,7 @@ pub fn start(
         from_spec: None,
         from_generation: None,
         committed_positions: None,
+        rollback_refused: None,
     }
 }
 
@@ -170,8 +179,33 @@ pub fn next(upgrade: &UpgradeStatus, found: &Found, now: &Time, timing: &Timing)
         (UpgradeState::Rolling | UpgradeState::RollingBack, Found::RolledOut) => Next::Done {
             savepoint: upgrade.savepoint.clone(),
         },
-        (UpgradeState::Rolling, Found::RollbackSafe) if upgrade.from_spec.is_some() => {
+        (UpgradeState::Rolling, Found::RollbackDue)
+            if upgrade.from_spec.is_some() && upgrade.rollback_refused.is_none() =>
+        {
+            enter(UpgradeState::StoppingForRollback)
+        }
+        (UpgradeState::StoppingForRollback, Found::RollbackSafe) => {
             enter(UpgradeState::RollingBack)
+        }
+        // Back to the new spec, waiting for a fix; the refusal is recorded and final.
+        (UpgradeState::StoppingForRollback, Found::RollbackRefused { reason }) => {
+            Next::Enter(UpgradeStatus {
+                state: UpgradeState::Rolling,
+                state_since: now.clone(),
+                rollback_refused: Some(reason.clone()),
+                ..upgrade.clone()
+            })
+        }
+        (UpgradeState::StoppingForRollback, _) if waited >= timing.savepoint_timeout.as_secs() => {
+            Next::Enter(UpgradeStatus {
+                state: UpgradeState::Rolling,
+                state_since: now.clone(),
+                rollback_refused: Some(format!(
+                    "the workers of the new spec did not all stop, or the job's committed Kafka positions could not be read, within {:?}",
+                    timing.savepoint_timeout
+                )),
+                ..upgrade.clone()
+            })
         }
         (UpgradeState::Failed, _) if waited >= backoff(timing, upgrade.attempt).as_secs() => {
             let attempt = upgrade.attempt + 1;
@@ -194,7 +228,8 @@ pub fn next(upgrade: &UpgradeStatus, found: &Found, now: &Time, timing: &Timing)
 }
 
 /// Whether a roll is overdue: in `Rolling` for `ready_timeout` (`None`: rollback
-/// disabled) without every worker Ready, with a last good spec to return to.
+/// disabled) without every worker Ready, with a last good spec to return to and no
+/// refusal of a rollback recorded.
 pub fn rollback_due(
     upgrade: &UpgradeStatus,
     ready_timeout: Option<Duration>,
@@ -206,6 +241,7 @@ pub fn rollback_due(
     };
     upgrade.state == UpgradeState::Rolling
         && upgrade.from_spec.is_some()
+        && upgrade.rollback_refused.is_none()
         && !all_ready
         && seconds_between(&upgrade.state_since, now) >= timeout.as_secs()
 }
@@ -274,7 +310,10 @@ mod tests {
             savepoint_id: Some(savepoint_id(kind, 7, attempt, &at(0))),
             savepoint: matches!(
                 state,
-                UpgradeState::Rolling | UpgradeState::RollingBack | UpgradeState::Resuming
+                UpgradeState::Rolling
+                    | UpgradeState::StoppingForRollback
+                    | UpgradeState::RollingBack
+                    | UpgradeState::Resuming
             )
             .then(|| "s3://b/ns/job/x".to_string()),
             from_spec: Some("{}".to_string()),
@@ -318,7 +357,9 @@ mod tests {
     #[test]
     fn every_step_on_every_finding() {
         use ChangeKind::{Delete, PeriodicSavepoint, Rescale, SavepointOnly, Upgrade};
-        use UpgradeState::{Aborting, Failed, Resuming, Rolling, RollingBack, TakingSavepoint};
+        use UpgradeState::{
+            Aborting, Failed, Resuming, Rolling, RollingBack, StoppingForRollback, TakingSavepoint,
+        };
         let timing = Timing {
             savepoint_timeout: Duration::from_secs(100),
             retry_backoff: Duration::from_secs(30),
@@ -489,22 +530,69 @@ mod tests {
                 expect: done,
             },
             Case {
-                name: "rolling, overdue, nothing committed: roll back",
+                name: "rolling, overdue: stop the new workers",
                 kind: Upgrade,
                 state: Rolling,
                 attempt: 1,
-                found: Found::RollbackSafe,
+                found: Found::RollbackDue,
                 now: 500,
-                expect: to(RollingBack),
+                expect: to(StoppingForRollback),
             },
             Case {
-                name: "a rescale overdue: roll back",
+                name: "a rescale overdue: stop the new workers",
                 kind: Rescale,
                 state: Rolling,
                 attempt: 1,
-                found: Found::RollbackSafe,
+                found: Found::RollbackDue,
                 now: 500,
+                expect: to(StoppingForRollback),
+            },
+            Case {
+                name: "stopping, a worker still there",
+                kind: Upgrade,
+                state: StoppingForRollback,
+                attempt: 1,
+                found: Found::Waiting,
+                now: 50,
+                expect: stay,
+            },
+            Case {
+                name: "stopped, fenced, nothing committed: roll back",
+                kind: Upgrade,
+                state: StoppingForRollback,
+                attempt: 1,
+                found: Found::RollbackSafe,
+                now: 50,
                 expect: to(RollingBack),
+            },
+            Case {
+                name: "stopped, a new worker committed: back to the new spec",
+                kind: Upgrade,
+                state: StoppingForRollback,
+                attempt: 1,
+                found: Found::RollbackRefused {
+                    reason: "moved".into(),
+                },
+                now: 50,
+                expect: to(Rolling),
+            },
+            Case {
+                name: "not stopped within the timeout: back to the new spec",
+                kind: Upgrade,
+                state: StoppingForRollback,
+                attempt: 1,
+                found: Found::Waiting,
+                now: 110,
+                expect: to(Rolling),
+            },
+            Case {
+                name: "a rollback finding while taking the savepoint changes nothing",
+                kind: Upgrade,
+                state: TakingSavepoint,
+                attempt: 1,
+                found: Found::RollbackSafe,
+                now: 50,
+                expect: stay,
             },
             Case {
                 name: "rolling back, not Ready yet: no timeout",
@@ -531,6 +619,15 @@ mod tests {
                 attempt: 1,
                 found: Found::RollbackSafe,
                 now: 50,
+                expect: stay,
+            },
+            Case {
+                name: "an overdue finding while rolling back changes nothing",
+                kind: Upgrade,
+                state: RollingBack,
+                attempt: 1,
+                found: Found::RollbackDue,
+                now: 5000,
                 expect: stay,
             },
             Case {
@@ -687,7 +784,19 @@ mod tests {
         };
         let taking = in_state(ChangeKind::Upgrade, UpgradeState::TakingSavepoint, 10, 1);
         let rolling_back = in_state(ChangeKind::Upgrade, UpgradeState::RollingBack, 10, 1);
+        let refused = UpgradeStatus {
+            rollback_refused: Some("a new worker committed".to_string()),
+            ..rolling.clone()
+        };
         let cases = [
+            (
+                "a rollback already refused",
+                &refused,
+                minute,
+                false,
+                700,
+                false,
+            ),
             ("within the timeout", &rolling, minute, false, 69, false),
             ("at the timeout", &rolling, minute, false, 70, true),
             ("every worker Ready", &rolling, minute, true, 700, false),
@@ -752,6 +861,40 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_rollback_is_recorded_once_and_never_tried_again() {
+        let timing = Timing::default();
+        let stopping = in_state(
+            ChangeKind::Upgrade,
+            UpgradeState::StoppingForRollback,
+            10,
+            1,
+        );
+        let refused = Found::RollbackRefused {
+            reason: "worker 1 committed".into(),
+        };
+        let Next::Enter(rolling) = next(&stopping, &refused, &at(20), &timing) else {
+            panic!("not back to the new spec");
+        };
+        assert_eq!(rolling.state, UpgradeState::Rolling);
+        assert_eq!(
+            rolling.rollback_refused.as_deref(),
+            Some("worker 1 committed")
+        );
+        assert_eq!(rolling.savepoint, stopping.savepoint, "the same savepoint");
+        let minute = Some(Duration::from_secs(60));
+        assert!(!rollback_due(&rolling, minute, false, &at(9000)));
+        assert_eq!(
+            next(&rolling, &Found::RollbackDue, &at(9000), &timing),
+            Next::Stay
+        );
+        // The new spec, fixed, still completes the change.
+        assert!(matches!(
+            next(&rolling, &Found::RolledOut, &at(9000), &timing),
+            Next::Done { .. }
+        ));
+    }
+
+    #[test]
     fn the_backoff_doubles_up_to_ten_minutes() {
         let timing = Timing::default();
         let waits: Vec<u64> = (1..=7)
@@ -768,6 +911,7 @@ mod tests {
             UpgradeState::Resuming,
             UpgradeState::Aborting,
             UpgradeState::Failed,
+            UpgradeState::StoppingForRollback,
             UpgradeState::RollingBack,
         ] {
             assert!(!runs_target(state), "{state:?}");

@@ -27,7 +27,8 @@ use sluice_crds::{CheckedJob, StreamJob, StreamJobSpec, StreamJobStatus};
 use tracing::{info, warn};
 
 use self::effects::{
-    Answer, committed_positions, overdue_workers, savepoint_found, worker_addresses,
+    Answer, committed_positions, overdue_workers, savepoint_found, stopped_for_rollback,
+    worker_addresses,
 };
 use self::machine::{Found, Next};
 use crate::build::job_name;
@@ -70,6 +71,9 @@ pub struct Restore {
     pub previous_parallelism: Option<i32>,
     /// Only its Kafka offsets: the windows start empty (`upgradeMode: Stateless`).
     pub offsets_only: bool,
+    /// The restore's epoch (`SLUICE_RESTORE_EPOCH`): a rollback's, so the workers restore
+    /// the savepoint afresh whatever their volumes hold.
+    pub epoch: Option<u64>,
 }
 
 /// The last good spec a rollback starts again.
@@ -81,6 +85,15 @@ pub struct RollBackTo {
     pub generation: i64,
     /// The savepoint taken before the change, by the workers that ran it.
     pub restore: Restore,
+}
+
+impl RollBackTo {
+    /// The same, with no worker running (`StoppingForRollback`): the StatefulSet already
+    /// has the last good template, and no replica.
+    fn stopped(mut self) -> Self {
+        self.spec.suspend = true;
+        self
+    }
 }
 
 /// What this reconcile deploys.
@@ -108,6 +121,7 @@ fn deployed_restore(job: &StreamJob) -> Restore {
             savepoint: deployed.savepoint.clone(),
             previous_parallelism: deployed.previous_parallelism,
             offsets_only: deployed.offsets_only,
+            epoch: deployed.restore_epoch,
         })
         .unwrap_or_default()
 }
@@ -188,8 +202,7 @@ pub async fn decide(
         // A new job: from `spec.savepoints.initialSavepoint` if set.
         return Ok(Deploy::Wanted(Restore {
             savepoint: initial_savepoint(job),
-            previous_parallelism: None,
-            offsets_only: false,
+            ..Restore::default()
         }));
     };
     if let Some(refusal) = rolled_back_refusal(job) {
@@ -387,14 +400,12 @@ async fn step(
     upgrade: UpgradeStatus,
     token: Option<&str>,
 ) -> Result<Option<Deploy>, Error> {
-    let rolling = Deploy::Wanted(Restore {
-        savepoint: upgrade.savepoint.clone(),
-        previous_parallelism: Some(upgrade.from_parallelism),
-        offsets_only: upgrade.offsets_only,
-    });
     if upgrade.state == UpgradeState::Rolling {
         // The roll is applied by the reconcile; `rolled_out` completes it.
-        return Ok(Some(rolling));
+        return Ok(Some(Deploy::Wanted(rolling(&upgrade))));
+    }
+    if upgrade.state == UpgradeState::StoppingForRollback {
+        return stop_for_rollback(job, ctx, upgrade).await.map(Some);
     }
     if upgrade.state == UpgradeState::RollingBack {
         return Ok(Some(match roll_back_to(&upgrade) {
@@ -419,18 +430,21 @@ async fn step(
                 && ready_timeout(&job.spec).is_some()
             {
                 // Every worker has stopped at the savepoint: the positions a rollback
-                // checks against.
-                let from_topics = from_spec(&entered)
-                    .map(|spec| spec.source.topics)
-                    .unwrap_or_default();
-                entered.committed_positions =
-                    match committed_positions(job, ctx, &from_topics).await {
-                        Ok(sum) => Some(sum),
-                        Err(error) => {
-                            warn!("{error}: a rollback of this change will not be automatic");
-                            None
+                // checks against, read as the spec it would return to reads them.
+                entered.committed_positions = match from_spec(&entered) {
+                    Some(last_good) => {
+                        match committed_positions(job, ctx, &last_good, &job.spec.source.topics)
+                            .await
+                        {
+                            Ok(sum) => Some(sum),
+                            Err(error) => {
+                                warn!("{error}: a rollback of this change will not be automatic");
+                                None
+                            }
                         }
-                    };
+                    }
+                    None => None,
+                };
             }
             let reason = match &found {
                 Found::SavepointFailed { reason } => reason.clone(),
@@ -461,11 +475,7 @@ async fn step(
                         ),
                     )
                     .await;
-                    Ok(Some(Deploy::Wanted(Restore {
-                        savepoint: entered.savepoint.clone(),
-                        previous_parallelism: Some(entered.from_parallelism),
-                        offsets_only: entered.offsets_only,
-                    })))
+                    Ok(Some(Deploy::Wanted(rolling(&entered))))
                 }
                 UpgradeState::Aborting => {
                     publish(
@@ -509,9 +519,10 @@ async fn step(
                     Ok(Some(Deploy::Hold))
                 }
                 UpgradeState::Resuming => Ok(Some(Deploy::Hold)),
-                UpgradeState::RollingBack => Ok(roll_back_to(&entered)
-                    .map(|to| Deploy::RollBack(Box::new(to)))
-                    .or(Some(Deploy::Hold))),
+                // Entered from `Rolling` and `StoppingForRollback` only, not here.
+                UpgradeState::StoppingForRollback | UpgradeState::RollingBack => {
+                    Ok(Some(Deploy::Hold))
+                }
             }
         }
         Next::Done { savepoint } => {
@@ -576,9 +587,10 @@ async fn effect(
             }
             Ok(if all { Found::Resumed } else { Found::Waiting })
         }
-        UpgradeState::Rolling | UpgradeState::RollingBack | UpgradeState::Failed => {
-            Ok(Found::Waiting)
-        }
+        UpgradeState::Rolling
+        | UpgradeState::StoppingForRollback
+        | UpgradeState::RollingBack
+        | UpgradeState::Failed => Ok(Found::Waiting),
     }
 }
 
@@ -681,7 +693,19 @@ fn from_spec(upgrade: &UpgradeStatus) -> Option<StreamJobSpec> {
     serde_json::from_str(upgrade.from_spec.as_deref()?).ok()
 }
 
-/// What a rollback of `upgrade` starts: the spec it started from, from its savepoint.
+/// What the new workers of `upgrade` start from: its savepoint.
+fn rolling(upgrade: &UpgradeStatus) -> Restore {
+    Restore {
+        savepoint: upgrade.savepoint.clone(),
+        previous_parallelism: Some(upgrade.from_parallelism),
+        offsets_only: upgrade.offsets_only,
+        epoch: None,
+    }
+}
+
+/// What a rollback of `upgrade` starts: the spec it started from, from its savepoint,
+/// restored afresh (the epoch is the generation rolled back: a rollback of a generation
+/// happens once per savepoint).
 fn roll_back_to(upgrade: &UpgradeStatus) -> Option<RollBackTo> {
     Some(RollBackTo {
         spec: from_spec(upgrade)?,
@@ -690,14 +714,13 @@ fn roll_back_to(upgrade: &UpgradeStatus) -> Option<RollBackTo> {
             savepoint: upgrade.savepoint.clone(),
             previous_parallelism: Some(upgrade.from_parallelism),
             offsets_only: false,
+            epoch: Some(u64::try_from(upgrade.target_generation).unwrap_or_default()),
         },
     })
 }
 
-/// A roll not Ready within `spec.rollback.readyTimeout`: starts the last good spec again
-/// when no worker of the new one committed anything (`RollingBack`), else says why not,
-/// once, and leaves the workers starting (a fix of the spec starts from the same
-/// savepoint). `None`: nothing to do here.
+/// A roll not Ready within `spec.rollback.readyTimeout`: stops the new spec's workers
+/// (`StoppingForRollback`), the first step of a rollback. `None`: nothing to do here.
 async fn overdue(
     job: &mut StreamJob,
     ctx: &Context,
@@ -711,78 +734,92 @@ async fn overdue(
     let Some(to) = roll_back_to(upgrade) else {
         return Ok(None);
     };
+    let Next::Enter(entered) = machine::next(
+        upgrade,
+        &Found::RollbackDue,
+        &now(),
+        &ctx.settings.lifecycle,
+    ) else {
+        return Ok(None);
+    };
     let namespace = job.namespace().unwrap_or_default();
     let names = ChildNames::of(&job_name(job));
-    let seen = overdue_workers(
+    let problems = overdue_workers(
         ctx,
         &namespace,
         &names.workers,
         workers.desired.max(workers.replicas),
-        &upgrade.state_since,
     )
     .await;
-    let timeout = timeout.unwrap_or_default();
     let late = format!(
-        "the workers of generation {} were not all Ready within {timeout:?} (spec.rollback.readyTimeout): {}",
-        upgrade.target_generation, seen.problems
+        "the workers of generation {} were not all Ready within {:?} (spec.rollback.readyTimeout): {problems}",
+        upgrade.target_generation,
+        timeout.unwrap_or_default(),
     );
-    // A worker of the new spec that ran may have restored the savepoint into its volume
-    // (which the last good spec would then take for its own restore) or committed output
-    // (which starting again from the savepoint would repeat): only workers that never ran
-    // are rolled back, and then only while the positions show nothing committed.
-    let verdict = if seen.ran.is_empty() {
-        machine::rollback_verdict(
-            upgrade.committed_positions,
-            committed_positions(job, ctx, &to.spec.source.topics).await,
-        )
-    } else {
-        Err(format!(
-            "worker{} {} of the new spec ran, so it may have restored the savepoint into its volume or committed output",
-            if seen.ran.len() == 1 { "" } else { "s" },
-            seen.ran
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
+    // The status's `RollingBack` transition announces it, with `lastError`.
+    warn!(
+        "{late}: stopping them to roll back to generation {}",
+        to.generation
+    );
+    job.status.get_or_insert_with(Default::default).last_error = Some(late);
+    set_upgrade(job, ctx, Some(entered)).await?;
+    Ok(Some(Deploy::RollBack(Box::new(to.stopped()))))
+}
+
+/// `StoppingForRollback`: no worker of the new spec may run while the rollback decides,
+/// so none can commit after the check. Once every worker pod is gone, their
+/// transactional ids are fenced and the job's committed positions compared with those
+/// recorded at the savepoint: unchanged, the last good spec starts from it
+/// (`RollingBack`); moved, a new worker committed output that a restart from the
+/// savepoint would repeat, so the new spec starts again and waits for a fix, and the
+/// refusal is recorded once.
+async fn stop_for_rollback(
+    job: &mut StreamJob,
+    ctx: &Context,
+    upgrade: UpgradeStatus,
+) -> Result<Deploy, Error> {
+    let Some(to) = roll_back_to(&upgrade) else {
+        warn!("status.upgrade.fromSpec does not load: the rollback waits");
+        return Ok(Deploy::Hold);
     };
-    match verdict {
-        Ok(()) => {
-            let Next::Enter(entered) = machine::next(
-                upgrade,
-                &Found::RollbackSafe,
-                &now(),
-                &ctx.settings.lifecycle,
-            ) else {
-                return Ok(None);
-            };
-            // The status's `RollingBack` transition announces it, with `lastError`.
-            warn!("{late}: rolling back to generation {}", to.generation);
-            job.status.get_or_insert_with(Default::default).last_error = Some(late);
+    // Every ordinal the new spec or the last good one may have run.
+    let ordinals = upgrade.from_parallelism.max(job.spec.parallelism);
+    let found = stopped_for_rollback(job, ctx, &to.spec, &upgrade, ordinals).await;
+    match machine::next(&upgrade, &found, &now(), &ctx.settings.lifecycle) {
+        Next::Enter(entered) if entered.state == UpgradeState::RollingBack => {
+            info!(
+                "no worker of generation {} runs or committed anything since savepoint {}: starting generation {} from it again",
+                upgrade.target_generation,
+                to.restore.savepoint.as_deref().unwrap_or_default(),
+                to.generation
+            );
             set_upgrade(job, ctx, Some(entered)).await?;
-            Ok(Some(Deploy::RollBack(Box::new(to))))
+            Ok(Deploy::RollBack(Box::new(to)))
         }
-        Err(why) => {
+        Next::Enter(entered) => {
+            let why = entered.rollback_refused.clone().unwrap_or_default();
             let message = format!("no automatic rollback: {why}");
             let status = job.status.get_or_insert_with(Default::default);
-            if status.last_error.as_deref() != Some(message.as_str()) {
-                warn!("{late}; {message}");
-                status.last_error = Some(message.clone());
-                crate::reconcile::write_status(job, ctx).await?;
-                publish(
-                    job,
-                    ctx,
-                    true,
-                    "RollbackRefused",
-                    format!(
-                        "{late}; {message}. Fix the spec: its workers start from savepoint {}",
-                        to.restore.savepoint.as_deref().unwrap_or_default()
-                    ),
-                )
-                .await;
-            }
-            Ok(None)
+            let late = status
+                .last_error
+                .replace(message.clone())
+                .unwrap_or_default();
+            warn!("{late}; {message}");
+            set_upgrade(job, ctx, Some(entered.clone())).await?;
+            publish(
+                job,
+                ctx,
+                true,
+                "RollbackRefused",
+                format!(
+                    "{late}; {message}. Fix the spec: its workers start from savepoint {}",
+                    to.restore.savepoint.as_deref().unwrap_or_default()
+                ),
+            )
+            .await;
+            Ok(Deploy::Wanted(rolling(&entered)))
         }
+        Next::Stay | Next::Done { .. } => Ok(Deploy::RollBack(Box::new(to.stopped()))),
     }
 }
 
@@ -816,6 +853,7 @@ async fn rolled_back(
         savepoint: to.restore.savepoint.clone(),
         previous_parallelism: to.restore.previous_parallelism,
         offsets_only: false,
+        restore_epoch: to.restore.epoch,
     });
     status.rollback = Some(RollbackRecord {
         generation: upgrade.target_generation,
@@ -890,7 +928,14 @@ async fn finish(
         offsets_only: if rolled {
             upgrade.offsets_only
         } else {
-            previous.is_some_and(|deployed| deployed.offsets_only)
+            previous
+                .as_ref()
+                .is_some_and(|deployed| deployed.offsets_only)
+        },
+        restore_epoch: if rolled {
+            None
+        } else {
+            previous.and_then(|deployed| deployed.restore_epoch)
         },
     });
     status.last_error = None;
@@ -1027,7 +1072,13 @@ pub async fn final_savepoint(
                 step(job, ctx, upgrade, token).await?;
                 return Ok(false);
             }
-            (_, UpgradeState::Rolling | UpgradeState::RollingBack | UpgradeState::Failed) => {}
+            (
+                _,
+                UpgradeState::Rolling
+                | UpgradeState::StoppingForRollback
+                | UpgradeState::RollingBack
+                | UpgradeState::Failed,
+            ) => {}
         }
     }
     if !workers.all_ready() {

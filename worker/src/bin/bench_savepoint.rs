@@ -310,6 +310,7 @@ fn main() -> anyhow::Result<()> {
             &owned,
             &target,
             restore::Take::Everything,
+            None,
         )?;
         let restored = started.elapsed().as_secs_f64();
         // What a worker does next on its start, on any start: return to the checkpoint
@@ -338,6 +339,7 @@ fn main() -> anyhow::Result<()> {
             &half,
             &target,
             restore::Take::Everything,
+            None,
         )?;
         let restored_half = started.elapsed().as_secs_f64();
         std::fs::remove_dir_all(&target).ok();

@@ -25,8 +25,8 @@ pub use sluice_crds::kafka::OWNED_PROPERTIES;
 pub struct JobNames {
     /// The consumer group its committed offsets live under (no consumer joins it).
     pub group_id: String,
-    /// The prefix of its workers' transactional ids (`<prefix>.<ordinal>`).
-    pub transactional_id_prefix: String,
+    /// Its namespace and name, which its workers' transactional ids are made of.
+    job: (String, String),
     /// Its repartition topic (`Any` partitioning).
     pub repartition_topic: String,
 }
@@ -36,18 +36,17 @@ impl JobNames {
     /// `sluice.<namespace>.<name>` is unambiguous; a name too long for a topic is
     /// shortened with a hash of the whole.
     pub fn new(namespace: &str, name: &str) -> Self {
-        let base = sluice_crds::kafka::group_id(namespace, name);
         let repartition_topic = sluice_crds::kafka::repartition_topic(namespace, name);
         Self {
-            group_id: base.clone(),
-            transactional_id_prefix: base,
+            group_id: sluice_crds::kafka::group_id(namespace, name),
+            job: (namespace.to_string(), name.to_string()),
             repartition_topic,
         }
     }
 
     /// The transactional id of worker `ordinal`.
     pub fn transactional_id(&self, ordinal: u32) -> String {
-        format!("{}.{ordinal}", self.transactional_id_prefix)
+        sluice_crds::kafka::transactional_id(&self.job.0, &self.job.1, ordinal)
     }
 }
 

@@ -21,9 +21,18 @@ use crate::state::rocksdb::RocksDbStore;
 use crate::state::{Column, StateBatch, StateStore};
 use sha2::{Digest as _, Sha256};
 
-/// The file in a state directory naming the savepoint it was restored from: a worker
-/// restarted with the same `--restore-from` keeps its newer state.
+/// The file in a state directory naming the savepoint it was restored from (and the
+/// restore epoch, if any): a worker restarted with the same `--restore-from` and
+/// `--restore-epoch` keeps its newer state.
 pub const RESTORED_FROM: &str = "restored-from";
+
+/// What [`RESTORED_FROM`] holds after a restore of `url` in `epoch`.
+fn restored_from_text(url: &Url, epoch: Option<u64>) -> String {
+    match epoch {
+        None => url.to_string(),
+        Some(epoch) => format!("{url} epoch {epoch}"),
+    }
+}
 
 /// A savepoint read from its location: the job's directory and the manifest.
 pub struct Savepoint {
@@ -367,11 +376,13 @@ pub struct Owned {
     pub partitions: BTreeSet<(String, i32)>,
 }
 
-/// Whether the state directory was already restored from `url` (by an earlier start of
-/// this worker, which has made progress since).
-pub fn already_restored(state_dir: &Path, url: &Url) -> bool {
+/// Whether the state directory was already restored from `url` in `epoch` (by an earlier
+/// start of this worker, which has made progress since). A restore of the same savepoint
+/// in another epoch (a rollback: the volume may hold what another spec's worker made of
+/// it) is a new restore.
+pub fn already_restored(state_dir: &Path, url: &Url, epoch: Option<u64>) -> bool {
     std::fs::read_to_string(state_dir.join(RESTORED_FROM))
-        .is_ok_and(|text| text.trim() == url.to_string())
+        .is_ok_and(|text| text.trim() == restored_from_text(url, epoch))
 }
 
 /// What a restore takes from a savepoint.
@@ -390,7 +401,8 @@ pub enum Take {
 
 /// Replaces the state in `state_dir` by what worker `owned` takes from `savepoint`, as a
 /// complete checkpoint the worker then starts from. `job_state` describes the job that
-/// will run on it. Returns the checkpoint record.
+/// will run on it; `epoch` is recorded with the savepoint's location
+/// ([`already_restored`]). Returns the checkpoint record.
 pub fn restore(
     savepoint: &Savepoint,
     identity: &JobIdentity,
@@ -398,6 +410,7 @@ pub fn restore(
     owned: &Owned,
     state_dir: &Path,
     take: Take,
+    epoch: Option<u64>,
 ) -> anyhow::Result<CheckpointRecord> {
     let problems = match take {
         Take::Everything => savepoint.problems(identity, job_state, false),
@@ -538,7 +551,7 @@ pub fn restore(
     drop(target);
     std::fs::remove_dir_all(&staging).ok();
     let marker = state_dir.join(RESTORED_FROM);
-    std::fs::write(&marker, savepoint.url.to_string())
+    std::fs::write(&marker, restored_from_text(&savepoint.url, epoch))
         .and_then(|()| std::fs::File::open(&marker).and_then(|file| file.sync_all()))
         .with_context(|| format!("failed to write {}", marker.display()))?;
     Ok(record)
