@@ -1410,6 +1410,33 @@ async fn the_chart_runs_page_views_through_an_upgrade_and_an_uninstall() -> Resu
     Ok(())
 }
 
+/// Waits until the job was rolled back to generation `generation`, with no change in
+/// progress, and returns the rollback's record and what the workers run.
+async fn wait_rolled_back(
+    jobs: &Api<StreamJob>,
+    name: &str,
+    generation: i64,
+) -> Result<(
+    sluice_crds::status::RollbackRecord,
+    sluice_crds::status::DeployedSpec,
+)> {
+    wait_for(
+        &format!("StreamJob {name} to be rolled back to generation {generation}"),
+        READY_TIMEOUT,
+        || async {
+            let job = jobs.get(name).await?;
+            let status = job.status.clone().unwrap_or_default();
+            match (&status.rollback, &status.deployed, &status.upgrade) {
+                (Some(rollback), Some(deployed), None) if deployed.generation == generation => {
+                    Ok(Some((rollback.clone(), deployed.clone())))
+                }
+                _ => bail!("status {}", describe_job(&job)),
+            }
+        },
+    )
+    .await
+}
+
 /// Patches the spec of StreamJob `name` with a JSON merge patch.
 async fn patch_spec(jobs: &Api<StreamJob>, name: &str, spec: Value) -> Result<()> {
     jobs.patch(
@@ -2369,17 +2396,7 @@ async fn a_new_image_that_never_becomes_ready_is_rolled_back() -> Result<()> {
     // An image the node does not have, with imagePullPolicy Never: ErrImageNeverPull.
     let started = Instant::now();
     patch_spec(&jobs, &name, json!({"image": "sluice-worker:never-built"})).await?;
-    let rollback = wait_for("the rollback", READY_TIMEOUT, || async {
-        let job = jobs.get(&name).await?;
-        let status = job.status.clone().unwrap_or_default();
-        match (&status.rollback, &status.deployed, &status.upgrade) {
-            (Some(rollback), Some(deployed), None) if deployed.generation == 1 => {
-                Ok(Some(rollback.clone()))
-            }
-            _ => bail!("status {}", describe_job(&job)),
-        }
-    })
-    .await?;
+    let (rollback, _) = wait_rolled_back(&jobs, &name, 1).await?;
     eprintln!(
         "rolled back in {:?}: {}",
         started.elapsed(),
@@ -2486,18 +2503,7 @@ async fn a_version_that_crashes_is_rolled_back_but_not_one_that_committed_output
     // worker), so its containers ran and crash-loop.
     let started = Instant::now();
     patch_spec(&jobs, &name, json!({"image": node.controller_image})).await?;
-    let rollback = wait_for("the rollback", READY_TIMEOUT, || async {
-        let job = jobs.get(&name).await?;
-        let status = job.status.clone().unwrap_or_default();
-        match (&status.rollback, &status.deployed, &status.upgrade) {
-            (Some(rollback), Some(deployed), None) if deployed.generation == 1 => {
-                Ok(Some((rollback.clone(), deployed.clone())))
-            }
-            _ => bail!("status {}", describe_job(&job)),
-        }
-    })
-    .await?;
-    let (rollback, deployed) = rollback;
+    let (rollback, deployed) = wait_rolled_back(&jobs, &name, 1).await?;
     eprintln!(
         "rolled back workers that ran in {:?}: {}",
         started.elapsed(),

@@ -359,24 +359,36 @@ fn one_savepoint(job: &CheckedJob, location: &Url, id: &str) -> Workers {
     workers
 }
 
+/// Restores `savepoint` into `target` as the only worker of `job` (every key group and
+/// partition), in restore epoch `epoch`.
+fn restore_whole(
+    savepoint: &Savepoint,
+    job: &CheckedJob,
+    identity: &JobIdentity,
+    target: &Path,
+    epoch: Option<u64>,
+) -> anyhow::Result<()> {
+    restore(
+        savepoint,
+        identity,
+        &StateDescription::of(job),
+        &Owned {
+            key_groups: (0, u32::from(job.key_groups.get())),
+            partitions: all_partitions(),
+        },
+        target,
+        Take::Everything,
+        epoch,
+    )
+    .map(|_| ())
+}
+
 fn refusal(savepoint: &Url, job: &CheckedJob, identity: &JobIdentity) -> String {
     let directory = tempfile::tempdir().unwrap();
     let marker = directory.path().join("live-before");
     std::fs::write(&marker, "state that must survive a refused restore").unwrap();
-    let outcome = Savepoint::open(savepoint).and_then(|opened| {
-        restore(
-            &opened,
-            identity,
-            &StateDescription::of(job),
-            &Owned {
-                key_groups: (0, u32::from(job.key_groups.get())),
-                partitions: all_partitions(),
-            },
-            directory.path(),
-            Take::Everything,
-            None,
-        )
-    });
+    let outcome = Savepoint::open(savepoint)
+        .and_then(|opened| restore_whole(&opened, job, identity, directory.path(), None));
     assert!(marker.exists(), "nothing changes before every check passed");
     assert!(!directory.path().join("live").exists());
     format!("{:#}", outcome.expect_err("the restore is refused"))
@@ -500,19 +512,7 @@ fn an_incremental_savepoint_shares_files_and_survives_its_parents_deletion() {
     let child = Savepoint::open(&location.join("sp-2")).unwrap();
     child.verify().unwrap();
     let target = tempfile::tempdir().unwrap();
-    restore(
-        &child,
-        &identity(),
-        &StateDescription::of(&job),
-        &Owned {
-            key_groups: (0, u32::from(job.key_groups.get())),
-            partitions: all_partitions(),
-        },
-        target.path(),
-        Take::Everything,
-        None,
-    )
-    .unwrap();
+    restore_whole(&child, &job, &identity(), target.path(), None).unwrap();
     // Deleting the last one removes every file.
     manage::delete(&directory, "sp-2").unwrap();
     assert!(files_of(&root.path().join("default/test"), ".sst").is_empty());
@@ -529,19 +529,7 @@ fn a_restore_in_another_epoch_is_a_new_restore_of_the_same_savepoint() {
     let opened = Savepoint::open(&url).unwrap();
     let target = tempfile::tempdir().unwrap();
     let restore_in = |epoch: Option<u64>| {
-        restore(
-            &opened,
-            &identity(),
-            &StateDescription::of(&job),
-            &Owned {
-                key_groups: (0, u32::from(job.key_groups.get())),
-                partitions: all_partitions(),
-            },
-            target.path(),
-            Take::Everything,
-            epoch,
-        )
-        .unwrap()
+        restore_whole(&opened, &job, &identity(), target.path(), epoch).unwrap()
     };
     // (the epoch restored in, then whether a start in each epoch keeps that restore)
     type Expectations = [(Option<u64>, bool); 3];
