@@ -187,15 +187,18 @@ pub fn next(upgrade: &UpgradeStatus, found: &Found, now: &Time, timing: &Timing)
         (UpgradeState::StoppingForRollback, Found::RollbackSafe) => {
             enter(UpgradeState::RollingBack)
         }
-        // Back to the new spec, waiting for a fix; the refusal is recorded and final.
-        (UpgradeState::StoppingForRollback, Found::RollbackRefused { reason }) => {
-            Next::Enter(UpgradeStatus {
-                state: UpgradeState::Rolling,
-                state_since: now.clone(),
-                rollback_refused: Some(reason.clone()),
-                ..upgrade.clone()
-            })
-        }
+        // Back to (or on with) the new spec, waiting for a fix; the refusal is recorded
+        // and final. From `Rolling`: refused before stopping anything (nothing to compare
+        // the positions with).
+        (
+            UpgradeState::Rolling | UpgradeState::StoppingForRollback,
+            Found::RollbackRefused { reason },
+        ) if upgrade.rollback_refused.is_none() => Next::Enter(UpgradeStatus {
+            state: UpgradeState::Rolling,
+            state_since: now.clone(),
+            rollback_refused: Some(reason.clone()),
+            ..upgrade.clone()
+        }),
         (UpgradeState::StoppingForRollback, _) if waited >= timing.savepoint_timeout.as_secs() => {
             Next::Enter(UpgradeStatus {
                 state: UpgradeState::Rolling,
@@ -574,6 +577,17 @@ mod tests {
                     reason: "moved".into(),
                 },
                 now: 50,
+                expect: to(Rolling),
+            },
+            Case {
+                name: "overdue, nothing to compare with: refused while rolling",
+                kind: Upgrade,
+                state: Rolling,
+                attempt: 1,
+                found: Found::RollbackRefused {
+                    reason: "no positions".into(),
+                },
+                now: 500,
                 expect: to(Rolling),
             },
             Case {

@@ -734,12 +734,14 @@ async fn overdue(
     let Some(to) = roll_back_to(upgrade) else {
         return Ok(None);
     };
-    let Next::Enter(entered) = machine::next(
-        upgrade,
-        &Found::RollbackDue,
-        &now(),
-        &ctx.settings.lifecycle,
-    ) else {
+    // Nothing to compare the positions with (not read when the savepoint completed): the
+    // rollback would be refused, so the workers are not stopped for it.
+    let found = match machine::rollback_verdict(upgrade.committed_positions, Ok(0)) {
+        Err(reason) if upgrade.committed_positions.is_none() => Found::RollbackRefused { reason },
+        _ => Found::RollbackDue,
+    };
+    let Next::Enter(entered) = machine::next(upgrade, &found, &now(), &ctx.settings.lifecycle)
+    else {
         return Ok(None);
     };
     let namespace = job.namespace().unwrap_or_default();
@@ -756,12 +758,16 @@ async fn overdue(
         upgrade.target_generation,
         timeout.unwrap_or_default(),
     );
+    job.status.get_or_insert_with(Default::default).last_error = Some(late.clone());
+    if entered.state == UpgradeState::Rolling {
+        refuse_rollback(job, ctx, entered, &to).await?;
+        return Ok(None);
+    }
     // The status's `RollingBack` transition announces it, with `lastError`.
     warn!(
         "{late}: stopping them to roll back to generation {}",
         to.generation
     );
-    job.status.get_or_insert_with(Default::default).last_error = Some(late);
     set_upgrade(job, ctx, Some(entered)).await?;
     Ok(Some(Deploy::RollBack(Box::new(to.stopped()))))
 }
@@ -797,30 +803,44 @@ async fn stop_for_rollback(
             Ok(Deploy::RollBack(Box::new(to)))
         }
         Next::Enter(entered) => {
-            let why = entered.rollback_refused.clone().unwrap_or_default();
-            let message = format!("no automatic rollback: {why}");
-            let status = job.status.get_or_insert_with(Default::default);
-            let late = status
-                .last_error
-                .replace(message.clone())
-                .unwrap_or_default();
-            warn!("{late}; {message}");
-            set_upgrade(job, ctx, Some(entered.clone())).await?;
-            publish(
-                job,
-                ctx,
-                true,
-                "RollbackRefused",
-                format!(
-                    "{late}; {message}. Fix the spec: its workers start from savepoint {}",
-                    to.restore.savepoint.as_deref().unwrap_or_default()
-                ),
-            )
-            .await;
-            Ok(Deploy::Wanted(rolling(&entered)))
+            let deploy = Deploy::Wanted(rolling(&entered));
+            refuse_rollback(job, ctx, entered, &to).await?;
+            Ok(deploy)
         }
         Next::Stay | Next::Done { .. } => Ok(Deploy::RollBack(Box::new(to.stopped()))),
     }
+}
+
+/// Records the refusal of a rollback (`entered`: back in `Rolling` with
+/// `rollbackRefused`) and announces it, once: the new spec's workers run on and wait for
+/// a fix.
+async fn refuse_rollback(
+    job: &mut StreamJob,
+    ctx: &Context,
+    entered: UpgradeStatus,
+    to: &RollBackTo,
+) -> Result<(), Error> {
+    let why = entered.rollback_refused.clone().unwrap_or_default();
+    let message = format!("no automatic rollback: {why}");
+    let status = job.status.get_or_insert_with(Default::default);
+    let late = status
+        .last_error
+        .replace(message.clone())
+        .unwrap_or_default();
+    warn!("{late}; {message}");
+    set_upgrade(job, ctx, Some(entered)).await?;
+    publish(
+        job,
+        ctx,
+        true,
+        "RollbackRefused",
+        format!(
+            "{late}; {message}. Fix the spec: its workers start from savepoint {}",
+            to.restore.savepoint.as_deref().unwrap_or_default()
+        ),
+    )
+    .await;
+    Ok(())
 }
 
 /// Completes a rollback: the workers run the last good spec again, from the savepoint;
