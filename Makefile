@@ -22,7 +22,7 @@ help: ## list the targets
 # Builds select the whole workspace (--workspace --bins): cargo unifies dependency features
 # over the packages of one invocation, and a worker-only build would differ from the
 # workspace's and compile RocksDB a second time.
-demo: deps ## the page-views example on the local cluster: Kafka, images, the chart, a StreamJob, its results
+demo: deps ## the page-views example on the local cluster: Kafka, images, the chart, a StreamJob, its results, an upgrade live
 	$(CARGO) build $(RELEASE) --workspace --bins
 	bash hack/demo-cluster.sh
 

@@ -2,8 +2,10 @@
 # The real product, on this machine: the local Kubernetes cluster and Kafka broker up
 # (tests/cluster/cluster.sh, built from source, cached), the worker and controller images
 # built from the release binaries and loaded into the node, the chart installed, the
-# page-views example applied as a StreamJob, sample events produced, and the windowed
-# results printed as they arrive. `make demo` runs it after building the binaries; it is
+# page-views example applied as a StreamJob, sample events produced, the windowed
+# results printed as they arrive, then an upgrade through a savepoint, live, in the middle
+# of a window whose results must come out exactly as if nothing had happened.
+# `make demo` runs it after building the binaries; it is
 # idempotent (a second run reuses the cluster, upgrades the release and starts the job
 # over on fresh topics). `make demo-local` is the engine alone, on files.
 set -euo pipefail
@@ -77,6 +79,24 @@ for topic in "${topics[@]}"; do
     || fail "could not create topic $topic-$suffix" "is the broker up? bash tests/cluster/cluster.sh status"
 done
 step "topics ${topics[*]/%/-$suffix}"
+# Savepoints go to the local S3 server (SeaweedFS, started by cluster.sh), with its
+# credentials in a Secret the workers read.
+kubectl -n "$namespace" create secret generic page-views-savepoints \
+  --from-literal=AWS_ACCESS_KEY_ID="$SLUICE_S3_ACCESS_KEY_ID" \
+  --from-literal=AWS_SECRET_ACCESS_KEY="$SLUICE_S3_SECRET_ACCESS_KEY" \
+  --from-literal=AWS_REGION="$SLUICE_S3_REGION" \
+  --from-literal=AWS_ENDPOINT="$SLUICE_S3_POD_ENDPOINT" --from-literal=AWS_ALLOW_HTTP=true \
+  --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+savepoints="s3://$SLUICE_S3_BUCKET/demo-$suffix"
+# Savepoints go to the local S3 server (SeaweedFS, started by cluster.sh), with its
+# credentials in a Secret the workers read.
+kubectl -n "$namespace" create secret generic page-views-savepoints \
+  --from-literal=AWS_ACCESS_KEY_ID="$SLUICE_S3_ACCESS_KEY_ID" \
+  --from-literal=AWS_SECRET_ACCESS_KEY="$SLUICE_S3_SECRET_ACCESS_KEY" \
+  --from-literal=AWS_REGION="$SLUICE_S3_REGION" \
+  --from-literal=AWS_ENDPOINT="$SLUICE_S3_POD_ENDPOINT" --from-literal=AWS_ALLOW_HTTP=true \
+  --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+savepoints="s3://$SLUICE_S3_BUCKET/demo-$suffix"
 # The example as written, pointed at this broker and these topics: the input is read by
 # key (one partition per page, as the expected output assumes), the images are local.
 sed -e "s|bootstrapServers: kafka:9092|bootstrapServers: $SLUICE_KAFKA_BOOTSTRAP_POD|" \
@@ -86,6 +106,8 @@ sed -e "s|bootstrapServers: kafka:9092|bootstrapServers: $SLUICE_KAFKA_BOOTSTRAP
   -e "s|lateDataTopic: page-views-late|lateDataTopic: page-views-late-$suffix|" \
   -e "s|volumeSize: 1Gi|volumeSize: 64Mi|" -e "s|checkpointInterval: 10s|checkpointInterval: 1s|" \
   -e "s|^spec:|spec:\n  imagePullPolicy: Never|" \
+  -e "s|^  upgradeMode: Savepoint|  upgradeMode: Savepoint\n  savepoints:\n    location: $savepoints\n    secretRef:\n      name: page-views-savepoints|" \
+  -e "s|^  upgradeMode: Savepoint|  upgradeMode: Savepoint\n  savepoints:\n    location: $savepoints\n    secretRef:\n      name: page-views-savepoints|" \
   "$example/streamjob.yaml" | kubectl -n "$namespace" apply -f - \
   || fail "kubectl apply refused the StreamJob" "the message above names the field"
 applied=$SECONDS
@@ -95,35 +117,107 @@ step "Ready $((SECONDS - applied))s after kubectl apply"
 kubectl -n "$namespace" get streamjob page-views
 
 bold "5. $(wc -l < "$example/input.jsonl") page views from $example/input.jsonl"
-# A far-future event (filtered out by the job) on the partitions the input leaves empty, so
-# they do not hold the watermark back, then the input, then one more to close every window.
-far='{"timestamp":"2099-12-31T00:00:00Z","status":0,"url":"/","latencyMs":0}'
-for partition in 1 2; do
-  echo "$far" | kcat -P -b "$SLUICE_KAFKA_BOOTSTRAP" -t "page-views-$suffix" -p "$partition"
-done
+# An event (filtered out by the job: status 0) at noon on the partitions the input leaves
+# empty, so they do not hold the watermark back, then the input, then one more at noon to
+# close every window of the morning.
+produce() { kcat -P -b "$SLUICE_KAFKA_BOOTSTRAP" -t "page-views-$suffix" -p "$1"; }
+noon() { printf '{"timestamp":"%sT12:00:00Z","status":0,"url":"/","latencyMs":0}\n' "$1"; }
+for partition in 1 2; do noon 2026-11-26 | produce "$partition"; done
 sleep 3
-{ cat "$example/input.jsonl"; echo "$far"; } | kcat -P -b "$SLUICE_KAFKA_BOOTSTRAP" -t "page-views-$suffix" -p 0
+{ cat "$example/input.jsonl"; noon 2026-11-26; } | produce 0
 step "produced"
+
+# Prints `count` results of the sink topic from offset `from` on, as they arrive
+# (read_committed: only what the job committed).
+results_topic="page-views-per-minute-$suffix"
+show_results() {
+  local from=$1 count=$2
+  printf '%-18s %-7s %6s %12s\n' WINDOW PAGE VIEWS "AVG LATENCY"
+  timeout 180 kcat -C -b "$SLUICE_KAFKA_BOOTSTRAP" -t "$results_topic" \
+    -X isolation.level=read_committed -o "$from" -c "$count" -q -f '%s\n' 2>/dev/null \
+    | jq -r --unbuffered '"\(.windowStart[5:10]) \(.windowStart[11:16])-\(.windowEnd[11:16])  \(.key)\t\(.views)\t\(.avgLatencyMs) ms\(if .isUpdate then "  (update: a straggler arrived)" else "" end)"' \
+    || true
+}
+committed() {
+  kcat -C -b "$SLUICE_KAFKA_BOOTSTRAP" -t "$1" -X isolation.level=read_committed -o beginning -e -q 2>/dev/null || true
+}
 
 bold "6. Results as they arrive (read_committed: only what the job committed, exactly once)"
 expected=$(grep -cv '^\s*$' "$example/expected-output.jsonl")
-printf '%-13s %-10s %6s %12s\n' WINDOW PAGE VIEWS "AVG LATENCY"
-timeout 180 kcat -C -b "$SLUICE_KAFKA_BOOTSTRAP" -t "page-views-per-minute-$suffix" \
-  -X isolation.level=read_committed -o beginning -c "$expected" -q -f '%s\n' 2>/dev/null \
-  | jq -r --unbuffered '"\(.windowStart[11:16])-\(.windowEnd[11:16])   \(.key)\t\(.views)\t\(.avgLatencyMs) ms\(if .isUpdate then "  (update: a straggler arrived)" else "" end)"' \
-  || true
-results=$(kcat -C -b "$SLUICE_KAFKA_BOOTSTRAP" -t "page-views-per-minute-$suffix" -X isolation.level=read_committed -o beginning -e -q 2>/dev/null | grep -c . || true)
-late=$(kcat -C -b "$SLUICE_KAFKA_BOOTSTRAP" -t "page-views-late-$suffix" -X isolation.level=read_committed -o beginning -e -q 2>/dev/null | grep -c . || true)
-dead=$(kcat -C -b "$SLUICE_KAFKA_BOOTSTRAP" -t "page-views-dead-letters-$suffix" -X isolation.level=read_committed -o beginning -e -q 2>/dev/null | grep -c . || true)
+show_results beginning "$expected"
+results=$(committed "$results_topic" | grep -c . || true)
+late=$(committed "page-views-late-$suffix" | grep -c . || true)
+dead=$(committed "page-views-dead-letters-$suffix" | grep -c . || true)
 step "$results results ($expected expected), $late late events, $dead dead letters"
 ((results == expected)) || fail "expected $expected results, read $results" \
   "kubectl -n $namespace logs page-views-0; kubectl -n $namespace describe streamjob page-views"
 
+bold "7. An upgrade through a savepoint, live, in the middle of a window"
+# The same page views a day later: the first half now, the rest after the upgrade. The
+# windows open at the upgrade are in the savepoint, so the day's results must be exactly
+# the expected ones a day later: nothing counted twice, nothing lost.
+next_day() { sed 's/2026-11-26T/2026-11-27T/g'; }
+events=$(wc -l < "$example/input.jsonl")
+half=$((events / 2))
+for partition in 1 2; do noon 2026-11-27 | produce "$partition"; done
+head -n "$half" "$example/input.jsonl" | next_day | produce 0
+# Wait until the job has committed them: they are then in its windows, and the savepoint.
+caught_up() {
+  kafka_tool org.apache.kafka.tools.consumer.group.ConsumerGroupCommand \
+    --bootstrap-server "$SLUICE_KAFKA_BOOTSTRAP" --describe --group "sluice.$namespace.page-views" \
+    | awk -v topic="page-views-$suffix" '$2 == topic { seen = 1; if ($6 != "0") behind = 1 }
+        END { exit !(seen && !behind) }'
+}
+until caught_up; do
+  ((SECONDS - started < 600)) || fail "the job did not consume the page views" \
+    "kubectl -n $namespace logs page-views-0; kubectl -n $namespace describe streamjob page-views"
+  sleep 1
+done
+step "produced the first $half page views of 27 November; the job committed them"
+generation=$(kubectl -n "$namespace" get streamjob page-views -o jsonpath='{.metadata.generation}')
+target=$((generation + 1))
+# A new version of the pod template, as a new image or pipeline would be: an Upgrade.
+kubectl -n "$namespace" patch streamjob page-views --type merge \
+  -p '{"spec":{"podTemplate":{"annotations":{"demo.sluice.dev/version":"2"}}}}' >/dev/null \
+  || fail "kubectl patch refused the change" "the message above names the field"
+upgrade_started=$SECONDS
+step "kubectl patch streamjob page-views: a new spec.podTemplate (generation $target)"
+last=""
+while true; do
+  now=$(kubectl -n "$namespace" get streamjob page-views -o json | jq -r \
+    '[.status.phase, (.status.upgrade.state // "-"), "\(.status.readyReplicas // 0)/\(.status.replicas // 0) ready", "deployed generation \(.status.deployed.generation // "-")"] | join("  ")') \
+    || now="$last"
+  if [[ "$now" != "$last" ]]; then
+    step "$now"
+    last=$now
+  fi
+  [[ "$now" == "Running  -  "*"generation $target" ]] && break
+  ((SECONDS - upgrade_started < 300)) || fail "the upgrade did not finish in 5 minutes" \
+    "kubectl -n $namespace describe streamjob page-views (status.upgrade and the Events say which step waits)"
+  sleep 0.5
+done
+savepoint=$(kubectl -n "$namespace" get streamjob page-views -o jsonpath='{.status.deployed.savepoint}')
+step "upgraded in $((SECONDS - upgrade_started))s; the workers restored ${savepoint:-the savepoint}"
+tail -n "+$((half + 1))" "$example/input.jsonl" | next_day | produce 0
+noon 2026-11-27 | produce 0
+step "produced the other $((events - half)) page views"
+show_results "$expected" "$expected"
+day_two=$(committed "$results_topic" | tail -n "+$((expected + 1))" | jq -cS . | sort)
+wanted=$(next_day < "$example/expected-output.jsonl" | grep -v '^\s*$' | jq -cS . | sort)
+results=$(committed "$results_topic" | grep -c . || true)
+step "$results results in all ($((2 * expected)) expected)"
+if ((results != 2 * expected)) || [[ "$day_two" != "$wanted" ]]; then
+  fail "the results after the upgrade are not the expected ones ($results results)" \
+    "kubectl -n $namespace describe streamjob page-views; kubectl -n $namespace logs page-views-0"
+fi
+step "27 November's results are exactly the expected ones: the windows open at the upgrade came back from the savepoint"
+
 bold "Next"
 cat <<EOF
-  kubectl -n $namespace get streamjob page-views -o yaml      # status, conditions
+  kubectl -n $namespace get streamjob page-views -o yaml      # status, conditions, savepoints
+  kubectl -n $namespace get events --field-selector involvedObject.name=page-views
   kubectl -n $namespace get pods,pvc -l sluice.dev/job=page-views
-  kcat -C -b $SLUICE_KAFKA_BOOTSTRAP -t page-views-per-minute-$suffix -X isolation.level=read_committed -e
+  kcat -C -b $SLUICE_KAFKA_BOOTSTRAP -t $results_topic -X isolation.level=read_committed -e
   helm -n $release_namespace uninstall $release                # the job and its volumes stay
 Done in $((SECONDS - started))s.
 EOF
