@@ -1,5 +1,6 @@
 //! The controller's metrics (prometheus-client), under the `sluice_controller` prefix:
-//! reconciles, failures by error kind, how long a reconcile takes, and StreamJobs by phase.
+//! reconciles, failures by error kind, how long a reconcile takes, StreamJobs by phase,
+//! and the changes to running jobs (upgrades, rescales, savepoints) by kind and outcome.
 
 use std::time::Instant;
 
@@ -9,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use sluice_crds::status::Phase;
+use sluice_crds::status::{ChangeKind, Phase};
 
 use crate::error::ErrorKind;
 
@@ -68,6 +69,38 @@ pub struct ScalingLabels {
     pub direction: &'static str,
 }
 
+/// The labels of a change that ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    /// Its kind, as in `status.upgrade.kind` (`Upgrade`, `Rescale`, `Suspend`, ...).
+    pub kind: &'static str,
+    /// `completed`, `rolled_back`, or `failed` (an attempt whose savepoint failed; the
+    /// change is retried).
+    pub outcome: &'static str,
+}
+
+/// The label of a change's kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeKindLabels {
+    /// As in `status.upgrade.kind`.
+    pub kind: &'static str,
+}
+
+/// The label of a change's kind: its name in `status.upgrade.kind`.
+pub fn change_kind_label(kind: ChangeKind) -> &'static str {
+    match kind {
+        ChangeKind::None => "None",
+        ChangeKind::SavepointOnly => "SavepointOnly",
+        ChangeKind::PeriodicSavepoint => "PeriodicSavepoint",
+        ChangeKind::Resume => "Resume",
+        ChangeKind::Restart => "Restart",
+        ChangeKind::Rescale => "Rescale",
+        ChangeKind::Upgrade => "Upgrade",
+        ChangeKind::Suspend => "Suspend",
+        ChangeKind::Delete => "Delete",
+    }
+}
+
 /// The label of a phase.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -116,6 +149,11 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabels, Counter>,
     /// StreamJob creates and updates the validating webhook answered, by verdict.
     pub admission_reviews: Family<AdmissionLabels, Counter>,
+    /// Changes to running jobs that ended, by kind and outcome.
+    pub changes: Family<ChangeLabels, Counter>,
+    /// How long changes that completed took, from their start to the workers running
+    /// the result, by kind.
+    pub change_duration: Family<ChangeKindLabels, Histogram, fn() -> Histogram>,
     /// The autoscaler's last figures per job.
     pub autoscaler: AutoscalerMetrics,
 }
@@ -158,9 +196,17 @@ impl Default for Metrics {
             leader: Gauge::default(),
             api_requests: Family::default(),
             admission_reviews: Family::default(),
+            changes: Family::default(),
+            change_duration: Family::new_with_constructor(change_duration_histogram),
             autoscaler: AutoscalerMetrics::default(),
         }
     }
+}
+
+/// Buckets from 1 s to about 68 minutes: a savepoint and a restart take seconds, a change
+/// that waits for a slow pod or a large state minutes.
+fn change_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 13))
 }
 
 impl Metrics {
@@ -201,6 +247,16 @@ impl Metrics {
             "admission_reviews",
             "StreamJob creates and updates the validating webhook answered, by verdict",
             self.admission_reviews.clone(),
+        );
+        registry.register(
+            "changes",
+            "Changes to running jobs that ended, by kind and outcome (completed, rolled_back, failed)",
+            self.changes.clone(),
+        );
+        registry.register(
+            "change_duration_seconds",
+            "How long changes that completed took, from their start to the workers running the result, by kind",
+            self.change_duration.clone(),
         );
         let autoscaler = registry.sub_registry_with_prefix("autoscaler");
         autoscaler.register(
@@ -248,6 +304,20 @@ impl Metrics {
     pub fn count_requests(&self) -> CountRequests {
         CountRequests {
             counter: self.api_requests.clone(),
+        }
+    }
+
+    /// Counts a change of `kind` that ended with `outcome`, and records how long a
+    /// completed one took.
+    pub fn change_ended(&self, kind: ChangeKind, outcome: &'static str, seconds: f64) {
+        let kind = change_kind_label(kind);
+        self.changes
+            .get_or_create(&ChangeLabels { kind, outcome })
+            .inc();
+        if outcome == "completed" {
+            self.change_duration
+                .get_or_create(&ChangeKindLabels { kind })
+                .observe(seconds);
         }
     }
 
@@ -364,6 +434,32 @@ mod tests {
         let text = encoded(&metrics);
         assert!(
             text.contains("sluice_controller_reconcile_failures_total{kind=\"InvalidSpec\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn changes_are_counted_by_kind_and_outcome_and_completed_ones_timed() {
+        let metrics = Metrics::default();
+        metrics.change_ended(ChangeKind::Upgrade, "completed", 5.5);
+        metrics.change_ended(ChangeKind::Upgrade, "completed", 40.0);
+        metrics.change_ended(ChangeKind::Rescale, "rolled_back", 0.0);
+        metrics.change_ended(ChangeKind::Suspend, "failed", 0.0);
+        let text = encoded(&metrics);
+        for line in [
+            "sluice_controller_changes_total{kind=\"Upgrade\",outcome=\"completed\"} 2",
+            "sluice_controller_changes_total{kind=\"Rescale\",outcome=\"rolled_back\"} 1",
+            "sluice_controller_changes_total{kind=\"Suspend\",outcome=\"failed\"} 1",
+            "sluice_controller_change_duration_seconds_count{kind=\"Upgrade\"} 2",
+            "sluice_controller_change_duration_seconds_sum{kind=\"Upgrade\"} 45.5",
+            "sluice_controller_change_duration_seconds_bucket{le=\"8.0\",kind=\"Upgrade\"} 1",
+            "sluice_controller_change_duration_seconds_bucket{le=\"64.0\",kind=\"Upgrade\"} 2",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        // Only completed changes are timed.
+        assert!(
+            !text.contains("change_duration_seconds_count{kind=\"Rescale\"}"),
             "{text}"
         );
     }

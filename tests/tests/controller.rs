@@ -1889,6 +1889,29 @@ async fn rescales_and_upgrades_go_through_savepoints_exactly_once() -> Result<()
         "the store still holds what retention deleted, or lost what it keeps:\n{listed}"
     );
 
+    // The controller counted and timed each change it completed (the dashboard's
+    // "Parallelism and changes" row).
+    for (series, expected) in [
+        (
+            "sluice_controller_changes_total{kind=\"Rescale\",outcome=\"completed\"}",
+            3.0,
+        ),
+        (
+            "sluice_controller_changes_total{kind=\"Upgrade\",outcome=\"completed\"}",
+            1.0,
+        ),
+        (
+            "sluice_controller_change_duration_seconds_count{kind=\"Rescale\"}",
+            3.0,
+        ),
+    ] {
+        let value = lifecycle.controller.metric(series)?;
+        ensure!(
+            value == expected,
+            "{series} is {value}, expected {expected}"
+        );
+    }
+
     lifecycle.produce_third(2)?;
     lifecycle
         .finish(&[

@@ -489,6 +489,7 @@ async fn step(
                     Ok(Some(Deploy::Hold))
                 }
                 UpgradeState::Failed => {
+                    ctx.metrics.change_ended(entered.kind, "failed", 0.0);
                     let wait = machine::backoff(&ctx.settings.lifecycle, entered.attempt);
                     publish(
                         job,
@@ -894,7 +895,9 @@ async fn rolled_back(
         "rolled back to generation {} from savepoint {savepoint}: {reason}",
         to.generation
     );
-    set_upgrade(job, ctx, None).await
+    set_upgrade(job, ctx, None).await?;
+    ctx.metrics.change_ended(upgrade.kind, "rolled_back", 0.0);
+    Ok(())
 }
 
 /// Completes a change: records the savepoint and what the workers run, clears
@@ -964,6 +967,9 @@ async fn finish(
     }
     let seconds = completed_at.0.as_second() - upgrade.started_at.0.as_second();
     set_upgrade(job, ctx, None).await?;
+    let milliseconds = completed_at.0.as_millisecond() - upgrade.started_at.0.as_millisecond();
+    ctx.metrics
+        .change_ended(upgrade.kind, "completed", milliseconds as f64 / 1000.0);
     let (reason, what) = match upgrade.kind {
         ChangeKind::Rescale => (
             "Rescaled",
