@@ -46,6 +46,10 @@ bash tests/cluster/images.sh || fail "the images were not built or loaded" "make
 worker_image="${SLUICE_WORKER_IMAGE:-localhost/sluice-worker:dev}"
 controller_image="${SLUICE_CONTROLLER_IMAGE:-localhost/sluice-controller:dev}"
 step "worker $worker_image, controller $controller_image"
+# The images keep their tag from build to build: the archive's name (keyed by its inputs)
+# goes into the controller's pod template, so a new controller build rolls it out.
+controller_build=$(find "${SLUICE_CACHE:-/var/cache/sluice}/images" -maxdepth 1 -name 'sluice-controller-*.oci.tar' \
+  -printf '%f\n' 2>/dev/null | head -n 1)
 
 bold "3. Sluice, with Helm"
 kubectl apply --server-side --force-conflicts -f charts/sluice/crds/ >/dev/null
@@ -54,6 +58,7 @@ kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -
 "$helm_bin" upgrade --install "$release" charts/sluice -n "$release_namespace" --create-namespace \
   --set image.repository="${controller_image%:*}" --set image.tag="${controller_image##*:}" \
   --set image.pullPolicy=Never --set workerImage="$worker_image" \
+  --set-string "podAnnotations.sluice\.dev/controller-build=${controller_build%.oci.tar}" \
   --set replicas=1 --set "watchNamespaces={$namespace}" \
   --wait --timeout 5m >/dev/null || fail "helm install did not finish" \
   "kubectl -n $release_namespace describe pods; kubectl -n $release_namespace logs deploy/$release-controller"

@@ -186,8 +186,32 @@ impl AutoscalerMetrics {
     }
 }
 
+/// The kinds of change that take a savepoint and end with a `changes_total` count.
+const COUNTED_CHANGES: [ChangeKind; 6] = [
+    ChangeKind::Upgrade,
+    ChangeKind::Rescale,
+    ChangeKind::Suspend,
+    ChangeKind::SavepointOnly,
+    ChangeKind::PeriodicSavepoint,
+    ChangeKind::Delete,
+];
+
 impl Default for Metrics {
     fn default() -> Self {
+        let changes: Family<ChangeLabels, Counter> = Family::default();
+        // Every series from 0, so the first change of a kind shows as an increase (a
+        // counter that appears at 1 does not, to `increase()` and `rate()`).
+        for kind in COUNTED_CHANGES {
+            let rolls = matches!(kind, ChangeKind::Upgrade | ChangeKind::Rescale);
+            for outcome in ["completed", "failed", "rolled_back"] {
+                if outcome != "rolled_back" || rolls {
+                    changes.get_or_create(&ChangeLabels {
+                        kind: change_kind_label(kind),
+                        outcome,
+                    });
+                }
+            }
+        }
         Self {
             reconciles: Counter::default(),
             failures: Family::default(),
@@ -196,7 +220,7 @@ impl Default for Metrics {
             leader: Gauge::default(),
             api_requests: Family::default(),
             admission_reviews: Family::default(),
-            changes: Family::default(),
+            changes,
             change_duration: Family::new_with_constructor(change_duration_histogram),
             autoscaler: AutoscalerMetrics::default(),
         }
@@ -457,6 +481,12 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+        assert!(
+            text.contains(
+                "sluice_controller_changes_total{kind=\"Rescale\",outcome=\"completed\"} 0"
+            ),
+            "every counted kind and outcome starts at 0: {text}"
+        );
         // Only completed changes are timed.
         assert!(
             !text.contains("change_duration_seconds_count{kind=\"Rescale\"}"),
