@@ -69,14 +69,38 @@ pub struct ScalingLabels {
     pub direction: &'static str,
 }
 
-/// The labels of a change that ended.
+/// The labels of a change that ended, or of an attempt that failed.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChangeLabels {
     /// Its kind, as in `status.upgrade.kind` (`Upgrade`, `Rescale`, `Suspend`, ...).
     pub kind: &'static str,
-    /// `completed`, `rolled_back`, or `failed` (an attempt whose savepoint failed; the
-    /// change is retried).
+    /// [`ChangeOutcome::as_str`].
     pub outcome: &'static str,
+}
+
+/// How a change (or one attempt of it) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeOutcome {
+    /// The workers run its result.
+    Completed,
+    /// The new workers were not Ready in time: the last good spec runs again.
+    RolledBack,
+    /// An attempt whose savepoint failed or timed out; the change is retried.
+    Failed,
+}
+
+impl ChangeOutcome {
+    /// Every outcome.
+    pub const ALL: [Self; 3] = [Self::Completed, Self::RolledBack, Self::Failed];
+
+    /// Its label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::RolledBack => "rolled_back",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 /// The label of a change's kind.
@@ -149,7 +173,7 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabels, Counter>,
     /// StreamJob creates and updates the validating webhook answered, by verdict.
     pub admission_reviews: Family<AdmissionLabels, Counter>,
-    /// Changes to running jobs that ended, by kind and outcome.
+    /// Changes to running jobs that ended, and attempts that failed, by kind and outcome.
     pub changes: Family<ChangeLabels, Counter>,
     /// How long changes that completed took, from their start to the workers running
     /// the result, by kind.
@@ -199,15 +223,20 @@ const COUNTED_CHANGES: [ChangeKind; 6] = [
 impl Default for Metrics {
     fn default() -> Self {
         let changes: Family<ChangeLabels, Counter> = Family::default();
+        let change_duration: Family<ChangeKindLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(change_duration_histogram);
         // Every series from 0, so the first change of a kind shows as an increase (a
-        // counter that appears at 1 does not, to `increase()` and `rate()`).
+        // series that appears at 1 does not, to `increase()` and `rate()`).
         for kind in COUNTED_CHANGES {
+            let _ = change_duration.get_or_create(&ChangeKindLabels {
+                kind: change_kind_label(kind),
+            });
             let rolls = matches!(kind, ChangeKind::Upgrade | ChangeKind::Rescale);
-            for outcome in ["completed", "failed", "rolled_back"] {
-                if outcome != "rolled_back" || rolls {
-                    changes.get_or_create(&ChangeLabels {
+            for outcome in ChangeOutcome::ALL {
+                if outcome != ChangeOutcome::RolledBack || rolls {
+                    let _ = changes.get_or_create(&ChangeLabels {
                         kind: change_kind_label(kind),
-                        outcome,
+                        outcome: outcome.as_str(),
                     });
                 }
             }
@@ -221,7 +250,7 @@ impl Default for Metrics {
             api_requests: Family::default(),
             admission_reviews: Family::default(),
             changes,
-            change_duration: Family::new_with_constructor(change_duration_histogram),
+            change_duration,
             autoscaler: AutoscalerMetrics::default(),
         }
     }
@@ -274,7 +303,7 @@ impl Metrics {
         );
         registry.register(
             "changes",
-            "Changes to running jobs that ended, by kind and outcome (completed, rolled_back, failed)",
+            "Changes to running jobs that ended (completed, rolled_back) and attempts that failed (failed: retried), by kind and outcome",
             self.changes.clone(),
         );
         registry.register(
@@ -333,12 +362,15 @@ impl Metrics {
 
     /// Counts a change of `kind` that ended with `outcome`, and records how long a
     /// completed one took.
-    pub fn change_ended(&self, kind: ChangeKind, outcome: &'static str, seconds: f64) {
+    pub fn change_ended(&self, kind: ChangeKind, outcome: ChangeOutcome, seconds: f64) {
         let kind = change_kind_label(kind);
         self.changes
-            .get_or_create(&ChangeLabels { kind, outcome })
+            .get_or_create(&ChangeLabels {
+                kind,
+                outcome: outcome.as_str(),
+            })
             .inc();
-        if outcome == "completed" {
+        if outcome == ChangeOutcome::Completed {
             self.change_duration
                 .get_or_create(&ChangeKindLabels { kind })
                 .observe(seconds);
@@ -465,10 +497,10 @@ mod tests {
     #[test]
     fn changes_are_counted_by_kind_and_outcome_and_completed_ones_timed() {
         let metrics = Metrics::default();
-        metrics.change_ended(ChangeKind::Upgrade, "completed", 5.5);
-        metrics.change_ended(ChangeKind::Upgrade, "completed", 40.0);
-        metrics.change_ended(ChangeKind::Rescale, "rolled_back", 0.0);
-        metrics.change_ended(ChangeKind::Suspend, "failed", 0.0);
+        metrics.change_ended(ChangeKind::Upgrade, ChangeOutcome::Completed, 5.5);
+        metrics.change_ended(ChangeKind::Upgrade, ChangeOutcome::Completed, 40.0);
+        metrics.change_ended(ChangeKind::Rescale, ChangeOutcome::RolledBack, 0.0);
+        metrics.change_ended(ChangeKind::Suspend, ChangeOutcome::Failed, 0.0);
         let text = encoded(&metrics);
         for line in [
             "sluice_controller_changes_total{kind=\"Upgrade\",outcome=\"completed\"} 2",
@@ -489,7 +521,7 @@ mod tests {
         );
         // Only completed changes are timed.
         assert!(
-            !text.contains("change_duration_seconds_count{kind=\"Rescale\"}"),
+            text.contains("sluice_controller_change_duration_seconds_count{kind=\"Rescale\"} 0"),
             "{text}"
         );
     }

@@ -34,6 +34,7 @@ use self::machine::{Found, Next};
 use crate::build::job_name;
 use crate::context::Context;
 use crate::error::{Error, ErrorKind};
+use crate::metrics::ChangeOutcome;
 use crate::names::{ChildNames, JOB_FILE};
 use crate::spec_hash::spec_hash;
 use crate::status::{Transition, WorkerCounts};
@@ -489,7 +490,8 @@ async fn step(
                     Ok(Some(Deploy::Hold))
                 }
                 UpgradeState::Failed => {
-                    ctx.metrics.change_ended(entered.kind, "failed", 0.0);
+                    ctx.metrics
+                        .change_ended(entered.kind, ChangeOutcome::Failed, 0.0);
                     let wait = machine::backoff(&ctx.settings.lifecycle, entered.attempt);
                     publish(
                         job,
@@ -896,7 +898,8 @@ async fn rolled_back(
         to.generation
     );
     set_upgrade(job, ctx, None).await?;
-    ctx.metrics.change_ended(upgrade.kind, "rolled_back", 0.0);
+    ctx.metrics
+        .change_ended(upgrade.kind, ChangeOutcome::RolledBack, 0.0);
     Ok(())
 }
 
@@ -968,8 +971,11 @@ async fn finish(
     let seconds = completed_at.0.as_second() - upgrade.started_at.0.as_second();
     set_upgrade(job, ctx, None).await?;
     let milliseconds = completed_at.0.as_millisecond() - upgrade.started_at.0.as_millisecond();
-    ctx.metrics
-        .change_ended(upgrade.kind, "completed", milliseconds as f64 / 1000.0);
+    ctx.metrics.change_ended(
+        upgrade.kind,
+        ChangeOutcome::Completed,
+        milliseconds as f64 / 1000.0,
+    );
     let (reason, what) = match upgrade.kind {
         ChangeKind::Rescale => (
             "Rescaled",
