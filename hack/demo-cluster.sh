@@ -4,8 +4,8 @@
 # built from the release binaries and loaded into the node, the chart installed, the
 # page-views example applied as a StreamJob, sample events produced, the windowed
 # results printed as they arrive, then an upgrade through a savepoint, live, in the middle
-# of a window whose results must come out exactly as if nothing had happened.
-# `make demo` runs it after building the binaries; it is
+# of windows whose results must come out exactly as if nothing had happened. `make demo`
+# runs it after building the binaries; it is
 # idempotent (a second run reuses the cluster, upgrades the release and starts the job
 # over on fresh topics). `make demo-local` is the engine alone, on files.
 set -euo pipefail
@@ -93,15 +93,6 @@ kubectl -n "$namespace" create secret generic page-views-savepoints \
   --from-literal=AWS_ENDPOINT="$SLUICE_S3_POD_ENDPOINT" --from-literal=AWS_ALLOW_HTTP=true \
   --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 savepoints="s3://$SLUICE_S3_BUCKET/demo-$suffix"
-# Savepoints go to the local S3 server (SeaweedFS, started by cluster.sh), with its
-# credentials in a Secret the workers read.
-kubectl -n "$namespace" create secret generic page-views-savepoints \
-  --from-literal=AWS_ACCESS_KEY_ID="$SLUICE_S3_ACCESS_KEY_ID" \
-  --from-literal=AWS_SECRET_ACCESS_KEY="$SLUICE_S3_SECRET_ACCESS_KEY" \
-  --from-literal=AWS_REGION="$SLUICE_S3_REGION" \
-  --from-literal=AWS_ENDPOINT="$SLUICE_S3_POD_ENDPOINT" --from-literal=AWS_ALLOW_HTTP=true \
-  --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-savepoints="s3://$SLUICE_S3_BUCKET/demo-$suffix"
 # The example as written, pointed at this broker and these topics: the input is read by
 # key (one partition per page, as the expected output assumes), the images are local.
 sed -e "s|bootstrapServers: kafka:9092|bootstrapServers: $SLUICE_KAFKA_BOOTSTRAP_POD|" \
@@ -111,7 +102,6 @@ sed -e "s|bootstrapServers: kafka:9092|bootstrapServers: $SLUICE_KAFKA_BOOTSTRAP
   -e "s|lateDataTopic: page-views-late|lateDataTopic: page-views-late-$suffix|" \
   -e "s|volumeSize: 1Gi|volumeSize: 64Mi|" -e "s|checkpointInterval: 10s|checkpointInterval: 1s|" \
   -e "s|^spec:|spec:\n  imagePullPolicy: Never|" \
-  -e "s|^  upgradeMode: Savepoint|  upgradeMode: Savepoint\n  savepoints:\n    location: $savepoints\n    secretRef:\n      name: page-views-savepoints|" \
   -e "s|^  upgradeMode: Savepoint|  upgradeMode: Savepoint\n  savepoints:\n    location: $savepoints\n    secretRef:\n      name: page-views-savepoints|" \
   "$example/streamjob.yaml" | kubectl -n "$namespace" apply -f - \
   || fail "kubectl apply refused the StreamJob" "the message above names the field"
