@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The picture of the chart's Grafana dashboard in docs/metrics.md, from real data: the
+# The picture of the chart's Grafana dashboard in docs/dashboard.md, from real data: the
 # demo's page-views job (run `make demo` first) fed live page views for a few minutes,
 # rescaled, savepointed and upgraded on the way, its workers and the controller scraped by a
 # Prometheus server on the host (built once from the Go module proxy into the cache),

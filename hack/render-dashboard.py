@@ -132,9 +132,17 @@ def main():
         unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
         results = []
         errors = []
+        # A panel's minimum interval (Grafana's `$__interval` is never below it) is also
+        # its step, so the windows of `increase(...[$__interval])` do not overlap.
+        panel_step = step
+        if panel.get("interval", "").endswith("m"):
+            panel_step = max(step, int(panel["interval"][:-1]) * 60)
+        elif panel.get("interval", "").endswith("s"):
+            panel_step = max(step, int(panel["interval"][:-1]))
+        panel_variables = dict(variables, __interval=f"{panel_step}s")
         for target in panel.get("targets", []):
-            data, error = query_range(arguments.prometheus, fill(target["expr"], variables),
-                                      arguments.start, arguments.end, step)
+            data, error = query_range(arguments.prometheus, fill(target["expr"], panel_variables),
+                                      arguments.start, arguments.end, panel_step)
             if error:
                 errors.append(error)
                 continue

@@ -303,12 +303,12 @@ impl Metrics {
         );
         registry.register(
             "changes",
-            "Changes to running jobs that ended (completed, rolled_back) and attempts that failed (failed: retried), by kind and outcome",
+            "Changes to running jobs that took a savepoint and ended (completed, rolled_back), and attempts that failed (failed: retried), by kind and outcome",
             self.changes.clone(),
         );
         registry.register(
             "change_duration_seconds",
-            "How long changes that completed took, from their start to the workers running the result, by kind",
+            "How long changes that completed took, from their start (whole seconds, failed attempts included) to the workers running the result, by kind",
             self.change_duration.clone(),
         );
         let autoscaler = registry.sub_registry_with_prefix("autoscaler");
