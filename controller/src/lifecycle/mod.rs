@@ -968,9 +968,9 @@ async fn finish(
     if rolled {
         status.rollback = None;
     }
-    let seconds = completed_at.0.as_second() - upgrade.started_at.0.as_second();
     set_upgrade(job, ctx, None).await?;
     let milliseconds = completed_at.0.as_millisecond() - upgrade.started_at.0.as_millisecond();
+    let seconds = milliseconds / 1000;
     ctx.metrics.change_ended(
         upgrade.kind,
         ChangeOutcome::Completed,
