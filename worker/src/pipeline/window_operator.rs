@@ -314,6 +314,8 @@ impl WindowOperator {
         loop {
             let timers = self.state.due_timers(watermark)?;
             if timers.is_empty() {
+                // Every window ending by the watermark has fired now, in the store too.
+                self.state.fired_through(watermark);
                 return Ok(());
             }
             // The windows of keys not cached are read in one pass over the store and fired
@@ -323,7 +325,11 @@ impl WindowOperator {
             for (timer, stored) in timers.into_iter().zip(stored) {
                 let allowed_lateness = self.allowed_lateness;
                 let range = timer.range();
-                if !self.state.is_cached(&timer.key) {
+                // Keys leave the cache while firing, none enters it: a key not cached when
+                // the batch was read is not cached now.
+                let cached =
+                    matches!(stored, StoredWindow::Cached) && self.state.is_cached(&timer.key);
+                if !cached {
                     if timer.kind == TimerKind::Expire && !merging {
                         self.state
                             .delete_stored_window(timer.key_group, &timer.key, range);

@@ -18,6 +18,7 @@ use super::location::{Directory, Url};
 use super::take::{hex, sha256_hex};
 use crate::state::format::{self, CheckpointRecord, META_CHECKPOINT};
 use crate::state::rocksdb::RocksDbStore;
+use crate::state::windows::set_fired_flags;
 use crate::state::{Column, StateBatch, StateStore};
 use sha2::{Digest as _, Sha256};
 
@@ -482,6 +483,9 @@ pub fn restore(
                 &format::key_group_start(range.end),
             )?;
             target.retain_range(Column::Timers, &[], &[])?;
+            // Each part's windows fired up to that part's watermark: their flags say so
+            // before they join the others' (the restored store has no fired-through).
+            set_fired_flags(&mut target, &[], None)?;
             target
         }
         None => RocksDbStore::open(state_dir)?,
@@ -490,7 +494,12 @@ pub fn restore(
         if Some((*ordinal, *range)) == base {
             continue;
         }
-        let source = RocksDbStore::open(&part_directory(&staging, *ordinal))?;
+        let mut source = RocksDbStore::open(&part_directory(&staging, *ordinal))?;
+        set_fired_flags(
+            &mut source,
+            &format::key_group_start(range.first),
+            Some(&format::key_group_start(range.end)),
+        )?;
         target.ingest_range_from(
             &source,
             Column::Windows,
@@ -545,6 +554,7 @@ pub fn restore(
         META_CHECKPOINT.to_vec(),
         serde_json::to_vec(&record).context("failed to encode the checkpoint record")?,
     );
+    batch.delete(Column::Meta, format::META_FIRED_THROUGH.to_vec());
     target.write(batch)?;
     target.create_checkpoint(id)?;
     target.complete_checkpoint(id)?;

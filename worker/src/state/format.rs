@@ -5,13 +5,16 @@
 //! Column families:
 //! - `windows`: key `key group (u16 BE) | key length (u32 BE) | key | start | end`, value
 //!   `fired (u8) | accumulators...` (see [`encode_accumulator`]), in the order of the
-//!   aggregates recorded in `meta`.
+//!   aggregates recorded in `meta`. A window has fired when its flag is 1 or its end is at
+//!   or before [`META_FIRED_THROUGH`] ([`has_fired`]): a window fired in the store is not
+//!   written again just to set its flag.
 //! - `timers`: key `time | kind (u8) | start | end | key | 0x00 | key group (u16 BE)`,
 //!   empty value. Timers are derived data: each window has exactly one pending timer (fire
 //!   at its end until it fired, then expire at end + allowed lateness), so a restore
 //!   rebuilds them from `windows` ([`timer_of_window`]) and never trusts a copy.
-//! - `meta`: [`META_FORMAT_VERSION`], [`META_KEY_GROUPS`], [`META_AGGREGATES`] and
-//!   [`META_CHECKPOINT`], see [`StateMeta`] and [`CheckpointRecord`].
+//! - `meta`: [`META_FORMAT_VERSION`], [`META_KEY_GROUPS`], [`META_AGGREGATES`],
+//!   [`META_CHECKPOINT`] and [`META_FIRED_THROUGH`], see [`StateMeta`] and
+//!   [`CheckpointRecord`].
 //!
 //! Times are order-preserving: an `i64` with its sign bit flipped, big-endian, so byte
 //! order is time order. Window keys sort by key group first, so a range of key groups is
@@ -112,6 +115,19 @@ pub fn decode_window_value(bytes: &[u8]) -> Option<(bool, Vec<Accumulator>)> {
         rest = remaining;
     }
     Some((fired != 0, accumulators))
+}
+
+/// Whether a window that ends at `end`, stored with flag `flag`, has fired in a store
+/// whose [`META_FIRED_THROUGH`] is `fired_through`.
+pub fn has_fired(flag: bool, end: Millis, fired_through: Millis) -> bool {
+    flag || end <= fired_through
+}
+
+/// The [`META_FIRED_THROUGH`] of a store from its entry (`None`: none, every flag is set).
+pub fn fired_through_of(entry: Option<&[u8]>) -> Millis {
+    entry
+        .and_then(|bytes| bytes.first_chunk::<8>())
+        .map_or(Millis::MIN, |bytes| time_from_bytes(*bytes))
 }
 
 /// A timer key.
@@ -320,8 +336,10 @@ pub const TIMER_EXPIRE: u8 = 0;
 pub const TIMER_FIRE: u8 = 1;
 
 /// The version of this format. A store written with a greater version is refused; one
-/// written with a smaller version is read by the rules of its version (none older exist).
-pub const FORMAT_VERSION: u32 = 1;
+/// written with a smaller version is read by the rules of its version, and stamped with
+/// this one when a worker opens it. Version 2 added [`META_FIRED_THROUGH`] (a version 1
+/// store has none: its flags say it all, which version 2 reads the same way).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// `meta` key: the format version, u32 BE.
 pub const META_FORMAT_VERSION: &[u8] = b"format-version";
@@ -332,6 +350,10 @@ pub const META_KEY_GROUPS: &[u8] = b"key-groups";
 pub const META_AGGREGATES: &[u8] = b"aggregates";
 /// `meta` key: the latest checkpoint record, JSON ([`CheckpointRecord`]).
 pub const META_CHECKPOINT: &[u8] = b"checkpoint";
+/// `meta` key: the watermark up to which every window has fired ([`time_bytes`]; absent:
+/// none), written with each checkpoint. A window ending at or before it has fired
+/// whatever its flag says ([`has_fired`]).
+pub const META_FIRED_THROUGH: &[u8] = b"fired-through";
 
 /// One aggregate as recorded in `meta`: accumulators are found by name, never by position.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

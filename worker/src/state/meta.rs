@@ -175,6 +175,15 @@ pub fn open(
     let stored = read(store)?;
     let decision = compare(stored.as_ref(), job, drop_unmapped)?;
     match &decision {
+        // An older version is read by its rules, then stamped with this one: what this
+        // worker writes from now on follows this version's (an older worker refuses it).
+        MetaDecision::Unchanged
+            if stored
+                .as_ref()
+                .is_some_and(|stored| stored.format_version < job.format_version) =>
+        {
+            write(store, job)?;
+        }
         MetaDecision::Unchanged => {}
         MetaDecision::Stamp => write(store, job)?,
         MetaDecision::Migrate(positions) => {
@@ -377,5 +386,26 @@ mod tests {
         for (name, job, expected) in cases {
             assert_eq!(compare(Some(&stored), &job, true), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_store_of_an_older_version_is_stamped_with_this_one() {
+        let job = meta(16, &[("views", Count)]);
+        let older = StateMeta {
+            format_version: FORMAT_VERSION - 1,
+            ..job.clone()
+        };
+        let mut store = crate::state::MemoryStore::default();
+        write(&mut store, &older).unwrap();
+        assert_eq!(
+            open(&mut store, &job, false).unwrap(),
+            MetaDecision::Unchanged
+        );
+        // An older worker refuses what this one writes from now on.
+        assert_eq!(read(&store).unwrap(), Some(job.clone()));
+        assert_eq!(
+            open(&mut store, &job, false).unwrap(),
+            MetaDecision::Unchanged
+        );
     }
 }

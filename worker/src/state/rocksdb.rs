@@ -448,14 +448,19 @@ impl StateStore for RocksDbStore {
         Ok(values)
     }
 
-    fn write(&mut self, mut batch: StateBatch) -> Result<(), StateError> {
-        // In key order, memtable inserts reuse their position in the skip list (a stable
-        // sort keeps the order of operations on the same key).
-        batch
-            .operations
-            .sort_by(|left, right| (left.0, &left.1).cmp(&(right.0, &right.1)));
+    fn write(&mut self, batch: StateBatch) -> Result<(), StateError> {
+        // In key order, memtable inserts reuse their position in the skip list. Sorted
+        // by position too, operations on the same key keep their order; sorting
+        // positions moves 8 bytes an entry rather than the whole operation.
+        let operations = &batch.operations;
+        let mut order: Vec<usize> = (0..operations.len()).collect();
+        order.sort_unstable_by(|left, right| {
+            let (left_column, left_key, _) = &operations[*left];
+            let (right_column, right_key, _) = &operations[*right];
+            (left_column, left_key, left).cmp(&(right_column, right_key, right))
+        });
         let mut write_batch = WriteBatch::default();
-        for (column, key, value) in &batch.operations {
+        for (column, key, value) in order.iter().map(|index| &operations[*index]) {
             let handle = self.column(*column)?;
             match value {
                 Some(value) => write_batch.put_cf(handle, key, value),

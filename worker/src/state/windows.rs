@@ -382,6 +382,66 @@ fn delete_timers_as_range(scanned: usize) -> bool {
     scanned >= TIMER_RANGE_DELETE_FROM
 }
 
+/// Sets the fired flag of a window entry that fired by [`format::has_fired`] with
+/// `fired_through`. Whether it changed it.
+fn set_fired_flag(state_key: &[u8], value: &mut [u8], fired_through: Millis) -> bool {
+    let Some(key) = format::key_of_window_key(state_key) else {
+        return false;
+    };
+    let Some(range) = format::window_of_key(state_key, 6 + key.len()) else {
+        return false;
+    };
+    match value.first_mut() {
+        Some(flag) if *flag == 0 && format::has_fired(false, range.end, fired_through) => {
+            *flag = 1;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Sets, in `store`, the fired flag of every window of `[from, to)` that fired by the
+/// store's [`format::META_FIRED_THROUGH`], so that the windows say it themselves (before
+/// they join windows that fired up to another watermark: a restore from the parts of a
+/// savepoint, an import). The meta entry is left as it is. Returns the windows changed.
+pub fn set_fired_flags(
+    store: &mut dyn StateStore,
+    from: &[u8],
+    to: Option<&[u8]>,
+) -> Result<u64, StateError> {
+    const PAGE: usize = 65_536;
+    let fired_through = format::fired_through_of(
+        store
+            .get(Column::Meta, format::META_FIRED_THROUGH)?
+            .as_deref(),
+    );
+    if fired_through == Millis::MIN {
+        return Ok(0);
+    }
+    let mut changed = 0;
+    let mut from = from.to_vec();
+    loop {
+        let entries = store.scan_range(Column::Windows, &from, to, PAGE)?;
+        let mut batch = StateBatch::default();
+        for (state_key, mut value) in entries.iter().cloned() {
+            if set_fired_flag(&state_key, &mut value, fired_through) {
+                batch.put(Column::Windows, state_key, value);
+                changed += 1;
+            }
+        }
+        if !batch.is_empty() {
+            store.write(batch)?;
+        }
+        match entries.last() {
+            Some((last, _)) if entries.len() == PAGE => {
+                from.clone_from(last);
+                from.push(0);
+            }
+            _ => return Ok(changed),
+        }
+    }
+}
+
 /// The window a due timer is about, as [`KeyedWindowState::read_stored_windows`] found it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoredWindow {
@@ -424,6 +484,10 @@ pub struct KeyedWindowState {
     /// changes without looking at every cached key.
     dirty_keys: Vec<Arc<[u8]>>,
     open_windows: u64,
+    /// Every window ending at or before it has fired, whatever its stored flag says
+    /// ([`format::has_fired`]): the watermark of the last completed firing. So a window
+    /// fired in the store is not written again to set its flag.
+    fired_through: Millis,
     scratch: Vec<u8>,
 }
 
@@ -443,6 +507,7 @@ impl KeyedWindowState {
             stored_keys: FxHashMap::default(),
             dirty_keys: Vec::new(),
             open_windows: 0,
+            fired_through: Millis::MIN,
             scratch: Vec::new(),
         }
     }
@@ -455,6 +520,12 @@ impl KeyedWindowState {
     /// Windows held in the cache.
     pub fn cached_windows(&self) -> usize {
         self.cached_windows
+    }
+
+    /// Every window ending at or before `watermark` has fired (the window operator
+    /// finished firing up to it): their stored flags need not say so.
+    pub fn fired_through(&mut self, watermark: Millis) {
+        self.fired_through = self.fired_through.max(watermark);
     }
 
     /// The windows of a key, loaded into the cache if needed, for reading and changing.
@@ -601,7 +672,7 @@ impl KeyedWindowState {
                 })?;
             windows.push(WindowState {
                 range,
-                fired,
+                fired: format::has_fired(fired, range.end, self.fired_through),
                 accumulators,
                 changed: false,
             });
@@ -847,14 +918,14 @@ impl KeyedWindowState {
         for ((index, value), state_key) in indices.into_iter().zip(values).zip(&keys) {
             let window = match value {
                 None => None,
-                Some(value) => Some(Self::decode_window(state_key, &value)?),
+                Some(value) => Some(self.decode_window(state_key, &value)?),
             };
             found[index] = StoredWindow::Read(window);
         }
         Ok(found)
     }
 
-    fn decode_window(state_key: &[u8], value: &[u8]) -> Result<WindowState, StateError> {
+    fn decode_window(&self, state_key: &[u8], value: &[u8]) -> Result<WindowState, StateError> {
         let malformed = || StateError {
             action: "decode window state",
             message: format!("malformed entry of {} bytes", value.len()),
@@ -864,7 +935,7 @@ impl KeyedWindowState {
         let (fired, accumulators) = format::decode_window_value(value).ok_or_else(malformed)?;
         Ok(WindowState {
             range,
-            fired,
+            fired: format::has_fired(fired, range.end, self.fired_through),
             accumulators,
             changed: false,
         })
@@ -881,15 +952,17 @@ impl KeyedWindowState {
         let mut state_key = Vec::new();
         format::window_key(key_group, key, range, &mut state_key);
         match self.store.get(Column::Windows, &state_key)? {
-            Some(value) => Self::decode_window(&state_key, &value).map(Some),
+            Some(value) => self.decode_window(&state_key, &value).map(Some),
             None => Ok(None),
         }
     }
 
     /// Records in the store that `window` of a key that is not cached fired (its result
-    /// was emitted) at `watermark`: with allowed lateness it is kept, marked fired, and
-    /// expires at its end plus the lateness; when that is already past (no lateness), it
-    /// is deleted. The key is not loaded into the cache.
+    /// was emitted) at `watermark`: with allowed lateness it is kept and expires at its
+    /// end plus the lateness; when that is already past (no lateness), it is deleted. The
+    /// key is not loaded into the cache, and the window is not written again: its end is
+    /// at or before the watermark, so it counts as fired once the firing completes
+    /// ([`Self::fired_through`]).
     pub fn fire_stored_window(
         &mut self,
         key_group: KeyGroup,
@@ -903,11 +976,6 @@ impl KeyedWindowState {
             self.delete_stored_window(key_group, key, window.range);
             return;
         }
-        let mut state_key = Vec::new();
-        format::window_key(key_group, key, window.range, &mut state_key);
-        let mut value = Vec::new();
-        format::window_value(true, &window.accumulators, &mut value);
-        self.pending_writes.put(Column::Windows, state_key, value);
         let expire = Timer {
             time: window.range.end.saturating_add(allowed_lateness),
             kind: TimerKind::Expire,
@@ -951,6 +1019,11 @@ impl KeyedWindowState {
         batch
             .operations
             .append(&mut std::mem::take(&mut self.pending_writes).operations);
+        batch.put(
+            Column::Meta,
+            format::META_FIRED_THROUGH.to_vec(),
+            format::time_bytes(self.fired_through).to_vec(),
+        );
         let mut value = Vec::new();
         let listed = std::mem::take(&mut self.dirty_keys);
         if listed.len().saturating_mul(DIRTY_LIST_PER_CACHED_KEY) >= self.cache.len() {
@@ -993,6 +1066,11 @@ impl KeyedWindowState {
         self.next_store_timer = None;
         self.stored_keys.clear();
         self.open_windows = 0;
+        self.fired_through = format::fired_through_of(
+            self.store
+                .get(Column::Meta, format::META_FIRED_THROUGH)?
+                .as_deref(),
+        );
         self.store.delete_range(Column::Timers, &[], &[0xff; 32])?;
         let mut from = Vec::new();
         loop {
@@ -1007,7 +1085,8 @@ impl KeyedWindowState {
                 let key_group = format::key_group_of_window_key(state_key).ok_or_else(malformed)?;
                 let range =
                     format::window_of_key(state_key, 6 + key.len()).ok_or_else(malformed)?;
-                let fired = *value.first().ok_or_else(malformed)? != 0;
+                let flag = *value.first().ok_or_else(malformed)? != 0;
+                let fired = format::has_fired(flag, range.end, self.fired_through);
                 let (time, kind) = format::timer_of_window(range, fired, allowed_lateness);
                 timers.put(
                     Column::Timers,
@@ -1031,21 +1110,33 @@ impl KeyedWindowState {
     }
 
     /// The window entries of key groups `[first, end)`, as stored (after writing the
-    /// cache back): what moves to another worker when a job rescales.
+    /// cache back) with the flag of every fired window set: what moves to another worker
+    /// when a job rescales, whose windows fired up to another watermark.
     pub fn export_key_groups(&mut self, first: u32, end: u32) -> Result<Entries, StateError> {
         self.checkpoint()?;
-        self.store.scan_range(
+        let mut entries = self.store.scan_range(
             Column::Windows,
             &format::key_group_start(first),
             Some(&format::key_group_start(end)),
             usize::MAX,
-        )
+        )?;
+        for (state_key, value) in &mut entries {
+            set_fired_flag(state_key, value, self.fired_through);
+        }
+        Ok(entries)
     }
 
-    /// Adds window entries exported from another store. Call
-    /// [`Self::rebuild_from_store`] once every import is done.
+    /// Adds window entries exported from another store (each fired one flagged, see
+    /// [`Self::export_key_groups`]). The windows held here get their flags set first,
+    /// and the store forgets its fired-through watermark: it would say that imported
+    /// windows fired that did not. Call [`Self::rebuild_from_store`] once every import
+    /// is done.
     pub fn import(&mut self, entries: Entries) -> Result<(), StateError> {
+        self.checkpoint()?;
+        set_fired_flags(self.store.as_mut(), &[], None)?;
+        self.fired_through = Millis::MIN;
         let mut batch = StateBatch::default();
+        batch.delete(Column::Meta, format::META_FIRED_THROUGH.to_vec());
         for (key, value) in entries {
             batch.put(Column::Windows, key, value);
         }
