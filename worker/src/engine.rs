@@ -182,7 +182,7 @@ impl Engine {
             let lateness = windows.allowed_lateness();
             windows.state().rebuild_from_store(lateness)?;
         }
-        engine.resume_from(&record, now);
+        engine.resume_from(&record, now)?;
         engine.update_open_windows();
         Ok((engine, Some(record)))
     }
@@ -190,7 +190,10 @@ impl Engine {
     /// Takes the partitions' positions and clocks and the watermark of `record` (a
     /// checkpoint of this job, or of the worker whose key groups this one took over), at
     /// processing time `now`. Partitions of topics the job no longer reads are forgotten.
-    pub fn resume_from(&mut self, record: &CheckpointRecord, now: Millis) {
+    pub fn resume_from(&mut self, record: &CheckpointRecord, now: Millis) -> anyhow::Result<()> {
+        if let EngineState::Windowed(windows) = &mut self.state {
+            windows.state().resume_at(record.watermark)?;
+        }
         let mut clocks = Vec::new();
         self.next_offsets.clear();
         for partition in &record.partitions {
@@ -238,6 +241,7 @@ impl Engine {
             self.watermarks.restore(record.watermark, clocks, now);
         }
         self.metrics.watermark.set(record.watermark);
+        Ok(())
     }
 
     fn build(

@@ -710,7 +710,7 @@ impl<'a> Worker<'a> {
                 .collect();
             engine.use_exchange(sources);
             if let Some(record) = &restored {
-                engine.resume_from(record, now);
+                engine.resume_from(record, now).map_err(Stop::Invalid)?;
             }
         }
 

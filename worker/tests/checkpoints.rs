@@ -298,7 +298,7 @@ fn a_key_groups_state_and_timers_move_to_another_engine() {
         second
             .import_key_groups(first.export_key_groups(0, 8).unwrap())
             .unwrap();
-        second.resume_from(&checkpoint, 0);
+        second.resume_from(&checkpoint, 0).unwrap();
         first.retain_key_groups(8, key_groups).unwrap();
         assert!(second.open_windows() > 0, "{kind}: windows moved");
         let mut engines = [first, second];

@@ -18,7 +18,6 @@ use super::location::{Directory, Url};
 use super::take::{hex, sha256_hex};
 use crate::state::format::{self, CheckpointRecord, META_CHECKPOINT};
 use crate::state::rocksdb::RocksDbStore;
-use crate::state::windows::set_fired_flags;
 use crate::state::{Column, StateBatch, StateStore};
 use sha2::{Digest as _, Sha256};
 
@@ -324,6 +323,24 @@ struct Fetch<'a> {
 }
 
 /// Where part `ordinal` is fetched to below `staging`.
+/// The restored store's fired-through watermark, and the key-group ranges that fired
+/// further, from what each part contributing windows (`parts`) fired through and the
+/// restored operator watermark: every window ending by the lowest of them has fired,
+/// those of a range whose part fired further by that part's.
+fn fired_through_after_restore(
+    mut parts: Vec<format::FiredThroughRange>,
+    watermark: crate::time::Millis,
+) -> (crate::time::Millis, Vec<format::FiredThroughRange>) {
+    let fired_through = parts
+        .iter()
+        .map(|range| range.fired_through)
+        .chain([watermark])
+        .min()
+        .unwrap_or(watermark);
+    parts.retain(|range| range.fired_through > fired_through);
+    (fired_through, parts)
+}
+
 fn part_directory(staging: &Path, ordinal: u32) -> PathBuf {
     staging.join(format!("part-{ordinal}"))
 }
@@ -464,7 +481,19 @@ pub fn restore(
     // owns; the others' entries of those key groups are added as new table files.
     // Nothing else of the parts is kept: timers are rebuilt from the windows when the
     // worker starts, and the meta entries (format, key groups, aggregates) are the same
-    // in every part and checked against the job, and migrated, at that start.
+    // in every part and checked against the job, and migrated, at that start. Each part's
+    // windows fired up to its own watermark (its `fired-through`), recorded by key-group
+    // range for that rebuild.
+    let mut fired = Vec::new();
+    let fired_range = |store: &RocksDbStore, first: u32, end: u32| {
+        store
+            .get(Column::Meta, format::META_FIRED_THROUGH)
+            .map(|entry| format::FiredThroughRange {
+                first,
+                end,
+                fired_through: format::fired_through_of(entry.as_deref()),
+            })
+    };
     let base = with_state
         .iter()
         .max_by_key(|(ordinal, range)| (range.end - range.first, std::cmp::Reverse(*ordinal)))
@@ -477,15 +506,13 @@ pub fn restore(
                 format!("failed to move {} to {}", from.display(), live.display())
             })?;
             let mut target = RocksDbStore::open(state_dir)?;
+            fired.push(fired_range(&target, range.first, range.end)?);
             target.retain_range(
                 Column::Windows,
                 &format::key_group_start(range.first),
                 &format::key_group_start(range.end),
             )?;
             target.retain_range(Column::Timers, &[], &[])?;
-            // Each part's windows fired up to that part's watermark: their flags say so
-            // before they join the others' (the restored store has no fired-through).
-            set_fired_flags(&mut target, &[], None)?;
             target
         }
         None => RocksDbStore::open(state_dir)?,
@@ -494,12 +521,8 @@ pub fn restore(
         if Some((*ordinal, *range)) == base {
             continue;
         }
-        let mut source = RocksDbStore::open(&part_directory(&staging, *ordinal))?;
-        set_fired_flags(
-            &mut source,
-            &format::key_group_start(range.first),
-            Some(&format::key_group_start(range.end)),
-        )?;
+        let source = RocksDbStore::open(&part_directory(&staging, *ordinal))?;
+        fired.push(fired_range(&source, range.first, range.end)?);
         target.ingest_range_from(
             &source,
             Column::Windows,
@@ -554,7 +577,21 @@ pub fn restore(
         META_CHECKPOINT.to_vec(),
         serde_json::to_vec(&record).context("failed to encode the checkpoint record")?,
     );
-    batch.delete(Column::Meta, format::META_FIRED_THROUGH.to_vec());
+    let (fired_through, fired) = fired_through_after_restore(fired, record.watermark);
+    batch.put(
+        Column::Meta,
+        format::META_FIRED_THROUGH.to_vec(),
+        format::time_bytes(fired_through).to_vec(),
+    );
+    if fired.is_empty() {
+        batch.delete(Column::Meta, format::META_FIRED_THROUGH_RANGES.to_vec());
+    } else {
+        batch.put(
+            Column::Meta,
+            format::META_FIRED_THROUGH_RANGES.to_vec(),
+            serde_json::to_vec(&fired).context("failed to encode the fired-through ranges")?,
+        );
+    }
     target.write(batch)?;
     target.create_checkpoint(id)?;
     target.complete_checkpoint(id)?;
@@ -565,4 +602,61 @@ pub fn restore(
         .and_then(|()| std::fs::File::open(&marker).and_then(|file| file.sync_all()))
         .with_context(|| format!("failed to write {}", marker.display()))?;
     Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Millis;
+
+    fn range(first: u32, end: u32, fired_through: Millis) -> format::FiredThroughRange {
+        format::FiredThroughRange {
+            first,
+            end,
+            fired_through,
+        }
+    }
+
+    #[test]
+    fn windows_count_as_fired_by_the_lowest_watermark_and_by_their_parts() {
+        let cases = [
+            (
+                "parts that fired equally need no ranges",
+                vec![range(0, 8, 50), range(8, 16, 50)],
+                60,
+                (50, vec![]),
+            ),
+            (
+                "a part that fired further keeps its watermark for its key groups",
+                vec![range(0, 8, 50), range(8, 16, 70)],
+                60,
+                (50, vec![range(8, 16, 70)]),
+            ),
+            (
+                "a restored watermark below every part's brings all down to it",
+                vec![range(0, 8, 50), range(8, 16, 70)],
+                40,
+                (40, vec![range(0, 8, 50), range(8, 16, 70)]),
+            ),
+            (
+                "a part of a store that records none (format 1): its flags alone",
+                vec![range(0, 8, Millis::MIN), range(8, 16, 70)],
+                60,
+                (Millis::MIN, vec![range(8, 16, 70)]),
+            ),
+            (
+                "no window restored (offsets only)",
+                vec![],
+                60,
+                (60, vec![]),
+            ),
+        ];
+        for (name, parts, watermark, expected) in cases {
+            assert_eq!(
+                fired_through_after_restore(parts, watermark),
+                expected,
+                "{name}"
+            );
+        }
+    }
 }

@@ -13,8 +13,8 @@
 //!   at its end until it fired, then expire at end + allowed lateness), so a restore
 //!   rebuilds them from `windows` ([`timer_of_window`]) and never trusts a copy.
 //! - `meta`: [`META_FORMAT_VERSION`], [`META_KEY_GROUPS`], [`META_AGGREGATES`],
-//!   [`META_CHECKPOINT`] and [`META_FIRED_THROUGH`], see [`StateMeta`] and
-//!   [`CheckpointRecord`].
+//!   [`META_CHECKPOINT`], [`META_FIRED_THROUGH`] and [`META_FIRED_THROUGH_RANGES`], see
+//!   [`StateMeta`] and [`CheckpointRecord`].
 //!
 //! Times are order-preserving: an `i64` with its sign bit flipped, big-endian, so byte
 //! order is time order. Window keys sort by key group first, so a range of key groups is
@@ -354,6 +354,37 @@ pub const META_CHECKPOINT: &[u8] = b"checkpoint";
 /// none), written with each checkpoint. A window ending at or before it has fired
 /// whatever its flag says ([`has_fired`]).
 pub const META_FIRED_THROUGH: &[u8] = b"fired-through";
+/// `meta` key, written by a restore from the parts of a savepoint and removed by the next
+/// timer rebuild: the key-group ranges whose windows fired further than
+/// [`META_FIRED_THROUGH`] (their part's watermark), JSON [`FiredThroughRange`]s. The
+/// rebuild sets the flags of the windows that fired only by these.
+pub const META_FIRED_THROUGH_RANGES: &[u8] = b"fired-through-ranges";
+
+/// Key groups `[first, end)`, whose windows fired up to `fired_through`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FiredThroughRange {
+    /// The first key group.
+    pub first: u32,
+    /// The key group after the last.
+    pub end: u32,
+    /// Every window of these key groups ending at or before it has fired.
+    pub fired_through: Millis,
+}
+
+/// The fired-through watermark of `key_group`: that of the range of `ranges` holding it,
+/// else `fired_through`.
+pub fn fired_through_of_group(
+    ranges: &[FiredThroughRange],
+    key_group: KeyGroup,
+    fired_through: Millis,
+) -> Millis {
+    let group = u32::from(key_group);
+    ranges
+        .iter()
+        .find(|range| range.first <= group && group < range.end)
+        .map_or(fired_through, |range| range.fired_through)
+}
 
 /// One aggregate as recorded in `meta`: accumulators are found by name, never by position.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1071,6 +1071,17 @@ impl KeyedWindowState {
                 .get(Column::Meta, format::META_FIRED_THROUGH)?
                 .as_deref(),
         );
+        // After a restore from several parts: the key groups whose windows fired further.
+        let ranges: Vec<format::FiredThroughRange> = match self
+            .store
+            .get(Column::Meta, format::META_FIRED_THROUGH_RANGES)?
+        {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|error| StateError {
+                action: "read the fired-through ranges",
+                message: error.to_string(),
+            })?,
+            None => Vec::new(),
+        };
         self.store.delete_range(Column::Timers, &[], &[0xff; 32])?;
         let mut from = Vec::new();
         loop {
@@ -1086,7 +1097,15 @@ impl KeyedWindowState {
                 let range =
                     format::window_of_key(state_key, 6 + key.len()).ok_or_else(malformed)?;
                 let flag = *value.first().ok_or_else(malformed)? != 0;
-                let fired = format::has_fired(flag, range.end, self.fired_through);
+                let fired_through =
+                    format::fired_through_of_group(&ranges, key_group, self.fired_through);
+                let fired = format::has_fired(flag, range.end, fired_through);
+                if fired && !format::has_fired(flag, range.end, self.fired_through) {
+                    // Fired by its part's watermark only: the flag says it from now on.
+                    let mut value = value.clone();
+                    value[0] = 1;
+                    timers.put(Column::Windows, state_key.clone(), value);
+                }
                 let (time, kind) = format::timer_of_window(range, fired, allowed_lateness);
                 timers.put(
                     Column::Timers,
@@ -1104,9 +1123,29 @@ impl KeyedWindowState {
                     from.clone_from(last);
                     from.push(0);
                 }
-                _ => return Ok(()),
+                _ => break,
             }
         }
+        if !ranges.is_empty() {
+            let mut batch = StateBatch::default();
+            batch.delete(Column::Meta, format::META_FIRED_THROUGH_RANGES.to_vec());
+            self.store.write(batch)?;
+        }
+        Ok(())
+    }
+
+    /// The state resumes at operator watermark `watermark`. When that is behind what
+    /// fired here (a record of another worker), the windows ending between the two fired
+    /// but the watermark would no longer say so: every fired window gets its flag set
+    /// first, then `fired_through` follows the watermark down.
+    pub fn resume_at(&mut self, watermark: Millis) -> Result<(), StateError> {
+        if watermark >= self.fired_through {
+            return Ok(());
+        }
+        self.checkpoint()?;
+        set_fired_flags(self.store.as_mut(), &[], None)?;
+        self.fired_through = watermark;
+        self.checkpoint()
     }
 
     /// The window entries of key groups `[first, end)`, as stored (after writing the
@@ -1195,6 +1234,135 @@ mod tests {
             accumulators: vec![Accumulator::new(AggregateFunction::Count)],
             changed: true,
         }
+    }
+
+    /// A store holding, for key `k1` of key group 1 and key `k9` of key group 9, windows
+    /// [0, 10) and [10, 20), all with their fired flag unset.
+    fn unflagged_windows() -> MemoryStore {
+        let mut store = MemoryStore::default();
+        let mut batch = StateBatch::default();
+        for group in [1, 9] {
+            for (start, end) in [(0, 10), (10, 20)] {
+                let mut key = Vec::new();
+                let name = format!("k{group}");
+                format::window_key(group, name.as_bytes(), WindowRange { start, end }, &mut key);
+                let mut value = Vec::new();
+                format::window_value(false, &window(start, end).accumulators, &mut value);
+                batch.put(Column::Windows, key, value);
+            }
+        }
+        store.write(batch).unwrap();
+        store
+    }
+
+    /// The due timers of `state` as (time, kind, key group, window end).
+    fn all_due(state: &mut KeyedWindowState) -> Vec<(Millis, TimerKind, KeyGroup, Millis)> {
+        let mut due: Vec<_> = state
+            .due_timers(Millis::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|timer| (timer.time, timer.kind, timer.key_group, timer.end))
+            .collect();
+        due.sort();
+        due
+    }
+
+    #[test]
+    fn a_window_fired_by_its_flag_or_by_the_watermark_of_its_key_groups() {
+        use TimerKind::{Expire, Fire};
+        let mut store = unflagged_windows();
+        // Everything fired through 10; key groups [8, 16) (another part's) through 20.
+        let mut batch = StateBatch::default();
+        batch.put(
+            Column::Meta,
+            format::META_FIRED_THROUGH.to_vec(),
+            format::time_bytes(10).to_vec(),
+        );
+        batch.put(
+            Column::Meta,
+            format::META_FIRED_THROUGH_RANGES.to_vec(),
+            serde_json::to_vec(&[format::FiredThroughRange {
+                first: 8,
+                end: 16,
+                fired_through: 20,
+            }])
+            .unwrap(),
+        );
+        store.write(batch).unwrap();
+        let mut state = KeyedWindowState::new(Box::new(store), 100);
+        state.rebuild_from_store(5).unwrap();
+        // Fired: expires at end + 5. Not fired: fires at its end.
+        assert_eq!(
+            all_due(&mut state),
+            vec![
+                (15, Expire, 1, 10),
+                (15, Expire, 9, 10),
+                (20, Fire, 1, 20),
+                (25, Expire, 9, 20)
+            ]
+        );
+        // The window that fired by its part's watermark alone says so itself now.
+        let fired = |state: &mut KeyedWindowState, group| {
+            let windows = state
+                .windows_mut(group, format!("k{group}").as_bytes())
+                .unwrap();
+            windows.sort_by_key(|window| window.range.start);
+            windows
+                .iter()
+                .map(|window| window.fired)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fired(&mut state, 1), [true, false]);
+        assert_eq!(fired(&mut state, 9), [true, true]);
+        assert_eq!(
+            state
+                .store()
+                .get(Column::Meta, format::META_FIRED_THROUGH_RANGES)
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn resuming_behind_what_fired_sets_the_flags_first() {
+        use TimerKind::{Expire, Fire};
+        let mut state = KeyedWindowState::new(Box::new(unflagged_windows()), 100);
+        state.rebuild_from_store(5).unwrap();
+        state.fired_through(20);
+        // Resumed at 5 (another worker's record): 10 and 20 fired here all the same.
+        state.resume_at(5).unwrap();
+        assert_eq!(
+            format::fired_through_of(
+                state
+                    .store()
+                    .get(Column::Meta, format::META_FIRED_THROUGH)
+                    .unwrap()
+                    .as_deref()
+            ),
+            5
+        );
+        state.rebuild_from_store(5).unwrap();
+        assert_eq!(
+            all_due(&mut state),
+            vec![
+                (15, Expire, 1, 10),
+                (15, Expire, 9, 10),
+                (25, Expire, 1, 20),
+                (25, Expire, 9, 20)
+            ]
+        );
+        // Without the resume, nothing had fired: each fires at its end.
+        let mut state = KeyedWindowState::new(Box::new(unflagged_windows()), 100);
+        state.rebuild_from_store(5).unwrap();
+        assert_eq!(
+            all_due(&mut state),
+            vec![
+                (10, Fire, 1, 10),
+                (10, Fire, 9, 10),
+                (20, Fire, 1, 20),
+                (20, Fire, 9, 20)
+            ]
+        );
     }
 
     #[test]
