@@ -322,7 +322,6 @@ struct Fetch<'a> {
     into: Option<PathBuf>,
 }
 
-/// Where part `ordinal` is fetched to below `staging`.
 /// The restored store's fired-through watermark, and the key-group ranges that fired
 /// further, from what each part contributing windows (`parts`) fired through and the
 /// restored operator watermark: every window ending by the lowest of them has fired,
@@ -341,6 +340,7 @@ fn fired_through_after_restore(
     (fired_through, parts)
 }
 
+/// Where part `ordinal` is fetched to below `staging`.
 fn part_directory(staging: &Path, ordinal: u32) -> PathBuf {
     staging.join(format!("part-{ordinal}"))
 }
