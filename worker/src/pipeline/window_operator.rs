@@ -133,6 +133,7 @@ impl WindowOperator {
         WindowState {
             range,
             fired: false,
+            end_passed: false,
             accumulators: self
                 .functions
                 .iter()
@@ -187,6 +188,7 @@ impl WindowOperator {
                     windows.push(WindowState {
                         range: *range,
                         fired: false,
+                        end_passed: false,
                         accumulators: functions
                             .iter()
                             .map(|function| Accumulator::new(*function))
@@ -216,6 +218,7 @@ impl WindowOperator {
             if range.end <= watermark {
                 results.push(WindowResult::of(key, window));
                 window.fired = true;
+                window.end_passed = true;
             }
         }
         self.state.windows_changed(key, created, &[]);
@@ -287,10 +290,12 @@ impl WindowOperator {
             accumulator.add(*input);
         }
         let timer = if merged.end > watermark {
+            // (when a part of it fired, this firing is an update)
             (merged.end, TimerKind::Fire)
         } else {
             results.push(WindowResult::of(key, &merged_state));
             merged_state.fired = true;
+            merged_state.end_passed = true;
             (
                 merged.end.saturating_add(allowed_lateness),
                 TimerKind::Expire,
@@ -376,6 +381,7 @@ impl WindowOperator {
                         let window = &mut windows[index];
                         results.push(WindowResult::of(&timer.key, window));
                         window.fired = true;
+                        window.end_passed = true;
                         window.changed = true;
                         if allowed_lateness == 0 {
                             windows.swap_remove(index);
@@ -494,8 +500,15 @@ mod tests {
 
     /// 20,000 events over 3,000 keys (many keys only once, some again after they were
     /// evicted), out of order within 6 ms, 4% beyond that; the watermark is the greatest
-    /// time less 6 and windows fire after each event, as the engine drives them.
-    fn run(assigner: WindowAssigner, allowed_lateness: Millis, cache: usize) -> Run {
+    /// time less 6 and windows fire after each event, as the engine drives them. With
+    /// `restore_every`, the state is checkpointed and restored (cache and timers rebuilt
+    /// from the store) after every that many events.
+    fn run(
+        assigner: WindowAssigner,
+        allowed_lateness: Millis,
+        cache: usize,
+        restore_every: Option<i64>,
+    ) -> Run {
         let store = CountingStore::default();
         let key_reads = store.key_reads.clone();
         let state = KeyedWindowState::new(Box::new(store), cache);
@@ -541,6 +554,13 @@ mod tests {
             operator.advance(watermark, &mut run.results).unwrap();
             run.key_reads_while_firing += key_reads.get() - before;
             run.most_open_windows = run.most_open_windows.max(operator.open_windows());
+            if restore_every.is_some_and(|every| index % every == every - 1) {
+                operator.state().checkpoint().unwrap();
+                operator
+                    .state()
+                    .rebuild_from_store(allowed_lateness)
+                    .unwrap();
+            }
         }
         let before = key_reads.get();
         operator.advance(Millis::MAX, &mut run.results).unwrap();
@@ -574,8 +594,8 @@ mod tests {
             ),
         ];
         for (kind, assigner, lateness) in kinds {
-            let reference = run(assigner, lateness, 1_000_000);
-            let evicting = run(assigner, lateness, 40);
+            let reference = run(assigner, lateness, 1_000_000, None);
+            let evicting = run(assigner, lateness, 40, None);
             assert!(reference.results.len() > 5_000, "{kind}: results");
             assert!(
                 lateness == 0 || reference.results.iter().any(|result| result.is_update),
@@ -607,6 +627,96 @@ mod tests {
             );
             // Evicted windows are read a batch at a time, never one key at a time.
             assert_eq!(evicting.key_reads_while_firing, 0, "{kind}");
+        }
+    }
+
+    #[test]
+    fn a_restore_at_any_point_gives_the_results_of_an_uninterrupted_run() {
+        let kinds = [
+            ("tumbling", WindowAssigner::Tumbling { size: 10 }, 7),
+            (
+                "sliding",
+                WindowAssigner::Sliding {
+                    size: 20,
+                    slide: 10,
+                },
+                5,
+            ),
+            ("session", WindowAssigner::Session { gap: 4 }, 7),
+            (
+                "session without lateness",
+                WindowAssigner::Session { gap: 4 },
+                0,
+            ),
+        ];
+        for (kind, assigner, lateness) in kinds {
+            let reference = run(assigner, lateness, 1_000_000, None);
+            for (cache, every) in [(1_000_000, 97), (40, 97), (40, 1_013)] {
+                let restored = run(assigner, lateness, cache, Some(every));
+                assert_eq!(restored.admissions, reference.admissions, "{kind}");
+                let first_difference = restored
+                    .results
+                    .iter()
+                    .zip(&reference.results)
+                    .position(|(left, right)| left != right);
+                assert!(
+                    restored.results == reference.results,
+                    "{kind}, cache {cache}, restored every {every} events: {} results instead of {}, first difference at {first_difference:?}: {:?}",
+                    restored.results.len(),
+                    reference.results.len(),
+                    first_difference
+                        .map(|index| (&restored.results[index], &reference.results[index]))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_fired_session_extended_past_the_watermark_fires_its_update_after_a_restore() {
+        // Session gap 10, allowed lateness 100. [0, 10) fires at watermark 10; an
+        // allowed-late event at 5 makes it [0, 15), which fires again (an update) when the
+        // watermark passes 15, whether or not the state was restored in between, and
+        // whether or not its key was cached.
+        let run = |restore: bool, cache: usize| {
+            let state = KeyedWindowState::new(Box::new(MemoryStore::default()), cache);
+            let mut operator = WindowOperator::new(
+                WindowAssigner::Session { gap: 10 },
+                100,
+                vec![AggregateFunction::Count],
+                state,
+            );
+            let mut results = Vec::new();
+            let group = crate::state::key_group(b"\"k\"", 16);
+            let other = crate::state::key_group(b"\"o\"", 16);
+            operator
+                .add(group, b"\"k\"", 0, &[None], 0, &mut results)
+                .unwrap();
+            operator.advance(10, &mut results).unwrap();
+            operator
+                .add(group, b"\"k\"", 5, &[None], 10, &mut results)
+                .unwrap();
+            // Another key, so that a cache of one evicts the first.
+            operator
+                .add(other, b"\"o\"", 12, &[None], 10, &mut results)
+                .unwrap();
+            if restore {
+                operator.state().checkpoint().unwrap();
+                operator.state().rebuild_from_store(100).unwrap();
+            }
+            operator.advance(20, &mut results).unwrap();
+            operator.advance(Millis::MAX, &mut results).unwrap();
+            results
+                .iter()
+                .map(|result| (result.range.start, result.range.end, result.is_update))
+                .collect::<Vec<_>>()
+        };
+        let expected = vec![(0, 10, false), (0, 15, true), (12, 22, false)];
+        for (restore, cache) in [(false, 100), (true, 100), (false, 1), (true, 1)] {
+            assert_eq!(
+                run(restore, cache),
+                expected,
+                "restore {restore}, cache {cache}"
+            );
         }
     }
 }

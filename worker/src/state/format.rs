@@ -4,10 +4,10 @@
 //!
 //! Column families:
 //! - `windows`: key `key group (u16 BE) | key length (u32 BE) | key | start | end`, value
-//!   `fired (u8) | accumulators...` (see [`encode_accumulator`]), in the order of the
-//!   aggregates recorded in `meta`. A window has fired when its flag is 1 or its end is at
-//!   or before [`META_FIRED_THROUGH`] ([`has_fired`]): a window fired in the store is not
-//!   written again just to set its flag.
+//!   `flag (u8) | accumulators...` (see [`window_flag`], [`encode_accumulator`]), in the
+//!   order of the aggregates recorded in `meta`. A window has fired when its flag says so
+//!   or its end is at or before [`META_FIRED_THROUGH`] ([`has_fired`], [`end_passed`]): a
+//!   window fired in the store is not written again just to set its flag.
 //! - `timers`: key `time | kind (u8) | start | end | key | 0x00 | key group (u16 BE)`,
 //!   empty value. Timers are derived data: each window has exactly one pending timer (fire
 //!   at its end until it fired, then expire at end + allowed lateness), so a restore
@@ -96,17 +96,37 @@ pub fn key_group_start(key_group: u32) -> Vec<u8> {
     }
 }
 
-/// The value of one window.
-pub fn window_value(fired: bool, accumulators: &[Accumulator], out: &mut Vec<u8>) {
+/// A window's flag: no result emitted yet (or, when its end is at or before
+/// [`META_FIRED_THROUGH`], it fired in the store and was not written again).
+pub const WINDOW_NOT_FIRED: u8 = 0;
+/// A window's flag: its result was emitted at its end; it expires next.
+pub const WINDOW_FIRED: u8 = 1;
+/// A window's flag: a result was emitted before, and it fires again (an update) at its
+/// end, unless that is at or before [`META_FIRED_THROUGH`]: a fired session that an
+/// allowed-late event merged into one ending after the watermark.
+pub const WINDOW_FIRED_BEFORE_ITS_END: u8 = 2;
+
+/// The flag of a window that was emitted before (`fired`) and whose firing at its end
+/// happened or not (`end_passed`).
+pub fn window_flag(fired: bool, end_passed: bool) -> u8 {
+    match (fired, end_passed) {
+        (_, true) => WINDOW_FIRED,
+        (true, false) => WINDOW_FIRED_BEFORE_ITS_END,
+        (false, false) => WINDOW_NOT_FIRED,
+    }
+}
+
+/// The value of one window, with its flag ([`window_flag`]).
+pub fn window_value(flag: u8, accumulators: &[Accumulator], out: &mut Vec<u8>) {
     out.clear();
-    out.push(u8::from(fired));
+    out.push(flag);
     for accumulator in accumulators {
         encode_accumulator(accumulator, out);
     }
 }
 
-/// Reads a window value.
-pub fn decode_window_value(bytes: &[u8]) -> Option<(bool, Vec<Accumulator>)> {
+/// Reads a window value: its flag and accumulators.
+pub fn decode_window_value(bytes: &[u8]) -> Option<(u8, Vec<Accumulator>)> {
     let (&fired, mut rest) = bytes.split_first()?;
     let mut accumulators = Vec::new();
     while !rest.is_empty() {
@@ -114,13 +134,21 @@ pub fn decode_window_value(bytes: &[u8]) -> Option<(bool, Vec<Accumulator>)> {
         accumulators.push(accumulator);
         rest = remaining;
     }
-    Some((fired != 0, accumulators))
+    Some((fired, accumulators))
 }
 
-/// Whether a window that ends at `end`, stored with flag `flag`, has fired in a store
-/// whose [`META_FIRED_THROUGH`] is `fired_through`.
-pub fn has_fired(flag: bool, end: Millis, fired_through: Millis) -> bool {
-    flag || end <= fired_through
+/// Whether a result of a window that ends at `end`, stored with flag `flag`, was emitted
+/// (its next one is an update), in a store whose [`META_FIRED_THROUGH`] is
+/// `fired_through`.
+pub fn has_fired(flag: u8, end: Millis, fired_through: Millis) -> bool {
+    flag != WINDOW_NOT_FIRED || end <= fired_through
+}
+
+/// Whether the firing at the end of a window that ends at `end`, stored with flag `flag`,
+/// happened (it expires next), in a store whose [`META_FIRED_THROUGH`] is
+/// `fired_through`.
+pub fn end_passed(flag: u8, end: Millis, fired_through: Millis) -> bool {
+    flag == WINDOW_FIRED || end <= fired_through
 }
 
 /// The [`META_FIRED_THROUGH`] of a store from its entry (`None`: none, every flag is set).
@@ -320,10 +348,15 @@ impl Reader<'_> {
     }
 }
 
-/// The timer a window has pending, from its state alone: until it fired, fire at its end;
-/// once fired (with allowed lateness, or it would be gone), expire at end + lateness.
-pub fn timer_of_window(range: WindowRange, fired: bool, allowed_lateness: Millis) -> (Millis, u8) {
-    if fired {
+/// The timer a window has pending, from its state alone: until the firing at its end
+/// happened ([`end_passed`]), fire at its end; after it (with allowed lateness, or it
+/// would be gone), expire at end + lateness.
+pub fn timer_of_window(
+    range: WindowRange,
+    end_passed: bool,
+    allowed_lateness: Millis,
+) -> (Millis, u8) {
+    if end_passed {
         (range.end.saturating_add(allowed_lateness), TIMER_EXPIRE)
     } else {
         (range.end, TIMER_FIRE)

@@ -215,7 +215,7 @@ fn migrate(
         let mut batch = StateBatch::default();
         let mut value = Vec::new();
         for (key, bytes) in &entries {
-            let (fired, old) = format::decode_window_value(bytes).ok_or_else(|| StateError {
+            let (flag, old) = format::decode_window_value(bytes).ok_or_else(|| StateError {
                 action: "migrate window state",
                 message: format!("malformed window value of {} bytes", bytes.len()),
             })?;
@@ -228,7 +228,7 @@ fn migrate(
                         .unwrap_or_else(|| Accumulator::new(aggregate.function))
                 })
                 .collect();
-            format::window_value(fired, &accumulators, &mut value);
+            format::window_value(flag, &accumulators, &mut value);
             batch.put(Column::Windows, key.clone(), value.clone());
         }
         store.write(batch)?;

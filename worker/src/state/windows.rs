@@ -27,6 +27,10 @@ pub struct WindowState {
     pub range: WindowRange,
     /// Whether a result for it was emitted already (the next one is an update).
     pub fired: bool,
+    /// Whether the firing at its end happened (its next timer is its expiry). Only a
+    /// fired session that an allowed-late event extended past the watermark has fired
+    /// and not passed its end: it fires again (an update) at its new end.
+    pub end_passed: bool,
     /// One per aggregate output.
     pub accumulators: Vec<Accumulator>,
     /// Whether it changed since it was last written to the store (set by whoever changes
@@ -343,7 +347,11 @@ impl CachedKey {
             }
             let mut state_key = Vec::new();
             format::window_key(self.key_group, &self.key, window.range, &mut state_key);
-            format::window_value(window.fired, &window.accumulators, value);
+            format::window_value(
+                format::window_flag(window.fired, window.end_passed),
+                &window.accumulators,
+                value,
+            );
             batch.put(Column::Windows, state_key, value.clone());
             window.changed = false;
             if !is_stored {
@@ -382,8 +390,8 @@ fn delete_timers_as_range(scanned: usize) -> bool {
     scanned >= TIMER_RANGE_DELETE_FROM
 }
 
-/// Sets the fired flag of a window entry that fired by [`format::has_fired`] with
-/// `fired_through`. Whether it changed it.
+/// Sets the flag of a window entry whose end passed by [`format::end_passed`] with
+/// `fired_through` to [`format::WINDOW_FIRED`]. Whether it changed it.
 fn set_fired_flag(state_key: &[u8], value: &mut [u8], fired_through: Millis) -> bool {
     let Some(key) = format::key_of_window_key(state_key) else {
         return false;
@@ -392,8 +400,11 @@ fn set_fired_flag(state_key: &[u8], value: &mut [u8], fired_through: Millis) -> 
         return false;
     };
     match value.first_mut() {
-        Some(flag) if *flag == 0 && format::has_fired(false, range.end, fired_through) => {
-            *flag = 1;
+        Some(flag)
+            if *flag != format::WINDOW_FIRED
+                && format::end_passed(*flag, range.end, fired_through) =>
+        {
+            *flag = format::WINDOW_FIRED;
             true
         }
         _ => false,
@@ -673,6 +684,7 @@ impl KeyedWindowState {
             windows.push(WindowState {
                 range,
                 fired: format::has_fired(fired, range.end, self.fired_through),
+                end_passed: format::end_passed(fired, range.end, self.fired_through),
                 accumulators,
                 changed: false,
             });
@@ -936,6 +948,7 @@ impl KeyedWindowState {
         Ok(WindowState {
             range,
             fired: format::has_fired(fired, range.end, self.fired_through),
+            end_passed: format::end_passed(fired, range.end, self.fired_through),
             accumulators,
             changed: false,
         })
@@ -1096,17 +1109,17 @@ impl KeyedWindowState {
                 let key_group = format::key_group_of_window_key(state_key).ok_or_else(malformed)?;
                 let range =
                     format::window_of_key(state_key, 6 + key.len()).ok_or_else(malformed)?;
-                let flag = *value.first().ok_or_else(malformed)? != 0;
+                let flag = *value.first().ok_or_else(malformed)?;
                 let fired_through =
                     format::fired_through_of_group(&ranges, key_group, self.fired_through);
-                let fired = format::has_fired(flag, range.end, fired_through);
-                if fired && !format::has_fired(flag, range.end, self.fired_through) {
+                let end_passed = format::end_passed(flag, range.end, fired_through);
+                if end_passed && !format::end_passed(flag, range.end, self.fired_through) {
                     // Fired by its part's watermark only: the flag says it from now on.
                     let mut value = value.clone();
-                    value[0] = 1;
+                    value[0] = format::WINDOW_FIRED;
                     timers.put(Column::Windows, state_key.clone(), value);
                 }
-                let (time, kind) = format::timer_of_window(range, fired, allowed_lateness);
+                let (time, kind) = format::timer_of_window(range, end_passed, allowed_lateness);
                 timers.put(
                     Column::Timers,
                     format::timer_key(time, kind, range, key_group, key),
@@ -1231,6 +1244,7 @@ mod tests {
         WindowState {
             range: WindowRange { start, end },
             fired: false,
+            end_passed: false,
             accumulators: vec![Accumulator::new(AggregateFunction::Count)],
             changed: true,
         }
@@ -1247,7 +1261,11 @@ mod tests {
                 let name = format!("k{group}");
                 format::window_key(group, name.as_bytes(), WindowRange { start, end }, &mut key);
                 let mut value = Vec::new();
-                format::window_value(false, &window(start, end).accumulators, &mut value);
+                format::window_value(
+                    format::WINDOW_NOT_FIRED,
+                    &window(start, end).accumulators,
+                    &mut value,
+                );
                 batch.put(Column::Windows, key, value);
             }
         }
