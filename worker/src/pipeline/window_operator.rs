@@ -183,6 +183,14 @@ impl WindowOperator {
         }
         for range in &assigned {
             let index = match windows.iter().position(|window| window.range == *range) {
+                // Fired at its end by a worker whose watermark was ahead of this one's
+                // (state restored from a savepoint's parts): this event's update is due
+                // when this watermark passes its end.
+                Some(index) if windows[index].end_passed && range.end > watermark => {
+                    windows[index].end_passed = false;
+                    timers.push((range.end, TimerKind::Fire, *range));
+                    index
+                }
                 Some(index) => index,
                 None => {
                     windows.push(WindowState {
@@ -716,6 +724,56 @@ mod tests {
                 run(restore, cache),
                 expected,
                 "restore {restore}, cache {cache}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_event_for_a_window_fired_ahead_of_the_watermark_is_emitted_when_it_passes_the_end() {
+        // [60, 70) fired at watermark 70; the state then resumes at watermark 50 (restored
+        // from savepoint parts, one of which had fired further). An event at 66 counts in
+        // it, and its update comes out when the watermark passes 70 again.
+        let run = |cache: usize| {
+            let state = KeyedWindowState::new(Box::new(MemoryStore::default()), cache);
+            let mut operator = WindowOperator::new(
+                WindowAssigner::Tumbling { size: 10 },
+                100,
+                vec![AggregateFunction::Count],
+                state,
+            );
+            let mut results = Vec::new();
+            let group = crate::state::key_group(b"\"k\"", 16);
+            let other = crate::state::key_group(b"\"o\"", 16);
+            operator
+                .add(group, b"\"k\"", 65, &[None], 0, &mut results)
+                .unwrap();
+            operator.advance(70, &mut results).unwrap();
+            operator.state().resume_at(50).unwrap();
+            operator.state().rebuild_from_store(100).unwrap();
+            operator
+                .add(group, b"\"k\"", 66, &[None], 50, &mut results)
+                .unwrap();
+            // Another key, so that a cache of one evicts the first.
+            operator
+                .add(other, b"\"o\"", 55, &[None], 50, &mut results)
+                .unwrap();
+            operator.advance(80, &mut results).unwrap();
+            operator.advance(Millis::MAX, &mut results).unwrap();
+            results
+                .iter()
+                .map(|result| (result.range.start, result.is_update, result.values[0]))
+                .collect::<Vec<_>>()
+        };
+        let count = AggregateValue::Integer;
+        for cache in [100, 1] {
+            assert_eq!(
+                run(cache),
+                vec![
+                    (60, false, count(1)),
+                    (50, false, count(1)),
+                    (60, true, count(2))
+                ],
+                "cache {cache}"
             );
         }
     }

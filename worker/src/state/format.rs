@@ -10,8 +10,8 @@
 //!   window fired in the store is not written again just to set its flag.
 //! - `timers`: key `time | kind (u8) | start | end | key | 0x00 | key group (u16 BE)`,
 //!   empty value. Timers are derived data: each window has exactly one pending timer (fire
-//!   at its end until it fired, then expire at end + allowed lateness), so a restore
-//!   rebuilds them from `windows` ([`timer_of_window`]) and never trusts a copy.
+//!   at its end until that firing happened, then expire at end + allowed lateness), so a
+//!   restore rebuilds them from `windows` ([`timer_of_window`]) and never trusts a copy.
 //! - `meta`: [`META_FORMAT_VERSION`], [`META_KEY_GROUPS`], [`META_AGGREGATES`],
 //!   [`META_CHECKPOINT`], [`META_FIRED_THROUGH`] and [`META_FIRED_THROUGH_RANGES`], see
 //!   [`StateMeta`] and [`CheckpointRecord`].

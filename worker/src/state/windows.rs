@@ -411,8 +411,9 @@ fn set_fired_flag(state_key: &[u8], value: &mut [u8], fired_through: Millis) -> 
     }
 }
 
-/// Sets, in `store`, the fired flag of every window of `[from, to)` that fired by the
-/// store's [`format::META_FIRED_THROUGH`], so that the windows say it themselves before
+/// Sets, in `store`, the flag of every window of `[from, to)` whose end passed by the
+/// store's [`format::META_FIRED_THROUGH`] to [`format::WINDOW_FIRED`], so that the windows
+/// say it themselves before
 /// that watermark goes down (an import of windows that fired up to another one, a resume
 /// behind it). The meta entry is left as it is. Returns the windows changed.
 pub fn set_fired_flags(
