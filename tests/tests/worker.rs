@@ -1,7 +1,8 @@
 //! `sluice-worker run` against the real broker, as worker pods run it: the examples give
 //! exactly their expected records in Kafka, bad records land in the dead-letter topic
 //! with their reason and the worker goes on, and a second worker with the same ordinal
-//! fences the first without breaking exactly-once.
+//! fences the first without breaking exactly-once, and with `partitioning: Any` a fired
+//! result commits without waiting for the next interval.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -338,6 +339,98 @@ fn examples_give_exactly_their_expected_records_in_kafka() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// With `partitioning: Any` an event and the watermark record that fires its window
+/// become readable together, when the source side's transaction commits; the window's
+/// result then commits at once (a checkpoint on the firing), not at the next interval.
+/// With a 20 s interval the result is visible about 20 s after the events are read
+/// (one commit), where waiting for the next interval would take 40 s (two).
+#[test]
+fn with_partitioning_any_a_fired_result_commits_without_waiting_for_the_next_interval() -> Result<()>
+{
+    let environment = Environment::load()?;
+    let topics = Topics::create(&environment, 1)?;
+    let base: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
+        repo_root().join("examples/page-views/streamjob.yaml"),
+    )?)?;
+    let mut manifest = manifest(&environment, base, &topics, "Any");
+    manifest["spec"]["parallelism"] = json!(1);
+    manifest["spec"]["state"]["checkpointInterval"] = json!("20s");
+    let directory = work_directory("firing-commit")?;
+    let job = write_job(&directory, &manifest)?;
+    let producer = producer(&environment, None)?;
+    let mut worker = WorkerProcess::start(&environment, &spec(&directory, &job, 0, 1, "state"))?;
+    worker.wait_ready(Duration::from_secs(60))?;
+    let event = |time: &str, status: u16, url: &str| {
+        serde_json::to_vec(
+            &json!({"timestamp": time, "status": status, "url": url, "latencyMs": 10}),
+        )
+    };
+
+    // An event the filter drops makes the next periodic checkpoint commit: seeing the
+    // count of checkpoints move gives the interval's phase.
+    let committed = worker.metric("sluice_worker_checkpoints_total")?;
+    send_to(
+        &producer,
+        &topics.source.name,
+        0,
+        &event("2026-01-01T00:00:01Z", 404, "/")?,
+    )?;
+    producer.flush(TIMEOUT)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker.metric("sluice_worker_checkpoints_total")? <= committed {
+        ensure!(
+            Instant::now() < deadline,
+            "no checkpoint within 60 s of a record read; log: {}",
+            log_tail(&directory.join("worker-0.log"))
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let checkpointed = Instant::now();
+    // A view in the window [00:00, 00:01), then one whose time moves the watermark
+    // (time less 5 s of out-of-orderness) past the window's end.
+    send_to(
+        &producer,
+        &topics.source.name,
+        0,
+        &event("2026-01-01T00:00:10Z", 200, "/a")?,
+    )?;
+    send_to(
+        &producer,
+        &topics.source.name,
+        0,
+        &event("2026-01-01T00:01:06Z", 200, "/b")?,
+    )?;
+    producer.flush(TIMEOUT)?;
+
+    let results = read_committed(&environment, &topics.sink.name, 1, Duration::ZERO)?;
+    let visible = checkpointed.elapsed();
+    ensure!(
+        results.len() == 1,
+        "the window's result was not committed within 120 s; log: {}",
+        log_tail(&directory.join("worker-0.log"))
+    );
+    let result: Value = serde_json::from_slice(&results[0].value)?;
+    assert_eq!(result["key"], json!("/a"), "{result}");
+    assert_eq!(result["views"], json!(1), "{result}");
+    // Read within a second of the checkpoint, the events and the watermark record commit
+    // at the next interval, 20 s after it; the result follows at once.
+    assert!(
+        visible >= Duration::from_secs(15) && visible < Duration::from_secs(30),
+        "the result became visible {visible:?} after the checkpoint before the events; \
+         one interval (20 s) is expected, two (40 s) means it waited for the next interval"
+    );
+    assert!(
+        worker.metric("sluice_worker_firing_checkpoints_total")? >= 1.0,
+        "the firing checkpoint is counted"
+    );
+    let status = worker.terminate(Duration::from_secs(30))?;
+    assert!(
+        status.success(),
+        "SIGTERM stops the worker cleanly: {status}"
+    );
     Ok(())
 }
 

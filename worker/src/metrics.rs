@@ -69,6 +69,8 @@ pub struct Metrics {
     pub savepoint_pause: Histogram,
     /// Checkpoints completed.
     pub checkpoints: Counter,
+    /// Checkpoints taken ahead of the interval because a watermark record fired windows.
+    pub firing_checkpoints: Counter,
     /// Transactions aborted (the worker then returns to its last checkpoint).
     pub aborted_transactions: Counter,
     /// Records the producer holds, not yet delivered.
@@ -98,6 +100,7 @@ impl Default for Metrics {
             commit_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             savepoint_pause: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             checkpoints: Counter::default(),
+            firing_checkpoints: Counter::default(),
             aborted_transactions: Counter::default(),
             producer_queue: Gauge::default(),
             producer_queue_full: Counter::default(),
@@ -199,6 +202,11 @@ impl Metrics {
             "checkpoints",
             "Checkpoints completed (state and offsets committed together)",
             self.checkpoints.clone(),
+        );
+        registry.register(
+            "firing_checkpoints",
+            "Checkpoints taken ahead of the interval because a watermark record from the repartition topic fired windows (also counted in checkpoints)",
+            self.firing_checkpoints.clone(),
         );
         registry.register(
             "aborted_transactions",

@@ -214,6 +214,28 @@ fn skips_checkpoint(
     !read_since_commit && sent_at_commit == Some(sent_now) && skipped < MAX_SKIPPED_CHECKPOINTS
 }
 
+/// The most checkpoints a worker takes on a firing per checkpoint interval: the firings
+/// a watermark record causes come at most once per source worker's checkpoint, so this
+/// bounds only jobs with many workers and short intervals.
+const MAX_FIRING_CHECKPOINTS_PER_INTERVAL: u32 = 10;
+
+/// Whether the worker checkpoints now, ahead of its interval, because a watermark record
+/// read from the repartition topic fired windows (`fired`): with `partitioning: Any` a
+/// result would otherwise wait for a second commit after the one that made the watermark
+/// record readable. At most [`MAX_FIRING_CHECKPOINTS_PER_INTERVAL`] such checkpoints per
+/// `interval` (`last`: when this worker instance last took one).
+fn checkpoints_on_firing(
+    fired: bool,
+    last: Option<Instant>,
+    now: Instant,
+    interval: Duration,
+) -> bool {
+    fired
+        && last.is_none_or(|last| {
+            now.saturating_duration_since(last) >= interval / MAX_FIRING_CHECKPOINTS_PER_INTERVAL
+        })
+}
+
 /// Records durably that the worker stops after savepoint `id` (written, synced, renamed
 /// into place).
 fn write_stop_record(state_dir: &std::path::Path, id: &str) -> std::io::Result<()> {
@@ -517,6 +539,11 @@ struct Worker<'a> {
     broadcast_clocks: Vec<(SourcePartition, SourceClock)>,
     /// Periodic checkpoints skipped since the last commit (idle).
     skipped_checkpoints: u32,
+    /// Whether a watermark record from the repartition topic fired windows with results
+    /// since the last commit.
+    fired_since_commit: bool,
+    /// When this instance last checkpointed on a firing ([`checkpoints_on_firing`]).
+    last_firing_checkpoint: Option<Instant>,
 }
 
 impl<'a> Worker<'a> {
@@ -913,6 +940,8 @@ impl<'a> Worker<'a> {
             sent_at_commit: None,
             broadcast_clocks: Vec::new(),
             skipped_checkpoints: 0,
+            fired_since_commit: false,
+            last_firing_checkpoint: None,
             payload_buffer: Vec::new(),
             topic_buffer: String::new(),
         })
@@ -1062,7 +1091,19 @@ impl<'a> Worker<'a> {
                 self.report_lag();
                 next_lag = now + Duration::from_secs(10);
             }
-            if now >= next_checkpoint {
+            if checkpoints_on_firing(
+                self.fired_since_commit,
+                self.last_firing_checkpoint,
+                now,
+                interval,
+            ) {
+                let committing = Instant::now();
+                self.checkpoint()?;
+                idle += committing.elapsed();
+                self.metrics.firing_checkpoints.inc();
+                self.last_firing_checkpoint = Some(now);
+                next_checkpoint = Instant::now() + interval;
+            } else if now >= next_checkpoint {
                 // A commit is a fixed cost per checkpoint interval, mostly a wait for the
                 // broker: not counted as busy, so busy time grows with the records.
                 let committing = Instant::now();
@@ -1094,8 +1135,9 @@ impl<'a> Worker<'a> {
                     "failed to read record {offset} of {topic}/{partition}: {error}"
                 ))
             })?;
-            return self
-                .engine
+            let watermark = matches!(record, ExchangeRecord::Watermark(_));
+            let sent = self.sink.sent();
+            self.engine
                 .receive(
                     partition,
                     offset,
@@ -1103,7 +1145,11 @@ impl<'a> Worker<'a> {
                     &self.names.repartition_topic,
                     &mut self.sink,
                 )
-                .map_err(restart);
+                .map_err(restart)?;
+            if watermark && self.sink.sent() > sent {
+                self.fired_since_commit = true;
+            }
+            return Ok(());
         }
         let Some((id, position, counter)) = self
             .positions
@@ -1322,6 +1368,7 @@ impl<'a> Worker<'a> {
         self.read_since_commit = false;
         self.sent_at_commit = Some(self.sink.sent());
         self.skipped_checkpoints = 0;
+        self.fired_since_commit = false;
         self.sink.producer().begin_transaction().map_err(|error| {
             kafka_stop("begin a transaction", error, ordinal, &transactional_id)
         })?;
@@ -1710,6 +1757,49 @@ mod tests {
         for (name, read, sent_at_commit, sent_now, skipped, expect) in cases {
             assert_eq!(
                 skips_checkpoint(read, sent_at_commit, sent_now, skipped),
+                expect,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_firing_watermark_record_checkpoints_at_once_at_most_ten_times_an_interval() {
+        let now = Instant::now();
+        let interval = Duration::from_secs(5);
+        let ago = |millis: u64| now.checked_sub(Duration::from_millis(millis));
+        let cases = [
+            ("nothing fired", false, None, false),
+            (
+                "nothing fired, none taken for long",
+                false,
+                ago(60_000),
+                false,
+            ),
+            ("fired, none taken by this instance", true, None, true),
+            (
+                "fired, the last one an interval ago",
+                true,
+                ago(5_000),
+                true,
+            ),
+            (
+                "fired, the last one a tenth of an interval ago",
+                true,
+                ago(500),
+                true,
+            ),
+            (
+                "fired, the last one under a tenth ago",
+                true,
+                ago(499),
+                false,
+            ),
+            ("fired, the last one just now", true, ago(0), false),
+        ];
+        for (name, fired, last, expect) in cases {
+            assert_eq!(
+                checkpoints_on_firing(fired, last, now, interval),
                 expect,
                 "{name}"
             );
