@@ -106,10 +106,12 @@ pub const RULE_WINDOW_BEFORE_AGGREGATE: &str = concat!(
 );
 
 /// What a savepoint location must look like (also the CRD's `pattern`).
-pub const SAVEPOINT_LOCATION_PATTERN: &str = r"^(file|s3|gs|az)://.+";
+/// (`file:///` and a path that is not only slashes, or `s3://` and a bucket: the only
+/// locations workers read and write, `Url::parse` in the worker.)
+pub const SAVEPOINT_LOCATION_PATTERN: &str = r"^(file:///.*[^/].*|s3://[^/].*)$";
 
 /// A savepoint location that is not a URL Sluice writes to.
-pub const SAVEPOINT_LOCATION_INVALID: &str = "must be a URL of a mounted path (file:///savepoints) or an object store (s3://bucket/prefix, gs://, az://)";
+pub const SAVEPOINT_LOCATION_INVALID: &str = "must be a URL of a mounted path (file:///savepoints, three slashes) or of an S3 bucket (s3://bucket/prefix): the locations workers write to";
 
 /// CEL: an int-or-string value is a Kubernetes quantity.
 pub const RULE_IS_QUANTITY: &str = "isQuantity(string(self))";

@@ -58,6 +58,11 @@ fn beyond_the_api_server() -> String {
          Kafka accepts (letters, digits, `.`, `_`, `-`; not `.` or `..`).\n\
          - `spec.source.eventTime.field` names a field: not only spaces (the CRD's \
          `minLength` counts them).\n\
+         - `spec.savepoints.interval` and `spec.rollback.readyTimeout` are at least 10s \
+         (the CRD checks only that they are positive); an aggregate is not named as a \
+         field every result has (`key`, `windowStart`, `windowEnd`, `isUpdate`); and \
+         `spec.savepoints.initialSavepoint` is a savepoint of this job (its location ends \
+         in `/<namespace>/<name>/<id>`).\n\
          - `spec.kafka.bootstrapServers` is a comma-separated list of `host:port`, and \
          `spec.kafka.properties` sets none of the properties the worker owns for \
          exactly-once processing ({owned}).\n\
@@ -104,12 +109,20 @@ fn type_name(schema: &Value) -> String {
         return format!("one of {}", names.join(", "));
     }
     let mut constraints = Vec::new();
-    for (key, label) in [("minimum", "≥"), ("maximum", "≤")] {
+    for (key, before, after) in [
+        ("minimum", "≥ ", ""),
+        ("maximum", "≤ ", ""),
+        ("minLength", "length ≥ ", ""),
+        ("maxLength", "length ≤ ", ""),
+        ("minItems", "≥ ", " items"),
+        ("maxItems", "≤ ", " items"),
+        ("maxProperties", "≤ ", " entries"),
+    ] {
         if let Some(number) = schema.get(key) {
-            constraints.push(format!("{label} {number}"));
+            constraints.push(format!("{before}{number}{after}"));
         }
     }
-    match base.as_str() {
+    let named = match base.as_str() {
         "array" => format!("list of {}", type_name(&schema["items"])),
         "object"
             if schema
@@ -118,8 +131,12 @@ fn type_name(schema: &Value) -> String {
         {
             format!("map of {}", type_name(&schema["additionalProperties"]))
         }
-        _ if constraints.is_empty() => base,
-        _ => format!("{base} ({})", constraints.join(", ")),
+        _ => base,
+    };
+    if constraints.is_empty() {
+        named
+    } else {
+        format!("{named} ({})", constraints.join(", "))
     }
 }
 

@@ -60,8 +60,9 @@ pub struct StreamJobSpec {
     pub image_pull_policy: Option<ImagePullPolicy>,
 
     /// Number of workers (pods). Each worker owns a contiguous range of key groups and the
-    /// Kafka partitions assigned to it. Changed by `kubectl scale` and by the autoscaler;
-    /// at most `maxParallelism`.
+    /// Kafka partitions assigned to it. Changed by `kubectl scale` (or an HPA or KEDA),
+    /// never by Sluice's autoscaler, which keeps the parallelism it chose in
+    /// `status.autoscaler`; at most `maxParallelism`.
     #[serde(default = "default_parallelism")]
     #[schemars(range(min = 1, max = 32768))]
     pub parallelism: i32,
@@ -381,7 +382,8 @@ pub struct Sink {
     pub format: Format,
 
     /// A CEL expression over the result (`event`) giving the Kafka record key, for example
-    /// `event.page`. Unset: the window's key is used when there is one, else no key.
+    /// `event.page`. Unset: the key of `keyBy` (for a window, the window's key) when the
+    /// pipeline has one, else no key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = MAX_EXPRESSION_LENGTH))]
     pub key: Option<String>,
@@ -448,7 +450,7 @@ fn default_checkpoint_interval() -> Duration {
 #[serde(rename_all = "camelCase")]
 pub struct SavepointSpec {
     /// Where savepoints are written: `file:///path` on a volume mounted by every worker,
-    /// or an object store URL such as `s3://bucket/prefix`.
+    /// or `s3://bucket/prefix` on S3 or an S3-compatible store (no other scheme).
     #[schemars(length(min = 1, max = 1024), regex(pattern = messages::SAVEPOINT_LOCATION_PATTERN))]
     pub location: String,
 
