@@ -407,9 +407,14 @@ fn with_partitioning_any_a_fired_result_commits_without_waiting_for_the_next_int
 
     let results = read_committed(&environment, &topics.sink.name, 1, Duration::ZERO)?;
     let visible = checkpointed.elapsed();
+    eprintln!("the result became visible {visible:?} after the checkpoint before the events");
+    let texts: Vec<String> = results
+        .iter()
+        .map(|read| String::from_utf8_lossy(&read.value).into_owned())
+        .collect();
     ensure!(
         results.len() == 1,
-        "the window's result was not committed within 120 s; log: {}",
+        "expected the window's one result within 120 s, read {texts:?}; log: {}",
         log_tail(&directory.join("worker-0.log"))
     );
     let result: Value = serde_json::from_slice(&results[0].value)?;
@@ -420,7 +425,11 @@ fn with_partitioning_any_a_fired_result_commits_without_waiting_for_the_next_int
     assert!(
         visible >= Duration::from_secs(15) && visible < Duration::from_secs(30),
         "the result became visible {visible:?} after the checkpoint before the events; \
-         one interval (20 s) is expected, two (40 s) means it waited for the next interval"
+         one interval (20 s) is expected, two (40 s) means it waited for the next interval; \
+         metrics: checkpoints {:?}, firing checkpoints {:?}; log: {}",
+        worker.metric("sluice_worker_checkpoints_total").ok(),
+        worker.metric("sluice_worker_firing_checkpoints_total").ok(),
+        log_tail(&directory.join("worker-0.log"))
     );
     assert!(
         worker.metric("sluice_worker_firing_checkpoints_total")? >= 1.0,

@@ -214,26 +214,40 @@ fn skips_checkpoint(
     !read_since_commit && sent_at_commit == Some(sent_now) && skipped < MAX_SKIPPED_CHECKPOINTS
 }
 
-/// The most checkpoints a worker takes on a firing per checkpoint interval: the firings
-/// a watermark record causes come at most once per source worker's checkpoint, so this
-/// bounds only jobs with many workers and short intervals.
+/// The most checkpoints a worker takes on a firing per checkpoint interval.
 const MAX_FIRING_CHECKPOINTS_PER_INTERVAL: u32 = 10;
 
 /// Whether the worker checkpoints now, ahead of its interval, because a watermark record
-/// read from the repartition topic fired windows (`fired`): with `partitioning: Any` a
-/// result would otherwise wait for a second commit after the one that made the watermark
-/// record readable. At most [`MAX_FIRING_CHECKPOINTS_PER_INTERVAL`] such checkpoints per
-/// `interval` (`last`: when this worker instance last took one).
+/// read from the repartition topic fired windows with results (`fired`): with
+/// `partitioning: Any` a result would otherwise wait for a second commit after the one
+/// that made the watermark record readable. Only a worker that has read everything
+/// there is (`caught_up`: its last poll found nothing) takes one: one behind (catching up,
+/// replaying) fires on nearly every watermark record, and commits as often would cost it
+/// throughput where latency is lost anyway. At most
+/// [`MAX_FIRING_CHECKPOINTS_PER_INTERVAL`] per `interval` (`last`: when this worker
+/// instance last finished one). A firing checkpoint does not send clocks, so one never
+/// causes another.
 fn checkpoints_on_firing(
     fired: bool,
+    caught_up: bool,
     last: Option<Instant>,
     now: Instant,
     interval: Duration,
 ) -> bool {
     fired
+        && caught_up
         && last.is_none_or(|last| {
             now.saturating_duration_since(last) >= interval / MAX_FIRING_CHECKPOINTS_PER_INTERVAL
         })
+}
+
+/// Whether a checkpoint first fires what the clock made due and sends this worker's
+/// changed source clocks to the repartition topic ([`Worker::advance_and_broadcast`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Clocks {
+    Send,
+    /// A checkpoint on a firing: the clocks go with the next periodic one.
+    Hold,
 }
 
 /// Records durably that the worker stops after savepoint `id` (written, synced, renamed
@@ -988,7 +1002,7 @@ impl<'a> Worker<'a> {
                     tracing::info!("stopped on request after a stop-with-savepoint");
                     return Err(Stop::Requested);
                 }
-                self.checkpoint()?;
+                self.checkpoint(Clocks::Send)?;
                 tracing::info!("stopped on request after committing the last transaction");
                 return Err(Stop::Requested);
             }
@@ -1047,6 +1061,7 @@ impl<'a> Worker<'a> {
             let mut idle = Duration::ZERO;
             let mut budget = 1_000;
             let mut wait = Duration::from_millis(50);
+            let mut caught_up = false;
             while budget > 0 {
                 let polled = (!wait.is_zero()).then(Instant::now);
                 let message = self.consumer.poll(wait);
@@ -1054,7 +1069,10 @@ impl<'a> Worker<'a> {
                     idle += polled.elapsed();
                 }
                 match message {
-                    None => break,
+                    None => {
+                        caught_up = true;
+                        break;
+                    }
                     Some(Err(error)) => {
                         tracing::warn!(%error, "the consumer reported an error");
                         break;
@@ -1093,15 +1111,17 @@ impl<'a> Worker<'a> {
             }
             if checkpoints_on_firing(
                 self.fired_since_commit,
+                caught_up,
                 self.last_firing_checkpoint,
                 now,
                 interval,
             ) {
+                // Taken only when caught up: its commit is a wait, as a periodic one's.
                 let committing = Instant::now();
-                self.checkpoint()?;
+                self.checkpoint(Clocks::Hold)?;
                 idle += committing.elapsed();
                 self.metrics.firing_checkpoints.inc();
-                self.last_firing_checkpoint = Some(now);
+                self.last_firing_checkpoint = Some(Instant::now());
                 next_checkpoint = Instant::now() + interval;
             } else if now >= next_checkpoint {
                 // A commit is a fixed cost per checkpoint interval, mostly a wait for the
@@ -1212,7 +1232,7 @@ impl<'a> Worker<'a> {
             return Ok(());
         };
         let started = Instant::now();
-        let record = match self.checkpoint() {
+        let record = match self.checkpoint(Clocks::Send) {
             Ok(record) => record,
             Err(stop) => {
                 savepoints.set(
@@ -1263,9 +1283,6 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    /// Commits state, offsets and outputs together (docs/architecture.md, "Exactly
-    /// once"). An abortable failure starts over from the last complete checkpoint.
-    /// Returns the checkpoint's record.
     /// The checkpoint of every interval, which an idle worker mostly skips: when it read
     /// nothing and wrote nothing since its last commit (a watermark that did not move is
     /// not sent again), the last checkpoint still holds, so there is no transaction to
@@ -1282,7 +1299,7 @@ impl<'a> Worker<'a> {
             self.skipped_checkpoints += 1;
             return Ok(());
         }
-        self.checkpoint().map(|_| ())
+        self.checkpoint(Clocks::Send).map(|_| ())
     }
 
     /// Fires what the clock makes due, then sends this worker's source clocks to every
@@ -1307,8 +1324,13 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    fn checkpoint(&mut self) -> Result<CheckpointRecord, Stop> {
-        self.advance_and_broadcast()?;
+    /// Commits state, offsets and outputs together (docs/architecture.md, "Exactly
+    /// once"). An abortable failure starts over from the last complete checkpoint.
+    /// Returns the checkpoint's record.
+    fn checkpoint(&mut self, clocks: Clocks) -> Result<CheckpointRecord, Stop> {
+        if clocks == Clocks::Send {
+            self.advance_and_broadcast()?;
+        }
         let id = self.next_checkpoint_id;
         let started = Instant::now();
         let record = self
@@ -1764,21 +1786,23 @@ mod tests {
     }
 
     #[test]
-    fn a_firing_watermark_record_checkpoints_at_once_at_most_ten_times_an_interval() {
-        let now = Instant::now();
+    fn a_firing_watermark_record_checkpoints_when_caught_up_at_most_ten_times_an_interval() {
+        let now = Instant::now() + Duration::from_secs(60);
+        let ago = |millis: u64| Some(now - Duration::from_millis(millis));
         let interval = Duration::from_secs(5);
-        let ago = |millis: u64| now.checked_sub(Duration::from_millis(millis));
         let cases = [
-            ("nothing fired", false, None, false),
+            ("nothing fired", false, true, None, false),
             (
                 "nothing fired, none taken for long",
                 false,
+                true,
                 ago(60_000),
                 false,
             ),
-            ("fired, none taken by this instance", true, None, true),
+            ("fired, none taken by this instance", true, true, None, true),
             (
                 "fired, the last one an interval ago",
+                true,
                 true,
                 ago(5_000),
                 true,
@@ -1786,20 +1810,30 @@ mod tests {
             (
                 "fired, the last one a tenth of an interval ago",
                 true,
+                true,
                 ago(500),
                 true,
             ),
             (
                 "fired, the last one under a tenth ago",
                 true,
+                true,
                 ago(499),
                 false,
             ),
-            ("fired, the last one just now", true, ago(0), false),
+            ("fired, the last one just now", true, true, ago(0), false),
+            ("fired while behind (catching up)", true, false, None, false),
+            (
+                "fired while behind, none taken for long",
+                true,
+                false,
+                ago(60_000),
+                false,
+            ),
         ];
-        for (name, fired, last, expect) in cases {
+        for (name, fired, caught_up, last, expect) in cases {
             assert_eq!(
-                checkpoints_on_firing(fired, last, now, interval),
+                checkpoints_on_firing(fired, caught_up, last, now, interval),
                 expect,
                 "{name}"
             );
