@@ -88,7 +88,7 @@ pub struct RunArgs {
     #[arg(long, env = "SLUICE_HTTP_ADDRESS", default_value = "0.0.0.0:8080")]
     pub http_address: SocketAddr,
     /// How many StreamJobs are reconciled at once, and how many API requests they have in
-    /// flight at most.
+    /// flight at most; new jobs' first statuses have a lane of as many requests of their own.
     #[arg(long, env = "SLUICE_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
     /// How long a job's reconcile waits after the last change that asked for it, so a

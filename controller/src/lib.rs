@@ -5,6 +5,7 @@
 //!   shutdown.
 //! - [`reconcile`]: one StreamJob, in phases: dereference → validate → build → apply →
 //!   orphans → status.
+//! - [`intake`]: a new job's first status, written ahead of the reconcile queue.
 //! - [`build`]: the pure builders of every child object.
 //! - [`cache`]: what the watches know of the children: which applies a reconcile can skip,
 //!   which child changes trigger one.
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod context;
 pub mod error;
 pub mod http;
+pub mod intake;
 pub mod lifecycle;
 pub mod metrics;
 pub mod names;

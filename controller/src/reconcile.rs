@@ -9,7 +9,8 @@
 //! transition or failure.
 //!
 //! A steady-state reconcile (every child in sync) sends no request but a status write
-//! when the workers changed; a new job has its first status after one request.
+//! when the workers changed; a new job has its first status after one request, usually
+//! written before its reconcile by the `intake`, which writes the same status.
 //!
 //! A spec only the user can fix stalls the job (`Stalled`, an Event, no requeue: the next
 //! edit reconciles it) and applies nothing, so running workers keep their last good spec.

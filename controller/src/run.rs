@@ -16,14 +16,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -35,6 +35,7 @@ use tracing::{error, info, warn};
 use crate::cache::{ChildCache, Signature, significant, trim_meta, trim_workers};
 use crate::context::{Context, Settings};
 use crate::http::{self, HttpState};
+use crate::intake;
 use crate::metrics::Metrics;
 use crate::names::MANAGED_SELECTOR;
 use crate::reconcile::{error_policy, reconcile};
@@ -415,15 +416,24 @@ fn controller_for(
     let client = context.client.clone();
     let namespace = namespace.as_deref();
     let (reader, writer) = reflector::store();
-    let jobs = reflector::reflector(
-        writer,
-        watcher(
-            api::<StreamJob>(client.clone(), namespace),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
+    // A job the watch shows without a status goes to the intake too, which writes its first
+    // status ahead of the reconcile queue (see `intake`).
+    let (to_intake, intake_jobs) = intake::channel();
+    // Cached trimmed, as the children are: no reconcile reads a job's managed fields or
+    // kubectl's last-applied copy of it, which together are larger than its spec.
+    let jobs = watcher(
+        api::<StreamJob>(client.clone(), namespace),
+        watcher::Config::default(),
     )
+    .default_backoff()
+    .modify(|job| trim_meta(&mut job.metadata))
+    .reflect(writer)
     .applied_objects()
+    .inspect_ok(move |job| {
+        if intake::wants_first_status(job) {
+            let _ = to_intake.unbounded_send(ObjectRef::from_obj(job));
+        }
+    })
     .predicate_filter(predicates::generation, Default::default());
     let (workers, workers_writer) = reflector::store();
     let (admin_tokens, admin_tokens_writer) = reflector::store();
@@ -440,6 +450,12 @@ fn controller_for(
         service_accounts,
     )));
     let scope = namespace.unwrap_or("all namespaces").to_string();
+    let intake = intake::run(
+        intake_jobs,
+        reader.clone(),
+        context.clone(),
+        usize::from(options.concurrency),
+    );
     let shutdown = async move {
         let mut stop = stop;
         let _ = stop.wait_for(|stop| *stop).await;
@@ -494,6 +510,13 @@ fn controller_for(
             }
             futures::future::ready(())
         });
+    let controller = async move {
+        // The intake lives as long as the controller: a shutdown leaves the first statuses
+        // it has not written to the next leader's reconciles.
+        let intake = tokio::spawn(intake);
+        controller.await;
+        intake.abort();
+    };
     (reader, controller)
 }
 
