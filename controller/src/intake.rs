@@ -220,17 +220,12 @@ mod tests {
                 "{}",
                 case.name
             );
-            // The reconcile's write-ahead on the same job: the same status, so it writes
+            // The reconcile's write-ahead on the same job, with the counts it reads off the
+            // StatefulSet it builds (none is cached yet): the same status, so it writes
             // nothing after the intake; and no second Event.
             let mut reconciled = job.clone();
-            let workers = WorkerCounts {
-                desired: if job.spec.suspend {
-                    0
-                } else {
-                    job.spec.parallelism
-                },
-                ..WorkerCounts::default()
-            };
+            let mut workers = WorkerCounts::of(&fixtures::children(&job).workers);
+            workers.rolled_out = false;
             let observation = Observation::Applied {
                 spec_hash: spec_hash(&job.spec),
                 workers,
