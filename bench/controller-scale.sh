@@ -50,11 +50,18 @@ kwok_module="$(go env GOMODCACHE)/sigs.k8s.io/kwok@$kwok_version"
 [[ -d "$kwok_module/kustomize/stage/fast" ]] || go mod download "sigs.k8s.io/kwok@$kwok_version"
 
 pids=()
+controller_pid=""
 cleanup() {
   local status=$?
+  # The controller first (it would put children back); kwok last, once the namespace is
+  # gone: a pod on the fake node is deleted only when kwok confirms it, as a kubelet would.
+  if [[ -n "$controller_pid" ]]; then
+    kill "$controller_pid" 2>/dev/null || true
+    wait "$controller_pid" 2>/dev/null || true
+  fi
+  kubectl delete namespace "$namespace" --ignore-not-found --wait=true --timeout=300s >/dev/null 2>&1 || true
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  kubectl delete namespace "$namespace" --ignore-not-found --wait=true --timeout=300s >/dev/null 2>&1 || true
   kubectl delete persistentvolume -l sluice.dev/bench=controller-scale --ignore-not-found --wait=false >/dev/null 2>&1 || true
   kubectl delete node "$node" --ignore-not-found >/dev/null 2>&1 || true
   kubectl delete storageclass sluice-bench-fake --ignore-not-found >/dev/null 2>&1 || true
@@ -116,6 +123,9 @@ spec:
   claimRef: {namespace: $namespace, name: state-$job-0}
 EOF
 done > "$work/volumes.yaml"
+# A previous run's volumes are released once its claims are gone; wait for them to go, or
+# a new claim could bind to a volume being deleted.
+kubectl delete persistentvolume -l sluice.dev/bench=controller-scale --ignore-not-found --wait=true --timeout=300s >/dev/null
 kubectl apply --server-side --field-manager=sluice-bench -f "$work/volumes.yaml" >/dev/null
 
 # kwok: on loopback only, its "fast" stages (pods Running and Ready at once).
@@ -153,3 +163,12 @@ BENCH_JOBS="$jobs" BENCH_NAMESPACE="$namespace" \
   BENCH_CONTROLLER_ADDRESS="127.0.0.1:$port" BENCH_CONTROLLER_PID="$controller_pid" \
   "$driver"
 echo "controller concurrency $concurrency, debounce $debounce; $(grep -c '"level":"WARN"' "$work/controller.log" || true) warnings in its log"
+# Where the controller's resident memory is at the end: anonymous (heap, stacks) and each
+# mapped file (its own code, the shared libraries), from /proc/PID/smaps.
+awk '
+  /^[0-9a-f]+-[0-9a-f]+ / { file = (NF >= 6 ? $6 : "[anonymous]") }
+  /^Rss:/ { rss[file] += $2 }
+  END { for (file in rss) if (rss[file] >= 512) printf "%8.1f MiB  %s\n", rss[file] / 1024, file }
+' "/proc/$controller_pid/smaps" | sort -rn > "$work/controller-memory.txt" || true
+echo "controller resident memory at the end, by mapping (MiB, 0.5 MiB and more):"
+sed 's/^/  /' "$work/controller-memory.txt"

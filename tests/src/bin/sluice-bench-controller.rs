@@ -115,15 +115,29 @@ fn requests_and_reconciles(address: SocketAddr) -> Result<(f64, f64)> {
     ))
 }
 
-/// Peak RSS (MiB) and CPU time (user + system, seconds) of a process, from `/proc`.
-fn process_usage(pid: u32) -> Result<(f64, f64)> {
+/// What `/proc` tells of a process: its peak RSS, and its RSS now split into anonymous
+/// memory (the heap) and file-backed pages (the binary's code and data read in), in MiB;
+/// and its CPU time (user + system, seconds).
+struct ProcessUsage {
+    peak_rss: f64,
+    rss_anonymous: f64,
+    rss_file: f64,
+    cpu: f64,
+}
+
+/// The value in MiB of the `/proc/<pid>/status` line `field` (given in kB).
+fn status_mebibytes(status: &str, field: &str) -> Result<f64> {
+    let kibibytes: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no {field} in /proc status"))?;
+    Ok(kibibytes / 1024.0)
+}
+
+fn process_usage(pid: u32) -> Result<ProcessUsage> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("failed to read /proc/{pid}/status"))?;
-    let peak_kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .context("no VmHWM")?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The fields after the command name (which may hold spaces, so after its ')').
     let fields: Vec<&str> = stat
@@ -143,7 +157,12 @@ fn process_usage(pid: u32) -> Result<(f64, f64)> {
         .ok()
         .and_then(|output| String::from_utf8(output.stdout).ok()?.trim().parse().ok())
         .unwrap_or(100.0);
-    Ok((peak_kib / 1024.0, ticks / per_second))
+    Ok(ProcessUsage {
+        peak_rss: status_mebibytes(&status, "VmHWM")?,
+        rss_anonymous: status_mebibytes(&status, "RssAnon")?,
+        rss_file: status_mebibytes(&status, "RssFile")?,
+        cpu: ticks / per_second,
+    })
 }
 
 #[tokio::main]
@@ -286,7 +305,7 @@ async fn main() -> Result<()> {
     // The StatefulSets' status updates settle; then count what the whole run cost.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (requests_after, reconciles_after) = requests_and_reconciles(address)?;
-    let (peak_rss, cpu) = process_usage(pid)?;
+    let usage = process_usage(pid)?;
     watching.abort();
 
     let mut latencies: Vec<Duration> = {
@@ -342,14 +361,37 @@ async fn main() -> Result<()> {
         "whole run (+10 s settling)          {requests} API requests, {reconciles} reconciles, {:.1} requests per reconcile",
         requests / reconciles.max(1.0)
     );
-    println!("controller peak RSS                 {peak_rss:.1} MiB");
-    println!("controller CPU (user + system)      {cpu:.2} s");
+    println!(
+        "controller peak RSS                 {:.1} MiB",
+        usage.peak_rss
+    );
+    println!(
+        "controller RSS at the end           {:.1} MiB anonymous, {:.1} MiB file-backed",
+        usage.rss_anonymous, usage.rss_file
+    );
+    println!("controller CPU (user + system)      {:.2} s", usage.cpu);
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_lines_are_read_in_mebibytes() {
+        let status = "VmHWM:\t   75776 kB\nRssAnon:\t   51200 kB\nRssFile:\t   10240 kB\n";
+        let cases = [
+            ("VmHWM", Some(74.0)),
+            ("RssAnon", Some(50.0)),
+            ("RssFile", Some(10.0)),
+            // Only the whole field name: "Rss" is no line of its own.
+            ("Rss", None),
+            ("VmRSS", None),
+        ];
+        for (field, expect) in cases {
+            assert_eq!(status_mebibytes(status, field).ok(), expect, "{field}");
+        }
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {
