@@ -66,8 +66,11 @@ impl Default for Settings {
 pub struct Context {
     /// The Kubernetes client.
     pub client: kube::Client,
-    /// Publishes Events (one recorder, so repeated events are aggregated into a series).
+    /// Publishes warning Events (one recorder, so a repeated warning is aggregated into a
+    /// series).
     pub recorder: Recorder,
+    /// Who publishes the Events: `sluice-controller`, and this instance.
+    pub reporter: Reporter,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per job.
@@ -98,7 +101,8 @@ impl Context {
             instance,
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             client,
             metrics,
             backoff: Arc::default(),

@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -740,8 +740,18 @@ pub(crate) async fn publish(job: &StreamJob, ctx: &Context, transition: &Transit
         action: "Reconcile".to_string(),
         secondary: None,
     };
+    // A warning goes through the shared recorder: a failure repeated on each retry becomes
+    // one Event whose count grows. A normal Event marks a transition, which happens once
+    // per change of state: it goes through a recorder of its own, as kube-runtime intends
+    // one per reconcile, because the shared one keeps every Event it sent for six minutes
+    // to aggregate repeats (3,000 Events, some megabytes, while 1,000 new jobs start).
+    let recorder = if transition.warning {
+        ctx.recorder.clone()
+    } else {
+        Recorder::new(ctx.client.clone(), ctx.reporter.clone())
+    };
     if let Err(error) = ctx
-        .limited(ctx.recorder.publish(&event, &job.object_ref(&())))
+        .limited(recorder.publish(&event, &job.object_ref(&())))
         .await
     {
         warn!("unable to publish event {}: {error}", transition.reason);
