@@ -75,7 +75,11 @@ echo "build: commit $(git -C "$repository" rev-parse --short HEAD)$(git -C "$rep
 
 # This checkout's CRD (other checkouts' tests may have applied theirs).
 kubectl apply --server-side --force-conflicts --field-manager=sluice-bench -f "$repository/crds/streamjobs.sluice.dev.yaml" >/dev/null
-kubectl wait --for=condition=Established crd/streamjobs.sluice.dev --timeout=60s >/dev/null
+# Polled: kubectl wait fails at once on a CRD just created, whose status has no conditions yet.
+for _ in $(seq 60); do
+  [[ "$(kubectl get crd streamjobs.sluice.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" == True ]] && break
+  sleep 1
+done
 kubectl delete namespace "$namespace" --ignore-not-found --wait=true --timeout=300s >/dev/null
 kubectl create namespace "$namespace" >/dev/null
 
