@@ -9,22 +9,24 @@
 //! ([`Signature`]): a PodDisruptionBudget's status or a StatefulSet's unrelated status
 //! fields reconcile nothing.
 //!
-//! The cached copies are trimmed to what the decisions read (no `fieldsV1` in
-//! `managedFields`, no pod template in the StatefulSet), for memory with thousands of jobs.
+//! The cached copies keep only what the decisions read ([`Cached`]): with thousands of jobs
+//! the rest (labels, owner references, the pod template, field sets) was most of the
+//! controller's memory. The watch events that trigger reconciles stay whole.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store, store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -191,28 +193,133 @@ pub fn trim_meta(meta: &mut ObjectMeta) {
     }
 }
 
-/// Trims a cached StatefulSet to what the reconcile reads: its metadata, replicas and
-/// status, and of its volume claim templates their names and storage classes (the pod
-/// template and the rest of the claims are the larger part).
-pub fn trim_workers(workers: &mut StatefulSet) {
-    trim_meta(&mut workers.metadata);
-    workers.spec.template = Default::default();
-    for claim in workers.spec.volume_claim_templates.iter_mut().flatten() {
-        *claim = PersistentVolumeClaim {
-            metadata: ObjectMeta {
-                name: claim.metadata.name.take(),
-                ..ObjectMeta::default()
-            },
-            spec: Some(PersistentVolumeClaimSpec {
-                storage_class_name: claim
-                    .spec
-                    .as_mut()
-                    .and_then(|spec| spec.storage_class_name.take()),
-                ..PersistentVolumeClaimSpec::default()
-            }),
-            status: None,
-        };
+/// A child as the cache keeps it: only what the decisions read. They are [`in_sync`] (the
+/// applied hash, deletion, who wrote the object and when), `WorkerCounts` (the
+/// StatefulSet's replicas, generation and status counts), the admin token, and the storage
+/// class of the state volumes. Built field by field, so whatever the API server adds is
+/// left out; the reconcile tests decide from such copies (`reconcile/mock_api.rs`).
+pub trait Cached {
+    /// The copy the cache keeps.
+    fn cached_copy(&self) -> Self;
+}
+
+/// The metadata [`in_sync`] and `WorkerCounts` read: no labels, owner references (the
+/// triggers read them off the watch events), uid or resource version; of `managedFields`
+/// who wrote the object, how and when, without the status writers, which [`in_sync`]
+/// passes over.
+fn cached_meta(meta: &ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        generation: meta.generation,
+        deletion_timestamp: meta.deletion_timestamp.clone(),
+        annotations: meta
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(APPLIED_HASH_ANNOTATION))
+            .map(|hash| BTreeMap::from([(APPLIED_HASH_ANNOTATION.to_string(), hash.clone())])),
+        managed_fields: meta.managed_fields.as_ref().map(|entries| {
+            entries
+                .iter()
+                .filter(|entry| entry.subresource.as_deref() != Some("status"))
+                .map(|entry| ManagedFieldsEntry {
+                    manager: entry.manager.clone(),
+                    operation: entry.operation.clone(),
+                    subresource: entry.subresource.clone(),
+                    time: entry.time.clone(),
+                    ..ManagedFieldsEntry::default()
+                })
+                .collect()
+        }),
+        ..ObjectMeta::default()
     }
+}
+
+impl Cached for StatefulSet {
+    /// Also its replicas, the status counts and, of its volume claim templates, their names
+    /// and storage classes (no pod template, selector or conditions).
+    fn cached_copy(&self) -> Self {
+        let claims = self.spec.volume_claim_templates.as_ref().map(|claims| {
+            claims
+                .iter()
+                .map(|claim| PersistentVolumeClaim {
+                    metadata: ObjectMeta {
+                        name: claim.metadata.name.clone(),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(PersistentVolumeClaimSpec {
+                        storage_class_name: claim
+                            .spec
+                            .as_ref()
+                            .and_then(|spec| spec.storage_class_name.clone()),
+                        ..PersistentVolumeClaimSpec::default()
+                    }),
+                    status: None,
+                })
+                .collect()
+        });
+        StatefulSet {
+            metadata: cached_meta(&self.metadata),
+            spec: StatefulSetSpec {
+                replicas: self.spec.replicas,
+                volume_claim_templates: claims,
+                ..StatefulSetSpec::default()
+            },
+            status: self.status.as_ref().map(|status| StatefulSetStatus {
+                observed_generation: status.observed_generation,
+                replicas: status.replicas,
+                ready_replicas: status.ready_replicas,
+                updated_replicas: status.updated_replicas,
+                current_revision: status.current_revision.clone(),
+                update_revision: status.update_revision.clone(),
+                ..StatefulSetStatus::default()
+            }),
+        }
+    }
+}
+
+impl Cached for Secret {
+    /// Also its data (the admin token).
+    fn cached_copy(&self) -> Self {
+        Secret {
+            metadata: cached_meta(&self.metadata),
+            data: self.data.clone(),
+            ..Secret::default()
+        }
+    }
+}
+
+impl<K> Cached for PartialObjectMeta<K> {
+    fn cached_copy(&self) -> Self {
+        PartialObjectMeta {
+            types: None,
+            metadata: cached_meta(&self.metadata),
+            _phantom: std::marker::PhantomData,
+        }
+    }
+}
+
+/// Caches in `writer` the [`Cached`] copy of each object the watch shows, and passes the
+/// events on whole (the triggers read the owner references).
+pub fn reflect_cached<K, S>(
+    events: S,
+    mut writer: Writer<K>,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>
+where
+    K: Resource<DynamicType = ()> + Cached + Clone + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    use futures::TryStreamExt;
+    events.inspect_ok(move |event| {
+        let copy = match event {
+            watcher::Event::Apply(object) => watcher::Event::Apply(object.cached_copy()),
+            watcher::Event::Delete(object) => watcher::Event::Delete(object.cached_copy()),
+            watcher::Event::InitApply(object) => watcher::Event::InitApply(object.cached_copy()),
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitDone => watcher::Event::InitDone,
+        };
+        writer.apply_watcher_event(&copy);
+    })
 }
 
 /// What about a child should reconcile its job when it changes.
@@ -418,7 +525,68 @@ mod tests {
         ];
         for case in cases {
             assert_eq!(in_sync(&case.meta, "h1"), case.expect, "{}", case.name);
+            assert_eq!(
+                in_sync(&cached_meta(&case.meta), "h1"),
+                case.expect,
+                "{} (cached copy)",
+                case.name
+            );
         }
+    }
+
+    #[test]
+    fn a_cached_copy_keeps_what_the_decisions_read_and_nothing_else() {
+        use crate::status::WorkerCounts;
+        let mut job = crate::fixtures::job();
+        job.spec.state.storage_class_name = Some("slow".to_string());
+        let children = crate::fixtures::children(&job);
+        let mut workers = children.workers.clone();
+        let hash = stamp(&mut workers);
+        workers.metadata.uid = Some("4f1c".to_string());
+        workers.metadata.generation = Some(3);
+        workers.metadata.owner_references = Some(vec![Default::default()]);
+        workers.status = Some(
+            serde_json::from_value(serde_json::json!({
+                "observedGeneration": 3, "replicas": 2, "readyReplicas": 1,
+                "updatedReplicas": 2, "availableReplicas": 1,
+                "currentRevision": "a", "updateRevision": "b",
+                "conditions": [{"type": "x", "status": "True"}]
+            }))
+            .unwrap(),
+        );
+        for entries in [
+            vec![
+                entry(FIELD_MANAGER, "Apply", None, 100),
+                entry("kube-controller-manager", "Update", Some("status"), 200),
+            ],
+            vec![
+                entry(FIELD_MANAGER, "Apply", None, 100),
+                entry("kubectl", "Update", Some("scale"), 150),
+            ],
+        ] {
+            workers.metadata.managed_fields = Some(entries);
+            let copy = workers.cached_copy();
+            for wanted in [hash.as_str(), "0000000000000000"] {
+                assert_eq!(
+                    in_sync(&copy.metadata, wanted),
+                    in_sync(&workers.metadata, wanted)
+                );
+            }
+            assert_eq!(WorkerCounts::of(&copy), WorkerCounts::of(&workers));
+            assert_eq!(
+                crate::build::claim_storage_class(&copy),
+                Some("slow"),
+                "the state volumes' class"
+            );
+            assert_eq!(copy.metadata.labels, None);
+            assert_eq!(copy.metadata.owner_references, None);
+            assert_eq!(copy.metadata.uid, None);
+            assert_eq!(copy.spec.template, Default::default());
+            assert_eq!(copy.status.unwrap().conditions, None);
+        }
+        let copy = children.admin_token.cached_copy();
+        assert_eq!(copy.data, children.admin_token.data, "the token");
+        assert_eq!(copy.metadata.labels, None);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use sluice_crds::StreamJob;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::cache::{ChildCache, Signature, significant, trim_meta, trim_workers};
+use crate::cache::{Cached, ChildCache, Signature, reflect_cached, significant, trim_meta};
 use crate::context::{Context, Settings};
 use crate::http::{self, HttpState};
 use crate::intake;
@@ -351,8 +351,8 @@ where
 }
 
 /// A metadata-only watch of the children of kind `K` the controller manages, cached in
-/// `writer` (trimmed): enough to tell whether a child is in sync and to map a change to its
-/// owner, and light on memory with thousands of jobs. Yields the changes that matter.
+/// `writer` ([`Cached`]): enough to tell whether a child is in sync and to map a change to
+/// its owner, and light on memory with thousands of jobs. Yields the changes that matter.
 fn owned_metadata<K>(
     client: Client,
     namespace: Option<&str>,
@@ -373,23 +373,22 @@ where
     };
     let events = watcher(api, watcher::Config::default().labels(MANAGED_SELECTOR))
         .default_backoff()
-        .modify(|object| trim_meta(&mut object.metadata))
-        .reflect(writer);
-    significant(events)
+        .modify(|object| trim_meta(&mut object.metadata));
+    significant(reflect_cached(events, writer))
 }
 
 /// A full watch of the children of kind `K` the controller manages (the StatefulSets, for
-/// their status; the admin-token Secrets, for the token), trimmed by `trim` and cached in
-/// `writer`. Yields the changes that matter.
+/// their status; the admin-token Secrets, for the token), cached in `writer` ([`Cached`]).
+/// Yields the changes that matter.
 fn owned_objects<K>(
     client: Client,
     namespace: Option<&str>,
     writer: reflector::store::Writer<K>,
-    trim: fn(&mut K),
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Signature
+        + Cached
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
@@ -402,9 +401,8 @@ where
         watcher::Config::default().labels(MANAGED_SELECTOR),
     )
     .default_backoff()
-    .modify(trim)
-    .reflect(writer);
-    significant(events)
+    .modify(|object| trim_meta(object.meta_mut()));
+    significant(reflect_cached(events, writer))
 }
 
 fn controller_for(
@@ -465,13 +463,11 @@ fn controller_for(
             client.clone(),
             namespace,
             workers_writer,
-            trim_workers,
         ))
         .owns_stream(owned_objects::<Secret>(
             client.clone(),
             namespace,
             admin_tokens_writer,
-            |secret| trim_meta(&mut secret.metadata),
         ))
         .owns_stream(owned_metadata::<ConfigMap>(
             client.clone(),

@@ -741,8 +741,7 @@ mod tests {
         // What the cache keeps of a StatefulSet is enough to tell.
         let mut job = fixtures::job();
         job.spec.state.storage_class_name = Some("slow".to_string());
-        let mut workers = fixtures::children(&job).workers;
-        crate::cache::trim_workers(&mut workers);
+        let workers = crate::cache::Cached::cached_copy(&fixtures::children(&job).workers);
         assert_eq!(crate::build::claim_storage_class(&workers), Some("slow"));
     }
 

@@ -286,13 +286,14 @@ fn cache_of(job: &StreamJob, workers_status: Value, edit: fn(&mut Children)) -> 
     children.workers.metadata.generation = Some(1);
     children.workers.status = Some(serde_json::from_value(workers_status).unwrap());
     edit(&mut children);
+    // As the watches cache them: the reconcile decides from the copies the cache keeps.
     fn filled<K>(object: K) -> Store<K>
     where
-        K: kube::Resource<DynamicType = ()> + Clone + 'static,
+        K: kube::Resource<DynamicType = ()> + crate::cache::Cached + Clone + 'static,
     {
         let (store, mut writer) = reflector::store();
         writer.apply_watcher_event(&watcher::Event::Init);
-        writer.apply_watcher_event(&watcher::Event::InitApply(object));
+        writer.apply_watcher_event(&watcher::Event::InitApply(object.cached_copy()));
         writer.apply_watcher_event(&watcher::Event::InitDone);
         store
     }
