@@ -70,16 +70,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# wait_for_condition OBJECT TYPE SECONDS: until OBJECT's condition TYPE is True, or fails.
+# (kubectl wait fails at once on an object whose status has no conditions yet, such as a
+# CRD or a node just created.)
+wait_for_condition() {
+  local object="$1" type="$2" deadline=$((SECONDS + $3))
+  until [[ "$(kubectl get "$object" -o jsonpath="{.status.conditions[?(@.type==\"$type\")].status}" 2>/dev/null)" == True ]]; do
+    ((SECONDS < deadline)) || { echo "$object: no condition $type=True after $3 s" >&2; exit 1; }
+    sleep 0.5
+  done
+}
+
 echo "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, $(uname -sr); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "build: commit $(git -C "$repository" rev-parse --short HEAD)$(git -C "$repository" diff --quiet || echo '+changes'), $("$controller" --version), kwok $kwok_version, API server $SLUICE_K8S_VERSION"
 
 # This checkout's CRD (other checkouts' tests may have applied theirs).
 kubectl apply --server-side --force-conflicts --field-manager=sluice-bench -f "$repository/crds/streamjobs.sluice.dev.yaml" >/dev/null
-# Polled: kubectl wait fails at once on a CRD just created, whose status has no conditions yet.
-for _ in $(seq 60); do
-  [[ "$(kubectl get crd streamjobs.sluice.dev -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" == True ]] && break
-  sleep 1
-done
+wait_for_condition crd/streamjobs.sluice.dev Established 60
 kubectl delete namespace "$namespace" --ignore-not-found --wait=true --timeout=300s >/dev/null
 kubectl create namespace "$namespace" >/dev/null
 
@@ -142,11 +149,7 @@ kubectl apply --server-side --field-manager=sluice-bench -f "$work/volumes.yaml"
   --server-address=127.0.0.1:0 \
   > "$work/kwok.log" 2>&1 &
 pids+=($!)
-# (kubectl wait fails at once on a node that has no conditions yet: poll.)
-for _ in $(seq 1 120); do
-  [[ "$(kubectl get node "$node" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]] && break
-  sleep 0.5
-done
+wait_for_condition "node/$node" Ready 60
 
 # The controller, watching only the benchmark's namespace.
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"

@@ -180,8 +180,9 @@ pub fn in_sync(meta: &ObjectMeta, hash: &str) -> bool {
         .all(|entry| entry.time.as_ref().is_some_and(|time| time.0 < ours.0))
 }
 
-/// Leaves out of a cached copy what no decision reads: the field sets of `managedFields`
-/// (who wrote and when is kept) and `last-applied-configuration`.
+/// Leaves out of a cached StreamJob what no decision reads: the field sets of
+/// `managedFields` (who wrote and when is kept) and `last-applied-configuration`. (The
+/// children's copies keep less: [`Cached`].)
 pub fn trim_meta(meta: &mut ObjectMeta) {
     if let Some(entries) = meta.managed_fields.as_mut() {
         for entry in entries {

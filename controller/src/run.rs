@@ -371,9 +371,8 @@ where
         Some(namespace) => Api::namespaced(client, namespace),
         None => Api::all(client),
     };
-    let events = watcher(api, watcher::Config::default().labels(MANAGED_SELECTOR))
-        .default_backoff()
-        .modify(|object| trim_meta(&mut object.metadata));
+    let events =
+        watcher(api, watcher::Config::default().labels(MANAGED_SELECTOR)).default_backoff();
     significant(reflect_cached(events, writer))
 }
 
@@ -400,8 +399,7 @@ where
         api::<K>(client, namespace),
         watcher::Config::default().labels(MANAGED_SELECTOR),
     )
-    .default_backoff()
-    .modify(|object| trim_meta(object.meta_mut()));
+    .default_backoff();
     significant(reflect_cached(events, writer))
 }
 
