@@ -2814,7 +2814,9 @@ fn committed_lag(
 /// tests, which `make test` runs two at a time, the workers do not get their share), and
 /// `make test` must stay under 20 minutes. Run it alone, on an idle machine, with
 /// `cargo test --release --workspace --test controller -- --ignored the_autoscaler`:
-/// it passed on 1 December 2026 in 314 s (bench/README.md, "The autoscaler"). At the
+/// it passed on 1 December 2026 in 314 s, and in the next run one worker kept up with the
+/// heavy load (what a 50m worker does varies with the machine's load; bench/README.md,
+/// "The autoscaler"). At the
 /// lifecycle tests' 500 ms checkpoint interval a 50m worker spent 30 to 35m at any rate
 /// and no load made one fall behind and a few catch up; at 2 s, a quarter of its 50m.
 #[tokio::test]
@@ -2899,19 +2901,28 @@ async fn the_autoscaler_follows_the_load_and_does_not_scale_a_stuck_job() -> Res
     let raised = Instant::now();
     let environment = lifecycle.environment.clone();
     let topic = lifecycle.source.name.clone();
-    // HEAVY_RATE is past what one worker does (see CPU_LIMIT); the committed lag at the
-    // decision says little about it: a prompt decision comes before the lag grows past what
-    // one checkpoint interval holds anyway.
-    let up_to = wait_for("a scale-up", Duration::from_secs(180), || async {
+    let (up_to, at_decision) = wait_for("a scale-up", Duration::from_secs(180), || async {
         let job = jobs.get(&name).await?;
-        match autoscaler_status(&job).parallelism {
-            Some(parallelism) if parallelism > 1 => Ok(Some(parallelism)),
+        let autoscaler = autoscaler_status(&job);
+        match autoscaler.parallelism {
+            Some(parallelism) if parallelism > 1 => Ok(Some((parallelism, autoscaler))),
             _ => bail!("status {}", describe_job(&job)),
         }
     })
     .await?;
     let decided = raised.elapsed();
     let lag_at_decision = committed_lag(&environment, namespace, &name, &topic, partitions)?;
+    // The one worker fell behind: over the window that decided, it committed fewer records
+    // than came in. (The committed lag alone cannot tell: a prompt decision comes before it
+    // grows past what one checkpoint interval holds anyway.)
+    let (input, processed) = (
+        at_decision.input_records_per_second.unwrap_or(0.0),
+        at_decision.processed_records_per_second.unwrap_or(f64::MAX),
+    );
+    ensure!(
+        processed < input,
+        "scaled up while one worker processed {processed:.0} records/s of {input:.0} (lag {lag_at_decision}): it kept up, so the test's load is too light for this machine"
+    );
     wait_for("the rescale", Duration::from_secs(180), || async {
         let job = jobs.get(&name).await?;
         let status = job.status.clone().unwrap_or_default();
@@ -3044,9 +3055,7 @@ async fn the_autoscaler_follows_the_load_and_does_not_scale_a_stuck_job() -> Res
     ensure!(
         // A stopped worker stays ready: its partitions stall (their positions hold while
         // lag waits), which the autoscaler refuses to scale for.
-        refusals
-            .iter()
-            .any(|note| note.contains("stalled") || note.contains("not committing")),
+        refusals.iter().any(|note| note.contains("stalled")),
         "no AutoscalerRefused event about a stopped worker: {refusals:?} ({})",
         describe_job(&stuck)
     );
