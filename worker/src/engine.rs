@@ -35,7 +35,9 @@ use crate::state::format::{
 };
 use crate::state::key_group::KeyGroup;
 use crate::state::store::Entries;
-use crate::state::{Column, KeyedWindowState, StateBatch, StateStore, key_group, meta};
+use crate::state::{
+    CheckpointTimers, Column, KeyedWindowState, StateBatch, StateStore, key_group, meta,
+};
 use crate::time::Millis;
 use crate::time::event_time::{EventTimeError, format_rfc3339};
 use crate::time::watermark::{NO_WATERMARK, PartitionId, WatermarkTracker};
@@ -775,7 +777,14 @@ impl Engine {
     /// partition's next offset and clock, the watermark) in one batch, and cuts a
     /// restorable copy, not yet complete. The caller commits the outputs
     /// and offsets (a Kafka transaction), then calls [`Self::complete_checkpoint`].
-    pub fn checkpoint(&mut self, id: u64, token: &str) -> anyhow::Result<CheckpointRecord> {
+    /// `timers` says whether the cached keys' timers are written too (a savepoint's
+    /// checkpoint, which a start then takes the timers from as they are).
+    pub fn checkpoint(
+        &mut self,
+        id: u64,
+        token: &str,
+        timers: CheckpointTimers,
+    ) -> anyhow::Result<CheckpointRecord> {
         let clocks: BTreeMap<PartitionId, Option<Millis>> = self.watermarks.clocks().collect();
         let partitions = self
             .next_offsets
@@ -832,7 +841,7 @@ impl Engine {
             serde_json::to_vec(&record)?,
         );
         match &mut self.state {
-            EngineState::Windowed(windows) => windows.state().checkpoint_with(batch)?,
+            EngineState::Windowed(windows) => windows.state().checkpoint_with(batch, timers)?,
             EngineState::Stateless(store) => store.write(batch)?,
         }
         let store = self.store();

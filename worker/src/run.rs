@@ -41,8 +41,8 @@ use crate::savepoint::format::{KeyGroupRange, Part, SAVEPOINT_FORMAT_VERSION};
 use crate::savepoint::restore::{self as savepoint_restore, Owned};
 use crate::savepoint::{JobIdentity, SavepointState, Savepoints, StateDescription, Url};
 use crate::state::format::CheckpointRecord;
-use crate::state::key_group;
 use crate::state::rocksdb::RocksDbStore;
+use crate::state::{CheckpointTimers, key_group};
 use crate::time::Millis;
 use crate::time::watermark::PartitionId;
 
@@ -1002,7 +1002,7 @@ impl<'a> Worker<'a> {
                     tracing::info!("stopped on request after a stop-with-savepoint");
                     return Err(Stop::Requested);
                 }
-                self.checkpoint(Clocks::Send)?;
+                self.checkpoint(Clocks::Send, CheckpointTimers::InMemory)?;
                 tracing::info!("stopped on request after committing the last transaction");
                 return Err(Stop::Requested);
             }
@@ -1118,7 +1118,7 @@ impl<'a> Worker<'a> {
             ) {
                 // Taken only when caught up: its commit is a wait, as a periodic one's.
                 let committing = Instant::now();
-                self.checkpoint(Clocks::Hold)?;
+                self.checkpoint(Clocks::Hold, CheckpointTimers::InMemory)?;
                 idle += committing.elapsed();
                 self.metrics.firing_checkpoints.inc();
                 self.last_firing_checkpoint = Some(Instant::now());
@@ -1232,7 +1232,9 @@ impl<'a> Worker<'a> {
             return Ok(());
         };
         let started = Instant::now();
-        let record = match self.checkpoint(Clocks::Send) {
+        // Its timers go to the store too: a worker restored from it starts without
+        // rebuilding them.
+        let record = match self.checkpoint(Clocks::Send, CheckpointTimers::InStore) {
             Ok(record) => record,
             Err(stop) => {
                 savepoints.set(
@@ -1299,7 +1301,8 @@ impl<'a> Worker<'a> {
             self.skipped_checkpoints += 1;
             return Ok(());
         }
-        self.checkpoint(Clocks::Send).map(|_| ())
+        self.checkpoint(Clocks::Send, CheckpointTimers::InMemory)
+            .map(|_| ())
     }
 
     /// Fires what the clock makes due, then sends this worker's source clocks to every
@@ -1326,8 +1329,12 @@ impl<'a> Worker<'a> {
 
     /// Commits state, offsets and outputs together (docs/architecture.md, "Exactly
     /// once"). An abortable failure starts over from the last complete checkpoint.
-    /// Returns the checkpoint's record.
-    fn checkpoint(&mut self, clocks: Clocks) -> Result<CheckpointRecord, Stop> {
+    /// Returns the checkpoint's record. `timers`: see [`CheckpointTimers`].
+    fn checkpoint(
+        &mut self,
+        clocks: Clocks,
+        timers: CheckpointTimers,
+    ) -> Result<CheckpointRecord, Stop> {
         if clocks == Clocks::Send {
             self.advance_and_broadcast()?;
         }
@@ -1335,7 +1342,7 @@ impl<'a> Worker<'a> {
         let started = Instant::now();
         let record = self
             .engine
-            .checkpoint(id, &commit::new_token(id))
+            .checkpoint(id, &commit::new_token(id), timers)
             .map_err(|error| restart(format!("failed to write checkpoint {id}: {error:#}")))?;
         self.metrics
             .checkpoint_duration

@@ -10,8 +10,8 @@ use sluice_worker::engine::{Engine, EngineOptions, Routed};
 use sluice_worker::io::memory::MemorySink;
 use sluice_worker::io::{Position, SourceRecord};
 use sluice_worker::metrics::Metrics;
-use sluice_worker::state::key_group;
 use sluice_worker::state::rocksdb::RocksDbStore;
+use sluice_worker::state::{CheckpointTimers, key_group};
 use sluice_worker::time::watermark::PartitionId;
 
 fn options(cache: usize) -> EngineOptions {
@@ -86,7 +86,9 @@ fn crash_and_restore(
             Engine::new(&job, Box::new(store), options(cache), Metrics::default()).unwrap();
         let mut sink = MemorySink::default();
         feed(&mut engine, &events[..checkpoint_at], &mut sink);
-        engine.checkpoint(1, "t1").unwrap();
+        engine
+            .checkpoint(1, "t1", CheckpointTimers::InMemory)
+            .unwrap();
         engine.complete_checkpoint(1).unwrap();
         committed.extend(result_lines(&sink));
         // Outputs after the checkpoint belong to a transaction that never commits.
@@ -94,7 +96,9 @@ fn crash_and_restore(
         let pending_at = pending_at.unwrap_or(crash_at);
         feed(&mut engine, &events[checkpoint_at..pending_at], &mut lost);
         if pending_at < crash_at {
-            engine.checkpoint(2, "t2").unwrap();
+            engine
+                .checkpoint(2, "t2", CheckpointTimers::InMemory)
+                .unwrap();
         }
         feed(&mut engine, &events[pending_at..crash_at], &mut lost);
         // The process dies: nothing is written back.
@@ -165,6 +169,74 @@ fn a_crash_after_a_checkpoint_gives_the_results_of_an_uninterrupted_run() {
     }
 }
 
+/// Checkpoints along a run, some of which write the cached keys' timers to the store
+/// (where they then come due as well as from memory, as after a savepoint), change no
+/// result nor its order. The run then restarts from its last checkpoint (whose timers it
+/// takes as stored when that checkpoint wrote them, and rebuilds otherwise) and finishes
+/// with the results of a run without checkpoints.
+#[test]
+fn checkpoints_along_a_run_change_no_result_nor_its_order() {
+    use CheckpointTimers::{InMemory, InStore};
+    let events = generate_events(3_000, 2, 40, 11);
+    for (kind, manifest) in JobBuilder::every_window_kind() {
+        let expected = uninterrupted(&manifest, &events);
+        let (_, job) = sluice_crds::load_manifest(&manifest).unwrap();
+        for cache in [5, 100_000] {
+            for (every, last) in [
+                (20, InStore),
+                (20, InMemory),
+                (400, InStore),
+                (400, InMemory),
+            ] {
+                let directory = tempfile::tempdir().unwrap();
+                let mut committed = Vec::new();
+                let restart_at = 2_000;
+                {
+                    let store = RocksDbStore::open(directory.path()).unwrap();
+                    let mut engine =
+                        Engine::new(&job, Box::new(store), options(cache), Metrics::default())
+                            .unwrap();
+                    let mut sink = MemorySink::default();
+                    let chunks: Vec<&[Generated]> = events[..restart_at].chunks(every).collect();
+                    for (id, chunk) in (1..).zip(&chunks) {
+                        feed(&mut engine, chunk, &mut sink);
+                        let timers = if id == chunks.len() as u64 {
+                            last
+                        } else if id % 3 == 0 {
+                            InStore
+                        } else {
+                            InMemory
+                        };
+                        engine.checkpoint(id, &format!("t{id}"), timers).unwrap();
+                        engine.complete_checkpoint(id).unwrap();
+                    }
+                    committed.extend(result_lines(&sink));
+                }
+                let store = RocksDbStore::open(directory.path()).unwrap();
+                let (mut engine, record) =
+                    Engine::restore(&job, Box::new(store), options(cache), Metrics::default(), 0)
+                        .unwrap();
+                assert!(record.is_some(), "{kind}: the last checkpoint is restored");
+                let mut sink = MemorySink::default();
+                feed(&mut engine, &events[restart_at..], &mut sink);
+                engine.finish(&mut sink).unwrap();
+                committed.extend(result_lines(&sink));
+                assert!(
+                    committed == expected,
+                    "{kind}, cache {cache}, a checkpoint every {every} events, the last \
+                     {last:?}: {} results instead of {}; first difference: {:?}",
+                    committed.len(),
+                    expected.len(),
+                    committed
+                        .iter()
+                        .zip(&expected)
+                        .find(|(actual, expected)| actual != expected)
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn a_restore_without_a_complete_checkpoint_starts_empty() {
     let events = generate_events(200, 1, 5, 3);
@@ -177,7 +249,9 @@ fn a_restore_without_a_complete_checkpoint_starts_empty() {
             Engine::new(&job, Box::new(store), options(3), Metrics::default()).unwrap();
         feed(&mut engine, &events, &mut MemorySink::default());
         // A checkpoint made but never committed.
-        engine.checkpoint(1, "t1").unwrap();
+        engine
+            .checkpoint(1, "t1", CheckpointTimers::InMemory)
+            .unwrap();
     }
     let store = RocksDbStore::open(directory.path()).unwrap();
     let (mut engine, record) =
@@ -203,7 +277,9 @@ fn a_restore_maps_aggregates_by_name_and_refuses_what_cannot_be_reused() {
         let mut engine =
             Engine::new(&job, Box::new(store), options(2), Metrics::default()).unwrap();
         feed(&mut engine, &events[..200], &mut MemorySink::default());
-        engine.checkpoint(1, "t1").unwrap();
+        engine
+            .checkpoint(1, "t1", CheckpointTimers::InMemory)
+            .unwrap();
         engine.complete_checkpoint(1).unwrap();
     }
     let refusals = [
@@ -292,7 +368,9 @@ fn a_key_groups_state_and_timers_move_to_another_engine() {
         let mut sinks = [MemorySink::default(), MemorySink::default()];
         let split = 1_400;
         feed(&mut first, &events[..split], &mut sinks[0]);
-        let checkpoint = first.checkpoint(1, "t1").unwrap();
+        let checkpoint = first
+            .checkpoint(1, "t1", CheckpointTimers::InMemory)
+            .unwrap();
         first.complete_checkpoint(1).unwrap();
         let mut second = open(1);
         second

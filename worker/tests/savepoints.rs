@@ -1,7 +1,8 @@
 //! Savepoints without a broker: parts written from real RocksDB checkpoints to a
-//! `file://` location, restored at another parallelism (2 → 3 → 1) with results equal to
-//! an uninterrupted run's; corrupt, incomplete and foreign savepoints refused before any
-//! state changes; incremental savepoints share files and survive their parent's deletion.
+//! `file://` location, restored at the same and at another parallelism (2 → 2 → 3 → 1)
+//! with results equal to an uninterrupted run's; corrupt, incomplete and foreign
+//! savepoints refused before any state changes; incremental savepoints share files and
+//! survive their parent's deletion.
 //! (The same with Kafka and real workers: tests/tests/savepoint.rs.)
 
 mod common;
@@ -18,8 +19,10 @@ use sluice_worker::metrics::Metrics;
 use sluice_worker::savepoint::format::{KeyGroupRange, Part, SAVEPOINT_FORMAT_VERSION};
 use sluice_worker::savepoint::restore::{Owned, Savepoint, Take, already_restored, restore};
 use sluice_worker::savepoint::{Directory, JobIdentity, StateDescription, Url, manage, take};
+use sluice_worker::state::format::META_TIMERS_COMPLETE;
 use sluice_worker::state::key_group::key_group_range;
 use sluice_worker::state::rocksdb::{RocksDbStore, link_checkpoint};
+use sluice_worker::state::{CheckpointTimers, Column, StateStore};
 use sluice_worker::time::watermark::PartitionId;
 
 const PARTITIONS: i32 = 2;
@@ -131,7 +134,9 @@ impl Workers {
         let parallelism = self.parallelism();
         for (ordinal, engine) in self.engines.iter_mut().enumerate() {
             let ordinal = u32::try_from(ordinal).unwrap();
-            let record = engine.checkpoint(checkpoint, "token").unwrap();
+            let record = engine
+                .checkpoint(checkpoint, "token", CheckpointTimers::InStore)
+                .unwrap();
             engine.complete_checkpoint(checkpoint).unwrap();
             let state_dir = self.directories[usize::try_from(ordinal).unwrap()].path();
             let snapshot = state_dir.join("snapshot");
@@ -240,6 +245,19 @@ fn restored_taking(
             next_offsets[usize::try_from(partition.partition).unwrap()] = partition.next_offset;
         }
         let store = RocksDbStore::open(directory.path()).unwrap();
+        // A part taken whole (the same parallelism) keeps the timers its savepoint wrote;
+        // cut or merged, they are dropped and rebuilt when the worker starts.
+        let whole = take != Take::OffsetsOnly
+            && opened.manifest.parts.len() == usize::try_from(parallelism).unwrap();
+        assert_eq!(
+            store
+                .get(Column::Meta, META_TIMERS_COMPLETE)
+                .unwrap()
+                .is_some(),
+            whole,
+            "restored at parallelism {parallelism} from {} parts",
+            opened.manifest.parts.len()
+        );
         let (mut engine, again) =
             Engine::restore(job, Box::new(store), options(), Metrics::default(), 0).unwrap();
         assert_eq!(again.as_ref(), Some(&record));
@@ -298,11 +316,20 @@ fn a_job_rescaled_through_savepoints_gives_the_results_of_an_uninterrupted_run()
         two.savepoint(&job, &location, "sp-two", 1);
         let mut committed = two.finish_committed();
 
-        // Parallelism 3 from it, savepoint after 2,700 events in all.
-        let (mut three, next) = restored(&job, &location.join("sp-two"), 3);
+        // Parallelism 2 again from it (each worker takes its part whole, timers and
+        // all), savepoint after 2,000 events in all.
+        let (mut again, next) = restored(&job, &location.join("sp-two"), 2);
         let rest = after(&events, &next);
         assert_eq!(rest.len(), events.len() - 1_300, "{kind}: offsets restored");
-        three.feed(&rest[..1_400]);
+        again.feed(&rest[..700]);
+        again.savepoint(&job, &location, "sp-two-again", 4);
+        committed.extend(again.finish_committed());
+
+        // Parallelism 3 from that, savepoint after 2,700 events in all.
+        let (mut three, next) = restored(&job, &location.join("sp-two-again"), 3);
+        let rest = after(&events, &next);
+        assert_eq!(rest.len(), events.len() - 2_000, "{kind}: offsets restored");
+        three.feed(&rest[..700]);
         three.savepoint(&job, &location, "sp-three", 7);
         committed.extend(three.finish_committed());
 

@@ -13,6 +13,7 @@ use clap::Parser;
 use sluice_worker::engine::{Engine, EngineOptions};
 use sluice_worker::io::{OutputRecord, Position, Rejected, Sink, SourceRecord};
 use sluice_worker::metrics::Metrics;
+use sluice_worker::state::CheckpointTimers;
 use sluice_worker::state::rocksdb::RocksDbStore;
 use sluice_worker::time::watermark::PartitionId;
 
@@ -116,7 +117,11 @@ fn main() -> anyhow::Result<()> {
         if events.is_multiple_of(arguments.events_per_checkpoint.max(1)) {
             checkpoints += 1;
             let before = Instant::now();
-            engine.checkpoint(checkpoints, &format!("bench-{checkpoints}"))?;
+            engine.checkpoint(
+                checkpoints,
+                &format!("bench-{checkpoints}"),
+                CheckpointTimers::InMemory,
+            )?;
             engine.complete_checkpoint(checkpoints)?;
             let took = before.elapsed();
             in_checkpoints += took;

@@ -19,6 +19,7 @@ use sluice_worker::metrics::Metrics;
 use sluice_worker::savepoint::format::{KeyGroupRange, Part, SAVEPOINT_FORMAT_VERSION};
 use sluice_worker::savepoint::restore::{self, Owned};
 use sluice_worker::savepoint::{Directory, JobIdentity, StateDescription, Url, manage, take};
+use sluice_worker::state::CheckpointTimers;
 use sluice_worker::state::rocksdb::{RocksDbStore, link_checkpoint};
 use sluice_worker::time::watermark::PartitionId;
 
@@ -128,10 +129,13 @@ impl Bench {
         Ok(())
     }
 
-    fn checkpoint(&mut self) -> anyhow::Result<sluice_worker::state::format::CheckpointRecord> {
+    fn checkpoint(
+        &mut self,
+        timers: CheckpointTimers,
+    ) -> anyhow::Result<sluice_worker::state::format::CheckpointRecord> {
         self.checkpoints += 1;
         let id = self.checkpoints;
-        let record = self.engine.checkpoint(id, &format!("bench-{id}"))?;
+        let record = self.engine.checkpoint(id, &format!("bench-{id}"), timers)?;
         self.engine.complete_checkpoint(id)?;
         Ok(record)
     }
@@ -145,7 +149,7 @@ impl Bench {
         state: &StateDescription,
     ) -> anyhow::Result<(Part, PathBuf, Duration)> {
         let started = Instant::now();
-        let record = self.checkpoint()?;
+        let record = self.checkpoint(CheckpointTimers::InStore)?;
         let snapshot = self.state_dir.join("savepoint-snapshots").join(id);
         link_checkpoint(&self.state_dir, record.id, &snapshot)?;
         let pause = started.elapsed();
@@ -240,7 +244,7 @@ fn main() -> anyhow::Result<()> {
             .events
             .is_multiple_of(arguments.events_per_checkpoint.max(1))
         {
-            bench.checkpoint()?;
+            bench.checkpoint(CheckpointTimers::InMemory)?;
         }
     }
     println!(

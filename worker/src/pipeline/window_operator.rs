@@ -99,8 +99,9 @@ impl WindowOperator {
         assigner: WindowAssigner,
         allowed_lateness: Millis,
         functions: Vec<AggregateFunction>,
-        state: KeyedWindowState,
+        mut state: KeyedWindowState,
     ) -> Self {
+        state.set_allowed_lateness(allowed_lateness);
         Self {
             assigner,
             allowed_lateness,

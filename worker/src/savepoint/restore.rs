@@ -479,11 +479,13 @@ pub fn restore(
     // The part holding most of the worker's key groups becomes its database as it is
     // (its files moved, not read), cut down to the key groups it holds that the worker
     // owns; the others' entries of those key groups are added as new table files.
-    // Nothing else of the parts is kept: timers are rebuilt from the windows when the
-    // worker starts, and the meta entries (format, key groups, aggregates) are the same
-    // in every part and checked against the job, and migrated, at that start. Each part's
-    // windows fired up to its own watermark (its `fired-through`), recorded by key-group
-    // range for that rebuild.
+    // A part taken whole (the worker owns exactly its key groups: the same parallelism)
+    // keeps its timers, which its checkpoint marked complete; otherwise the timers are
+    // dropped, with that mark, and rebuilt from the windows when the worker starts.
+    // Nothing else of the parts is kept: the meta entries (format, key groups,
+    // aggregates) are the same in every part and checked against the job, and migrated,
+    // at that start. Each part's windows fired up to its own watermark (its
+    // `fired-through`), recorded by key-group range for that start.
     let mut fired = Vec::new();
     let fired_range = |store: &RocksDbStore, first: u32, end: u32| {
         store
@@ -498,6 +500,13 @@ pub fn restore(
         .iter()
         .max_by_key(|(ordinal, range)| (range.end - range.first, std::cmp::Reverse(*ordinal)))
         .copied();
+    let whole_part = match with_state.as_slice() {
+        [(ordinal, range)] => manifest
+            .parts
+            .iter()
+            .any(|part| part.ordinal == *ordinal && part.key_groups == *range),
+        _ => false,
+    };
     let mut target = match base {
         Some((ordinal, range)) => {
             let from = part_directory(&staging, ordinal).join("live");
@@ -512,7 +521,9 @@ pub fn restore(
                 &format::key_group_start(range.first),
                 &format::key_group_start(range.end),
             )?;
-            target.retain_range(Column::Timers, &[], &[])?;
+            if !whole_part {
+                target.retain_range(Column::Timers, &[], &[])?;
+            }
             target
         }
         None => RocksDbStore::open(state_dir)?,
@@ -591,6 +602,9 @@ pub fn restore(
             format::META_FIRED_THROUGH_RANGES.to_vec(),
             serde_json::to_vec(&fired).context("failed to encode the fired-through ranges")?,
         );
+    }
+    if !whole_part {
+        batch.delete(Column::Meta, format::META_TIMERS_COMPLETE.to_vec());
     }
     target.write(batch)?;
     target.create_checkpoint(id)?;

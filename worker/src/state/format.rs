@@ -9,11 +9,15 @@
 //!   or its end is at or before [`META_FIRED_THROUGH`] ([`has_fired`], [`end_passed`]): a
 //!   window fired in the store is not written again just to set its flag.
 //! - `timers`: key `time | kind (u8) | start | end | key | 0x00 | key group (u16 BE)`,
-//!   empty value. Timers are derived data: each window has exactly one pending timer (fire
-//!   at its end until that firing happened, then expire at end + allowed lateness), so a
-//!   restore rebuilds them from `windows` ([`timer_of_window`]) and never trusts a copy.
+//!   empty value. Each window has exactly one pending timer (fire at its end until that
+//!   firing happened, then expire at end + allowed lateness), derived from the window
+//!   ([`timer_of_window`]). A periodic checkpoint leaves the cached keys' timers in
+//!   memory; a savepoint's writes them too and marks the column complete
+//!   ([`META_TIMERS_COMPLETE`]), so a worker starting from it takes the timers as they
+//!   are. Without that mark a start rebuilds them from `windows`.
 //! - `meta`: [`META_FORMAT_VERSION`], [`META_KEY_GROUPS`], [`META_AGGREGATES`],
-//!   [`META_CHECKPOINT`], [`META_FIRED_THROUGH`] and [`META_FIRED_THROUGH_RANGES`], see
+//!   [`META_CHECKPOINT`], [`META_FIRED_THROUGH`], [`META_FIRED_THROUGH_RANGES`] and
+//!   [`META_TIMERS_COMPLETE`], see
 //!   [`StateMeta`] and [`CheckpointRecord`].
 //!
 //! Times are order-preserving: an `i64` with its sign bit flipped, big-endian, so byte
@@ -392,6 +396,16 @@ pub const META_FIRED_THROUGH: &[u8] = b"fired-through";
 /// [`META_FIRED_THROUGH`] (their part's watermark), JSON [`FiredThroughRange`]s. The
 /// rebuild sets the flags of the windows that fired only by these.
 pub const META_FIRED_THROUGH_RANGES: &[u8] = b"fired-through-ranges";
+
+/// `meta` key: the `timers` column holds the pending timer of every window in `windows`,
+/// computed with this allowed lateness ([`time_bytes`]). Written by a checkpoint that
+/// writes the cached keys' timers too (a savepoint's) or finds none in memory, and by a
+/// timer rebuild; removed by any other checkpoint, and when windows come in without their
+/// timers (an import, a restore from several parts or a cut part) or leave without them
+/// (a retain). A worker opening a store with it, at the same allowed lateness, takes
+/// the timers as they are; otherwise it rebuilds them from `windows` ([`timer_of_window`]).
+/// The column may also hold stale timers of windows merged away, which firing skips.
+pub const META_TIMERS_COMPLETE: &[u8] = b"timers-complete";
 
 /// Key groups `[first, end)`, whose windows fired up to `fired_through`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,4 +11,6 @@ pub mod windows;
 
 pub use key_group::key_group;
 pub use store::{Column, MemoryStore, StateBatch, StateError, StateStore, StoredCheckpoint};
-pub use windows::{KeyedWindowState, StoredWindow, Timer, TimerKind, WindowState};
+pub use windows::{
+    CheckpointTimers, KeyedWindowState, StoredWindow, Timer, TimerKind, WindowState,
+};

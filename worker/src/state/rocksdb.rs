@@ -385,6 +385,26 @@ impl StateStore for RocksDbStore {
         Ok(keys)
     }
 
+    fn visit_keys(
+        &self,
+        column: Column,
+        visit: &mut dyn FnMut(&[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_total_order_seek(true);
+        // One pass over everything: keep the block cache for what is read again.
+        read_options.fill_cache(false);
+        let mut iterator = self
+            .db()?
+            .raw_iterator_cf_opt(self.column(column)?, read_options);
+        iterator.seek_to_first();
+        while let Some(key) = iterator.key() {
+            visit(key)?;
+            iterator.next();
+        }
+        iterator.status().map_err(failed("scan state"))
+    }
+
     fn scan_range(
         &self,
         column: Column,

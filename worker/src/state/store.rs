@@ -94,6 +94,30 @@ pub trait StateStore {
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, StateError>;
 
+    /// Calls `visit` with every key of `column`, in order: a pass over a whole column
+    /// without a copy of each key (a worker's start counting its windows).
+    fn visit_keys(
+        &self,
+        column: Column,
+        visit: &mut dyn FnMut(&[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        const PAGE: usize = 65_536;
+        let mut from = Vec::new();
+        loop {
+            let keys = self.scan_keys(column, &from, None, PAGE)?;
+            for key in &keys {
+                visit(key)?;
+            }
+            match keys.last() {
+                Some(last) if keys.len() == PAGE => {
+                    from.clone_from(last);
+                    from.push(0);
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// Up to `limit` entries of `column` with keys in `[from, to)` (`to` `None`:
     /// unbounded), in order.
     fn scan_range(

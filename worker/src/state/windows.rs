@@ -273,6 +273,32 @@ impl Timer {
     }
 }
 
+/// A pending timer of a cached key, held in memory (and in `timers` of the state).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct KeyTimer {
+    time: Millis,
+    kind: TimerKind,
+    range: WindowRange,
+    /// Whether the store holds a copy, written by a savepoint's checkpoint so that a start
+    /// from it finds every timer. The copy comes due in the same [`KeyedWindowState::due_timers`]
+    /// as this one (it sorts the same and is never behind the store scan), which runs the
+    /// two once.
+    in_store: bool,
+}
+
+impl KeyTimer {
+    fn timer(&self, key: &Arc<[u8]>, key_group: KeyGroup) -> Timer {
+        Timer {
+            time: self.time,
+            kind: self.kind,
+            start: self.range.start,
+            end: self.range.end,
+            key: key.clone(),
+            key_group,
+        }
+    }
+}
+
 struct CachedKey {
     key: Arc<[u8]>,
     key_group: KeyGroup,
@@ -282,7 +308,7 @@ struct CachedKey {
     /// Stored windows to delete from the store when this key is written.
     removed: Vec<WindowRange>,
     /// Pending timers of this key held in memory (`timers` of the state).
-    timers: Vec<(Millis, TimerKind, WindowRange)>,
+    timers: Vec<KeyTimer>,
     /// Whether it may have changes the store lacks (it is then in `dirty_keys`).
     dirty: bool,
     /// The eviction epoch it was last used in.
@@ -360,6 +386,22 @@ impl CachedKey {
             }
         }
         self.dirty = false;
+    }
+
+    /// Adds to `batch` a store copy of each of this key's memory timers that has none
+    /// (a checkpoint: the store then holds every timer). Returns the least store key
+    /// written.
+    fn write_timers(&mut self, batch: &mut StateBatch) -> Option<Vec<u8>> {
+        let mut earliest: Option<Vec<u8>> = None;
+        for key_timer in self.timers.iter_mut().filter(|timer| !timer.in_store) {
+            let store_key = key_timer.timer(&self.key, self.key_group).store_key();
+            if earliest.as_ref().is_none_or(|least| store_key < *least) {
+                earliest = Some(store_key.clone());
+            }
+            batch.put(Column::Timers, store_key, Vec::new());
+            key_timer.in_store = true;
+        }
+        earliest
     }
 }
 
@@ -466,6 +508,17 @@ pub enum StoredWindow {
     Read(Option<WindowState>),
 }
 
+/// Whether a checkpoint writes the cached keys' timers to the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointTimers {
+    /// They stay in memory only: a periodic checkpoint, which then costs nothing per
+    /// timer. A start from it rebuilds every timer from the windows.
+    InMemory,
+    /// Each gets a store copy (once): a savepoint's checkpoint. A start from it takes the
+    /// timers as stored, without a pass that writes them all again.
+    InStore,
+}
+
 /// The windows of every key, cached, with their timers.
 ///
 /// Timers of cached keys are held in memory; when a key is evicted its timers go to
@@ -496,6 +549,12 @@ pub struct KeyedWindowState {
     /// changes without looking at every cached key.
     dirty_keys: Vec<Arc<[u8]>>,
     open_windows: u64,
+    /// The allowed lateness expiry timers are computed with, recorded with the timers
+    /// ([`format::META_TIMERS_COMPLETE`]).
+    allowed_lateness: Millis,
+    /// Whether the store's timers and the memory timers are every window's: not from an
+    /// import or a retain until the rebuild that follows it.
+    timers_complete: bool,
     /// Every window ending at or before it has fired, whatever its stored flag says
     /// ([`format::has_fired`]): the watermark of the last completed firing. So a window
     /// fired in the store is not written again to set its flag.
@@ -519,9 +578,17 @@ impl KeyedWindowState {
             stored_keys: FxHashMap::default(),
             dirty_keys: Vec::new(),
             open_windows: 0,
+            allowed_lateness: 0,
+            timers_complete: true,
             fired_through: Millis::MIN,
             scratch: Vec::new(),
         }
+    }
+
+    /// Sets the allowed lateness the window operator computes expiry timers with: the
+    /// timers a checkpoint records are marked with it.
+    pub fn set_allowed_lateness(&mut self, allowed_lateness: Millis) {
+        self.allowed_lateness = allowed_lateness;
     }
 
     /// Windows with state now (kept incrementally; see also [`Self::count_stored_windows`]).
@@ -647,17 +714,12 @@ impl KeyedWindowState {
                 entry.stored.swap_remove(index);
                 entry.removed.push(*range);
             }
+            // A store copy of a removed window's timer stays: it is stale (a session merged
+            // away), and firing skips it when it comes due.
             let timers = &mut self.timers;
-            entry.timers.retain(|(time, kind, timer_range)| {
-                if timer_range == range {
-                    timers.remove(&Timer {
-                        time: *time,
-                        kind: *kind,
-                        start: range.start,
-                        end: range.end,
-                        key: entry.key.clone(),
-                        key_group: entry.key_group,
-                    });
+            entry.timers.retain(|key_timer| {
+                if key_timer.range == *range {
+                    timers.remove(&key_timer.timer(&entry.key, entry.key_group));
                     false
                 } else {
                     true
@@ -715,15 +777,12 @@ impl KeyedWindowState {
             }
             if evicted {
                 evicted_windows += entry.windows.len();
-                for (time, kind, range) in entry.timers.drain(..) {
-                    let timer = Timer {
-                        time,
-                        kind,
-                        start: range.start,
-                        end: range.end,
-                        key: entry.key.clone(),
-                        key_group: entry.key_group,
-                    };
+                for key_timer in entry.timers.drain(..) {
+                    let timer = key_timer.timer(&entry.key, entry.key_group);
+                    timers.remove(&timer);
+                    if key_timer.in_store {
+                        continue;
+                    }
                     let store_key = timer.store_key();
                     if earliest_timer_key
                         .as_ref()
@@ -731,9 +790,9 @@ impl KeyedWindowState {
                     {
                         earliest_timer_key = Some(store_key.clone());
                     }
-                    earliest_timer =
-                        Some(earliest_timer.map_or(time, |earliest| earliest.min(time)));
-                    timers.remove(&timer);
+                    earliest_timer = Some(
+                        earliest_timer.map_or(timer.time, |earliest| earliest.min(timer.time)),
+                    );
                     batch.put(Column::Timers, store_key, Vec::new());
                 }
             }
@@ -798,7 +857,13 @@ impl KeyedWindowState {
         let Some(entry) = self.cache.get_mut(key) else {
             return;
         };
-        entry.timers.push((time, kind, range));
+        entry.timers.push(KeyTimer {
+            time,
+            kind,
+            range,
+            in_store: false,
+        });
+
         self.timers.insert(Timer {
             time,
             kind,
@@ -872,8 +937,10 @@ impl KeyedWindowState {
         for timer in &from_memory {
             if let Some(entry) = self.cache.get_mut(&timer.key) {
                 let range = timer.range();
-                if let Some(index) = entry.timers.iter().position(|(time, kind, timer_range)| {
-                    *time == timer.time && *kind == timer.kind && *timer_range == range
+                if let Some(index) = entry.timers.iter().position(|key_timer| {
+                    key_timer.time == timer.time
+                        && key_timer.kind == timer.kind
+                        && key_timer.range == range
                 }) {
                     entry.timers.swap_remove(index);
                 }
@@ -891,10 +958,12 @@ impl KeyedWindowState {
             merged.push(timer);
         }
         merged.extend(memory);
-        // A key evicted with a timer and loaded again can schedule the same timer anew
-        // (an event re-creates or extends a session to the same range): the store copy
-        // and the memory copy are equal, so they sit side by side here. Running both
-        // would fire the window twice.
+        // A memory timer a checkpoint wrote to the store comes due from both (the copy
+        // is at or after `timers_from`, so it is scanned whenever the memory timer is
+        // popped, and the other way round), and a key evicted with a timer and loaded
+        // again can schedule the same timer anew (an event re-creates or extends a
+        // session to the same range): the store copy and the memory copy are equal, so
+        // they sit side by side here. Running both would fire the window twice.
         merged.dedup();
         Ok(merged)
     }
@@ -1021,15 +1090,21 @@ impl KeyedWindowState {
     }
 
     /// Writes every change of the cached keys to the store, keeping the cache (timers of
-    /// cached keys stay in memory: a restore rebuilds timers from window state).
+    /// cached keys stay in memory).
     pub fn checkpoint(&mut self) -> Result<(), StateError> {
-        self.checkpoint_with(StateBatch::default())
+        self.checkpoint_with(StateBatch::default(), CheckpointTimers::InMemory)
     }
 
     /// [`Self::checkpoint`], writing `batch` (a checkpoint record) in the same write
     /// batch: one atomic write of what changed since the last one, found through the
-    /// list of dirty keys rather than a look at every cached key.
-    pub fn checkpoint_with(&mut self, mut batch: StateBatch) -> Result<(), StateError> {
+    /// list of dirty keys rather than a look at every cached key. With
+    /// [`CheckpointTimers::InStore`], every cached key's timers get a store copy too, and
+    /// the store is marked as holding every timer ([`format::META_TIMERS_COMPLETE`]).
+    pub fn checkpoint_with(
+        &mut self,
+        mut batch: StateBatch,
+        timers: CheckpointTimers,
+    ) -> Result<(), StateError> {
         batch
             .operations
             .append(&mut std::mem::take(&mut self.pending_writes).operations);
@@ -1040,7 +1115,23 @@ impl KeyedWindowState {
         );
         let mut value = Vec::new();
         let listed = std::mem::take(&mut self.dirty_keys);
-        if listed.len().saturating_mul(DIRTY_LIST_PER_CACHED_KEY) >= self.cache.len() {
+        let mut earliest_timer: Option<Vec<u8>> = None;
+        if timers == CheckpointTimers::InStore {
+            // Every cached key: a key written by an earlier checkpoint is clean, and its
+            // timers may still be in memory only.
+            for entry in self.cache.values_mut() {
+                if entry.dirty {
+                    entry.write_changes(&mut batch, &mut self.stored_keys, &mut value);
+                }
+                if let Some(written) = entry.write_timers(&mut batch)
+                    && earliest_timer
+                        .as_ref()
+                        .is_none_or(|earliest| written < *earliest)
+                {
+                    earliest_timer = Some(written);
+                }
+            }
+        } else if listed.len().saturating_mul(DIRTY_LIST_PER_CACHED_KEY) >= self.cache.len() {
             // Many keys entered the cache since the last checkpoint (most of them evicted
             // and written since): a pass over the cache, in memory order, checks each
             // entry's flag in place, where looking up each listed key is a few cache
@@ -1059,18 +1150,45 @@ impl KeyedWindowState {
                 }
             }
         }
-        if batch.is_empty() {
-            return Ok(());
+        if let Some(earliest) = earliest_timer {
+            self.note_store_timer(earliest);
+        }
+        // Memory timers without a store copy can remain only from a checkpoint that
+        // keeps them in memory; without memory timers the store holds every one.
+        if self.timers_complete && (timers == CheckpointTimers::InStore || self.timers.count == 0) {
+            batch.put(
+                Column::Meta,
+                format::META_TIMERS_COMPLETE.to_vec(),
+                format::time_bytes(self.allowed_lateness).to_vec(),
+            );
+        } else {
+            batch.delete(Column::Meta, format::META_TIMERS_COMPLETE.to_vec());
         }
         self.store.write(batch)
     }
 
+    /// Accounts for timer `store_key` written to the store: it is due from there no
+    /// later than [`Self::next_store_timer`] says, and scanned even when earlier than
+    /// store timers already processed.
+    fn note_store_timer(&mut self, store_key: Vec<u8>) {
+        if let Some(bytes) = store_key.first_chunk::<8>() {
+            let time = format::time_from_bytes(*bytes);
+            self.next_store_timer = Some(self.next_store_timer.map_or(time, |next| next.min(time)));
+        }
+        if store_key < self.timers_from {
+            self.timers_from = store_key;
+        }
+    }
+
     /// Makes the in-memory bookkeeping agree with what the store holds, after the store
-    /// was restored or filled from elsewhere: the cache and memory timers are emptied, the
-    /// counts of stored windows recomputed, and every timer rebuilt from window state
-    /// (timers are derived data, see `state::format`). One scan of the windows.
+    /// was restored or filled from elsewhere: the cache and memory timers are emptied and
+    /// the counts of stored windows recomputed, in one scan of the windows. The store's
+    /// timers are taken as they are when it records them complete at this allowed
+    /// lateness ([`format::META_TIMERS_COMPLETE`]: a checkpoint of this job); otherwise
+    /// every timer is rebuilt from window state in the same scan.
     pub fn rebuild_from_store(&mut self, allowed_lateness: Millis) -> Result<(), StateError> {
         const PAGE: usize = 65_536;
+        self.allowed_lateness = allowed_lateness;
         self.cache.clear();
         self.dirty_keys.clear();
         self.cached_windows = 0;
@@ -1096,56 +1214,97 @@ impl KeyedWindowState {
             })?,
             None => Vec::new(),
         };
-        self.store.delete_range(Column::Timers, &[], &[0xff; 32])?;
-        let mut from = Vec::new();
-        loop {
-            let entries = self.store.scan_range(Column::Windows, &from, None, PAGE)?;
-            let mut timers = StateBatch::default();
-            for (state_key, value) in &entries {
-                let malformed = || StateError {
-                    action: "rebuild timers",
+        let keep_timers = self
+            .store
+            .get(Column::Meta, format::META_TIMERS_COMPLETE)?
+            .is_some_and(|lateness| lateness == format::time_bytes(allowed_lateness));
+        if !keep_timers {
+            self.store.delete_range(Column::Timers, &[], &[0xff; 32])?;
+        }
+        // Nothing to write (no timer, no flag): one pass over the keys alone counts the
+        // windows.
+        let count_only = keep_timers && ranges.is_empty();
+        if count_only {
+            let stored_keys = &mut self.stored_keys;
+            let open_windows = &mut self.open_windows;
+            self.store.visit_keys(Column::Windows, &mut |state_key| {
+                let key = format::key_of_window_key(state_key).ok_or_else(|| StateError {
+                    action: "count the windows",
                     message: format!("malformed window entry of {} bytes", state_key.len()),
-                };
-                let key = format::key_of_window_key(state_key).ok_or_else(malformed)?;
-                let key_group = format::key_group_of_window_key(state_key).ok_or_else(malformed)?;
-                let range =
-                    format::window_of_key(state_key, 6 + key.len()).ok_or_else(malformed)?;
-                let flag = *value.first().ok_or_else(malformed)?;
-                let fired_through =
-                    format::fired_through_of_group(&ranges, key_group, self.fired_through);
-                let end_passed = format::end_passed(flag, range.end, fired_through);
-                if end_passed && !format::end_passed(flag, range.end, self.fired_through) {
-                    // Fired by its part's watermark only: the flag says it from now on.
-                    let mut value = value.clone();
-                    value[0] = format::WINDOW_FIRED;
-                    timers.put(Column::Windows, state_key.clone(), value);
+                })?;
+                *stored_keys.entry(key_hash(key)).or_default() += 1;
+                *open_windows += 1;
+                Ok(())
+            })?;
+        } else {
+            let mut from = Vec::new();
+            loop {
+                let entries = self.store.scan_range(Column::Windows, &from, None, PAGE)?;
+                let mut timers = StateBatch::default();
+                for (state_key, value) in &entries {
+                    let malformed = || StateError {
+                        action: "rebuild timers",
+                        message: format!("malformed window entry of {} bytes", state_key.len()),
+                    };
+                    let key = format::key_of_window_key(state_key).ok_or_else(malformed)?;
+                    let key_group =
+                        format::key_group_of_window_key(state_key).ok_or_else(malformed)?;
+                    let range =
+                        format::window_of_key(state_key, 6 + key.len()).ok_or_else(malformed)?;
+                    *self.stored_keys.entry(key_hash(key)).or_default() += 1;
+                    self.open_windows += 1;
+                    let flag = *value.first().ok_or_else(malformed)?;
+                    let fired_through =
+                        format::fired_through_of_group(&ranges, key_group, self.fired_through);
+                    let end_passed = format::end_passed(flag, range.end, fired_through);
+                    if end_passed && !format::end_passed(flag, range.end, self.fired_through) {
+                        // Fired by its part's watermark only: the flag says it from now on.
+                        let mut value = value.clone();
+                        value[0] = format::WINDOW_FIRED;
+                        timers.put(Column::Windows, state_key.clone(), value);
+                    }
+                    if keep_timers {
+                        continue;
+                    }
+                    let (time, kind) = format::timer_of_window(range, end_passed, allowed_lateness);
+                    timers.put(
+                        Column::Timers,
+                        format::timer_key(time, kind, range, key_group, key),
+                        Vec::new(),
+                    );
+                    self.next_store_timer =
+                        Some(self.next_store_timer.map_or(time, |next| next.min(time)));
                 }
-                let (time, kind) = format::timer_of_window(range, end_passed, allowed_lateness);
-                timers.put(
-                    Column::Timers,
-                    format::timer_key(time, kind, range, key_group, key),
-                    Vec::new(),
-                );
-                self.next_store_timer =
-                    Some(self.next_store_timer.map_or(time, |next| next.min(time)));
-                *self.stored_keys.entry(key_hash(key)).or_default() += 1;
-                self.open_windows += 1;
-            }
-            self.store.write(timers)?;
-            match entries.last() {
-                Some((last, _)) if entries.len() == PAGE => {
-                    from.clone_from(last);
-                    from.push(0);
+                if !timers.is_empty() {
+                    self.store.write(timers)?;
                 }
-                _ => break,
+                match entries.last() {
+                    Some((last, _)) if entries.len() == PAGE => {
+                        from.clone_from(last);
+                        from.push(0);
+                    }
+                    _ => break,
+                }
             }
         }
+        if keep_timers {
+            let first = self.store.scan_keys(Column::Timers, &[], None, 1)?;
+            self.next_store_timer = first
+                .first()
+                .and_then(|key| key.first_chunk::<8>())
+                .map(|bytes| format::time_from_bytes(*bytes));
+        }
+        self.timers_complete = true;
+        let mut batch = StateBatch::default();
         if !ranges.is_empty() {
-            let mut batch = StateBatch::default();
             batch.delete(Column::Meta, format::META_FIRED_THROUGH_RANGES.to_vec());
-            self.store.write(batch)?;
         }
-        Ok(())
+        batch.put(
+            Column::Meta,
+            format::META_TIMERS_COMPLETE.to_vec(),
+            format::time_bytes(allowed_lateness).to_vec(),
+        );
+        self.store.write(batch)
     }
 
     /// The state resumes at operator watermark `watermark`. When that is behind what
@@ -1188,8 +1347,10 @@ impl KeyedWindowState {
         self.checkpoint()?;
         set_fired_flags(self.store.as_mut(), &[], None)?;
         self.fired_through = Millis::MIN;
+        self.timers_complete = false;
         let mut batch = StateBatch::default();
         batch.delete(Column::Meta, format::META_FIRED_THROUGH.to_vec());
+        batch.delete(Column::Meta, format::META_TIMERS_COMPLETE.to_vec());
         for (key, value) in entries {
             batch.put(Column::Windows, key, value);
         }
@@ -1200,6 +1361,11 @@ impl KeyedWindowState {
     /// rescale, the groups another worker owns now. Call [`Self::rebuild_from_store`]
     /// after.
     pub fn retain_key_groups(&mut self, first: u32, end: u32) -> Result<(), StateError> {
+        // The timers of the windows deleted stay behind until the rebuild.
+        self.timers_complete = false;
+        let mut batch = StateBatch::default();
+        batch.delete(Column::Meta, format::META_TIMERS_COMPLETE.to_vec());
+        self.store.write(batch)?;
         self.store
             .delete_range(Column::Windows, &[], &format::key_group_start(first))?;
         self.store.delete_range(
@@ -1228,10 +1394,17 @@ impl KeyedWindowState {
         self.store.count(Column::Windows)
     }
 
-    /// Timers pending, in memory and in the store.
+    /// Timers pending, in the store and in memory only (not counting memory timers
+    /// twice when a checkpoint wrote them to the store too).
     pub fn count_timers(&mut self) -> Result<u64, StateError> {
         self.flush_pending_writes()?;
-        Ok(self.timers.count as u64 + self.store.count(Column::Timers)?)
+        let in_memory_only = self
+            .cache
+            .values()
+            .flat_map(|entry| &entry.timers)
+            .filter(|key_timer| !key_timer.in_store)
+            .count();
+        Ok(in_memory_only as u64 + self.store.count(Column::Timers)?)
     }
 }
 
@@ -1346,8 +1519,26 @@ mod tests {
     fn resuming_behind_what_fired_sets_the_flags_first() {
         use TimerKind::{Expire, Fire};
         let mut state = KeyedWindowState::new(Box::new(unflagged_windows()), 100);
-        state.rebuild_from_store(5).unwrap();
+        state.rebuild_from_store(15).unwrap();
+        // Fired through 20 in the store, as the window operator fires keys not cached.
+        for timer in state.due_timers(20).unwrap() {
+            let window = state
+                .stored_window(timer.key_group, &timer.key, timer.range())
+                .unwrap()
+                .unwrap();
+            state.fire_stored_window(timer.key_group, &timer.key, &window, 15, 20);
+        }
         state.fired_through(20);
+        state.checkpoint().unwrap();
+        let flags = |state: &mut KeyedWindowState| -> Vec<u8> {
+            let entries = state
+                .store()
+                .scan_range(Column::Windows, &[], None, usize::MAX)
+                .unwrap();
+            entries.iter().map(|(_, value)| value[0]).collect()
+        };
+        // Fired by the watermark alone: not written again.
+        assert_eq!(flags(&mut state), vec![format::WINDOW_NOT_FIRED; 4]);
         // Resumed at 5 (another worker's record): 10 and 20 fired here all the same.
         state.resume_at(5).unwrap();
         assert_eq!(
@@ -1360,14 +1551,15 @@ mod tests {
             ),
             5
         );
-        state.rebuild_from_store(5).unwrap();
+        assert_eq!(flags(&mut state), vec![format::WINDOW_FIRED; 4]);
+        state.rebuild_from_store(15).unwrap();
         assert_eq!(
             all_due(&mut state),
             vec![
-                (15, Expire, 1, 10),
-                (15, Expire, 9, 10),
-                (25, Expire, 1, 20),
-                (25, Expire, 9, 20)
+                (25, Expire, 1, 10),
+                (25, Expire, 9, 10),
+                (35, Expire, 1, 20),
+                (35, Expire, 9, 20)
             ]
         );
         // Without the resume, nothing had fired: each fires at its end.
@@ -1445,6 +1637,159 @@ mod tests {
         assert_eq!(due, expected);
         assert!(state.due_timers(Millis::MAX).unwrap().is_empty());
         assert_eq!(state.count_timers().unwrap(), 0);
+    }
+
+    /// Twenty keys with a window each ending at `(index * 7) % 50 + 10`, a fire timer
+    /// for each, in a cache of 4 windows (most keys evicted to the store), with a
+    /// checkpoint after the tenth key. Returns the state and the (time, key) expected due.
+    fn twenty_keys_checkpointed_halfway() -> (KeyedWindowState, Vec<(Millis, Vec<u8>)>) {
+        let mut state = KeyedWindowState::new(Box::new(MemoryStore::default()), 4);
+        state.set_allowed_lateness(5);
+        let mut expected = Vec::new();
+        for index in 0..20i64 {
+            let key = format!("k{index:02}").into_bytes();
+            let end = (index * 7) % 50 + 10;
+            let range = WindowRange {
+                start: end - 10,
+                end,
+            };
+            state
+                .windows_mut(0, &key)
+                .unwrap()
+                .push(window(range.start, range.end));
+            state.windows_changed(&key, 1, &[]);
+            state.add_timer(end, TimerKind::Fire, range, 0, &key);
+            expected.push((end, key));
+            if index == 9 {
+                state
+                    .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore)
+                    .unwrap();
+            }
+        }
+        expected.sort();
+        (state, expected)
+    }
+
+    fn due_keys(state: &mut KeyedWindowState, watermark: Millis) -> Vec<(Millis, Vec<u8>)> {
+        state
+            .due_timers(watermark)
+            .unwrap()
+            .into_iter()
+            .map(|timer| (timer.time, timer.key.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn timers_a_checkpoint_wrote_to_the_store_come_due_once() {
+        let (mut state, expected) = twenty_keys_checkpointed_halfway();
+        state
+            .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore)
+            .unwrap();
+        // Every timer is in the store now, the cached keys' in memory as well.
+        assert_eq!(state.store().count(Column::Timers).unwrap(), 20);
+        assert_eq!(state.count_timers().unwrap(), 20);
+        // Due in two steps, each timer once, in order.
+        let mut due = due_keys(&mut state, 30);
+        assert!(due.iter().all(|(time, _)| *time <= 30));
+        due.extend(due_keys(&mut state, Millis::MAX));
+        assert_eq!(due, expected);
+        assert!(state.due_timers(Millis::MAX).unwrap().is_empty());
+        assert_eq!(state.count_timers().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_start_takes_the_checkpointed_timers_unless_the_lateness_changed() {
+        // A timer no window has, put into the store behind the state's back, shows which
+        // way the start went: taken as they are, it stays; rebuilt, it is gone.
+        let stray = Timer {
+            time: 3,
+            kind: TimerKind::Expire,
+            start: 0,
+            end: 1,
+            key: b"stray".as_slice().into(),
+            key_group: 0,
+        };
+        // (allowed lateness at the start, stray timer still there)
+        for (lateness, kept) in [(5, true), (6, false)] {
+            let (mut state, expected) = twenty_keys_checkpointed_halfway();
+            state
+                .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore)
+                .unwrap();
+            assert_eq!(
+                state
+                    .store()
+                    .get(Column::Meta, format::META_TIMERS_COMPLETE)
+                    .unwrap(),
+                Some(format::time_bytes(5).to_vec())
+            );
+            let mut batch = StateBatch::default();
+            batch.put(Column::Timers, stray.store_key(), Vec::new());
+            state.store().write(batch).unwrap();
+            state.rebuild_from_store(lateness).unwrap();
+            assert_eq!(state.open_windows(), 20);
+            let mut due = due_keys(&mut state, Millis::MAX);
+            assert_eq!(
+                due.first() == Some(&(3, b"stray".to_vec())),
+                kept,
+                "lateness {lateness}"
+            );
+            if kept {
+                due.remove(0);
+            }
+            assert_eq!(due, expected, "lateness {lateness}");
+            assert_eq!(
+                state
+                    .store()
+                    .get(Column::Meta, format::META_TIMERS_COMPLETE)
+                    .unwrap(),
+                Some(format::time_bytes(lateness).to_vec())
+            );
+        }
+    }
+
+    #[test]
+    fn an_import_or_a_retain_leaves_the_timers_to_be_rebuilt() {
+        for import in [true, false] {
+            let (mut state, _) = twenty_keys_checkpointed_halfway();
+            state
+                .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore)
+                .unwrap();
+            if import {
+                let mut state_key = Vec::new();
+                format::window_key(1, b"new", WindowRange { start: 0, end: 10 }, &mut state_key);
+                let mut value = Vec::new();
+                format::window_value(
+                    format::WINDOW_NOT_FIRED,
+                    &window(0, 10).accumulators,
+                    &mut value,
+                );
+                state.import(vec![(state_key, value)]).unwrap();
+            } else {
+                state.retain_key_groups(1, 2).unwrap();
+            }
+            // A checkpoint in between does not mark the timers complete.
+            state.checkpoint().unwrap();
+            assert_eq!(
+                state
+                    .store()
+                    .get(Column::Meta, format::META_TIMERS_COMPLETE)
+                    .unwrap(),
+                None,
+                "import {import}"
+            );
+            state.rebuild_from_store(5).unwrap();
+            let due = due_keys(&mut state, Millis::MAX);
+            let expected: Vec<(Millis, Vec<u8>)> = if import {
+                // The imported window's timer, besides the twenty.
+                let mut all: Vec<_> = twenty_keys_checkpointed_halfway().1;
+                all.push((10, b"new".to_vec()));
+                all.sort();
+                all
+            } else {
+                Vec::new()
+            };
+            assert_eq!(due, expected, "import {import}");
+        }
     }
 
     #[test]
