@@ -280,9 +280,9 @@ struct KeyTimer {
     kind: TimerKind,
     range: WindowRange,
     /// Whether the store holds a copy, written by a savepoint's checkpoint so that a start
-    /// from it finds every timer. The copy comes due in the same [`KeyedWindowState::due_timers`]
-    /// as this one (it sorts the same and is never behind the store scan), which runs the
-    /// two once.
+    /// from it finds every timer. The copy comes due in the same
+    /// [`KeyedWindowState::due_timers`] as this one (it sorts the same and is never
+    /// behind the store scan), which runs the two once.
     in_store: bool,
 }
 
@@ -388,9 +388,9 @@ impl CachedKey {
         self.dirty = false;
     }
 
-    /// Adds to `batch` a store copy of each of this key's memory timers that has none
-    /// (a checkpoint: the store then holds every timer). Returns the least store key
-    /// written.
+    /// Adds to `batch` a store copy of each of this key's memory timers that has none (a
+    /// savepoint's checkpoint: the store then holds every timer). Returns the least store
+    /// key written.
     fn write_timers(&mut self, batch: &mut StateBatch) -> Option<Vec<u8>> {
         let mut earliest: Option<Vec<u8>> = None;
         for key_timer in self.timers.iter_mut().filter(|timer| !timer.in_store) {
@@ -767,7 +767,6 @@ impl KeyedWindowState {
         let mut value = Vec::new();
         let mut evicted_windows = 0;
         let stored_keys = &mut self.stored_keys;
-        let mut earliest_timer = self.next_store_timer;
         let mut earliest_timer_key: Option<Vec<u8>> = None;
         let timers = &mut self.timers;
         self.cache.retain(|_, entry| {
@@ -790,22 +789,16 @@ impl KeyedWindowState {
                     {
                         earliest_timer_key = Some(store_key.clone());
                     }
-                    earliest_timer = Some(
-                        earliest_timer.map_or(timer.time, |earliest| earliest.min(timer.time)),
-                    );
                     batch.put(Column::Timers, store_key, Vec::new());
                 }
             }
             !evicted
         });
         self.cached_windows -= evicted_windows;
-        self.next_store_timer = earliest_timer;
-        if let Some(earliest) = earliest_timer_key
-            && earliest < self.timers_from
-        {
-            // An expiry scheduled while firing can be earlier than the last store timer
-            // fired: scan again from there (the processed ones are deleted by then).
-            self.timers_from = earliest;
+        if let Some(earliest) = earliest_timer_key {
+            // (An expiry scheduled while firing can be earlier than the last store timer
+            // fired: the scan starts again from there.)
+            self.note_store_timer(earliest);
         }
         if !batch.is_empty() {
             self.store.write(batch)?;
@@ -863,7 +856,6 @@ impl KeyedWindowState {
             range,
             in_store: false,
         });
-
         self.timers.insert(Timer {
             time,
             kind,
@@ -1153,8 +1145,8 @@ impl KeyedWindowState {
         if let Some(earliest) = earliest_timer {
             self.note_store_timer(earliest);
         }
-        // Memory timers without a store copy can remain only from a checkpoint that
-        // keeps them in memory; without memory timers the store holds every one.
+        // The store holds every timer when the cached keys' timers were just written, or
+        // when none is in memory.
         if self.timers_complete && (timers == CheckpointTimers::InStore || self.timers.count == 0) {
             batch.put(
                 Column::Meta,
@@ -1167,9 +1159,9 @@ impl KeyedWindowState {
         self.store.write(batch)
     }
 
-    /// Accounts for timer `store_key` written to the store: it is due from there no
-    /// later than [`Self::next_store_timer`] says, and scanned even when earlier than
-    /// store timers already processed.
+    /// Accounts for timers written to the store, the least of which is `store_key`:
+    /// [`Self::next_store_timer`] is no later than it, and the next scan starts no later
+    /// than it, even when store timers after it were processed already.
     fn note_store_timer(&mut self, store_key: Vec<u8>) {
         if let Some(bytes) = store_key.first_chunk::<8>() {
             let time = format::time_from_bytes(*bytes);
