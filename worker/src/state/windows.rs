@@ -1597,44 +1597,11 @@ mod tests {
         assert_eq!(state.open_windows(), 99);
     }
 
-    #[test]
-    fn timers_come_due_in_order_and_once_from_memory_and_store() {
-        // A cache of 4 windows: most keys are evicted with their timers to the store.
-        let mut state = KeyedWindowState::new(Box::new(MemoryStore::default()), 4);
-        let mut expected = Vec::new();
-        for index in 0..20i64 {
-            let key = format!("k{index:02}").into_bytes();
-            let end = (index * 7) % 50 + 10;
-            let range = WindowRange {
-                start: end - 10,
-                end,
-            };
-            state
-                .windows_mut(0, &key)
-                .unwrap()
-                .push(window(range.start, range.end));
-            state.windows_changed(&key, 1, &[]);
-            state.add_timer(end, TimerKind::Fire, range, 0, &key);
-            expected.push((end, key));
-        }
-        expected.sort();
-        assert_eq!(state.count_timers().unwrap(), 20);
-        assert!(state.due_timers(9).unwrap().is_empty());
-        let due: Vec<(Millis, Vec<u8>)> = state
-            .due_timers(Millis::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|timer| (timer.time, timer.key.to_vec()))
-            .collect();
-        assert_eq!(due, expected);
-        assert!(state.due_timers(Millis::MAX).unwrap().is_empty());
-        assert_eq!(state.count_timers().unwrap(), 0);
-    }
-
-    /// Twenty keys with a window each ending at `(index * 7) % 50 + 10`, a fire timer
-    /// for each, in a cache of 4 windows (most keys evicted to the store), with a
-    /// checkpoint after the tenth key. Returns the state and the (time, key) expected due.
-    fn twenty_keys_checkpointed_halfway() -> (KeyedWindowState, Vec<(Millis, Vec<u8>)>) {
+    /// Twenty keys with a window each ending at `(index * 7) % 50 + 10` and a fire timer,
+    /// in a cache of 4 windows: most keys are evicted with their timers to the store. With
+    /// `savepoint_halfway`, a savepoint's checkpoint (timers written too) after the tenth
+    /// key. Returns the state and the (time, key) expected due.
+    fn twenty_keys(savepoint_halfway: bool) -> (KeyedWindowState, Vec<(Millis, Vec<u8>)>) {
         let mut state = KeyedWindowState::new(Box::new(MemoryStore::default()), 4);
         state.set_allowed_lateness(5);
         let mut expected = Vec::new();
@@ -1652,7 +1619,7 @@ mod tests {
             state.windows_changed(&key, 1, &[]);
             state.add_timer(end, TimerKind::Fire, range, 0, &key);
             expected.push((end, key));
-            if index == 9 {
+            if savepoint_halfway && index == 9 {
                 state
                     .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore)
                     .unwrap();
@@ -1660,6 +1627,16 @@ mod tests {
         }
         expected.sort();
         (state, expected)
+    }
+
+    #[test]
+    fn timers_come_due_in_order_and_once_from_memory_and_store() {
+        let (mut state, expected) = twenty_keys(false);
+        assert_eq!(state.count_timers().unwrap(), 20);
+        assert!(state.due_timers(9).unwrap().is_empty());
+        assert_eq!(due_keys(&mut state, Millis::MAX), expected);
+        assert!(state.due_timers(Millis::MAX).unwrap().is_empty());
+        assert_eq!(state.count_timers().unwrap(), 0);
     }
 
     fn due_keys(state: &mut KeyedWindowState, watermark: Millis) -> Vec<(Millis, Vec<u8>)> {
@@ -1673,7 +1650,7 @@ mod tests {
 
     #[test]
     fn timers_a_checkpoint_wrote_to_the_store_come_due_once() {
-        let (mut state, expected) = twenty_keys_checkpointed_halfway();
+        let (mut state, expected) = twenty_keys(true);
         state
             .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore)
             .unwrap();
@@ -1703,7 +1680,7 @@ mod tests {
         };
         // (allowed lateness at the start, stray timer still there)
         for (lateness, kept) in [(5, true), (6, false)] {
-            let (mut state, expected) = twenty_keys_checkpointed_halfway();
+            let (mut state, expected) = twenty_keys(true);
             state
                 .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore)
                 .unwrap();
@@ -1742,7 +1719,7 @@ mod tests {
     #[test]
     fn an_import_or_a_retain_leaves_the_timers_to_be_rebuilt() {
         for import in [true, false] {
-            let (mut state, _) = twenty_keys_checkpointed_halfway();
+            let (mut state, _) = twenty_keys(true);
             state
                 .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore)
                 .unwrap();
@@ -1773,7 +1750,7 @@ mod tests {
             let due = due_keys(&mut state, Millis::MAX);
             let expected: Vec<(Millis, Vec<u8>)> = if import {
                 // The imported window's timer, besides the twenty.
-                let mut all: Vec<_> = twenty_keys_checkpointed_halfway().1;
+                let mut all: Vec<_> = twenty_keys(true).1;
                 all.push((10, b"new".to_vec()));
                 all.sort();
                 all
