@@ -182,7 +182,9 @@ impl Engine {
         let mut engine = Self::build(job, pipeline, store, options, metrics)?;
         if let EngineState::Windowed(windows) = &mut engine.state {
             let lateness = windows.allowed_lateness();
-            windows.state().rebuild_from_store(lateness)?;
+            windows
+                .state()
+                .rebuild_from_store(lateness, Some(record.id))?;
         }
         engine.resume_from(&record, now)?;
         engine.update_open_windows();
@@ -525,7 +527,7 @@ impl Engine {
             let state = windows.state();
             state.checkpoint()?;
             state.import(entries)?;
-            state.rebuild_from_store(lateness)?;
+            state.rebuild_from_store(lateness, None)?;
         }
         self.update_open_windows();
         Ok(())
@@ -539,7 +541,7 @@ impl Engine {
             let state = windows.state();
             state.checkpoint()?;
             state.retain_key_groups(first, end)?;
-            state.rebuild_from_store(lateness)?;
+            state.rebuild_from_store(lateness, None)?;
         }
         self.update_open_windows();
         Ok(())
@@ -841,7 +843,7 @@ impl Engine {
             serde_json::to_vec(&record)?,
         );
         match &mut self.state {
-            EngineState::Windowed(windows) => windows.state().checkpoint_with(batch, timers)?,
+            EngineState::Windowed(windows) => windows.state().checkpoint_with(batch, timers, id)?,
             EngineState::Stateless(store) => store.write(batch)?,
         }
         let store = self.store();

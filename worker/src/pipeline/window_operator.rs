@@ -567,7 +567,7 @@ mod tests {
                 operator.state().checkpoint().unwrap();
                 operator
                     .state()
-                    .rebuild_from_store(allowed_lateness)
+                    .rebuild_from_store(allowed_lateness, None)
                     .unwrap();
             }
         }
@@ -710,7 +710,7 @@ mod tests {
                 .unwrap();
             if restore {
                 operator.state().checkpoint().unwrap();
-                operator.state().rebuild_from_store(100).unwrap();
+                operator.state().rebuild_from_store(100, None).unwrap();
             }
             operator.advance(20, &mut results).unwrap();
             operator.advance(Millis::MAX, &mut results).unwrap();
@@ -750,7 +750,7 @@ mod tests {
                 .unwrap();
             operator.advance(70, &mut results).unwrap();
             operator.state().resume_at(50).unwrap();
-            operator.state().rebuild_from_store(100).unwrap();
+            operator.state().rebuild_from_store(100, None).unwrap();
             operator
                 .add(group, b"\"k\"", 66, &[None], 50, &mut results)
                 .unwrap();

@@ -500,13 +500,17 @@ pub fn restore(
         .iter()
         .max_by_key(|(ordinal, range)| (range.end - range.first, std::cmp::Reverse(*ordinal)))
         .copied();
+    // The checkpoint of the part taken whole, if one is.
     let whole_part = match with_state.as_slice() {
         [(ordinal, range)] => manifest
             .parts
             .iter()
-            .any(|part| part.ordinal == *ordinal && part.key_groups == *range),
-        _ => false,
+            .find(|part| part.ordinal == *ordinal && part.key_groups == *range)
+            .map(|part| part.checkpoint.id),
+        _ => None,
     };
+    // The allowed lateness of the timers kept, when the part's are complete.
+    let mut kept_timers = None;
     let mut target = match base {
         Some((ordinal, range)) => {
             let from = part_directory(&staging, ordinal).join("live");
@@ -521,7 +525,15 @@ pub fn restore(
                 &format::key_group_start(range.first),
                 &format::key_group_start(range.end),
             )?;
-            if !whole_part {
+            if let Some(part_checkpoint) = whole_part {
+                kept_timers = target
+                    .get(Column::Meta, format::META_TIMERS_COMPLETE)?
+                    .as_deref()
+                    .and_then(format::timers_complete_of)
+                    .filter(|(_, marked)| *marked == part_checkpoint)
+                    .map(|(lateness, _)| lateness);
+            }
+            if kept_timers.is_none() {
                 target.retain_range(Column::Timers, &[], &[])?;
             }
             target
@@ -603,8 +615,14 @@ pub fn restore(
             serde_json::to_vec(&fired).context("failed to encode the fired-through ranges")?,
         );
     }
-    if !whole_part {
-        batch.delete(Column::Meta, format::META_TIMERS_COMPLETE.to_vec());
+    match kept_timers {
+        // Complete in the checkpoint written here.
+        Some(lateness) => batch.put(
+            Column::Meta,
+            format::META_TIMERS_COMPLETE.to_vec(),
+            format::timers_complete_value(lateness, id),
+        ),
+        None => batch.delete(Column::Meta, format::META_TIMERS_COMPLETE.to_vec()),
     }
     target.write(batch)?;
     target.create_checkpoint(id)?;

@@ -397,15 +397,33 @@ pub const META_FIRED_THROUGH: &[u8] = b"fired-through";
 /// rebuild sets the flags of the windows that fired only by these.
 pub const META_FIRED_THROUGH_RANGES: &[u8] = b"fired-through-ranges";
 
-/// `meta` key: the `timers` column holds the pending timer of every window in `windows`,
-/// computed with this allowed lateness ([`time_bytes`]). Written by a checkpoint that
-/// writes the cached keys' timers too (a savepoint's) or finds none in memory, and by a
-/// timer rebuild; removed by any other checkpoint, and when windows come in without their
-/// timers (an import, a restore from several parts or a cut part) or leave without them
-/// (a retain). A worker opening a store with it, at the same allowed lateness, takes
-/// the timers as they are; otherwise it rebuilds them from `windows` ([`timer_of_window`]).
-/// The column may also hold stale timers of windows merged away, which firing skips.
+/// `meta` key: the `timers` column holds the pending timer of every window in `windows`
+/// in checkpoint `id`, computed with allowed lateness `lateness`
+/// ([`timers_complete_value`]). Written by a checkpoint that writes the cached keys'
+/// timers too (a savepoint's) or finds none in memory; removed by any other checkpoint,
+/// and when windows come in without their timers (an import, a restore from several parts
+/// or a cut part) or leave without them (a retain). A worker starting from checkpoint `id`
+/// at the same allowed lateness takes the timers as they are; otherwise it rebuilds them
+/// from `windows` ([`timer_of_window`]). The checkpoint id keeps a mark that a writer not
+/// knowing it (an older worker) left in place from being believed after that writer's own
+/// checkpoints. The column may also hold stale timers of windows merged away, which
+/// firing skips.
 pub const META_TIMERS_COMPLETE: &[u8] = b"timers-complete";
+
+/// The value of [`META_TIMERS_COMPLETE`]: the allowed lateness ([`time_bytes`]), then the
+/// checkpoint id (u64 BE).
+pub fn timers_complete_value(allowed_lateness: Millis, checkpoint: u64) -> Vec<u8> {
+    let mut value = time_bytes(allowed_lateness).to_vec();
+    value.extend_from_slice(&checkpoint.to_be_bytes());
+    value
+}
+
+/// The allowed lateness and checkpoint id of a [`META_TIMERS_COMPLETE`] value.
+pub fn timers_complete_of(value: &[u8]) -> Option<(Millis, u64)> {
+    let (lateness, checkpoint) = value.split_first_chunk::<8>()?;
+    let checkpoint: [u8; 8] = checkpoint.try_into().ok()?;
+    Some((time_from_bytes(*lateness), u64::from_be_bytes(checkpoint)))
+}
 
 /// Key groups `[first, end)`, whose windows fired up to `fired_through`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

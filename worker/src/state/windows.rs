@@ -1084,18 +1084,31 @@ impl KeyedWindowState {
     /// Writes every change of the cached keys to the store, keeping the cache (timers of
     /// cached keys stay in memory).
     pub fn checkpoint(&mut self) -> Result<(), StateError> {
-        self.checkpoint_with(StateBatch::default(), CheckpointTimers::InMemory)
+        self.write_changes(StateBatch::default(), CheckpointTimers::InMemory, None)
     }
 
-    /// [`Self::checkpoint`], writing `batch` (a checkpoint record) in the same write
-    /// batch: one atomic write of what changed since the last one, found through the
+    /// [`Self::checkpoint`] for checkpoint `id`, writing `batch` (its record) in the same
+    /// write batch: one atomic write of what changed since the last one, found through the
     /// list of dirty keys rather than a look at every cached key. With
     /// [`CheckpointTimers::InStore`], every cached key's timers get a store copy too, and
-    /// the store is marked as holding every timer ([`format::META_TIMERS_COMPLETE`]).
+    /// the store is marked as holding every timer of checkpoint `id`
+    /// ([`format::META_TIMERS_COMPLETE`]).
     pub fn checkpoint_with(
+        &mut self,
+        batch: StateBatch,
+        timers: CheckpointTimers,
+        id: u64,
+    ) -> Result<(), StateError> {
+        self.write_changes(batch, timers, Some(id))
+    }
+
+    /// What [`Self::checkpoint_with`] does; `None` for a write that is no checkpoint of
+    /// the engine (the mark of complete timers then goes).
+    fn write_changes(
         &mut self,
         mut batch: StateBatch,
         timers: CheckpointTimers,
+        checkpoint: Option<u64>,
     ) -> Result<(), StateError> {
         batch
             .operations
@@ -1147,11 +1160,14 @@ impl KeyedWindowState {
         }
         // The store holds every timer when the cached keys' timers were just written, or
         // when none is in memory.
-        if self.timers_complete && (timers == CheckpointTimers::InStore || self.timers.count == 0) {
+        if let Some(id) = checkpoint
+            && self.timers_complete
+            && (timers == CheckpointTimers::InStore || self.timers.count == 0)
+        {
             batch.put(
                 Column::Meta,
                 format::META_TIMERS_COMPLETE.to_vec(),
-                format::time_bytes(self.allowed_lateness).to_vec(),
+                format::timers_complete_value(self.allowed_lateness, id),
             );
         } else {
             batch.delete(Column::Meta, format::META_TIMERS_COMPLETE.to_vec());
@@ -1174,11 +1190,15 @@ impl KeyedWindowState {
 
     /// Makes the in-memory bookkeeping agree with what the store holds, after the store
     /// was restored or filled from elsewhere: the cache and memory timers are emptied and
-    /// the counts of stored windows recomputed, in one scan of the windows. The store's
-    /// timers are taken as they are when it records them complete at this allowed
-    /// lateness ([`format::META_TIMERS_COMPLETE`]: a checkpoint of this job); otherwise
+    /// the counts of stored windows recomputed, in one scan of the windows. When the store
+    /// was `restored` to a checkpoint that records its timers complete at this allowed
+    /// lateness ([`format::META_TIMERS_COMPLETE`]), they are taken as they are; otherwise
     /// every timer is rebuilt from window state in the same scan.
-    pub fn rebuild_from_store(&mut self, allowed_lateness: Millis) -> Result<(), StateError> {
+    pub fn rebuild_from_store(
+        &mut self,
+        allowed_lateness: Millis,
+        restored: Option<u64>,
+    ) -> Result<(), StateError> {
         const PAGE: usize = 65_536;
         self.allowed_lateness = allowed_lateness;
         self.cache.clear();
@@ -1206,10 +1226,13 @@ impl KeyedWindowState {
             })?,
             None => Vec::new(),
         };
-        let keep_timers = self
-            .store
-            .get(Column::Meta, format::META_TIMERS_COMPLETE)?
-            .is_some_and(|lateness| lateness == format::time_bytes(allowed_lateness));
+        let mark = match restored {
+            Some(_) => self.store.get(Column::Meta, format::META_TIMERS_COMPLETE)?,
+            None => None,
+        };
+        let keep_timers = restored.is_some_and(|id| {
+            mark.as_deref().and_then(format::timers_complete_of) == Some((allowed_lateness, id))
+        });
         if !keep_timers {
             self.store.delete_range(Column::Timers, &[], &[0xff; 32])?;
         }
@@ -1287,16 +1310,12 @@ impl KeyedWindowState {
                 .map(|bytes| format::time_from_bytes(*bytes));
         }
         self.timers_complete = true;
-        let mut batch = StateBatch::default();
         if !ranges.is_empty() {
+            let mut batch = StateBatch::default();
             batch.delete(Column::Meta, format::META_FIRED_THROUGH_RANGES.to_vec());
+            self.store.write(batch)?;
         }
-        batch.put(
-            Column::Meta,
-            format::META_TIMERS_COMPLETE.to_vec(),
-            format::time_bytes(allowed_lateness).to_vec(),
-        );
-        self.store.write(batch)
+        Ok(())
     }
 
     /// The state resumes at operator watermark `watermark`. When that is behind what
@@ -1474,7 +1493,7 @@ mod tests {
         );
         store.write(batch).unwrap();
         let mut state = KeyedWindowState::new(Box::new(store), 100);
-        state.rebuild_from_store(5).unwrap();
+        state.rebuild_from_store(5, None).unwrap();
         // Fired: expires at end + 5. Not fired: fires at its end.
         assert_eq!(
             all_due(&mut state),
@@ -1511,7 +1530,7 @@ mod tests {
     fn resuming_behind_what_fired_sets_the_flags_first() {
         use TimerKind::{Expire, Fire};
         let mut state = KeyedWindowState::new(Box::new(unflagged_windows()), 100);
-        state.rebuild_from_store(15).unwrap();
+        state.rebuild_from_store(15, None).unwrap();
         // Fired through 20 in the store, as the window operator fires keys not cached.
         for timer in state.due_timers(20).unwrap() {
             let window = state
@@ -1544,7 +1563,7 @@ mod tests {
             5
         );
         assert_eq!(flags(&mut state), vec![format::WINDOW_FIRED; 4]);
-        state.rebuild_from_store(15).unwrap();
+        state.rebuild_from_store(15, None).unwrap();
         assert_eq!(
             all_due(&mut state),
             vec![
@@ -1556,7 +1575,7 @@ mod tests {
         );
         // Without the resume, nothing had fired: each fires at its end.
         let mut state = KeyedWindowState::new(Box::new(unflagged_windows()), 100);
-        state.rebuild_from_store(5).unwrap();
+        state.rebuild_from_store(5, None).unwrap();
         assert_eq!(
             all_due(&mut state),
             vec![
@@ -1621,7 +1640,7 @@ mod tests {
             expected.push((end, key));
             if savepoint_halfway && index == 9 {
                 state
-                    .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore)
+                    .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore, 1)
                     .unwrap();
             }
         }
@@ -1652,7 +1671,7 @@ mod tests {
     fn timers_a_checkpoint_wrote_to_the_store_come_due_once() {
         let (mut state, expected) = twenty_keys(true);
         state
-            .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore)
+            .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore, 1)
             .unwrap();
         // Every timer is in the store now, the cached keys' in memory as well.
         assert_eq!(state.store().count(Column::Timers).unwrap(), 20);
@@ -1667,7 +1686,7 @@ mod tests {
     }
 
     #[test]
-    fn a_start_takes_the_checkpointed_timers_unless_the_lateness_changed() {
+    fn a_start_takes_the_checkpointed_timers_unless_the_lateness_or_checkpoint_differs() {
         // A timer no window has, put into the store behind the state's back, shows which
         // way the start went: taken as they are, it stays; rebuilt, it is gone.
         let stray = Timer {
@@ -1678,42 +1697,62 @@ mod tests {
             key: b"stray".as_slice().into(),
             key_group: 0,
         };
-        // (allowed lateness at the start, stray timer still there)
-        for (lateness, kept) in [(5, true), (6, false)] {
+        // (allowed lateness at the start, checkpoint it starts from, stray timer still
+        // there). Another checkpoint than the one that wrote the mark: one written since
+        // by a worker that does not know the mark and left it in place.
+        for (lateness, restored, kept) in [(5, 2, true), (6, 2, false), (5, 3, false)] {
             let (mut state, expected) = twenty_keys(true);
             state
-                .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore)
+                .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore, 2)
                 .unwrap();
             assert_eq!(
                 state
                     .store()
                     .get(Column::Meta, format::META_TIMERS_COMPLETE)
                     .unwrap(),
-                Some(format::time_bytes(5).to_vec())
+                Some(format::timers_complete_value(5, 2))
             );
             let mut batch = StateBatch::default();
             batch.put(Column::Timers, stray.store_key(), Vec::new());
             state.store().write(batch).unwrap();
-            state.rebuild_from_store(lateness).unwrap();
+            state.rebuild_from_store(lateness, Some(restored)).unwrap();
             assert_eq!(state.open_windows(), 20);
             let mut due = due_keys(&mut state, Millis::MAX);
-            assert_eq!(
-                due.first() == Some(&(3, b"stray".to_vec())),
-                kept,
-                "lateness {lateness}"
-            );
+            let case = format!("lateness {lateness}, checkpoint {restored}");
+            assert_eq!(due.first() == Some(&(3, b"stray".to_vec())), kept, "{case}");
             if kept {
                 due.remove(0);
             }
-            assert_eq!(due, expected, "lateness {lateness}");
-            assert_eq!(
-                state
-                    .store()
-                    .get(Column::Meta, format::META_TIMERS_COMPLETE)
-                    .unwrap(),
-                Some(format::time_bytes(lateness).to_vec())
-            );
+            assert_eq!(due, expected, "{case}");
         }
+    }
+
+    #[test]
+    fn a_periodic_checkpoint_with_timers_in_memory_drops_the_mark() {
+        let (mut state, _) = twenty_keys(true);
+        // Keys are cached with timers in memory only.
+        state
+            .checkpoint_with(StateBatch::default(), CheckpointTimers::InMemory, 2)
+            .unwrap();
+        assert_eq!(
+            state
+                .store()
+                .get(Column::Meta, format::META_TIMERS_COMPLETE)
+                .unwrap(),
+            None
+        );
+        // Once every timer is due and gone, nothing is in memory: complete again.
+        state.due_timers(Millis::MAX).unwrap();
+        state
+            .checkpoint_with(StateBatch::default(), CheckpointTimers::InMemory, 3)
+            .unwrap();
+        assert_eq!(
+            state
+                .store()
+                .get(Column::Meta, format::META_TIMERS_COMPLETE)
+                .unwrap(),
+            Some(format::timers_complete_value(5, 3))
+        );
     }
 
     #[test]
@@ -1721,7 +1760,7 @@ mod tests {
         for import in [true, false] {
             let (mut state, _) = twenty_keys(true);
             state
-                .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore)
+                .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore, 1)
                 .unwrap();
             if import {
                 let mut state_key = Vec::new();
@@ -1746,7 +1785,7 @@ mod tests {
                 None,
                 "import {import}"
             );
-            state.rebuild_from_store(5).unwrap();
+            state.rebuild_from_store(5, None).unwrap();
             let due = due_keys(&mut state, Millis::MAX);
             let expected: Vec<(Millis, Vec<u8>)> = if import {
                 // The imported window's timer, besides the twenty.
