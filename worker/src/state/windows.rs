@@ -1084,7 +1084,7 @@ impl KeyedWindowState {
     /// Writes every change of the cached keys to the store, keeping the cache (timers of
     /// cached keys stay in memory).
     pub fn checkpoint(&mut self) -> Result<(), StateError> {
-        self.write_changes(StateBatch::default(), CheckpointTimers::InMemory, None)
+        self.persist_changes(StateBatch::default(), CheckpointTimers::InMemory, None)
     }
 
     /// [`Self::checkpoint`] for checkpoint `id`, writing `batch` (its record) in the same
@@ -1099,12 +1099,12 @@ impl KeyedWindowState {
         timers: CheckpointTimers,
         id: u64,
     ) -> Result<(), StateError> {
-        self.write_changes(batch, timers, Some(id))
+        self.persist_changes(batch, timers, Some(id))
     }
 
     /// What [`Self::checkpoint_with`] does; `None` for a write that is no checkpoint of
     /// the engine (the mark of complete timers then goes).
-    fn write_changes(
+    fn persist_changes(
         &mut self,
         mut batch: StateBatch,
         timers: CheckpointTimers,
