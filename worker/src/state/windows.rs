@@ -1658,6 +1658,14 @@ mod tests {
         assert_eq!(state.count_timers().unwrap(), 0);
     }
 
+    /// The store's mark of complete timers ([`format::META_TIMERS_COMPLETE`]).
+    fn timers_mark(state: &mut KeyedWindowState) -> Option<Vec<u8>> {
+        state
+            .store()
+            .get(Column::Meta, format::META_TIMERS_COMPLETE)
+            .unwrap()
+    }
+
     fn due_keys(state: &mut KeyedWindowState, watermark: Millis) -> Vec<(Millis, Vec<u8>)> {
         state
             .due_timers(watermark)
@@ -1706,10 +1714,7 @@ mod tests {
                 .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore, 2)
                 .unwrap();
             assert_eq!(
-                state
-                    .store()
-                    .get(Column::Meta, format::META_TIMERS_COMPLETE)
-                    .unwrap(),
+                timers_mark(&mut state),
                 Some(format::timers_complete_value(5, 2))
             );
             let mut batch = StateBatch::default();
@@ -1734,23 +1739,14 @@ mod tests {
         state
             .checkpoint_with(StateBatch::default(), CheckpointTimers::InMemory, 2)
             .unwrap();
-        assert_eq!(
-            state
-                .store()
-                .get(Column::Meta, format::META_TIMERS_COMPLETE)
-                .unwrap(),
-            None
-        );
+        assert_eq!(timers_mark(&mut state), None);
         // Once every timer is due and gone, nothing is in memory: complete again.
         state.due_timers(Millis::MAX).unwrap();
         state
             .checkpoint_with(StateBatch::default(), CheckpointTimers::InMemory, 3)
             .unwrap();
         assert_eq!(
-            state
-                .store()
-                .get(Column::Meta, format::META_TIMERS_COMPLETE)
-                .unwrap(),
+            timers_mark(&mut state),
             Some(format::timers_complete_value(5, 3))
         );
     }
@@ -1777,14 +1773,7 @@ mod tests {
             }
             // A checkpoint in between does not mark the timers complete.
             state.checkpoint().unwrap();
-            assert_eq!(
-                state
-                    .store()
-                    .get(Column::Meta, format::META_TIMERS_COMPLETE)
-                    .unwrap(),
-                None,
-                "import {import}"
-            );
+            assert_eq!(timers_mark(&mut state), None, "import {import}");
             state.rebuild_from_store(5, None).unwrap();
             let due = due_keys(&mut state, Millis::MAX);
             let expected: Vec<(Millis, Vec<u8>)> = if import {
