@@ -181,10 +181,7 @@ impl Engine {
         };
         let mut engine = Self::build(job, pipeline, store, options, metrics)?;
         if let EngineState::Windowed(windows) = &mut engine.state {
-            let lateness = windows.allowed_lateness();
-            windows
-                .state()
-                .rebuild_from_store(lateness, Some(record.id))?;
+            windows.state().rebuild_from_store(Some(record.id))?;
         }
         engine.resume_from(&record, now)?;
         engine.update_open_windows();
@@ -523,11 +520,10 @@ impl Engine {
     /// the same job, and rebuilds the timers of everything now held.
     pub fn import_key_groups(&mut self, entries: Entries) -> anyhow::Result<()> {
         if let Some(windows) = self.windows() {
-            let lateness = windows.allowed_lateness();
             let state = windows.state();
             state.checkpoint()?;
             state.import(entries)?;
-            state.rebuild_from_store(lateness, None)?;
+            state.rebuild_from_store(None)?;
         }
         self.update_open_windows();
         Ok(())
@@ -537,11 +533,10 @@ impl Engine {
     /// others belong to other workers).
     pub fn retain_key_groups(&mut self, first: u32, end: u32) -> anyhow::Result<()> {
         if let Some(windows) = self.windows() {
-            let lateness = windows.allowed_lateness();
             let state = windows.state();
             state.checkpoint()?;
             state.retain_key_groups(first, end)?;
-            state.rebuild_from_store(lateness, None)?;
+            state.rebuild_from_store(None)?;
         }
         self.update_open_windows();
         Ok(())

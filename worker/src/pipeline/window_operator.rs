@@ -565,10 +565,7 @@ mod tests {
             run.most_open_windows = run.most_open_windows.max(operator.open_windows());
             if restore_every.is_some_and(|every| index % every == every - 1) {
                 operator.state().checkpoint().unwrap();
-                operator
-                    .state()
-                    .rebuild_from_store(allowed_lateness, None)
-                    .unwrap();
+                operator.state().rebuild_from_store(None).unwrap();
             }
         }
         let before = key_reads.get();
@@ -710,7 +707,7 @@ mod tests {
                 .unwrap();
             if restore {
                 operator.state().checkpoint().unwrap();
-                operator.state().rebuild_from_store(100, None).unwrap();
+                operator.state().rebuild_from_store(None).unwrap();
             }
             operator.advance(20, &mut results).unwrap();
             operator.advance(Millis::MAX, &mut results).unwrap();
@@ -750,7 +747,7 @@ mod tests {
                 .unwrap();
             operator.advance(70, &mut results).unwrap();
             operator.state().resume_at(50).unwrap();
-            operator.state().rebuild_from_store(100, None).unwrap();
+            operator.state().rebuild_from_store(None).unwrap();
             operator
                 .add(group, b"\"k\"", 66, &[None], 50, &mut results)
                 .unwrap();

@@ -1191,16 +1191,13 @@ impl KeyedWindowState {
     /// Makes the in-memory bookkeeping agree with what the store holds, after the store
     /// was restored or filled from elsewhere: the cache and memory timers are emptied and
     /// the counts of stored windows recomputed, in one scan of the windows. When the store
-    /// was `restored` to a checkpoint that records its timers complete at this allowed
-    /// lateness ([`format::META_TIMERS_COMPLETE`]), they are taken as they are; otherwise
+    /// was `restored` to a checkpoint that records its timers complete at the allowed
+    /// lateness set ([`Self::set_allowed_lateness`], [`format::META_TIMERS_COMPLETE`]),
+    /// they are taken as they are; otherwise
     /// every timer is rebuilt from window state in the same scan.
-    pub fn rebuild_from_store(
-        &mut self,
-        allowed_lateness: Millis,
-        restored: Option<u64>,
-    ) -> Result<(), StateError> {
+    pub fn rebuild_from_store(&mut self, restored: Option<u64>) -> Result<(), StateError> {
         const PAGE: usize = 65_536;
-        self.allowed_lateness = allowed_lateness;
+        let allowed_lateness = self.allowed_lateness;
         self.cache.clear();
         self.dirty_keys.clear();
         self.cached_windows = 0;
@@ -1493,7 +1490,8 @@ mod tests {
         );
         store.write(batch).unwrap();
         let mut state = KeyedWindowState::new(Box::new(store), 100);
-        state.rebuild_from_store(5, None).unwrap();
+        state.set_allowed_lateness(5);
+        state.rebuild_from_store(None).unwrap();
         // Fired: expires at end + 5. Not fired: fires at its end.
         assert_eq!(
             all_due(&mut state),
@@ -1530,7 +1528,8 @@ mod tests {
     fn resuming_behind_what_fired_sets_the_flags_first() {
         use TimerKind::{Expire, Fire};
         let mut state = KeyedWindowState::new(Box::new(unflagged_windows()), 100);
-        state.rebuild_from_store(15, None).unwrap();
+        state.set_allowed_lateness(15);
+        state.rebuild_from_store(None).unwrap();
         // Fired through 20 in the store, as the window operator fires keys not cached.
         for timer in state.due_timers(20).unwrap() {
             let window = state
@@ -1563,7 +1562,8 @@ mod tests {
             5
         );
         assert_eq!(flags(&mut state), vec![format::WINDOW_FIRED; 4]);
-        state.rebuild_from_store(15, None).unwrap();
+        state.set_allowed_lateness(15);
+        state.rebuild_from_store(None).unwrap();
         assert_eq!(
             all_due(&mut state),
             vec![
@@ -1575,7 +1575,8 @@ mod tests {
         );
         // Without the resume, nothing had fired: each fires at its end.
         let mut state = KeyedWindowState::new(Box::new(unflagged_windows()), 100);
-        state.rebuild_from_store(5, None).unwrap();
+        state.set_allowed_lateness(5);
+        state.rebuild_from_store(None).unwrap();
         assert_eq!(
             all_due(&mut state),
             vec![
@@ -1720,7 +1721,8 @@ mod tests {
             let mut batch = StateBatch::default();
             batch.put(Column::Timers, stray.store_key(), Vec::new());
             state.store().write(batch).unwrap();
-            state.rebuild_from_store(lateness, Some(restored)).unwrap();
+            state.set_allowed_lateness(lateness);
+            state.rebuild_from_store(Some(restored)).unwrap();
             assert_eq!(state.open_windows(), 20);
             let mut due = due_keys(&mut state, Millis::MAX);
             let case = format!("lateness {lateness}, checkpoint {restored}");
@@ -1774,7 +1776,8 @@ mod tests {
             // A checkpoint in between does not mark the timers complete.
             state.checkpoint().unwrap();
             assert_eq!(timers_mark(&mut state), None, "import {import}");
-            state.rebuild_from_store(5, None).unwrap();
+            state.set_allowed_lateness(5);
+            state.rebuild_from_store(None).unwrap();
             let due = due_keys(&mut state, Millis::MAX);
             let expected: Vec<(Millis, Vec<u8>)> = if import {
                 // The imported window's timer, besides the twenty.
