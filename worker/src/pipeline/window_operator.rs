@@ -173,6 +173,8 @@ impl WindowOperator {
         }
         let mut created = 0;
         let mut timers = Vec::new();
+        // Windows whose expiry goes: they fire again instead.
+        let mut rearmed = Vec::new();
         let functions = &self.functions;
         let windows = self.state.windows_mut(group, key)?;
         // All or nothing: an event that would overflow one of its windows is counted in
@@ -186,9 +188,13 @@ impl WindowOperator {
             let index = match windows.iter().position(|window| window.range == *range) {
                 // Fired at its end by a worker whose watermark was ahead of this one's
                 // (state restored from a savepoint's parts): this event's update is due
-                // when this watermark passes its end.
+                // when this watermark passes its end. That firing is its one timer: its
+                // expiry goes (with no allowed lateness, due with the firing and run
+                // first, it would delete the window before the update, or with the firing
+                // delete it twice).
                 Some(index) if windows[index].end_passed && range.end > watermark => {
                     windows[index].end_passed = false;
+                    rearmed.push(*range);
                     timers.push((range.end, TimerKind::Fire, *range));
                     index
                 }
@@ -231,6 +237,15 @@ impl WindowOperator {
             }
         }
         self.state.windows_changed(key, created, &[]);
+        for range in rearmed {
+            self.state.remove_timer(
+                range.end.saturating_add(self.allowed_lateness),
+                TimerKind::Expire,
+                range,
+                group,
+                key,
+            );
+        }
         for (time, kind, range) in timers {
             self.state.add_timer(time, kind, range, group, key);
         }
@@ -291,6 +306,13 @@ impl WindowOperator {
             self.state.windows_changed(key, 0, &[]);
             return Ok(refused);
         }
+        // A session fired at its end by a worker whose watermark was ahead of this one's,
+        // which the event leaves as it is: it fires again, and that is its one timer (as
+        // in `add`, its expiry goes).
+        let rearmed = merged.end > watermark
+            && absorbed
+                .iter()
+                .any(|index| windows[*index].range == merged && windows[*index].end_passed);
         let mut removed = Vec::with_capacity(absorbed.len());
         for index in absorbed.iter().rev() {
             removed.push(windows.swap_remove(*index).range);
@@ -312,6 +334,15 @@ impl WindowOperator {
         };
         windows.push(merged_state);
         self.state.windows_changed(key, 1, &removed);
+        if rearmed {
+            self.state.remove_timer(
+                merged.end.saturating_add(allowed_lateness),
+                TimerKind::Expire,
+                merged,
+                group,
+                key,
+            );
+        }
         self.state.add_timer(timer.0, timer.1, merged, group, key);
         Ok(Admission::Accepted)
     }
@@ -422,6 +453,7 @@ mod tests {
     use std::rc::Rc;
 
     use super::*;
+    use crate::state::format;
     use crate::state::store::Entries;
     use crate::state::{Column, MemoryStore, StateBatch, StateStore, StoredCheckpoint};
 
@@ -772,6 +804,103 @@ mod tests {
                     (60, true, count(2))
                 ],
                 "cache {cache}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_window_fired_ahead_of_the_watermark_keeps_one_timer_at_any_allowed_lateness() {
+        // A savepoint's part fired [60, 70) of "k" at 70 with allowed lateness 100 and kept
+        // it; the job starts from it with another allowed lateness at watermark 50 (the
+        // slowest part's), as a restore leaves it. An event (for a session: at 60, the same
+        // session) counts in it, and its one timer is the firing at 70 again: the update
+        // comes out once, and the window goes after its new lateness. Its expiry at 70
+        // (no lateness) used to stay too and run first: it deleted the window before the
+        // update (cached), or with the firing deleted it twice (in the store).
+        let count = AggregateValue::Integer;
+        let tumbling = WindowAssigner::Tumbling { size: 10 };
+        let session = WindowAssigner::Session { gap: 10 };
+        // (assigner, time of the event of "k", start of the window of "o" (an event at
+        // 55), allowed lateness, cache)
+        let table = [
+            (tumbling, 66, 50, 0, 100),
+            (tumbling, 66, 50, 0, 1),
+            (tumbling, 66, 50, 5, 100),
+            (tumbling, 66, 50, 5, 1),
+            (session, 60, 55, 0, 100),
+            (session, 60, 55, 0, 1),
+            (session, 60, 55, 5, 100),
+            (session, 60, 55, 5, 1),
+        ];
+        for (assigner, time, other_start, lateness, cache) in table {
+            let case = format!("{assigner:?}, allowed lateness {lateness}, cache {cache}");
+            let group = crate::state::key_group(b"\"k\"", 16);
+            let other = crate::state::key_group(b"\"o\"", 16);
+            let mut store = MemoryStore::default();
+            let mut batch = StateBatch::default();
+            let mut accumulator = Accumulator::new(AggregateFunction::Count);
+            accumulator.add(None);
+            let mut state_key = Vec::new();
+            format::window_key(
+                group,
+                b"\"k\"",
+                WindowRange { start: 60, end: 70 },
+                &mut state_key,
+            );
+            let mut value = Vec::new();
+            format::window_value(format::WINDOW_NOT_FIRED, &[accumulator], &mut value);
+            batch.put(Column::Windows, state_key, value);
+            batch.put(
+                Column::Meta,
+                format::META_FIRED_THROUGH.to_vec(),
+                format::time_bytes(50).to_vec(),
+            );
+            batch.put(
+                Column::Meta,
+                format::META_FIRED_THROUGH_RANGES.to_vec(),
+                serde_json::to_vec(&[format::FiredThroughRange {
+                    first: u32::from(group),
+                    end: u32::from(group) + 1,
+                    fired_through: 70,
+                }])
+                .unwrap(),
+            );
+            store.write(batch).unwrap();
+            let state = KeyedWindowState::new(Box::new(store), cache);
+            let mut operator =
+                WindowOperator::new(assigner, lateness, vec![AggregateFunction::Count], state);
+            operator.state().rebuild_from_store(None).unwrap();
+            operator.state().resume_at(50).unwrap();
+            let mut results = Vec::new();
+            let admission = operator
+                .add(group, b"\"k\"", time, &[None], 50, &mut results)
+                .unwrap();
+            assert_eq!(admission, Admission::Accepted, "{case}");
+            // Another key, so that a cache of one evicts the first.
+            operator
+                .add(other, b"\"o\"", 55, &[None], 50, &mut results)
+                .unwrap();
+            assert_eq!(operator.open_windows(), 2, "{case}");
+            // One timer per window: its firing.
+            assert_eq!(operator.state().count_timers().unwrap(), 2, "{case}");
+            operator.advance(70, &mut results).unwrap();
+            // With lateness, "k" stays until 75 ("o" went at 65).
+            assert_eq!(operator.open_windows(), u64::from(lateness > 0), "{case}");
+            assert_eq!(
+                operator.state().count_timers().unwrap(),
+                u64::from(lateness > 0),
+                "{case}"
+            );
+            operator.advance(Millis::MAX, &mut results).unwrap();
+            assert_eq!(operator.open_windows(), 0, "{case}");
+            assert_eq!(operator.state().count_timers().unwrap(), 0, "{case}");
+            assert_eq!(
+                results
+                    .iter()
+                    .map(|result| (result.range.start, result.is_update, result.values[0]))
+                    .collect::<Vec<_>>(),
+                vec![(other_start, false, count(1)), (60, true, count(2))],
+                "{case}"
             );
         }
     }

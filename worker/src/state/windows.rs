@@ -866,6 +866,36 @@ impl KeyedWindowState {
         });
     }
 
+    /// Drops a pending timer of a window of a cached key (one just returned by
+    /// [`Self::windows_mut`]): its memory copy, and its store copy (a savepoint's, or from
+    /// an eviction or a rebuild) with the next write. A window that is to fire again keeps
+    /// only that timer, not its expiry besides.
+    pub fn remove_timer(
+        &mut self,
+        time: Millis,
+        kind: TimerKind,
+        range: WindowRange,
+        key_group: KeyGroup,
+        key: &[u8],
+    ) {
+        let Some(entry) = self.cache.get_mut(key) else {
+            return;
+        };
+        entry.timers.retain(|key_timer| {
+            key_timer.time != time || key_timer.kind != kind || key_timer.range != range
+        });
+        let timer = Timer {
+            time,
+            kind,
+            start: range.start,
+            end: range.end,
+            key: entry.key.clone(),
+            key_group,
+        };
+        self.timers.remove(&timer);
+        self.pending_writes.delete(Column::Timers, timer.store_key());
+    }
+
     /// The next timers due at or before `watermark`, in order, from memory and from the
     /// store; empty when none is due. They are removed.
     pub fn due_timers(&mut self, watermark: Millis) -> Result<Vec<Timer>, StateError> {
@@ -1919,5 +1949,39 @@ mod tests {
         assert!(state.due_timers(Millis::MAX).unwrap().is_empty());
         assert_eq!(state.open_windows(), 0);
         assert_eq!(state.count_timers().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_removed_timer_goes_from_memory_and_from_the_store() {
+        use TimerKind::{Expire, Fire};
+        let range = WindowRange { start: 0, end: 10 };
+        // (where the expiry is when it is removed, copied to the store by a savepoint,
+        // evicted with its key)
+        let table = [
+            ("in memory", false, false),
+            ("in memory and in the store", true, false),
+            ("in the store", false, true),
+        ];
+        for (case, savepoint, evicted) in table {
+            let mut state = KeyedWindowState::new(Box::new(MemoryStore::default()), 100);
+            state.windows_mut(1, b"k").unwrap().push(window(0, 10));
+            state.windows_changed(b"k", 1, &[]);
+            state.add_timer(10, Expire, range, 1, b"k");
+            if savepoint {
+                state
+                    .checkpoint_with(StateBatch::default(), CheckpointTimers::InStore, 1)
+                    .unwrap();
+            }
+            if evicted {
+                state.evict_all().unwrap();
+            }
+            state.windows_mut(1, b"k").unwrap();
+            state.remove_timer(10, Expire, range, 1, b"k");
+            state.add_timer(10, Fire, range, 1, b"k");
+            assert_eq!(state.count_timers().unwrap(), 1, "{case}");
+            assert_eq!(all_due(&mut state), vec![(10, Fire, 1, 10)], "{case}");
+            assert_eq!(state.count_timers().unwrap(), 0, "{case}");
+            assert_eq!(state.open_windows(), 1, "{case}");
+        }
     }
 }
