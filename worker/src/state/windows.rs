@@ -893,7 +893,8 @@ impl KeyedWindowState {
             key_group,
         };
         self.timers.remove(&timer);
-        self.pending_writes.delete(Column::Timers, timer.store_key());
+        self.pending_writes
+            .delete(Column::Timers, timer.store_key());
     }
 
     /// The next timers due at or before `watermark`, in order, from memory and from the
