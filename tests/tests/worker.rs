@@ -1,8 +1,9 @@
 //! `sluice-worker run` against the real broker, as worker pods run it: the examples give
 //! exactly their expected records in Kafka, bad records land in the dead-letter topic
 //! with their reason and the worker goes on, and a second worker with the same ordinal
-//! fences the first without breaking exactly-once, and with `partitioning: Any` a fired
-//! result commits without waiting for the next interval.
+//! fences the first without breaking exactly-once, with `partitioning: Any` a fired
+//! result commits without waiting for the next interval, and a caught-up job commits
+//! past the markers of a transactional source and of its repartition topic.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -435,6 +436,148 @@ fn with_partitioning_any_a_fired_result_commits_without_waiting_for_the_next_int
         worker.metric("sluice_worker_firing_checkpoints_total")? >= 1.0,
         "the firing checkpoint is counted"
     );
+    let status = worker.terminate(Duration::from_secs(30))?;
+    assert!(
+        status.success(),
+        "SIGTERM stops the worker cleanly: {status}"
+    );
+    Ok(())
+}
+
+/// The committed offset of every partition of `topics` (name, partitions) under `group`
+/// that is not at the partition's end, as (topic, partition, committed, end).
+fn behind_the_end(
+    environment: &Environment,
+    group: &str,
+    topics: &[(&str, i32)],
+) -> Result<Vec<(String, i32, i64, i64)>> {
+    let consumer: BaseConsumer = config(environment)
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut wanted = TopicPartitionList::new();
+    for (topic, partitions) in topics {
+        for partition in 0..*partitions {
+            wanted.add_partition(topic, partition);
+        }
+    }
+    let committed = consumer.committed_offsets(wanted, TIMEOUT)?;
+    let mut behind = Vec::new();
+    for (topic, partitions) in topics {
+        for partition in 0..*partitions {
+            let (_, end) = consumer.fetch_watermarks(topic, partition, TIMEOUT)?;
+            let position = match committed
+                .find_partition(topic, partition)
+                .map(|element| element.offset())
+            {
+                Some(Offset::Offset(offset)) => offset,
+                _ => -1,
+            };
+            if position != end {
+                behind.push((topic.to_string(), partition, position, end));
+            }
+        }
+    }
+    Ok(behind)
+}
+
+/// A job caught up on a transactional source (the output of another exactly-once job,
+/// with a transaction aborted) commits past the transactions' markers and the aborted
+/// records, on the source and on its repartition topic: its group's committed offsets
+/// reach the ends, so Kafka's own tools show no lag, and so does its lag metric.
+#[test]
+fn a_caught_up_job_commits_past_transaction_markers() -> Result<()> {
+    let environment = Environment::load()?;
+    let topics = Topics::create(&environment, 2)?;
+    let base: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
+        repo_root().join("examples/page-views/streamjob.yaml"),
+    )?)?;
+    let mut manifest = manifest(&environment, base, &topics, "Any");
+    manifest["spec"]["parallelism"] = json!(1);
+    manifest["spec"]["state"]["checkpointInterval"] = json!("1s");
+    // No idle timeout: a partition turning idle changes the clocks the worker sends
+    // through the repartition topic, which would move its offsets past the markers.
+    if let Some(watermark) = manifest["spec"]["source"]["watermark"].as_object_mut() {
+        watermark.remove("idleTimeout");
+    }
+    let name = manifest["metadata"]["name"]
+        .as_str()
+        .context("the manifest has a name")?
+        .to_string();
+    let directory = work_directory("markers")?;
+    let job = write_job(&directory, &manifest)?;
+    let mut worker = WorkerProcess::start(&environment, &spec(&directory, &job, 0, 1, "state"))?;
+    worker.wait_ready(Duration::from_secs(60))?;
+
+    let upstream = producer(&environment, Some(&unique_name("e2e-upstream")))?;
+    upstream.init_transactions(TIMEOUT)?;
+    for (transaction, commit) in [(0, true), (1, true), (2, false)] {
+        upstream.begin_transaction()?;
+        for partition in 0..2 {
+            let event = json!({
+                "timestamp": format!("2026-01-01T00:00:{:02}Z", 10 + transaction),
+                "status": 200,
+                "url": format!("/{transaction}/{partition}"),
+                "latencyMs": 10,
+            });
+            send_to(
+                &upstream,
+                &topics.source.name,
+                partition,
+                &serde_json::to_vec(&event)?,
+            )?;
+        }
+        // Written before the end of the transaction, so an aborted one leaves records.
+        upstream.flush(TIMEOUT)?;
+        if commit {
+            upstream.commit_transaction(TIMEOUT)?;
+        } else {
+            upstream.abort_transaction(TIMEOUT)?;
+        }
+    }
+
+    // Per partition: two committed transactions (a record and a marker each), then an
+    // aborted one (a record and its marker): the job must pass four records it is never
+    // handed.
+    let reader: BaseConsumer = config(&environment).create()?;
+    for partition in 0..2 {
+        let (_, end) = reader.fetch_watermarks(&topics.source.name, partition, TIMEOUT)?;
+        ensure!(
+            end == 6,
+            "partition {partition} of the source ends at {end}, not 6"
+        );
+    }
+    let group = sluice_crds::kafka::group_id("e2e", &name);
+    let repartition = sluice_crds::kafka::repartition_topic("e2e", &name);
+    let read = [(topics.source.name.as_str(), 2), (repartition.as_str(), 16)];
+    let lag_lines = |worker: &WorkerProcess| -> Result<Vec<String>> {
+        let (_, text) = worker.get("/metrics")?;
+        Ok(text
+            .lines()
+            .filter(|line| line.starts_with("sluice_worker_consumer_lag_records{"))
+            .filter(|line| !line.ends_with(" 0"))
+            .map(str::to_string)
+            .collect())
+    };
+    // Checkpoints every second; the lag metric is refreshed every 10 s from statistics
+    // taken every 5 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let behind = behind_the_end(&environment, &group, &read)?;
+        let lagging = lag_lines(&worker)?;
+        if behind.is_empty() && lagging.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "60 s after the last transaction the group {group} still has committed offsets \
+             short of the ends (topic, partition, committed, end): {behind:?}, and lag \
+             metrics above 0: {lagging:?}; log: {}",
+            log_tail(&directory.join("worker-0.log"))
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let status = worker.terminate(Duration::from_secs(30))?;
     assert!(
         status.success(),

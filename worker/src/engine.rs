@@ -347,6 +347,39 @@ impl Engine {
         );
     }
 
+    /// Moves the next offset of partition `partition` of source topic `source_topic`, or
+    /// of the repartition topic (`None`), forward to `position`, the consumer's position:
+    /// records the consumer passed without handing them over (a transaction's commit or
+    /// abort marker, aborted records) must not hold the committed offset back, or a job
+    /// caught up on a transactional topic shows lag for good. Only a partition already
+    /// read or seeded moves, never back. Returns whether it moved.
+    pub fn pass_skipped_records(
+        &mut self,
+        source_topic: Option<&str>,
+        partition: i32,
+        position: i64,
+    ) -> bool {
+        let next = match source_topic {
+            Some(topic) => match self.topic_index(topic) {
+                Some(index) => self
+                    .next_offsets
+                    .get_mut(&PartitionId::new(index, partition)),
+                None => None,
+            },
+            None => match &mut self.distribution {
+                Distribution::Exchange { next_offsets, .. } => next_offsets.get_mut(&partition),
+                Distribution::Direct => None,
+            },
+        };
+        match next {
+            Some(next) if position > *next => {
+                *next = position;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The offset of the next record to read of each partition read so far.
     pub fn next_offsets(&self) -> &BTreeMap<PartitionId, i64> {
         &self.next_offsets

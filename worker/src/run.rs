@@ -1292,6 +1292,10 @@ impl<'a> Worker<'a> {
     /// at least every tenth interval ([`MAX_SKIPPED_CHECKPOINTS`]).
     fn periodic_checkpoint(&mut self) -> Result<(), Stop> {
         self.advance_and_broadcast()?;
+        if self.pass_skipped_records() {
+            // A marker passed is worth a commit: without it the group shows lag 1.
+            self.read_since_commit = true;
+        }
         if skips_checkpoint(
             self.read_since_commit,
             self.sent_at_commit,
@@ -1303,6 +1307,30 @@ impl<'a> Worker<'a> {
         }
         self.checkpoint(Clocks::Send, CheckpointTimers::InMemory)
             .map(|_| ())
+    }
+
+    /// Moves the engine's next offsets to the consumer's positions where the consumer
+    /// passed records it never handed over: transaction markers and aborted records
+    /// (`read_committed`). Every record it handed over was handled (the loop handles each
+    /// before the next poll), so what lies between is only such records. Returns whether
+    /// an offset moved.
+    fn pass_skipped_records(&mut self) -> bool {
+        let Ok(positions) = self.consumer.position() else {
+            return false;
+        };
+        let mut moved = false;
+        for element in positions.elements() {
+            let Offset::Offset(position) = element.offset() else {
+                continue;
+            };
+            let topic = element.topic();
+            let source_topic =
+                (!(self.exchange && topic == self.names.repartition_topic)).then_some(topic);
+            moved |= self
+                .engine
+                .pass_skipped_records(source_topic, element.partition(), position);
+        }
+        moved
     }
 
     /// Fires what the clock makes due, then sends this worker's source clocks to every
@@ -1338,6 +1366,7 @@ impl<'a> Worker<'a> {
         if clocks == Clocks::Send {
             self.advance_and_broadcast()?;
         }
+        self.pass_skipped_records();
         let id = self.next_checkpoint_id;
         let started = Instant::now();
         let record = self

@@ -438,3 +438,72 @@ fn a_key_groups_state_and_timers_move_to_another_engine() {
         );
     }
 }
+
+/// The consumer's position passes records it never hands over (a transaction's markers,
+/// aborted records): the engine's next offsets move forward to it, on source partitions
+/// and repartition partitions already read, never back, and the checkpoint records
+/// them, so a caught-up job's committed offsets reach the ends.
+#[test]
+fn skipped_records_move_the_next_offsets_forward_only() {
+    let directory = tempfile::tempdir().unwrap();
+    let (_, job) = sluice_crds::load_manifest(&JobBuilder::tumbling().build()).unwrap();
+    let store = RocksDbStore::open(directory.path()).unwrap();
+    let mut engine = Engine::new(&job, Box::new(store), options(100), Metrics::default()).unwrap();
+    engine.use_exchange(Vec::new());
+    engine.seed_offsets(&[(PartitionId::new(0, 0), 5)]);
+    engine.assign_channels(&[(0, 3)].into_iter().collect());
+    // (source topic, or None for the repartition topic; partition; consumer position;
+    // moved; next offset of source partition 0 after; of repartition partition 0 after)
+    let table = [
+        (Some("in"), 0, 7, true, 7, 3),
+        (Some("in"), 0, 6, false, 7, 3),
+        (Some("in"), 0, 7, false, 7, 3),
+        (Some("in"), 1, 9, false, 7, 3),
+        (Some("other"), 0, 9, false, 7, 3),
+        (None, 0, 4, true, 7, 4),
+        (None, 0, 2, false, 7, 4),
+        (None, 1, 9, false, 7, 4),
+    ];
+    for (source_topic, partition, position, moved, source_next, channel_next) in table {
+        let case = format!("{source_topic:?} partition {partition} at {position}");
+        assert_eq!(
+            engine.pass_skipped_records(source_topic, partition, position),
+            moved,
+            "{case}"
+        );
+        assert_eq!(
+            engine.next_offsets().get(&PartitionId::new(0, 0)),
+            Some(&source_next),
+            "{case}"
+        );
+        assert_eq!(engine.next_offsets().len(), 1, "{case}");
+        assert_eq!(
+            engine.channel_offsets().into_iter().collect::<Vec<_>>(),
+            vec![(0, channel_next)],
+            "{case}"
+        );
+    }
+    let record = engine
+        .checkpoint(1, "token", CheckpointTimers::InMemory)
+        .unwrap();
+    assert_eq!(
+        record
+            .partitions
+            .iter()
+            .map(|partition| (
+                partition.topic.as_str(),
+                partition.partition,
+                partition.next_offset
+            ))
+            .collect::<Vec<_>>(),
+        vec![("in", 0, 7)]
+    );
+    assert_eq!(
+        record
+            .channels
+            .iter()
+            .map(|channel| (channel.partition, channel.next_offset))
+            .collect::<Vec<_>>(),
+        vec![(0, 4)]
+    );
+}
