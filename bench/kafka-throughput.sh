@@ -99,6 +99,15 @@ write_job() {
       -e "s/lateDataTopic: page-views-late/lateDataTopic: $name-late/" \
       -e "s/checkpointInterval: 10s/checkpointInterval: $interval/" \
       "$repository/examples/page-views/streamjob.yaml" > "$file"
+  # BENCH_KAFKA_PROPERTIES="name=value ...": librdkafka properties for the job (an A/B of
+  # client settings), under spec.kafka.properties.
+  if [[ -n "${BENCH_KAFKA_PROPERTIES:-}" ]]; then
+    local property properties="    properties:"
+    for property in $BENCH_KAFKA_PROPERTIES; do
+      properties+="\n      \"${property%%=*}\": \"${property#*=}\""
+    done
+    sed -i "s|^    bootstrapServers: .*|&\n$properties|" "$file"
+  fi
 }
 
 # cpu_of <pid>: user + system seconds of a process.
