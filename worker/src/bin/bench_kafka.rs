@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use rdkafka::config::ClientConfig;
+use sluice_worker::io::kafka::{CONSUMER_DEFAULTS, with_defaults};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
@@ -224,7 +225,9 @@ fn passthrough(
     commit_interval: u64,
 ) -> anyhow::Result<()> {
     let group = format!("bench-passthrough-{}", now_millis());
-    let consumer: BaseConsumer = config(bootstrap)
+    // The worker's consumer settings (batched fetches, a full prefetch queue fetched
+    // again after 100 ms), so the limit reads as fast as the worker can.
+    let consumer: BaseConsumer = with_defaults(&config(bootstrap), CONSUMER_DEFAULTS)
         .set("group.id", &group)
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")

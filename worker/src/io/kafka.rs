@@ -108,9 +108,15 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[("linger.ms", "100")];
 /// Consumer properties the worker sets unless the job does: the broker answers a fetch
 /// when 64 KiB are ready or after 100 ms, rather than for every few records, which at a
 /// light load cost a worker more CPU than its records did. A record waits at most 100 ms
-/// longer, against windows that close and commit in seconds.
-pub const CONSUMER_DEFAULTS: &[(&str, &str)] =
-    &[("fetch.wait.max.ms", "100"), ("fetch.min.bytes", "65536")];
+/// longer, against windows that close and commit in seconds. A partition whose prefetch
+/// queue is full is fetched again after 100 ms, not librdkafka's 1 s: the worker drains a
+/// full queue (`queued.min.messages`, 100,000 records) in under a second, and then sat
+/// idle until the second was up, at half its speed (bench/README.md, "Fetching").
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("fetch.wait.max.ms", "100"),
+    ("fetch.min.bytes", "65536"),
+    ("fetch.queue.backoff.ms", "100"),
+];
 
 /// `base` with each of `defaults` that it does not set.
 pub fn with_defaults(base: &ClientConfig, defaults: &[(&str, &str)]) -> ClientConfig {
