@@ -19,11 +19,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use rdkafka::config::ClientConfig;
-use sluice_worker::io::kafka::{CONSUMER_DEFAULTS, with_defaults};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
+use sluice_worker::io::kafka::{CONSUMER_DEFAULTS, with_defaults};
 
 #[derive(Debug, Parser)]
 #[command(about = "Kafka tools of the Sluice benchmark")]

@@ -111,7 +111,7 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[("linger.ms", "100")];
 /// longer, against windows that close and commit in seconds. A partition whose prefetch
 /// queue is full is fetched again after 100 ms, not librdkafka's 1 s: the worker drains a
 /// full queue (`queued.min.messages`, 100,000 records) in under a second, and then sat
-/// idle until the second was up, at half its speed (bench/README.md, "Fetching").
+/// idle until the second was up, at less than half its speed (bench/README.md, "Fetching").
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     ("fetch.wait.max.ms", "100"),
     ("fetch.min.bytes", "65536"),
