@@ -225,8 +225,8 @@ fn passthrough(
     commit_interval: u64,
 ) -> anyhow::Result<()> {
     let group = format!("bench-passthrough-{}", now_millis());
-    // The worker's consumer settings (batched fetches, a full prefetch queue fetched
-    // again after 100 ms), so the limit reads as fast as the worker can.
+    // The worker's fetch defaults (batched fetches, a full prefetch queue fetched again
+    // after 100 ms), so the limit reads at least as fast as the worker can.
     let consumer: BaseConsumer = with_defaults(&config(bootstrap), CONSUMER_DEFAULTS)
         .set("group.id", &group)
         .set("isolation.level", "read_committed")

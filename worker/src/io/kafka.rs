@@ -333,6 +333,7 @@ mod tests {
         let consumer = with_defaults(&base, CONSUMER_DEFAULTS);
         assert_eq!(consumer.get("fetch.wait.max.ms"), Some("100"));
         assert_eq!(consumer.get("fetch.min.bytes"), Some("65536"));
+        assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("100"));
         assert_eq!(
             with_defaults(&ClientConfig::new(), PRODUCER_DEFAULTS).get("linger.ms"),
             Some("100")
