@@ -12,6 +12,9 @@
 # Every run reads the same input topic, bench-input-<events>-p<partitions>-<any|url>
 # (keyed by url for sluice-keyed and peer-keyed), loaded once and kept for the next run
 # (BENCH_DELETE_INPUT=1 deletes it after the run); each run deletes its own topics.
+# BENCH_ROUND_ROBIN=1 loads the unkeyed input record by record over the partitions in turn
+# (topic bench-input-<events>-p<partitions>-rr), so the partitions advance in event time
+# together, as the peer's own loader writes them.
 # BENCH_PERF=<file> records a 40 s perf profile of the worker (sluice, sluice-keyed).
 # `latency` runs one worker on a fresh topic and `sluice-bench-kafka latency` against it.
 #
@@ -59,7 +62,9 @@ fi
 # its name in INPUT_TOPIC.
 input_topic() {
   local keyed="$1" lines existing key=any
+  local round_robin="${BENCH_ROUND_ROBIN:-0}"
   [[ -n "$keyed" ]] && key=url
+  [[ -z "$keyed" && "$round_robin" == 1 ]] && key=rr
   INPUT_TOPIC="bench-input-$events-p$partitions-$key"
   lines="$(grep -c . "$input" || true)"
   existing="$("$tool" --bootstrap "$bootstrap" count --topic "$INPUT_TOPIC" 2>/dev/null || true)"
@@ -69,7 +74,9 @@ input_topic() {
   fi
   log "loading $events events into $INPUT_TOPIC ($partitions partitions${keyed:+, keyed by url})"
   "$tool" --bootstrap "$bootstrap" create-topic --topic "$INPUT_TOPIC" --partitions "$partitions"
-  "$tool" --bootstrap "$bootstrap" load --topic "$INPUT_TOPIC" --input "$input" ${keyed:+--keyed} >&2
+  local order=()
+  [[ "$key" == rr ]] && order=(--round-robin "$partitions")
+  "$tool" --bootstrap "$bootstrap" load --topic "$INPUT_TOPIC" --input "$input" ${keyed:+--keyed} "${order[@]}" >&2
 }
 
 done_with_input() {

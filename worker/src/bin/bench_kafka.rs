@@ -63,6 +63,11 @@ enum Command {
         /// Use the event's `url` as the record key (the producer partitions by it).
         #[arg(long)]
         keyed: bool,
+        /// Write record i to partition i mod N of the topic's N partitions (unkeyed input
+        /// whose partitions advance in event time together), instead of librdkafka's
+        /// sticky partitioner (runs of a few thousand records per partition).
+        #[arg(long, conflicts_with = "keyed")]
+        round_robin: Option<i32>,
     },
     /// Consume → transactional produce with no processing: the limit.
     Passthrough {
@@ -156,7 +161,13 @@ fn send_blocking(
     }
 }
 
-fn load(bootstrap: &str, topic: &str, input: &PathBuf, keyed: bool) -> anyhow::Result<()> {
+fn load(
+    bootstrap: &str,
+    topic: &str,
+    input: &PathBuf,
+    keyed: bool,
+    round_robin: Option<i32>,
+) -> anyhow::Result<()> {
     let producer: BaseProducer = config(bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "20")
@@ -176,6 +187,10 @@ fn load(bootstrap: &str, topic: &str, input: &PathBuf, keyed: bool) -> anyhow::R
         let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(&line);
         if let Some(key) = key {
             record = record.key(key);
+        }
+        if let Some(partitions) = round_robin.filter(|partitions| *partitions > 0) {
+            let partition = count % u64::try_from(partitions)?;
+            record = record.partition(i32::try_from(partition)?);
         }
         send_blocking(&producer, record)?;
         count += 1;
@@ -490,7 +505,8 @@ fn main() -> anyhow::Result<()> {
             topic,
             input,
             keyed,
-        } => load(&arguments.bootstrap, topic, input, *keyed),
+            round_robin,
+        } => load(&arguments.bootstrap, topic, input, *keyed, *round_robin),
         Command::Passthrough {
             input,
             output,
