@@ -34,7 +34,7 @@ generator="$bin/sluice-bench-generate"
 data="$cache/bench"
 events="${BENCH_EVENTS:-10000000}"
 partitions="${BENCH_PARTITIONS:-2}"
-interval="${BENCH_CHECKPOINT_INTERVAL:-5s}"
+interval="${BENCH_CHECKPOINT_INTERVAL:-2s}"
 state_root="${BENCH_STATE:-/var/tmp/sluice-bench}"
 what="${1:-all}"
 
