@@ -42,12 +42,40 @@ pub struct Memory {
     /// judged on a window that starts after it, since that first one still holds the
     /// workers' warm-up (state restored, fetch buffers filling).
     pub judge_after: Option<f64>,
-    /// Recommendations of the last `scaleDownDelay`, oldest first: (when, parallelism).
-    pub recommendations: Vec<(f64, i32)>,
+    /// Recommendations of the last `scaleDownDelay`, oldest first.
+    pub recommendations: Vec<Recommendation>,
     /// Since when recommendations have been recorded at this parallelism.
     pub observed_since: Option<f64>,
     /// How long the workers took to restart at the last rescale, in seconds.
     pub restart_seconds: Option<f64>,
+}
+
+/// A parallelism a window asked for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Recommendation {
+    /// When (the window's clock).
+    pub at: f64,
+    /// When the window's oldest sample was taken.
+    pub window_started_at: f64,
+    /// The parallelism.
+    pub parallelism: i32,
+}
+
+/// The highest parallelism asked for by the windows that lie wholly within the last
+/// `delay` seconds before `now`, or, when none does (a window longer than the delay), by
+/// any window that ended in that time. A window that began before the delay can still hold the load
+/// from before a drop: after a step down, the first windows average the old and the new
+/// rate, and going to what they asked for would take a second scale-down later.
+fn highest_within(recommendations: &[Recommendation], delay: f64, now: f64) -> Option<i32> {
+    let highest = |within: &dyn Fn(&Recommendation) -> bool| {
+        recommendations
+            .iter()
+            .filter(|recommendation| within(recommendation))
+            .map(|recommendation| recommendation.parallelism)
+            .max()
+    };
+    highest(&|recommendation| recommendation.window_started_at >= now - delay)
+        .or_else(|| highest(&|recommendation| now - recommendation.at <= delay))
 }
 
 /// The restart time assumed before one is measured.
@@ -198,9 +226,12 @@ pub fn decide(
     };
     // 3. The need at an input rate: the input at the target utilization, or, when more,
     // the input plus the backlog (the lag, and the input that piles up while the workers
-    // restart) worked off within catchUpDuration by fully busy workers. Up is judged at
-    // the lower of the window's and the recent input rates, down at the higher, so a
-    // burst shorter than the window does not scale up and a lull does not scale down.
+    // restart) worked off within catchUpDuration by fully busy workers. (Not their sum, as
+    // the Flink autoscaler takes: the headroom the target leaves is what works a backlog
+    // off; counting both scaled up on a burst the workers absorbed within
+    // catchUpDuration, in `sluice-bench-autoscaler`.) Up is judged at the lower of the
+    // window's and the recent input rates, down at the higher, so a burst shorter than
+    // the window does not scale up and a lull does not scale down.
     let restart = memory.restart_seconds.unwrap_or(DEFAULT_RESTART_SECONDS);
     let needed_rate = |input: f64| {
         (input / settings.target_utilization)
@@ -289,10 +320,14 @@ pub fn decide(
         capped = true;
     }
     memory.observed_since.get_or_insert(now);
-    memory.recommendations.push((now, recommended));
+    memory.recommendations.push(Recommendation {
+        at: now,
+        window_started_at: summary.started_at,
+        parallelism: recommended,
+    });
     memory
         .recommendations
-        .retain(|(at, _)| now - at <= settings.scale_down_delay_seconds);
+        .retain(|recommendation| now - recommendation.at <= settings.scale_down_delay_seconds);
     let mut figures = format!(
         "needs {wanted:.1} workers' capacity ({:.0} records/s in, lag {}, utilization {})",
         summary.input_rate,
@@ -395,13 +430,19 @@ pub fn decide(
                 memory,
             );
         }
-        let highest = memory
+        // When every recommendation of the delay is below the parallelism, the
+        // scale-down goes to the highest that windows wholly within the delay asked for.
+        let every_lower = memory
             .recommendations
             .iter()
-            .map(|(_, recommended)| *recommended)
-            .max()
-            .unwrap_or(recommended);
-        if highest < parallelism {
+            .all(|recommendation| recommendation.parallelism < parallelism);
+        let highest = highest_within(
+            &memory.recommendations,
+            settings.scale_down_delay_seconds,
+            now,
+        )
+        .unwrap_or(recommended);
+        if every_lower && highest < parallelism {
             memory.last_scale = Some((now, parallelism));
             memory.capacity_before_scale = None;
             memory.recommendations.clear();
@@ -411,7 +452,7 @@ pub fn decide(
                 ..decision(
                     Action::Scale(highest),
                     format!(
-                        "scaling down from {parallelism} to {highest}, the highest recommendation of the last {:.0}s: {figures}",
+                        "scaling down from {parallelism} to {highest}, the highest recommendation of the windows within the last {:.0}s: {figures}",
                         settings.scale_down_delay_seconds
                     ),
                     None,
@@ -519,7 +560,11 @@ mod tests {
         }
         // Recommendations recorded since `since`, the highest `recommended`, 300 s ago.
         let quiet_since = |since: f64, recommended: i32| Memory {
-            recommendations: vec![(-300.0, recommended)],
+            recommendations: vec![Recommendation {
+                at: -300.0,
+                window_started_at: -420.0,
+                parallelism: recommended,
+            }],
             observed_since: Some(since),
             ..Memory::default()
         };
@@ -703,6 +748,71 @@ mod tests {
                 case.name,
                 decision.reason
             );
+        }
+    }
+
+    #[test]
+    fn a_step_down_goes_to_what_windows_within_the_delay_asked_for() {
+        // 4 workers, 250 records/s now (1 worker would do), scaleDownDelay 600 s, low
+        // load observed for 700 s. Earlier windows as (window start, recorded at,
+        // parallelism asked for), and the start of the newest window (asking for 1).
+        type Earlier = &'static [(f64, f64, i32)];
+        let cases: [(&str, Earlier, f64, Action); 5] = [
+            (
+                "a window that began before the delay, averaging the load before a drop",
+                &[(-720.0, -590.0, 3), (-420.0, -300.0, 1)],
+                -120.0,
+                Action::Scale(1),
+            ),
+            (
+                "a window within the delay asked for more than the newest",
+                &[(-720.0, -590.0, 3), (-420.0, -300.0, 2)],
+                -120.0,
+                Action::Scale(2),
+            ),
+            (
+                "every window began before the delay (longer than it): the highest of all",
+                &[(-900.0, -590.0, 3), (-800.0, -300.0, 2)],
+                -700.0,
+                Action::Scale(3),
+            ),
+            (
+                "one asked for the parallelism running: no scale-down",
+                &[(-720.0, -590.0, 4), (-420.0, -300.0, 1)],
+                -120.0,
+                Action::Stay,
+            ),
+            (
+                "older than the delay: forgotten",
+                &[(-900.0, -700.0, 4), (-420.0, -300.0, 1)],
+                -120.0,
+                Action::Scale(1),
+            ),
+        ];
+        for (case, recommended, newest_window_start, action) in cases {
+            let memory = Memory {
+                recommendations: recommended
+                    .iter()
+                    .map(|&(window_started_at, at, parallelism)| Recommendation {
+                        at,
+                        window_started_at,
+                        parallelism,
+                    })
+                    .collect(),
+                observed_since: Some(-700.0),
+                ..Memory::default()
+            };
+            let decision = decide(
+                &Summary {
+                    started_at: newest_window_start,
+                    ..summary("ok", 0, 250.0, 250.0, Some(0.125))
+                },
+                4,
+                &settings(),
+                &memory,
+                0.0,
+            );
+            assert_eq!(decision.action, action, "{case}: {}", decision.reason);
         }
     }
 
