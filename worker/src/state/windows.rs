@@ -850,20 +850,14 @@ impl KeyedWindowState {
         let Some(entry) = self.cache.get_mut(key) else {
             return;
         };
-        entry.timers.push(KeyTimer {
+        let key_timer = KeyTimer {
             time,
             kind,
             range,
             in_store: false,
-        });
-        self.timers.insert(Timer {
-            time,
-            kind,
-            start: range.start,
-            end: range.end,
-            key: entry.key.clone(),
-            key_group,
-        });
+        };
+        entry.timers.push(key_timer);
+        self.timers.insert(key_timer.timer(&entry.key, key_group));
     }
 
     /// Drops a pending timer of a window of a cached key (one just returned by
@@ -884,14 +878,13 @@ impl KeyedWindowState {
         entry.timers.retain(|key_timer| {
             key_timer.time != time || key_timer.kind != kind || key_timer.range != range
         });
-        let timer = Timer {
+        let timer = KeyTimer {
             time,
             kind,
-            start: range.start,
-            end: range.end,
-            key: entry.key.clone(),
-            key_group,
-        };
+            range,
+            in_store: false,
+        }
+        .timer(&entry.key, key_group);
         self.timers.remove(&timer);
         self.pending_writes
             .delete(Column::Timers, timer.store_key());
