@@ -353,15 +353,28 @@ pub fn decide(
         capacity,
         memory,
     };
-    // 5. Up at once when the job falls behind or runs hotter than the target.
+    // 5. Up at once when the job falls behind; or when the workers run hotter than the
+    // target by half the headroom left above it (85% for a 70% target: a band, so a
+    // burst that lifts the window's mean a little above the target does not scale),
+    // counting only the share the input takes when they work a backlog off (busy by
+    // design: that is what the headroom is for); or when, working it off, they could
+    // not finish within catchUpDuration even fully busy. (Falling behind, the window's
+    // classification decides, so that a burst shorter than the window does not scale.)
     if recommended > parallelism {
         let behind = classes.warn > 0;
-        // Hotter than the target by half the headroom left above it (85% for a 70%
-        // target): a band, so a burst that lifts the window's mean a little above the
-        // target does not scale.
         let hot_above = settings.target_utilization + (1.0 - settings.target_utilization) / 2.0;
-        let hot = utilization.is_some_and(|busy| busy > hot_above);
-        if !(behind || hot) {
+        let catching_up = summary.processing_rate > up_input;
+        let input_share = utilization.zip(capacity).map(|(busy, capacity)| {
+            if catching_up {
+                up_input / capacity
+            } else {
+                busy
+            }
+        });
+        let hot = input_share.is_some_and(|share| share > hot_above);
+        let catch_up_rate = up_input + summary.lag as f64 / settings.catch_up_seconds;
+        let late = catching_up && capacity.is_some_and(|capacity| catch_up_rate > capacity);
+        if !(behind || hot || late) {
             return decision(
                 Action::Stay,
                 format!(
@@ -382,11 +395,17 @@ pub fn decide(
                 "scaling up from {parallelism} to {recommended}: {figures}, {}",
                 if behind {
                     format!("{} partition(s) falling behind", classes.warn)
-                } else {
+                } else if hot {
                     format!(
-                        "above {} busy (target {})",
+                        "{} busy for the input, above {} (target {})",
+                        percent(input_share.unwrap_or_default()),
                         percent(hot_above),
                         percent(settings.target_utilization)
+                    )
+                } else {
+                    format!(
+                        "the lag cannot be worked off within catchUpDuration ({catch_up_rate:.0} records/s needed, {:.0} possible)",
+                        capacity.unwrap_or_default()
                     )
                 }
             ),
@@ -619,6 +638,37 @@ mod tests {
                 },
                 now: 0.0,
                 action: Action::Stay,
+                refusal: None,
+            },
+            Case {
+                // 1,000 records/s per worker; the input alone 80% of two: not hot, and
+                // 1600 + 100,000/300 = 1,933/s works the lag off in time.
+                name: "a backlog worked off within catchUpDuration, fully busy: no scale-up",
+                summary: summary("ok", 100_000, 1600.0, 2000.0, Some(1.0)),
+                parallelism: 2,
+                memory: Memory::default(),
+                now: 0.0,
+                action: Action::Stay,
+                refusal: None,
+            },
+            Case {
+                // 1600 + 300,000/300 = 2,600/s needed, 2,000 possible.
+                name: "a backlog too large for catchUpDuration, although shrinking: up",
+                summary: summary("ok", 300_000, 1600.0, 2000.0, Some(1.0)),
+                parallelism: 2,
+                memory: Memory::default(),
+                now: 0.0,
+                action: Action::Scale(3),
+                refusal: None,
+            },
+            Case {
+                // The input alone keeps two workers 90% busy: above the 85% band.
+                name: "the input alone above the band: up",
+                summary: summary("ok", 0, 1800.0, 1800.0, Some(0.9)),
+                parallelism: 2,
+                memory: Memory::default(),
+                now: 0.0,
+                action: Action::Scale(3),
                 refusal: None,
             },
             Case {
