@@ -63,9 +63,10 @@ pub struct Recommendation {
 
 /// The highest parallelism asked for by the windows that lie wholly within the last
 /// `delay` seconds before `now`, or, when none does (a window longer than the delay), by
-/// any window that ended in that time. A window that began before the delay can still hold the load
-/// from before a drop: after a step down, the first windows average the old and the new
-/// rate, and going to what they asked for would take a second scale-down later.
+/// any window that ended in that time. A window that began before the delay can still
+/// hold the load from before a drop: after a step down, the first windows average the old
+/// and the new rate, and going to what they asked for would take a second scale-down
+/// later.
 fn highest_within(recommendations: &[Recommendation], delay: f64, now: f64) -> Option<i32> {
     let highest = |within: &dyn Fn(&Recommendation) -> bool| {
         recommendations
