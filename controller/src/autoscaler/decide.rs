@@ -61,22 +61,21 @@ pub struct Recommendation {
     pub parallelism: i32,
 }
 
-/// The highest parallelism asked for by the windows that lie wholly within the last
-/// `delay` seconds before `now`, or, when none does (a window longer than the delay), by
-/// any window that ended in that time. A window that began before the delay can still
-/// hold the load from before a drop: after a step down, the first windows average the old
-/// and the new rate, and going to what they asked for would take a second scale-down
-/// later.
+/// The highest parallelism among `recommendations` (those of the last `delay` seconds
+/// before `now`) asked for by the windows that lie wholly within the delay, or, when none
+/// does (a window longer than the delay), by any of them. A window that began before the
+/// delay can still hold the load from before a drop: after a step down, the first windows
+/// average the old and the new rate, and going to what they asked for would take a second
+/// scale-down later.
 fn highest_within(recommendations: &[Recommendation], delay: f64, now: f64) -> Option<i32> {
-    let highest = |within: &dyn Fn(&Recommendation) -> bool| {
+    let highest_since = |start: f64| {
         recommendations
             .iter()
-            .filter(|recommendation| within(recommendation))
+            .filter(|recommendation| recommendation.window_started_at >= start)
             .map(|recommendation| recommendation.parallelism)
             .max()
     };
-    highest(&|recommendation| recommendation.window_started_at >= now - delay)
-        .or_else(|| highest(&|recommendation| now - recommendation.at <= delay))
+    highest_since(now - delay).or_else(|| highest_since(f64::NEG_INFINITY))
 }
 
 /// The restart time assumed before one is measured.
@@ -456,13 +455,13 @@ pub fn decide(
             .recommendations
             .iter()
             .all(|recommendation| recommendation.parallelism < parallelism);
-        let highest = highest_within(
-            &memory.recommendations,
-            settings.scale_down_delay_seconds,
-            now,
-        )
-        .unwrap_or(recommended);
-        if every_lower && highest < parallelism {
+        if every_lower {
+            let highest = highest_within(
+                &memory.recommendations,
+                settings.scale_down_delay_seconds,
+                now,
+            )
+            .unwrap_or(recommended);
             memory.last_scale = Some((now, parallelism));
             memory.capacity_before_scale = None;
             memory.recommendations.clear();
