@@ -118,6 +118,8 @@ pub struct Engine {
     metrics: Metrics,
     results: Vec<WindowResult>,
     output_names: Vec<String>,
+    /// Per output, `,"<name>":` (encoded once, written in every result).
+    output_prefixes: Vec<Vec<u8>>,
     /// The last window formatted for results, and its formatted bounds.
     window_bounds: (Option<WindowRange>, String),
     /// The result fields the sink key reads (`None`: all).
@@ -265,7 +267,7 @@ impl Engine {
             ))),
             None => EngineState::Stateless(store),
         };
-        let output_names = pipeline
+        let output_names: Vec<String> = pipeline
             .window()
             .map(|window| {
                 window
@@ -286,6 +288,15 @@ impl Engine {
             partition_key_groups: None,
             metrics,
             results: Vec::new(),
+            output_prefixes: output_names
+                .iter()
+                .map(|name| {
+                    let mut prefix = vec![b','];
+                    let _ = serde_json::to_writer(&mut prefix, name);
+                    prefix.push(b':');
+                    prefix
+                })
+                .collect(),
             output_names,
             window_bounds: (None, String::new()),
             sink_key_fields: job
@@ -921,7 +932,11 @@ impl Engine {
             // sink key only the fields it reads.
             let value = self.encode_result_directly(result);
             let key = match &mut self.pipeline.sink_key {
+                // (`event.key`, the usual sink key, is the window's key as it is)
                 None => key_bytes_of_canonical(&result.key),
+                Some(expression) if expression.field_name() == Some("key") => {
+                    key_bytes_of_canonical(&result.key)
+                }
                 Some(expression) => {
                     let fields =
                         result_fields(result, &self.output_names, self.sink_key_fields.as_deref());
@@ -976,10 +991,8 @@ impl Engine {
         out.extend_from_slice(b"{\"key\":");
         out.extend_from_slice(&result.key);
         out.extend_from_slice(self.window_bounds.1.as_bytes());
-        for (name, value) in self.output_names.iter().zip(&result.values) {
-            out.push(b',');
-            let _ = serde_json::to_writer(&mut out, name);
-            out.push(b':');
+        for (prefix, value) in self.output_prefixes.iter().zip(&result.values) {
+            out.extend_from_slice(prefix);
             value.write_json(&mut out);
         }
         let _ = write!(out, ",\"isUpdate\":{}}}", result.is_update);
@@ -1139,7 +1152,15 @@ fn key_bytes(value: &Value) -> Vec<u8> {
     }
 }
 
+/// The Kafka record key of a key's canonical bytes (its compact JSON): as
+/// [`key_bytes`] of the value they encode.
 fn key_bytes_of_canonical(canonical: &[u8]) -> Vec<u8> {
+    // A string with no escape in it is its text between the quotes.
+    if let [b'"', text @ .., b'"'] = canonical
+        && !text.contains(&b'\\')
+    {
+        return text.to_vec();
+    }
     match serde_json::from_slice::<Value>(canonical) {
         Ok(value) => key_bytes(&value),
         Err(_) => canonical.to_vec(),
@@ -1176,5 +1197,34 @@ fn state_meta(pipeline: &CompiledPipeline) -> StateMeta {
                     .collect()
             })
             .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_canonical_key_gives_the_record_key_its_value_gives() {
+        for value in [
+            serde_json::json!("/home"),
+            serde_json::json!(""),
+            serde_json::json!("a \"quoted\" \\ path\n"),
+            serde_json::json!("caf\u{e9} \u{1f600}"),
+            serde_json::json!("\u{1}"),
+            serde_json::json!(42),
+            serde_json::json!(-1.5),
+            serde_json::json!(true),
+            serde_json::json!(null),
+            serde_json::json!({"a": "b"}),
+            serde_json::json!(["x"]),
+        ] {
+            let canonical = serde_json::to_vec(&value).unwrap();
+            assert_eq!(
+                key_bytes_of_canonical(&canonical),
+                key_bytes(&value),
+                "{value}"
+            );
+        }
     }
 }

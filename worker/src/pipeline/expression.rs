@@ -190,6 +190,14 @@ impl CompiledExpression {
         &self.source
     }
 
+    /// The field it reads when it is nothing but `event.<field>`.
+    pub fn field_name(&self) -> Option<&str> {
+        match &self.evaluator {
+            Evaluator::Field(field) => Some(field),
+            _ => None,
+        }
+    }
+
     /// Whether the native fast path evaluates it.
     pub fn is_native(&self) -> bool {
         !matches!(self.evaluator, Evaluator::Cel(_))
