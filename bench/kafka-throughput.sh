@@ -16,6 +16,8 @@
 # (topic bench-input-<events>-p<partitions>-rr), so the partitions advance in event time
 # together, as the peer's own loader writes them.
 # BENCH_PERF=<file> records a 40 s perf profile of the worker (sluice, sluice-keyed).
+# BENCH_WORKERS=<n> (default 1) runs the job at parallelism n: n worker processes
+# (ordinals 0 to n-1), their CPU seconds summed.
 # `latency` runs one worker on a fresh topic and `sluice-bench-kafka latency` against it.
 #
 # Needs the local broker (`make cluster-up`) and the release binaries (`make build`), or
@@ -35,6 +37,7 @@ data="$cache/bench"
 events="${BENCH_EVENTS:-10000000}"
 partitions="${BENCH_PARTITIONS:-2}"
 interval="${BENCH_CHECKPOINT_INTERVAL:-2s}"
+workers="${BENCH_WORKERS:-1}"
 state_root="${BENCH_STATE:-/var/tmp/sluice-bench}"
 what="${1:-all}"
 
@@ -98,7 +101,7 @@ machine() {
 write_job() {
   local file="$1" name="$2" topic="$3" partitioning="$4"
   sed -e "s/^  name: page-views$/  name: $name/" \
-      -e "s/^  parallelism: 2$/  parallelism: 1/" \
+      -e "s/^  parallelism: 2$/  parallelism: $workers/" \
       -e "s|bootstrapServers: kafka:9092|bootstrapServers: $bootstrap|" \
       -e "s/topics: \[page-views\]/topics: [$topic]\n    partitioning: $partitioning/" \
       -e "s/topic: page-views-per-minute/topic: $name-out/" \
@@ -117,25 +120,30 @@ write_job() {
   fi
 }
 
-# cpu_of <pid>: user + system seconds of a process.
+# cpu_of <pid>...: user + system seconds of processes, summed.
 cpu_of() {
-  awk '{print ($14 + $15) / 100}' "/proc/$1/stat"
+  local pid
+  for pid in "$@"; do cat "/proc/$pid/stat"; done | awk '{cpu += $14 + $15} END {print cpu / 100}'
 }
 
-# start_worker <name> <topic> <partitioning>: creates the job's topics and starts one
-# worker on <topic>; its pid in WORKER_PID.
+# start_worker <name> <topic> <partitioning>: creates the job's topics and starts its
+# BENCH_WORKERS workers on <topic>; their pids in WORKER_PIDS.
 start_worker() {
-  local name="$1" topic="$2" partitioning="$3"
+  local name="$1" topic="$2" partitioning="$3" ordinal
   for suffix in out dead late; do
     "$tool" --bootstrap "$bootstrap" create-topic --topic "$name-$suffix" --partitions "$partitions"
   done
   local job="$state_root/$name.yaml"
   write_job "$job" "$name" "$topic" "$partitioning"
-  "$worker" --log-format json run --job "$job" --namespace bench --ordinal 0 --parallelism 1 \
-    --state-dir "$state_root/$name" --admin-address 127.0.0.1:0 2> "$state_root/$name.log" &
-  WORKER_PID=$!
-  # shellcheck disable=SC2064 # the pid now
-  trap "kill $WORKER_PID 2>/dev/null || true" EXIT
+  WORKER_PIDS=()
+  for ((ordinal = 0; ordinal < workers; ordinal++)); do
+    "$worker" --log-format json run --job "$job" --namespace bench --ordinal "$ordinal" \
+      --parallelism "$workers" --state-dir "$state_root/$name/$ordinal" \
+      --admin-address 127.0.0.1:0 2> "$state_root/$name-$ordinal.log" &
+    WORKER_PIDS+=($!)
+  done
+  # shellcheck disable=SC2064 # the pids now
+  trap "kill ${WORKER_PIDS[*]} 2>/dev/null || true" EXIT
 }
 
 # wait_for <group> <topic>: until the group's committed offsets reach the topic's end,
@@ -150,7 +158,7 @@ wait_for() {
 # stop_worker <name>: stops the worker and deletes the job's topics and state.
 stop_worker() {
   local name="$1"
-  kill -TERM "$WORKER_PID"; wait "$WORKER_PID" || true
+  kill -TERM "${WORKER_PIDS[@]}"; wait "${WORKER_PIDS[@]}" || true
   "$tool" --bootstrap "$bootstrap" delete-topics --prefix "$name-" >&2
   "$tool" --bootstrap "$bootstrap" delete-topics --prefix "sluice.bench.$name." >&2
   rm -rf "${state_root:?}/$name"
@@ -168,7 +176,7 @@ run_sluice() {
   start_worker "$name" "$topic" "$partitioning"
   if [[ -n "${BENCH_PERF:-}" ]]; then
     # A sample of the worker mid-run (99 Hz, DWARF stacks): 20 s in, for 40 s.
-    (sleep 20 && perf record -F 99 --call-graph dwarf,16384 -p "$WORKER_PID" -o "$BENCH_PERF" -- sleep 40 \
+    (sleep 20 && perf record -F 99 --call-graph dwarf,16384 -p "$(IFS=,; echo "${WORKER_PIDS[*]}")" -o "$BENCH_PERF" -- sleep 40 \
       > "$BENCH_PERF.log" 2>&1) &
   fi
   wait_for "sluice.bench.$name" "$topic"
@@ -180,12 +188,12 @@ run_sluice() {
   fi
   local finished cpu
   finished=$(date +%s.%N)
-  cpu=$(cpu_of "$WORKER_PID")
+  cpu=$(cpu_of "${WORKER_PIDS[@]}")
   awk -v events="$events" -v started="$started" -v finished="$finished" -v cpu="$cpu" \
-      -v mode="sluice-$partitioning" -v interval="$interval" 'BEGIN {
+      -v mode="sluice-$partitioning" -v interval="$interval" -v workers="$workers" 'BEGIN {
     seconds = finished - started
-    printf "{\"mode\":\"%s\",\"checkpoint_interval\":\"%s\",\"events\":%d,\"seconds\":%.2f,\"events_per_second\":%.0f,\"cpu_seconds\":%.2f,\"events_per_cpu_second\":%.0f}\n",
-      mode, interval, events, seconds, events / seconds, cpu, events / cpu }'
+    printf "{\"mode\":\"%s\",\"workers\":%d,\"checkpoint_interval\":\"%s\",\"events\":%d,\"seconds\":%.2f,\"events_per_second\":%.0f,\"cpu_seconds\":%.2f,\"events_per_cpu_second\":%.0f}\n",
+      mode, workers, interval, events, seconds, events / seconds, cpu, events / cpu }'
   stop_worker "$name"
   machine
   done_with_input
@@ -234,7 +242,7 @@ run_latency() {
   report="$("$tool" --bootstrap "$bootstrap" latency --input "$name-in" --output "$name-out" \
     --rate "$rate" --seconds "$seconds" --drain "$(( $(interval_ms) * 2 / 1000 + 15 ))")"
   local cpu
-  cpu=$(cpu_of "$WORKER_PID")
+  cpu=$(cpu_of "${WORKER_PIDS[@]}")
   echo "${report%\}},\"checkpoint_interval\":\"$interval\",\"partitioning\":\"$partitioning\",\"worker_cpu_seconds\":$cpu}"
   stop_worker "$name"
   machine
