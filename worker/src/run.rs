@@ -214,6 +214,14 @@ fn skips_checkpoint(
     !read_since_commit && sent_at_commit == Some(sent_now) && skipped < MAX_SKIPPED_CHECKPOINTS
 }
 
+/// How often a worker in `Any` mode sends its source clocks to the repartition topic
+/// when they moved, besides at each checkpoint (Flink's default watermark interval). A
+/// transaction's events and the watermark records among them become readable together,
+/// at its commit: with records only at checkpoints, the keyed side read an interval of
+/// events before its watermark moved, and with long intervals held several windows open
+/// at once, more than its cache (bench/README.md, "Watermark records every 200 ms").
+const WATERMARK_INTERVAL: Duration = Duration::from_millis(200);
+
 /// The most checkpoints a worker takes on a firing per checkpoint interval.
 const MAX_FIRING_CHECKPOINTS_PER_INTERVAL: u32 = 10;
 
@@ -988,6 +996,7 @@ impl<'a> Worker<'a> {
         let interval = self.job.spec.state.checkpoint_interval.get();
         let mut next_checkpoint = Instant::now() + interval;
         let mut next_advance = Instant::now();
+        let mut next_broadcast = Instant::now() + WATERMARK_INTERVAL;
         let mut next_lag = Instant::now();
         loop {
             if self.status.shutdown.load(Ordering::SeqCst) {
@@ -1098,7 +1107,11 @@ impl<'a> Worker<'a> {
                 budget -= 1;
             }
             let now = Instant::now();
-            if now >= next_advance {
+            if self.exchange && now >= next_broadcast {
+                self.advance_and_broadcast()?;
+                next_broadcast = now + WATERMARK_INTERVAL;
+                next_advance = now + Duration::from_millis(100);
+            } else if now >= next_advance {
                 let millis = self.now();
                 self.engine
                     .advance(millis, &mut self.sink)
@@ -1335,7 +1348,8 @@ impl<'a> Worker<'a> {
 
     /// Fires what the clock makes due, then sends this worker's source clocks to every
     /// repartition partition when they changed since it last sent them: they follow every
-    /// event they cover. (Unchanged clocks say nothing new: a receiver keeps the clocks it
+    /// event they cover. At each checkpoint but one on a firing, and every
+    /// [`WATERMARK_INTERVAL`] between. (Unchanged clocks say nothing new: a receiver keeps the clocks it
     /// heard in its checkpoints.)
     fn advance_and_broadcast(&mut self) -> Result<(), Stop> {
         let now = self.now();
