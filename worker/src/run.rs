@@ -1349,8 +1349,8 @@ impl<'a> Worker<'a> {
     /// Fires what the clock makes due, then sends this worker's source clocks to every
     /// repartition partition when they changed since it last sent them: they follow every
     /// event they cover. At each checkpoint but one on a firing, and every
-    /// [`WATERMARK_INTERVAL`] between. (Unchanged clocks say nothing new: a receiver keeps the clocks it
-    /// heard in its checkpoints.)
+    /// [`WATERMARK_INTERVAL`] between. (Unchanged clocks say nothing new: a receiver keeps
+    /// the clocks it heard in its checkpoints.)
     fn advance_and_broadcast(&mut self) -> Result<(), Stop> {
         let now = self.now();
         self.engine.advance(now, &mut self.sink).map_err(restart)?;
