@@ -177,14 +177,8 @@ impl SlotMembers {
 
     /// Removes and returns, in order, the members not after `last`.
     fn take_up_to(&mut self, last: &SlotMember) -> Vec<SlotMember> {
-        match self {
-            Self::Hashed(members) => {
-                *self = Self::Ordered(std::mem::take(members).into_iter().collect());
-            }
-            Self::Sorted(members) => {
-                *self = Self::Ordered(std::mem::take(members).into_iter().collect());
-            }
-            Self::Ordered(_) => {}
+        if !matches!(self, Self::Ordered(_)) {
+            *self = Self::Ordered(std::mem::take(self).into_sorted().into_iter().collect());
         }
         let Self::Ordered(members) = self else {
             return Vec::new();
@@ -200,16 +194,10 @@ impl SlotMembers {
 
     /// Removes and returns, in order, the first `count` members.
     fn take_first(&mut self, count: usize) -> Vec<SlotMember> {
-        match self {
-            Self::Hashed(members) => {
-                let mut sorted = sort_members(std::mem::take(members).into_iter().collect());
-                sorted.reverse();
-                *self = Self::Sorted(sorted);
-            }
-            Self::Ordered(members) => {
-                *self = Self::Sorted(std::mem::take(members).into_iter().rev().collect());
-            }
-            Self::Sorted(_) => {}
+        if !matches!(self, Self::Sorted(_)) {
+            let mut sorted = std::mem::take(self).into_sorted();
+            sorted.reverse();
+            *self = Self::Sorted(sorted);
         }
         let Self::Sorted(members) = self else {
             return Vec::new();
