@@ -411,6 +411,25 @@ impl Engine {
         }
     }
 
+    /// The watermark of the source partitions this engine reads: in `Direct` mode the
+    /// window operator's; in `Exchange` mode the one its own partitions' clocks give, as
+    /// the keyed side would take it were they the only ones (it takes the least of every
+    /// source partition's).
+    pub fn source_watermark(&self) -> Millis {
+        self.watermarks.current()
+    }
+
+    /// Whether a window of the job ends in `(before, after]`
+    /// ([`WindowAssigner::ends_between`](crate::time::window::WindowAssigner::ends_between));
+    /// false for a job without a window.
+    pub fn window_ends_between(&self, before: Millis, after: Millis) -> bool {
+        self.pipeline
+            .keyed
+            .as_ref()
+            .and_then(|keyed| keyed.window.as_ref())
+            .is_some_and(|window| window.assigner.ends_between(before, after))
+    }
+
     /// Keyed events will arrive through the repartition topic ([`Self::receive`]), and
     /// the window operator's watermark from its watermark records; `sources` are every
     /// source partition of the job, each of which holds that watermark back until heard

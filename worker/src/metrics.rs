@@ -69,7 +69,8 @@ pub struct Metrics {
     pub savepoint_pause: Histogram,
     /// Checkpoints completed.
     pub checkpoints: Counter,
-    /// Checkpoints taken ahead of the interval because a watermark record fired windows.
+    /// Checkpoints taken ahead of the interval because results wait for them: a
+    /// watermark passed a window's end.
     pub firing_checkpoints: Counter,
     /// Transactions aborted (the worker then returns to its last checkpoint).
     pub aborted_transactions: Counter,
@@ -205,7 +206,7 @@ impl Metrics {
         );
         registry.register(
             "firing_checkpoints",
-            "Checkpoints taken ahead of the interval because a watermark record from the repartition topic fired windows (also counted in checkpoints)",
+            "Checkpoints taken ahead of the interval because results wait for them: the worker's watermark or the watermark records it wrote passed a window's end, or a watermark record from the repartition topic fired windows (also counted in checkpoints)",
             self.firing_checkpoints.clone(),
         );
         registry.register(

@@ -7,7 +7,7 @@
 //! broker that goes away, makes the loop start over from the last complete checkpoint; a
 //! fenced worker (another one took its ordinal) stops and says why.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -223,30 +223,55 @@ fn skips_checkpoint(
 const WATERMARK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The most checkpoints a worker takes on a firing per checkpoint interval.
-const MAX_FIRING_CHECKPOINTS_PER_INTERVAL: u32 = 10;
+const MAX_FIRING_CHECKPOINTS_PER_INTERVAL: usize = 10;
 
-/// Whether the worker checkpoints now, ahead of its interval, because a watermark record
-/// read from the repartition topic fired windows with results (`fired`): with
-/// `partitioning: Any` a result would otherwise wait for a second commit after the one
-/// that made the watermark record readable. Only a worker that has read everything
-/// there is (`caught_up`: its last poll found nothing) takes one: one behind (catching up,
-/// replaying) fires on nearly every watermark record, and commits as often would cost it
-/// throughput where latency is lost anyway. At most
-/// [`MAX_FIRING_CHECKPOINTS_PER_INTERVAL`] per `interval` (`last`: when this worker
-/// instance last finished one). A firing checkpoint does not send clocks, so one never
-/// causes another.
+/// Whether the worker checkpoints now, ahead of its interval, because results wait for
+/// its commit (`waiting`): windows fired here (in `ByKey` mode, or at the keyed side a
+/// watermark record from the repartition topic), or with `partitioning: Any` its source
+/// watermark passed a window's end, and the keyed side fires that window once the
+/// watermark records it sent are readable. Without it a result waits for the next
+/// interval: with `Any`, the source side's and then the keyed side's. Only a worker
+/// that has read everything there is (`caught_up`: its last poll found nothing) takes
+/// one: one behind (catching up, replaying) passes window ends and fires nearly all the
+/// time, and commits as often would cost it throughput where latency is lost anyway. At
+/// most [`MAX_FIRING_CHECKPOINTS_PER_INTERVAL`] within any `interval` (`tenth_last`: when
+/// this worker instance finished the tenth last, `None` before its tenth), in bursts: a
+/// source side's checkpoint on passing a window's end and, a moment later, the keyed
+/// side's on firing it, go one after the other. A firing checkpoint does not send clocks, so one never
+/// causes another: a window's end is passed once per worker.
 fn checkpoints_on_firing(
-    fired: bool,
+    waiting: bool,
     caught_up: bool,
-    last: Option<Instant>,
+    tenth_last: Option<Instant>,
     now: Instant,
     interval: Duration,
 ) -> bool {
-    fired
+    waiting
         && caught_up
-        && last.is_none_or(|last| {
-            now.saturating_duration_since(last) >= interval / MAX_FIRING_CHECKPOINTS_PER_INTERVAL
-        })
+        && tenth_last.is_none_or(|tenth_last| now.saturating_duration_since(tenth_last) >= interval)
+}
+
+/// When a worker instance finished its last [`MAX_FIRING_CHECKPOINTS_PER_INTERVAL`]
+/// checkpoints on a firing, oldest first.
+#[derive(Debug, Default)]
+struct FiringCheckpoints(VecDeque<Instant>);
+
+impl FiringCheckpoints {
+    /// When the tenth last finished (`None` before the tenth), for
+    /// [`checkpoints_on_firing`].
+    fn tenth_last(&self) -> Option<Instant> {
+        (self.0.len() == MAX_FIRING_CHECKPOINTS_PER_INTERVAL)
+            .then(|| self.0.front().copied())
+            .flatten()
+    }
+
+    /// One finished at `at`.
+    fn finished(&mut self, at: Instant) {
+        if self.0.len() == MAX_FIRING_CHECKPOINTS_PER_INTERVAL {
+            self.0.pop_front();
+        }
+        self.0.push_back(at);
+    }
 }
 
 /// Whether a checkpoint first fires what the clock made due and sends this worker's
@@ -561,11 +586,15 @@ struct Worker<'a> {
     broadcast_clocks: Vec<(SourcePartition, SourceClock)>,
     /// Periodic checkpoints skipped since the last commit (idle).
     skipped_checkpoints: u32,
-    /// Whether a watermark record from the repartition topic fired windows with results
-    /// since the last commit.
-    fired_since_commit: bool,
-    /// When this instance last checkpointed on a firing ([`checkpoints_on_firing`]).
-    last_firing_checkpoint: Option<Instant>,
+    /// Whether results wait for this worker's next commit: a watermark record from the
+    /// repartition topic fired windows with results, or the source watermark passed a
+    /// window's end ([`Worker::passed_window_end`]), since the last commit.
+    results_await_commit: bool,
+    /// The source watermark when last checked for a window's end
+    /// ([`Worker::passed_window_end`]).
+    source_watermark_checked: Millis,
+    /// When this instance finished its last checkpoints on a firing.
+    firing_checkpoints: FiringCheckpoints,
 }
 
 impl<'a> Worker<'a> {
@@ -935,6 +964,7 @@ impl<'a> Worker<'a> {
             "worker ready"
         );
         status.ready.store(true, Ordering::SeqCst);
+        let source_watermark_checked = engine.source_watermark();
         Ok(Self {
             options,
             job,
@@ -962,8 +992,9 @@ impl<'a> Worker<'a> {
             sent_at_commit: None,
             broadcast_clocks: Vec::new(),
             skipped_checkpoints: 0,
-            fired_since_commit: false,
-            last_firing_checkpoint: None,
+            results_await_commit: false,
+            source_watermark_checked,
+            firing_checkpoints: FiringCheckpoints::default(),
             payload_buffer: Vec::new(),
             topic_buffer: String::new(),
         })
@@ -1122,10 +1153,14 @@ impl<'a> Worker<'a> {
                 self.report_lag();
                 next_lag = now + Duration::from_secs(10);
             }
+            if !self.exchange && self.passed_window_end() {
+                // Fired here: the results are in the open transaction.
+                self.results_await_commit = true;
+            }
             if checkpoints_on_firing(
-                self.fired_since_commit,
+                self.results_await_commit,
                 caught_up,
-                self.last_firing_checkpoint,
+                self.firing_checkpoints.tenth_last(),
                 now,
                 interval,
             ) {
@@ -1134,7 +1169,7 @@ impl<'a> Worker<'a> {
                 self.checkpoint(Clocks::Hold, CheckpointTimers::InMemory)?;
                 idle += committing.elapsed();
                 self.metrics.firing_checkpoints.inc();
-                self.last_firing_checkpoint = Some(Instant::now());
+                self.firing_checkpoints.finished(Instant::now());
                 next_checkpoint = Instant::now() + interval;
             } else if now >= next_checkpoint {
                 // A commit is a fixed cost per checkpoint interval, mostly a wait for the
@@ -1180,7 +1215,7 @@ impl<'a> Worker<'a> {
                 )
                 .map_err(restart)?;
             if watermark && self.sink.sent() > sent {
-                self.fired_since_commit = true;
+                self.results_await_commit = true;
             }
             return Ok(());
         }
@@ -1364,9 +1399,24 @@ impl<'a> Worker<'a> {
                         .map_err(restart)?;
                 }
                 self.broadcast_clocks = clocks;
+                if self.passed_window_end() {
+                    // The keyed side fires once these watermark records are readable.
+                    self.results_await_commit = true;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Whether the source watermark ([`Engine::source_watermark`]) passed a window's end
+    /// since this was last asked: results then wait for this worker's commit, whether
+    /// the window fired here (`ByKey`) or fires at the keyed side once the watermark
+    /// records just sent are readable (`Any`). Session windows end where each key's
+    /// events say, so they never count ([`Engine::window_ends_between`]).
+    fn passed_window_end(&mut self) -> bool {
+        let watermark = self.engine.source_watermark();
+        let checked = std::mem::replace(&mut self.source_watermark_checked, watermark);
+        self.engine.window_ends_between(checked, watermark)
     }
 
     /// Commits state, offsets and outputs together (docs/architecture.md, "Exactly
@@ -1440,7 +1490,7 @@ impl<'a> Worker<'a> {
         self.read_since_commit = false;
         self.sent_at_commit = Some(self.sink.sent());
         self.skipped_checkpoints = 0;
-        self.fired_since_commit = false;
+        self.results_await_commit = false;
         self.sink.producer().begin_transaction().map_err(|error| {
             kafka_stop("begin a transaction", error, ordinal, &transactional_id)
         })?;
@@ -1836,58 +1886,95 @@ mod tests {
     }
 
     #[test]
-    fn a_firing_watermark_record_checkpoints_when_caught_up_at_most_ten_times_an_interval() {
+    fn waiting_results_checkpoint_when_caught_up_at_most_ten_times_within_an_interval() {
         let now = Instant::now() + Duration::from_secs(60);
         let ago = |millis: u64| Some(now - Duration::from_millis(millis));
         let interval = Duration::from_secs(5);
         let cases = [
-            ("nothing fired", false, true, None, false),
+            // (name, waiting, caught up, the tenth last finished, checkpoints)
+            ("nothing waits", false, true, None, false),
             (
-                "nothing fired, none taken for long",
+                "nothing waits, none taken for long",
                 false,
                 true,
                 ago(60_000),
                 false,
             ),
-            ("fired, none taken by this instance", true, true, None, true),
+            ("results wait, fewer than ten taken", true, true, None, true),
             (
-                "fired, the last one an interval ago",
+                "results wait, the tenth last an interval ago",
                 true,
                 true,
                 ago(5_000),
                 true,
             ),
             (
-                "fired, the last one a tenth of an interval ago",
+                "results wait, the tenth last under an interval ago",
                 true,
                 true,
-                ago(500),
-                true,
-            ),
-            (
-                "fired, the last one under a tenth ago",
-                true,
-                true,
-                ago(499),
+                ago(4_999),
                 false,
             ),
-            ("fired, the last one just now", true, true, ago(0), false),
-            ("fired while behind (catching up)", true, false, None, false),
             (
-                "fired while behind, none taken for long",
+                "results wait, the tenth last just now",
+                true,
+                true,
+                ago(0),
+                false,
+            ),
+            (
+                "results wait while behind (catching up)",
+                true,
+                false,
+                None,
+                false,
+            ),
+            (
+                "results wait while behind, none taken for long",
                 true,
                 false,
                 ago(60_000),
                 false,
             ),
         ];
-        for (name, fired, caught_up, last, expect) in cases {
+        for (name, waiting, caught_up, tenth_last, expect) in cases {
             assert_eq!(
-                checkpoints_on_firing(fired, caught_up, last, now, interval),
+                checkpoints_on_firing(waiting, caught_up, tenth_last, now, interval),
                 expect,
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn the_tenth_last_firing_checkpoint_is_known_from_the_tenth_on() {
+        let start = Instant::now();
+        let at = |index: u64| start + Duration::from_millis(100 * index);
+        let mut firing_checkpoints = FiringCheckpoints::default();
+        for index in 0..9 {
+            firing_checkpoints.finished(at(index));
+            assert_eq!(firing_checkpoints.tenth_last(), None, "after {}", index + 1);
+        }
+        firing_checkpoints.finished(at(9));
+        assert_eq!(firing_checkpoints.tenth_last(), Some(at(0)));
+        firing_checkpoints.finished(at(10));
+        assert_eq!(firing_checkpoints.tenth_last(), Some(at(1)));
+        // Ten in a second: the next waits until an interval after the tenth last.
+        let interval = Duration::from_secs(5);
+        assert!(!checkpoints_on_firing(
+            true,
+            true,
+            firing_checkpoints.tenth_last(),
+            at(11),
+            interval
+        ));
+        assert!(checkpoints_on_firing(
+            true,
+            true,
+            firing_checkpoints.tenth_last(),
+            at(1) + interval,
+            interval
+        ));
     }
 
     #[test]

@@ -106,6 +106,24 @@ impl WindowAssigner {
         matches!(self, Self::Session { .. })
     }
 
+    /// Whether a window ends in `(before, after]`: a watermark moving from `before` to
+    /// `after` reaches a window's end, which fires it where it holds events (a window
+    /// fires when the watermark reaches its end). Always false for sessions, whose ends
+    /// depend on each key's events.
+    pub fn ends_between(&self, before: Millis, after: Millis) -> bool {
+        let (size, slide) = match *self {
+            Self::Tumbling { size } => (size, size),
+            Self::Sliding { size, slide } => (size, slide),
+            Self::Session { .. } => return false,
+        };
+        // The ends are the multiples of `slide` plus `size`: those at or before `time`
+        // are counted, up to a constant, by floor((time - size) / slide). In i128: a
+        // watermark may be near either end of i64.
+        let (size, slide) = (i128::from(size), i128::from(slide));
+        let ends_up_to = |time: Millis| (i128::from(time) - size).div_euclid(slide);
+        after > before && ends_up_to(after) > ends_up_to(before)
+    }
+
     /// The windows an event at `time` belongs to, earliest start first (before any
     /// session merging).
     pub fn assign(&self, time: Millis, windows: &mut Vec<WindowRange>) {
@@ -163,6 +181,74 @@ mod tests {
 
     fn range(start: Millis, end: Millis) -> WindowRange {
         WindowRange { start, end }
+    }
+
+    #[test]
+    fn a_window_ends_between_two_watermarks_when_one_ends_after_the_first_up_to_the_second() {
+        let tumbling = WindowAssigner::Tumbling { size: 60 };
+        let sliding = WindowAssigner::Sliding { size: 10, slide: 4 };
+        let session = WindowAssigner::Session { gap: 5 };
+        let cases = [
+            // (assigner, before, after, a window ends in (before, after])
+            (tumbling, 59, 60, true),
+            (tumbling, 60, 60, false),
+            (tumbling, 60, 119, false),
+            (tumbling, 0, 59, false),
+            (tumbling, 0, 119, true),
+            (tumbling, -1, 0, true),
+            (tumbling, 61, 60, false),
+            (tumbling, Millis::MIN, -1_000, true),
+            (tumbling, Millis::MIN, Millis::MIN + 1, false),
+            (tumbling, 0, Millis::MAX, true),
+            // Sliding windows of 10 every 4 end at 2, 6, 10, 14, ...
+            (sliding, 5, 6, true),
+            (sliding, 6, 9, false),
+            (sliding, 9, 10, true),
+            (sliding, -2, 1, false),
+            (sliding, -3, 1, true),
+            (sliding, -2, 2, true),
+            (session, 0, 1_000, false),
+        ];
+        for (assigner, before, after, expected) in cases {
+            assert_eq!(
+                assigner.ends_between(before, after),
+                expected,
+                "{assigner:?} from {before} to {after}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Against the windows themselves: some time in `(before, after]` is the end of
+        /// a window that the time just before it belongs to.
+        #[test]
+        fn ends_between_agrees_with_the_assigned_windows(
+            size in 1..40i64,
+            slide in 1..40i64,
+            before in -200..200i64,
+            length in 0..120i64,
+        ) {
+            let slide = slide.min(size);
+            let after = before + length;
+            for assigner in [
+                WindowAssigner::Tumbling { size },
+                WindowAssigner::Sliding { size, slide },
+            ] {
+                let mut windows = Vec::new();
+                let expected = ((before + 1)..=after).any(|end| {
+                    assigner.assign(end - 1, &mut windows);
+                    windows.iter().any(|window| window.end == end)
+                });
+                proptest::prop_assert_eq!(
+                    assigner.ends_between(before, after),
+                    expected,
+                    "{:?} from {} to {}",
+                    assigner,
+                    before,
+                    after
+                );
+            }
+        }
     }
 
     #[test]
