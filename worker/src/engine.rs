@@ -545,26 +545,6 @@ impl Engine {
         }
     }
 
-    /// Takes in a keyed event this engine routed ([`Self::route`]) to a key group it owns
-    /// itself, from `record`: to the windows directly, as [`Self::receive`] would from the
-    /// repartition topic, against the same watermark (the one the repartition partitions
-    /// give). It cannot be late where the topic would have kept it in time: the
-    /// watermark only grows, and the topic would deliver it later.
-    pub fn receive_local(
-        &mut self,
-        event: &KeyedEvent,
-        record: SourceRecord<'_>,
-        sink: &mut dyn Sink,
-    ) -> anyhow::Result<()> {
-        let Distribution::Exchange { channels, .. } = &self.distribution else {
-            anyhow::bail!(
-                "failed to take in a keyed event of its own: the engine reads no repartition topic"
-            );
-        };
-        let watermark = channels.current();
-        self.add_keyed(event, record.position, record.payload, watermark, sink)
-    }
-
     /// Windows with state (0 without a window step).
     pub fn open_windows(&self) -> u64 {
         match &self.state {

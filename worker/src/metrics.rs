@@ -67,9 +67,6 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     /// How long processing pauses for a savepoint (its checkpoint and snapshot).
     pub savepoint_pause: Histogram,
-    /// Keyed events whose key group the worker owns, taken to its windows directly
-    /// (`partitioning: Any`).
-    pub local_keyed_events: Counter,
     /// Checkpoints completed.
     pub checkpoints: Counter,
     /// Checkpoints taken ahead of the interval because results wait for them: a
@@ -104,7 +101,6 @@ impl Default for Metrics {
             commit_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             savepoint_pause: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             checkpoints: Counter::default(),
-            local_keyed_events: Counter::default(),
             firing_checkpoints: Counter::default(),
             aborted_transactions: Counter::default(),
             producer_queue: Gauge::default(),
@@ -207,11 +203,6 @@ impl Metrics {
             "checkpoints",
             "Checkpoints completed (state and offsets committed together)",
             self.checkpoints.clone(),
-        );
-        registry.register(
-            "local_keyed_events",
-            "Keyed events whose key group the worker owns, taken to its windows directly rather than through the repartition topic (partitioning: Any)",
-            self.local_keyed_events.clone(),
         );
         registry.register(
             "firing_checkpoints",

@@ -1252,15 +1252,6 @@ impl<'a> Worker<'a> {
             .map_err(restart)?;
         if let Routed::Keyed(event) = routed {
             let group = u32::from(key_group(&event.key, self.key_groups));
-            if self.owned_key_groups.contains(&group) {
-                // Its own key group: to the windows without the round trip through the
-                // broker (docs/architecture.md, "Data distribution").
-                self.metrics.local_keyed_events.inc();
-                return self
-                    .engine
-                    .receive_local(&event, record, &mut self.sink)
-                    .map_err(restart);
-            }
             let origin = self.keep_origin.then(|| Origin {
                 source: SourcePartition {
                     topic: topic.to_string(),
