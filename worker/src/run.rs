@@ -222,23 +222,25 @@ fn skips_checkpoint(
 /// at once, more than its cache (bench/README.md, "Watermark records every 200 ms").
 const WATERMARK_INTERVAL: Duration = Duration::from_millis(200);
 
-/// The most checkpoints a worker takes on a firing per checkpoint interval.
+/// The most checkpoints a worker takes on a firing within any checkpoint interval.
 const MAX_FIRING_CHECKPOINTS_PER_INTERVAL: usize = 10;
 
-/// Whether the worker checkpoints now, ahead of its interval, because results wait for
-/// its commit (`waiting`): windows fired here (in `ByKey` mode, or at the keyed side a
-/// watermark record from the repartition topic), or with `partitioning: Any` its source
-/// watermark passed a window's end, and the keyed side fires that window once the
-/// watermark records it sent are readable. Without it a result waits for the next
-/// interval: with `Any`, the source side's and then the keyed side's. Only a worker
-/// that has read everything there is (`caught_up`: its last poll found nothing) takes
-/// one: one behind (catching up, replaying) passes window ends and fires nearly all the
-/// time, and commits as often would cost it throughput where latency is lost anyway. At
-/// most [`MAX_FIRING_CHECKPOINTS_PER_INTERVAL`] within any `interval` (`tenth_last`: when
-/// this worker instance finished the tenth last, `None` before its tenth), in bursts: a
-/// source side's checkpoint on passing a window's end and, a moment later, the keyed
-/// side's on firing it, go one after the other. A firing checkpoint does not send clocks, so one never
-/// causes another: a window's end is passed once per worker.
+/// Whether the worker checkpoints now, ahead of its interval, because results wait
+/// for its commit (`waiting`): windows fired here (in `ByKey` mode, or at the keyed
+/// side a watermark record from the repartition topic), or with `partitioning: Any`
+/// its source watermark passed a window's end, and the keyed side fires that window
+/// once the watermark records it sent are readable. Without it a result waits for the
+/// next interval: with `Any`, the source side's and then the keyed side's. Only a
+/// worker that has read everything there is (`caught_up`: its last poll found
+/// nothing, and [`read_to_reported_ends`]) takes one: one behind (catching up,
+/// replaying) passes window ends and fires nearly all the time, and commits as often
+/// would cost it throughput where latency is lost anyway. At most
+/// [`MAX_FIRING_CHECKPOINTS_PER_INTERVAL`] within any `interval` (`tenth_last`: when
+/// this worker instance finished the tenth last, `None` before its tenth), in bursts:
+/// a source side's checkpoint on passing a window's end and, a moment later, the
+/// keyed side's on firing it, go one after the other. A firing checkpoint does not
+/// send clocks, so one never causes another: a window's end is passed once per
+/// worker.
 fn checkpoints_on_firing(
     waiting: bool,
     caught_up: bool,
@@ -249,6 +251,18 @@ fn checkpoints_on_firing(
     waiting
         && caught_up
         && tenth_last.is_none_or(|tenth_last| now.saturating_duration_since(tenth_last) >= interval)
+}
+
+/// Whether a worker has read each partition it reads (`next`: the offset it reads next)
+/// up to the end librdkafka's statistics last reported for it (`end`, the last stable
+/// offset; `None`: none reported yet, which says nothing). The report is up to
+/// `statistics.interval.ms` old: a worker keeping up has read past it, one catching up or
+/// replaying a backlog has not, even when its consumer's queue ran dry for a moment
+/// (between two fetches).
+fn read_to_reported_ends(partitions: impl IntoIterator<Item = (i64, Option<i64>)>) -> bool {
+    partitions
+        .into_iter()
+        .all(|(next, end)| end.is_none_or(|end| next >= end))
 }
 
 /// When a worker instance finished its last [`MAX_FIRING_CHECKPOINTS_PER_INTERVAL`]
@@ -1157,6 +1171,10 @@ impl<'a> Worker<'a> {
                 // Fired here: the results are in the open transaction.
                 self.results_await_commit = true;
             }
+            // Caught up: the last poll found nothing, and the partitions were read to
+            // their last reported ends (asked only when results wait).
+            let caught_up =
+                caught_up && (!self.results_await_commit || self.read_to_reported_ends());
             if checkpoints_on_firing(
                 self.results_await_commit,
                 caught_up,
@@ -1546,6 +1564,35 @@ impl<'a> Worker<'a> {
         if let Err(error) = futures_lite_block_on(self.admin.delete_records(&offsets, &options)) {
             tracing::warn!(%error, "failed to purge consumed repartition records; retrying at a later checkpoint");
         }
+    }
+
+    /// Whether every partition this worker reads was read up to the end librdkafka's
+    /// statistics last reported ([`read_to_reported_ends`]).
+    fn read_to_reported_ends(&self) -> bool {
+        let Ok(ends) = self.consumer.context().0.lock() else {
+            return true;
+        };
+        let end = |topic: &str, partition: i32| ends.get(&(topic.to_string(), partition)).copied();
+        let next_offsets = self.engine.next_offsets();
+        let sources = self
+            .positions
+            .values()
+            .flat_map(HashMap::values)
+            .filter_map(|(id, position, _)| match position {
+                Position::Kafka {
+                    topic, partition, ..
+                } => Some((
+                    next_offsets.get(id).copied().unwrap_or_default(),
+                    end(topic, *partition),
+                )),
+                Position::Line(_) => None,
+            });
+        let channels = self
+            .engine
+            .channel_offsets()
+            .into_iter()
+            .map(|(channel, next)| (next, end(&self.names.repartition_topic, channel)));
+        read_to_reported_ends(sources.chain(channels))
     }
 
     /// Updates the per-partition position, end offset and lag.
@@ -1940,6 +1987,31 @@ mod tests {
         for (name, waiting, caught_up, tenth_last, expect) in cases {
             assert_eq!(
                 checkpoints_on_firing(waiting, caught_up, tenth_last, now, interval),
+                expect,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_worker_read_to_the_reported_ends_when_no_partition_is_behind_its_end() {
+        // (name, each partition's next offset and reported end, read to the ends)
+        type Case<'a> = (&'a str, &'a [(i64, Option<i64>)], bool);
+        let cases: [Case; 6] = [
+            ("no partitions", &[], true),
+            ("at the end", &[(100, Some(100))], true),
+            ("past a stale end", &[(150, Some(100))], true),
+            ("one record short", &[(99, Some(100))], false),
+            ("no end reported yet", &[(0, None)], true),
+            (
+                "one partition of three behind",
+                &[(100, Some(100)), (5, Some(5_000_000)), (7, None)],
+                false,
+            ),
+        ];
+        for (name, partitions, expect) in cases {
+            assert_eq!(
+                read_to_reported_ends(partitions.iter().copied()),
                 expect,
                 "{name}"
             );
