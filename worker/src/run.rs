@@ -255,14 +255,15 @@ fn checkpoints_on_firing(
 
 /// Whether a worker has read each partition it reads (`next`: the offset it reads next)
 /// up to the end librdkafka's statistics last reported for it (`end`, the last stable
-/// offset; `None`: none reported yet, which says nothing). The report is up to
-/// `statistics.interval.ms` old: a worker keeping up has read past it, one catching up or
-/// replaying a backlog has not, even when its consumer's queue ran dry for a moment
-/// (between two fetches).
+/// offset; `None`: none reported yet, as in the first `statistics.interval.ms` after a
+/// start, when a restarted worker may have a backlog). The report is up to that
+/// interval old: a worker keeping up has read past it, one catching up or replaying a
+/// backlog has not, even when its consumer's queue ran dry for a moment (between two
+/// fetches).
 fn read_to_reported_ends(partitions: impl IntoIterator<Item = (i64, Option<i64>)>) -> bool {
     partitions
         .into_iter()
-        .all(|(next, end)| end.is_none_or(|end| next >= end))
+        .all(|(next, end)| end.is_some_and(|end| next >= end))
 }
 
 /// When a worker instance finished its last [`MAX_FIRING_CHECKPOINTS_PER_INTERVAL`]
@@ -1997,15 +1998,20 @@ mod tests {
     fn a_worker_read_to_the_reported_ends_when_no_partition_is_behind_its_end() {
         // (name, each partition's next offset and reported end, read to the ends)
         type Case<'a> = (&'a str, &'a [(i64, Option<i64>)], bool);
-        let cases: [Case; 6] = [
+        let cases: [Case; 7] = [
             ("no partitions", &[], true),
             ("at the end", &[(100, Some(100))], true),
             ("past a stale end", &[(150, Some(100))], true),
             ("one record short", &[(99, Some(100))], false),
-            ("no end reported yet", &[(0, None)], true),
+            ("no end reported yet", &[(0, None)], false),
             (
                 "one partition of three behind",
-                &[(100, Some(100)), (5, Some(5_000_000)), (7, None)],
+                &[(100, Some(100)), (5, Some(5_000_000)), (7, Some(7))],
+                false,
+            ),
+            (
+                "one partition of two with no end yet",
+                &[(100, Some(100)), (7, None)],
                 false,
             ),
         ];
