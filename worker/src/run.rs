@@ -1568,32 +1568,36 @@ impl<'a> Worker<'a> {
     }
 
     /// Whether every partition this worker reads was read up to the end librdkafka's
-    /// statistics last reported ([`read_to_reported_ends`]).
+    /// statistics last reported ([`read_to_reported_ends`]). A partition's next offset is
+    /// the engine's, or the consumer's position when further: past the transaction
+    /// markers it read over, which the engine's offsets pass only at a checkpoint
+    /// ([`Self::pass_skipped_records`]); the position is unknown until the consumer
+    /// returned a record of the partition.
     fn read_to_reported_ends(&self) -> bool {
-        let Ok(ends) = self.consumer.context().0.lock() else {
-            return true;
+        let (Ok(positions), Ok(ends)) =
+            (self.consumer.position(), self.consumer.context().0.lock())
+        else {
+            return false;
         };
-        let end = |topic: &str, partition: i32| ends.get(&(topic.to_string(), partition)).copied();
         let next_offsets = self.engine.next_offsets();
-        let sources = self
-            .positions
-            .values()
-            .flat_map(HashMap::values)
-            .filter_map(|(id, position, _)| match position {
-                Position::Kafka {
-                    topic, partition, ..
-                } => Some((
-                    next_offsets.get(id).copied().unwrap_or_default(),
-                    end(topic, *partition),
-                )),
-                Position::Line(_) => None,
-            });
-        let channels = self
-            .engine
-            .channel_offsets()
-            .into_iter()
-            .map(|(channel, next)| (next, end(&self.names.repartition_topic, channel)));
-        read_to_reported_ends(sources.chain(channels))
+        let channel_offsets = self.engine.channel_offsets();
+        read_to_reported_ends(positions.elements().iter().map(|element| {
+            let (topic, partition) = (element.topic(), element.partition());
+            let engine_next = if self.exchange && topic == self.names.repartition_topic {
+                channel_offsets.get(&partition).copied()
+            } else {
+                self.positions
+                    .get(topic)
+                    .and_then(|partitions| partitions.get(&partition))
+                    .and_then(|(id, _, _)| next_offsets.get(id).copied())
+            };
+            let position = match element.offset() {
+                Offset::Offset(position) => Some(position),
+                _ => None,
+            };
+            let next = position.max(engine_next).unwrap_or_default();
+            (next, ends.get(&(topic.to_string(), partition)).copied())
+        }))
     }
 
     /// Updates the per-partition position, end offset and lag.
