@@ -238,9 +238,10 @@ const MAX_FIRING_CHECKPOINTS_PER_INTERVAL: usize = 10;
 /// [`MAX_FIRING_CHECKPOINTS_PER_INTERVAL`] within any `interval` (`tenth_last`: when
 /// this worker instance finished the tenth last, `None` before its tenth), in bursts:
 /// a source side's checkpoint on passing a window's end and, a moment later, the
-/// keyed side's on firing it, go one after the other. A firing checkpoint does not
-/// send clocks, so one never causes another: a window's end is passed once per
-/// worker.
+/// keyed side's on firing it, go one after the other. A firing checkpoint sends no
+/// clocks of its own, so a chain of them ends at the keyed side's: the source side's
+/// commits the clocks that let the keyed side fire, the keyed side's commits results
+/// only; and a worker passes each window's end once.
 fn checkpoints_on_firing(
     waiting: bool,
     caught_up: bool,
@@ -505,10 +506,21 @@ fn kafka_stop(action: &str, error: KafkaError, ordinal: u32, transactional_id: &
     restart(format!("failed to {action}: {error}"))
 }
 
-/// Keeps the last stable offset of each partition the consumer reads, from librdkafka's
-/// statistics: lag metrics cost no request of their own.
+/// Keeps the last stable offset of each partition the consumer reads, and how far its
+/// fetcher had got, from librdkafka's statistics: lag metrics cost no request of their
+/// own.
 #[derive(Default)]
-struct EndOffsets(Mutex<HashMap<(String, i32), i64>>);
+struct EndOffsets(Mutex<HashMap<(String, i32), ReportedOffsets>>);
+
+/// A partition's offsets in the consumer's last statistics.
+#[derive(Clone, Copy, Debug)]
+struct ReportedOffsets {
+    /// The last stable offset: the end a `read_committed` consumer can read to.
+    end: i64,
+    /// The next offset the fetcher would fetch (`None`: not known yet). Known before the
+    /// consumer returns any record of the partition, unlike its position.
+    fetch_position: Option<i64>,
+}
 
 impl ClientContext for EndOffsets {
     fn stats(&self, statistics: Statistics) {
@@ -516,7 +528,13 @@ impl ClientContext for EndOffsets {
         for (topic, stats) in statistics.topics {
             for (partition, stats) in stats.partitions {
                 if partition >= 0 && stats.ls_offset >= 0 {
-                    ends.insert((topic.clone(), partition), stats.ls_offset);
+                    ends.insert(
+                        (topic.clone(), partition),
+                        ReportedOffsets {
+                            end: stats.ls_offset,
+                            fetch_position: (stats.next_offset >= 0).then_some(stats.next_offset),
+                        },
+                    );
                 }
             }
         }
@@ -1168,10 +1186,15 @@ impl<'a> Worker<'a> {
                 self.report_lag();
                 next_lag = now + Duration::from_secs(10);
             }
-            if !self.exchange && self.passed_window_end() {
-                // Fired here: the results are in the open transaction.
+            if !self.exchange
+                && self.passed_window_end()
+                && self.sent_at_commit != Some(self.sink.sent())
+            {
+                // Fired here: the results are in the open transaction (unless nothing
+                // was written since the last commit: no window of the end held events).
                 self.results_await_commit = true;
             }
+
             // Caught up: the last poll found nothing, and the partitions were read to
             // their last reported ends (asked only when results wait).
             let caught_up =
@@ -1569,10 +1592,13 @@ impl<'a> Worker<'a> {
 
     /// Whether every partition this worker reads was read up to the end librdkafka's
     /// statistics last reported ([`read_to_reported_ends`]). A partition's next offset is
-    /// the engine's, or the consumer's position when further: past the transaction
-    /// markers it read over, which the engine's offsets pass only at a checkpoint
-    /// ([`Self::pass_skipped_records`]); the position is unknown until the consumer
-    /// returned a record of the partition.
+    /// the furthest of the engine's, the consumer's position (past the transaction
+    /// markers it read over, which the engine's offsets pass only at a checkpoint,
+    /// [`Self::pass_skipped_records`]; unknown until the consumer returned a record of
+    /// the partition) and the fetcher's in the same statistics (known from the first
+    /// fetch, so a partition with nothing to read since the start, or whose records
+    /// retention deleted, is not behind for good). Asked only with the consumer's queue
+    /// empty, so what the fetcher had fetched was handed over.
     fn read_to_reported_ends(&self) -> bool {
         let (Ok(positions), Ok(ends)) =
             (self.consumer.position(), self.consumer.context().0.lock())
@@ -1595,8 +1621,10 @@ impl<'a> Worker<'a> {
                 Offset::Offset(position) => Some(position),
                 _ => None,
             };
-            let next = position.max(engine_next).unwrap_or_default();
-            (next, ends.get(&(topic.to_string(), partition)).copied())
+            let reported = ends.get(&(topic.to_string(), partition)).copied();
+            let fetched = reported.and_then(|reported| reported.fetch_position);
+            let next = position.max(engine_next).max(fetched).unwrap_or_default();
+            (next, reported.map(|reported| reported.end))
         }))
     }
 
@@ -1627,13 +1655,10 @@ impl<'a> Worker<'a> {
             .consumer_position
             .get_or_create(&labels)
             .set(next);
-        let end = self
-            .consumer
-            .context()
-            .0
-            .lock()
-            .ok()
-            .and_then(|ends| ends.get(&(topic.to_string(), partition)).copied());
+        let end = self.consumer.context().0.lock().ok().and_then(|ends| {
+            ends.get(&(topic.to_string(), partition))
+                .map(|reported| reported.end)
+        });
         if let Some(end) = end {
             self.metrics.end_offset.get_or_create(&labels).set(end);
             self.metrics
