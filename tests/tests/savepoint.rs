@@ -347,6 +347,24 @@ fn rescale_through_savepoints(partitioning: &str, store: &Store) -> Result<(Job,
         "savepoint ({partitioning}, {}): rescaled 2 → 3 → 1: {summary}",
         job.location
     );
+    if partitioning == "Any" {
+        // The one worker owns every key group: once it has read what the three left in
+        // the repartition topic, it keeps its keyed events in process.
+        let log = std::fs::read_to_string(&one[0].spec.log)?;
+        ensure!(
+            log.contains("\"in_process\":true"),
+            "the one worker keeps its keyed events in process; log: {}",
+            log_tail(&one[0].spec.log)
+        );
+        eprintln!(
+            "savepoint ({partitioning}): the one worker {}",
+            if log.contains("read what earlier runs left in the repartition topic") {
+                "read what the three left in the repartition topic first"
+            } else {
+                "found nothing left in the repartition topic"
+            }
+        );
+    }
     terminate(one)?;
     Ok((job, first, second))
 }

@@ -344,14 +344,24 @@ fn examples_give_exactly_their_expected_records_in_kafka() -> Result<()> {
 }
 
 /// A window's result commits as soon as the watermark passes its end, not at the next
-/// interval: with `partitioning: Any` the source side commits the watermark records that
-/// pass a window's end at once, and the keyed side commits the result it fires at once
-/// (two checkpoints on a firing); with `ByKey` the worker commits what it fired at once.
-/// With a 20 s interval the result is visible within a second or so of the events being
-/// read, where waiting for the next interval would take about 20 s (40 s for `Any`'s two).
+/// interval: with `partitioning: Any` through the repartition topic (two workers) the
+/// source side commits the watermark records that pass a window's end at once, and the
+/// keyed side commits the result it fires at once (two checkpoints on a firing); with
+/// `Any` and one worker (the in-process exchange), or with `ByKey`, the worker commits
+/// what it fired at once. With a 20 s interval the result is visible within a second or
+/// so of the events being read, where waiting for the next interval would take about 20 s
+/// (40 s for the topic path's two).
 #[test]
 fn with_partitioning_any_a_fired_result_commits_without_waiting_for_the_interval() -> Result<()> {
-    a_fired_result_commits_without_waiting_for_the_interval("Any")
+    a_fired_result_commits_without_waiting_for_the_interval("Any", 2)
+}
+
+/// As [`with_partitioning_any_a_fired_result_commits_without_waiting_for_the_interval`],
+/// with one worker, which keeps its keyed events in process.
+#[test]
+fn with_partitioning_any_in_process_a_fired_result_commits_without_waiting_for_the_interval()
+-> Result<()> {
+    a_fired_result_commits_without_waiting_for_the_interval("Any", 1)
 }
 
 /// As [`with_partitioning_any_a_fired_result_commits_without_waiting_for_the_interval`],
@@ -359,23 +369,54 @@ fn with_partitioning_any_a_fired_result_commits_without_waiting_for_the_interval
 #[test]
 fn with_partitioning_by_key_a_fired_result_commits_without_waiting_for_the_interval() -> Result<()>
 {
-    a_fired_result_commits_without_waiting_for_the_interval("ByKey")
+    a_fired_result_commits_without_waiting_for_the_interval("ByKey", 1)
 }
 
-fn a_fired_result_commits_without_waiting_for_the_interval(partitioning: &str) -> Result<()> {
+fn a_fired_result_commits_without_waiting_for_the_interval(
+    partitioning: &str,
+    parallelism: u32,
+) -> Result<()> {
     let environment = Environment::load()?;
     let topics = Topics::create(&environment, 1)?;
     let base: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
         repo_root().join("examples/page-views/streamjob.yaml"),
     )?)?;
     let mut manifest = manifest(&environment, base, &topics, partitioning);
-    manifest["spec"]["parallelism"] = json!(1);
+    manifest["spec"]["parallelism"] = json!(parallelism);
     manifest["spec"]["state"]["checkpointInterval"] = json!("20s");
-    let directory = work_directory(&format!("firing-commit-{}", partitioning.to_lowercase()))?;
+    let directory = work_directory(&format!(
+        "firing-commit-{}-{parallelism}",
+        partitioning.to_lowercase()
+    ))?;
     let job = write_job(&directory, &manifest)?;
     let producer = producer(&environment, None)?;
-    let mut worker = WorkerProcess::start(&environment, &spec(&directory, &job, 0, 1, "state"))?;
-    worker.wait_ready(Duration::from_secs(60))?;
+    let mut workers = Vec::new();
+    for ordinal in 0..parallelism {
+        let state = format!("state-{ordinal}");
+        let worker = WorkerProcess::start(
+            &environment,
+            &spec(&directory, &job, ordinal, parallelism, &state),
+        )?;
+        workers.push(worker);
+    }
+    for worker in &mut workers {
+        worker.wait_ready(Duration::from_secs(60))?;
+    }
+    // Which path the run took: the one this test is about.
+    let in_process = partitioning == "Any" && parallelism == 1;
+    let logs = || {
+        (0..parallelism)
+            .map(|ordinal| log_tail(&directory.join(format!("worker-{ordinal}.log"))))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let ready = std::fs::read_to_string(directory.join("worker-0.log"))?;
+    ensure!(
+        ready.contains(&format!("\"in_process\":{in_process}")),
+        "worker 0 says whether it keeps keyed events in process ({in_process}); log: {}",
+        logs()
+    );
+    let worker = &workers[0];
     let event = |time: &str, status: u16, url: &str| {
         serde_json::to_vec(
             &json!({"timestamp": time, "status": status, "url": url, "latencyMs": 10}),
@@ -396,8 +437,8 @@ fn a_fired_result_commits_without_waiting_for_the_interval(partitioning: &str) -
     while worker.metric("sluice_worker_checkpoints_total")? <= committed {
         ensure!(
             Instant::now() < deadline,
-            "no checkpoint within 60 s of a record read; log: {}",
-            log_tail(&directory.join("worker-0.log"))
+            "no checkpoint within 60 s of a record read; logs: {}",
+            logs()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -427,8 +468,8 @@ fn a_fired_result_commits_without_waiting_for_the_interval(partitioning: &str) -
         .collect();
     ensure!(
         results.len() == 1,
-        "expected the window's one result within 120 s, read {texts:?}; log: {}",
-        log_tail(&directory.join("worker-0.log"))
+        "expected the window's one result within 120 s, read {texts:?}; logs: {}",
+        logs()
     );
     let result: Value = serde_json::from_slice(&results[0].value)?;
     assert_eq!(result["key"], json!("/a"), "{result}");
@@ -436,24 +477,32 @@ fn a_fired_result_commits_without_waiting_for_the_interval(partitioning: &str) -
     // Read within a second of the checkpoint, the events would otherwise commit at the
     // next interval, 20 s after it. The checkpoints on a firing come within 200 ms of
     // reading the events (the watermark records' interval), then of reading those.
+    let firing_checkpoints = |workers: &[WorkerProcess]| -> Result<f64> {
+        workers
+            .iter()
+            .map(|worker| worker.metric("sluice_worker_firing_checkpoints_total"))
+            .sum()
+    };
     assert!(
         visible < Duration::from_secs(5),
         "the result became visible {visible:?} after the checkpoint before the events; \
          about a second is expected, 20 s or more means it waited for the next interval; \
-         metrics: checkpoints {:?}, firing checkpoints {:?}; log: {}",
+         metrics: checkpoints {:?}, firing checkpoints {:?}; logs: {}",
         worker.metric("sluice_worker_checkpoints_total").ok(),
-        worker.metric("sluice_worker_firing_checkpoints_total").ok(),
-        log_tail(&directory.join("worker-0.log"))
+        firing_checkpoints(&workers).ok(),
+        logs()
     );
     assert!(
-        worker.metric("sluice_worker_firing_checkpoints_total")? >= 1.0,
+        firing_checkpoints(&workers)? >= 1.0,
         "the firing checkpoint is counted"
     );
-    let status = worker.terminate(Duration::from_secs(30))?;
-    assert!(
-        status.success(),
-        "SIGTERM stops the worker cleanly: {status}"
-    );
+    for mut worker in workers {
+        let status = worker.terminate(Duration::from_secs(30))?;
+        assert!(
+            status.success(),
+            "SIGTERM stops the worker cleanly: {status}"
+        );
+    }
     Ok(())
 }
 

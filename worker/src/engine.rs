@@ -545,6 +545,48 @@ impl Engine {
         }
     }
 
+    /// The in-process exchange (a worker that owns every key group, once it has read
+    /// what earlier runs left in the repartition topic): a keyed event this engine routed
+    /// goes to its windows at once, at the channels' watermark, as it would when read
+    /// back from the repartition topic; a late one is set aside with `position` and
+    /// `original`, the record it came from.
+    pub fn keep_keyed(
+        &mut self,
+        event: &KeyedEvent,
+        position: &Position,
+        original: &[u8],
+        sink: &mut dyn Sink,
+    ) -> anyhow::Result<()> {
+        let Distribution::Exchange { channels, .. } = &self.distribution else {
+            anyhow::bail!(
+                "failed to keep a keyed event in process: the engine reads no repartition topic"
+            );
+        };
+        let watermark = channels.current();
+        self.add_keyed(event, position, original, watermark, sink)
+    }
+
+    /// The in-process exchange: `clocks`, this engine's source clocks, reach every
+    /// channel it reads at once, as its watermark records would through the repartition
+    /// topic; fires what the watermark passes. The channels' clocks stay in checkpoints,
+    /// so a later run that reads the topic again starts from them.
+    pub fn keep_clocks(
+        &mut self,
+        clocks: &[(SourcePartition, SourceClock)],
+        sink: &mut dyn Sink,
+    ) -> anyhow::Result<()> {
+        let Distribution::Exchange { channels, .. } = &mut self.distribution else {
+            anyhow::bail!(
+                "failed to apply source clocks in process: the engine reads no repartition topic"
+            );
+        };
+        channels.observe_everywhere(clocks);
+        match channels.advance() {
+            Some(watermark) => self.fire(watermark, sink),
+            None => Ok(()),
+        }
+    }
+
     /// Windows with state (0 without a window step).
     pub fn open_windows(&self) -> u64 {
         match &self.state {

@@ -312,6 +312,16 @@ impl ChannelWatermarks {
         }
     }
 
+    /// Clocks that reach every channel at once: a worker that owns every key group
+    /// applies its own source clocks in process, as its watermark records would arrive
+    /// on each of its channels through the repartition topic.
+    pub fn observe_everywhere(&mut self, clocks: &[(SourcePartition, SourceClock)]) {
+        let channels: Vec<i32> = self.channels.keys().copied().collect();
+        for channel in channels {
+            self.observe(channel, clocks);
+        }
+    }
+
     fn channel_watermark(&self, clocks: &BTreeMap<SourcePartition, SourceClock>) -> Option<Millis> {
         self.sources
             .iter()

@@ -290,6 +290,50 @@ impl FiringCheckpoints {
     }
 }
 
+/// How a worker with `partitioning: Any` hands its keyed events to their windows
+/// (docs/architecture.md, "Data distribution").
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Hop {
+    /// Through the repartition topic: the job has more than one worker.
+    Topic,
+    /// The worker owns every key group and source partition, but earlier runs left
+    /// records in the repartition topic: it reads them up to `ends` (each partition's
+    /// last stable offset when this run began) with its source partitions paused, then
+    /// goes [`Hop::InProcess`].
+    Draining { ends: BTreeMap<i32, i64> },
+    /// Its keyed events and its source clocks go straight to its windows, as they
+    /// would arrive through the repartition topic, without the broker round trip.
+    InProcess,
+}
+
+/// The hop of a run of a worker that owns every key group and source partition, from
+/// where it reads each repartition partition next (`starts`; a partition without one
+/// from its first retained record) and each partition's first and last stable offsets
+/// (`extents`): in process at once when nothing is left to read, else after reading up
+/// to the ends. The topic's records come from earlier runs (this worker's, or of
+/// workers before a rescale): read after this worker's own clocks applied in process,
+/// their events would meet a watermark their own source clocks had already moved.
+fn hop_at_start(starts: &BTreeMap<i32, i64>, extents: &BTreeMap<i32, (i64, i64)>) -> Hop {
+    let ends: BTreeMap<i32, i64> = extents
+        .iter()
+        .filter(|(channel, (first, end))| starts.get(channel).copied().unwrap_or(*first) < *end)
+        .map(|(channel, (_, end))| (*channel, *end))
+        .collect();
+    if ends.is_empty() {
+        Hop::InProcess
+    } else {
+        Hop::Draining { ends }
+    }
+}
+
+/// Whether each repartition partition was read up to its end in `ends`: `read` is how
+/// far (the furthest of the engine's next offset and the consumer's position, which
+/// passes transaction markers).
+fn drained(ends: &BTreeMap<i32, i64>, read: &BTreeMap<i32, i64>) -> bool {
+    ends.iter()
+        .all(|(channel, end)| read.get(channel).is_some_and(|read| read >= end))
+}
+
 /// Whether a checkpoint first fires what the clock made due and sends this worker's
 /// changed source clocks to the repartition topic ([`Worker::advance_and_broadcast`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -628,6 +672,12 @@ struct Worker<'a> {
     source_watermark_checked: Millis,
     /// When this instance finished its last checkpoints on a firing.
     firing_checkpoints: FiringCheckpoints,
+    /// How keyed events reach their windows (`partitioning: Any`).
+    hop: Hop,
+    /// Whether this instance wrote a keyed event to the repartition topic.
+    sent_keyed_events_to_topic: bool,
+    /// When this run began reading what earlier runs left ([`Hop::Draining`]).
+    drain_started: Instant,
 }
 
 impl<'a> Worker<'a> {
@@ -954,6 +1004,22 @@ impl<'a> Worker<'a> {
             Vec::new()
         };
         engine.read_channels(&channels);
+        let owns_everything = owned.key_groups == (0..key_groups)
+            && owned.partitions.len() == all_partitions(&counts).len();
+        let hop = if exchange && owns_everything {
+            match channel_extents(&consumer, &names.repartition_topic, &channels, timeout) {
+                Ok(extents) => hop_at_start(&engine.channel_offsets(), &extents),
+                Err(error) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "keyed events go through the repartition topic this run"
+                    );
+                    Hop::Topic
+                }
+            }
+        } else {
+            Hop::Topic
+        };
         let channel_counters = channels
             .iter()
             .map(|channel| {
@@ -994,11 +1060,16 @@ impl<'a> Worker<'a> {
             source_partitions = owned.partitions.len(),
             restored_checkpoint = restored.as_ref().map(|record| record.id),
             exchange,
+            in_process = hop == Hop::InProcess,
+            repartition_partitions_to_drain = match &hop {
+                Hop::Draining { ends } => ends.len(),
+                _ => 0,
+            },
             "worker ready"
         );
         status.ready.store(true, Ordering::SeqCst);
         let source_watermark_checked = engine.source_watermark();
-        Ok(Self {
+        let worker = Self {
             options,
             job,
             names,
@@ -1030,7 +1101,74 @@ impl<'a> Worker<'a> {
             firing_checkpoints: FiringCheckpoints::default(),
             payload_buffer: Vec::new(),
             topic_buffer: String::new(),
-        })
+            hop,
+            sent_keyed_events_to_topic: false,
+            drain_started: Instant::now(),
+        };
+        if matches!(worker.hop, Hop::Draining { .. }) {
+            worker.pause_sources()?;
+        }
+        Ok(worker)
+    }
+
+    /// The source partitions this worker reads.
+    fn source_partitions(&self) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for (topic, partitions) in &self.positions {
+            for partition in partitions.keys() {
+                list.add_partition(topic, *partition);
+            }
+        }
+        list
+    }
+
+    /// Stops reading the source partitions while the repartition topic is drained
+    /// ([`Hop::Draining`]).
+    fn pause_sources(&self) -> Result<(), Stop> {
+        self.consumer
+            .pause(&self.source_partitions())
+            .map_err(|error| restart(format!("failed to pause the source partitions: {error}")))
+    }
+
+    /// While draining: once the repartition topic is read up to its ends, keyed events
+    /// stay in process and the source partitions are read again. A source record read
+    /// meanwhile went through the topic (a pause after a stop-with-savepoint's resume
+    /// came too late): then the topic stays the hop for this run, since its own events
+    /// there must not meet clocks applied in process.
+    fn finish_draining(&mut self) -> Result<(), Stop> {
+        let Hop::Draining { ends } = &self.hop else {
+            return Ok(());
+        };
+        let mut read = self.engine.channel_offsets();
+        if let Ok(positions) = self.consumer.position() {
+            for element in positions.elements() {
+                if element.topic() == self.names.repartition_topic
+                    && let Offset::Offset(position) = element.offset()
+                {
+                    let next = read.entry(element.partition()).or_insert(position);
+                    *next = (*next).max(position);
+                }
+            }
+        }
+        if !drained(ends, &read) {
+            return Ok(());
+        }
+        let partitions = ends.len();
+        self.hop = if self.sent_keyed_events_to_topic {
+            Hop::Topic
+        } else {
+            Hop::InProcess
+        };
+        self.consumer
+            .resume(&self.source_partitions())
+            .map_err(|error| restart(format!("failed to resume the source partitions: {error}")))?;
+        tracing::info!(
+            repartition_partitions = partitions,
+            seconds = self.drain_started.elapsed().as_secs_f64(),
+            in_process = self.hop == Hop::InProcess,
+            "read what earlier runs left in the repartition topic"
+        );
+        Ok(())
     }
 
     fn now(&self) -> Millis {
@@ -1125,6 +1263,9 @@ impl<'a> Worker<'a> {
                 if let Ok(assignment) = self.consumer.assignment() {
                     let _ = self.consumer.resume(&assignment);
                 }
+                if matches!(self.hop, Hop::Draining { .. }) {
+                    self.pause_sources()?;
+                }
                 tracing::info!("consuming again after a stop-with-savepoint");
                 next_checkpoint = Instant::now() + interval;
             }
@@ -1170,6 +1311,7 @@ impl<'a> Worker<'a> {
                 wait = Duration::ZERO;
                 budget -= 1;
             }
+            self.finish_draining()?;
             let now = Instant::now();
             if self.exchange && now >= next_broadcast {
                 self.advance_and_broadcast()?;
@@ -1293,6 +1435,13 @@ impl<'a> Worker<'a> {
             .route(record, now, &mut self.sink)
             .map_err(restart)?;
         if let Routed::Keyed(event) = routed {
+            if self.hop == Hop::InProcess {
+                return self
+                    .engine
+                    .keep_keyed(&event, position, payload, &mut self.sink)
+                    .map_err(restart);
+            }
+            self.sent_keyed_events_to_topic = true;
             let group = u32::from(key_group(&event.key, self.key_groups));
             let origin = self.keep_origin.then(|| Origin {
                 source: SourcePartition {
@@ -1427,26 +1576,45 @@ impl<'a> Worker<'a> {
     /// repartition partition when they changed since it last sent them: they follow every
     /// event they cover. At each checkpoint but one on a firing, and every
     /// [`WATERMARK_INTERVAL`] between. (Unchanged clocks say nothing new: a receiver keeps
-    /// the clocks it heard in its checkpoints.)
+    /// the clocks it heard in its checkpoints.) In process ([`Hop::InProcess`]) they reach
+    /// its own windows at once, which may fire.
     fn advance_and_broadcast(&mut self) -> Result<(), Stop> {
         let now = self.now();
         self.engine.advance(now, &mut self.sink).map_err(restart)?;
-        if self.exchange {
-            let clocks = self.engine.source_clocks(now);
-            if !clocks.is_empty() && clocks != self.broadcast_clocks {
+        if !self.exchange {
+            return Ok(());
+        }
+        let clocks = self.engine.source_clocks(now);
+        if clocks.is_empty() || clocks == self.broadcast_clocks {
+            return Ok(());
+        }
+        match self.hop {
+            Hop::Topic => {
                 ExchangeRecord::Watermark(clocks.clone()).encode(&mut self.exchange_buffer);
                 for group in 0..self.key_groups {
                     self.sink
                         .exchange(group_partition(group), &self.exchange_buffer)
                         .map_err(restart)?;
                 }
-                self.broadcast_clocks = clocks;
                 if self.passed_window_end() {
                     // The keyed side fires once these watermark records are readable.
                     self.results_await_commit = true;
                 }
             }
+            // Its source partitions are paused: nothing it sends now is news.
+            Hop::Draining { .. } => return Ok(()),
+            Hop::InProcess => {
+                let sent = self.sink.sent();
+                self.engine
+                    .keep_clocks(&clocks, &mut self.sink)
+                    .map_err(restart)?;
+                if self.sink.sent() > sent {
+                    // Fired here: the results are in the open transaction.
+                    self.results_await_commit = true;
+                }
+            }
         }
+        self.broadcast_clocks = clocks;
         Ok(())
     }
 
@@ -1703,6 +1871,70 @@ fn check_repartition_retained(
         }
     }
     Ok(())
+}
+
+/// The first and last stable offsets of repartition partitions `channels` of `topic`
+/// (two requests for all of them; `read_committed`, so the end is the last stable
+/// offset). Asked again for up to `timeout`: a topic just created has no leaders for a
+/// moment.
+fn channel_extents(
+    consumer: &WorkerConsumer,
+    topic: &str,
+    channels: &[i32],
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match ask_channel_extents(consumer, topic, channels, timeout) {
+            Err(error) if Instant::now() < deadline => {
+                tracing::debug!(error = format!("{error:#}"), "asking again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            answer => return answer,
+        }
+    }
+}
+
+fn ask_channel_extents(
+    consumer: &WorkerConsumer,
+    topic: &str,
+    channels: &[i32],
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+    let ask = |at: Offset, what: &str| -> anyhow::Result<BTreeMap<i32, i64>> {
+        let mut list = TopicPartitionList::new();
+        for channel in channels {
+            list.add_partition_offset(topic, *channel, at)?;
+        }
+        let found = consumer
+            .offsets_for_times(list, timeout)
+            .with_context(|| format!("failed to read the {what} offsets of {topic}"))?;
+        found
+            .elements()
+            .iter()
+            .map(|element| {
+                element.error().with_context(|| {
+                    format!("failed to read the {what} offset of {topic}/{}", element.partition())
+                })?;
+                match element.offset() {
+                    Offset::Offset(offset) => Ok((element.partition(), offset)),
+                    other => anyhow::bail!(
+                        "failed to read the {what} offset of {topic}/{}: the broker answered {other:?}",
+                        element.partition()
+                    ),
+                }
+            })
+            .collect()
+    };
+    let firsts = ask(Offset::Beginning, "first")?;
+    let ends = ask(Offset::End, "last stable")?;
+    channels
+        .iter()
+        .map(|channel| match (firsts.get(channel), ends.get(channel)) {
+            (Some(first), Some(end)) => Ok((*channel, (*first, *end))),
+            _ => anyhow::bail!("failed to read the offsets of {topic}/{channel}: no answer"),
+        })
+        .collect()
 }
 
 /// The repartition partition of a key group.
@@ -2050,6 +2282,89 @@ mod tests {
                 expect,
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn a_worker_owning_every_key_group_goes_in_process_once_nothing_is_left_in_the_topic() {
+        // (name, next offset per partition, (first, last stable) per partition, the hop)
+        type Case<'a> = (&'a str, &'a [(i32, i64)], &'a [(i32, (i64, i64))], Hop);
+        let draining = |ends: &[(i32, i64)]| Hop::Draining {
+            ends: ends.iter().copied().collect(),
+        };
+        let cases: [Case; 8] = [
+            ("no partitions", &[], &[], Hop::InProcess),
+            (
+                "read to the end",
+                &[(0, 40), (1, 7)],
+                &[(0, (0, 40)), (1, (7, 7))],
+                Hop::InProcess,
+            ),
+            (
+                "empty, never read",
+                &[],
+                &[(0, (0, 0)), (1, (12, 12))],
+                Hop::InProcess,
+            ),
+            (
+                "read past a stale end",
+                &[(0, 41)],
+                &[(0, (0, 40))],
+                Hop::InProcess,
+            ),
+            (
+                "one record left",
+                &[(0, 39), (1, 7)],
+                &[(0, (0, 40)), (1, (7, 7))],
+                draining(&[(0, 40)]),
+            ),
+            (
+                "never read, records retained",
+                &[],
+                &[(0, (3, 9))],
+                draining(&[(0, 9)]),
+            ),
+            (
+                "never read, all purged",
+                &[],
+                &[(0, (9, 9))],
+                Hop::InProcess,
+            ),
+            (
+                "two partitions with records left",
+                &[(0, 1), (1, 2), (2, 5)],
+                &[(0, (0, 4)), (1, (0, 2)), (2, (0, 8))],
+                draining(&[(0, 4), (2, 8)]),
+            ),
+        ];
+        for (name, starts, extents, expect) in cases {
+            let starts: BTreeMap<i32, i64> = starts.iter().copied().collect();
+            let extents: BTreeMap<i32, (i64, i64)> = extents.iter().copied().collect();
+            assert_eq!(hop_at_start(&starts, &extents), expect, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_repartition_topic_is_drained_when_every_partition_is_read_to_its_end() {
+        // (name, ends, how far each partition was read, drained)
+        type Case<'a> = (&'a str, &'a [(i32, i64)], &'a [(i32, i64)], bool);
+        let cases: [Case; 6] = [
+            ("nothing to drain", &[], &[(0, 3)], true),
+            ("at the end", &[(0, 40)], &[(0, 40)], true),
+            ("past it (a marker passed)", &[(0, 40)], &[(0, 41)], true),
+            ("one short", &[(0, 40)], &[(0, 39)], false),
+            ("not read at all", &[(0, 40)], &[], false),
+            (
+                "one of two behind",
+                &[(0, 40), (3, 9)],
+                &[(0, 40), (3, 8)],
+                false,
+            ),
+        ];
+        for (name, ends, read, expect) in cases {
+            let ends: BTreeMap<i32, i64> = ends.iter().copied().collect();
+            let read: BTreeMap<i32, i64> = read.iter().copied().collect();
+            assert_eq!(drained(&ends, &read), expect, "{name}");
         }
     }
 
