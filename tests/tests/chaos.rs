@@ -17,12 +17,23 @@ use sluice_e2e::kafka::TestTopic;
 use sluice_e2e::worker::{WorkerProcess, WorkerSpec};
 use sluice_e2e::{Environment, repo_root};
 
+/// The workers of a scenario: 2 (each reads half the source partitions and sends keyed
+/// events through the repartition topic), or `SLUICE_CHAOS_PARALLELISM` (1: the worker
+/// keeps its keyed events in process).
+fn parallelism() -> u32 {
+    std::env::var("SLUICE_CHAOS_PARALLELISM")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .filter(|workers| *workers > 0)
+        .unwrap_or(2)
+}
+
 fn worker_spec(directory: &Path, job: &Path, ordinal: u32, crash: Option<String>) -> WorkerSpec {
     WorkerSpec {
         job: job.to_path_buf(),
         namespace: "chaos".into(),
         ordinal,
-        parallelism: 2,
+        parallelism: parallelism(),
         state_dir: directory.join(format!("state-{ordinal}")),
         log: directory.join(format!("worker-{ordinal}.log")),
         extra: crash
@@ -33,7 +44,7 @@ fn worker_spec(directory: &Path, job: &Path, ordinal: u32, crash: Option<String>
 }
 
 /// A running chaos scenario: `events` generated events already in the source topic, and
-/// two workers started on them.
+/// its workers ([`parallelism`]) started on them.
 struct Scenario {
     environment: Environment,
     sink: TestTopic,
@@ -65,7 +76,7 @@ impl Scenario {
             serde_json::to_string_pretty(&manifest(&environment, &source.name, &sink.name))?,
         )?;
         let mut workers = Vec::new();
-        for ordinal in 0..2 {
+        for ordinal in 0..parallelism() {
             let mut worker =
                 WorkerProcess::start(&environment, &worker_spec(&directory, &job, ordinal, None))?;
             worker.wait_ready(Duration::from_secs(60))?;
@@ -126,7 +137,7 @@ fn a_million_events_through_kills_and_crashes_give_each_result_exactly_once() ->
     let mut resume_times = Vec::new();
     for step in plan {
         std::thread::sleep(Duration::from_millis(300 + random(2_200)));
-        let ordinal = usize::try_from(random(2))?;
+        let ordinal = usize::try_from(random(u64::from(parallelism())))?;
         let crash = step.clone();
         match &step {
             None => scenario.workers[ordinal].kill()?,

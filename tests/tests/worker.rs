@@ -547,16 +547,28 @@ fn behind_the_end(
 /// A job caught up on a transactional source (the output of another exactly-once job,
 /// with a transaction aborted) commits past the transactions' markers and the aborted
 /// records, on the source and on its repartition topic: its group's committed offsets
-/// reach the ends, so Kafka's own tools show no lag, and so does its lag metric.
+/// reach the ends, so Kafka's own tools show no lag, and so does its lag metric. Two
+/// workers, whose keyed events go through the repartition topic.
 #[test]
 fn a_caught_up_job_commits_past_transaction_markers() -> Result<()> {
+    caught_up_on_a_transactional_source(2)
+}
+
+/// As [`a_caught_up_job_commits_past_transaction_markers`] with one worker, which keeps
+/// its keyed events in process: its repartition offsets are committed at their ends too.
+#[test]
+fn a_caught_up_job_in_process_commits_past_transaction_markers() -> Result<()> {
+    caught_up_on_a_transactional_source(1)
+}
+
+fn caught_up_on_a_transactional_source(parallelism: u32) -> Result<()> {
     let environment = Environment::load()?;
     let topics = Topics::create(&environment, 2)?;
     let base: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
         repo_root().join("examples/page-views/streamjob.yaml"),
     )?)?;
     let mut manifest = manifest(&environment, base, &topics, "Any");
-    manifest["spec"]["parallelism"] = json!(1);
+    manifest["spec"]["parallelism"] = json!(parallelism);
     manifest["spec"]["state"]["checkpointInterval"] = json!("1s");
     // No idle timeout: a partition turning idle changes the clocks the worker sends
     // through the repartition topic, which would move its offsets past the markers.
@@ -567,10 +579,25 @@ fn a_caught_up_job_commits_past_transaction_markers() -> Result<()> {
         .as_str()
         .context("the manifest has a name")?
         .to_string();
-    let directory = work_directory("markers")?;
+    let directory = work_directory(&format!("markers-{parallelism}"))?;
     let job = write_job(&directory, &manifest)?;
-    let mut worker = WorkerProcess::start(&environment, &spec(&directory, &job, 0, 1, "state"))?;
-    worker.wait_ready(Duration::from_secs(60))?;
+    let mut workers = Vec::new();
+    for ordinal in 0..parallelism {
+        let state = format!("state-{ordinal}");
+        workers.push(WorkerProcess::start(
+            &environment,
+            &spec(&directory, &job, ordinal, parallelism, &state),
+        )?);
+    }
+    for worker in &mut workers {
+        worker.wait_ready(Duration::from_secs(60))?;
+    }
+    let logs = || {
+        (0..parallelism)
+            .map(|ordinal| log_tail(&directory.join(format!("worker-{ordinal}.log"))))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
 
     let upstream = producer(&environment, Some(&unique_name("e2e-upstream")))?;
     upstream.init_transactions(TIMEOUT)?;
@@ -613,21 +640,25 @@ fn a_caught_up_job_commits_past_transaction_markers() -> Result<()> {
     let group = sluice_crds::kafka::group_id("e2e", &name);
     let repartition = sluice_crds::kafka::repartition_topic("e2e", &name);
     let read = [(topics.source.name.as_str(), 2), (repartition.as_str(), 16)];
-    let lag_lines = |worker: &WorkerProcess| -> Result<Vec<String>> {
-        let (_, text) = worker.get("/metrics")?;
-        Ok(text
-            .lines()
-            .filter(|line| line.starts_with("sluice_worker_consumer_lag_records{"))
-            .filter(|line| !line.ends_with(" 0"))
-            .map(str::to_string)
-            .collect())
+    let lag_lines = |workers: &[WorkerProcess]| -> Result<Vec<String>> {
+        let mut lines = Vec::new();
+        for worker in workers {
+            let (_, text) = worker.get("/metrics")?;
+            lines.extend(
+                text.lines()
+                    .filter(|line| line.starts_with("sluice_worker_consumer_lag_records{"))
+                    .filter(|line| !line.ends_with(" 0"))
+                    .map(str::to_string),
+            );
+        }
+        Ok(lines)
     };
     // Checkpoints every second; the lag metric is refreshed every 10 s from statistics
     // taken every 5 s.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let behind = behind_the_end(&environment, &group, &read)?;
-        let lagging = lag_lines(&worker)?;
+        let lagging = lag_lines(&workers)?;
         if behind.is_empty() && lagging.is_empty() {
             break;
         }
@@ -635,16 +666,18 @@ fn a_caught_up_job_commits_past_transaction_markers() -> Result<()> {
             Instant::now() < deadline,
             "60 s after the last transaction the group {group} still has committed offsets \
              short of the ends (topic, partition, committed, end): {behind:?}, and lag \
-             metrics above 0: {lagging:?}; log: {}",
-            log_tail(&directory.join("worker-0.log"))
+             metrics above 0: {lagging:?}; logs: {}",
+            logs()
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let status = worker.terminate(Duration::from_secs(30))?;
-    assert!(
-        status.success(),
-        "SIGTERM stops the worker cleanly: {status}"
-    );
+    for mut worker in workers {
+        let status = worker.terminate(Duration::from_secs(30))?;
+        assert!(
+            status.success(),
+            "SIGTERM stops the worker cleanly: {status}"
+        );
+    }
     Ok(())
 }
 

@@ -1008,7 +1008,19 @@ impl<'a> Worker<'a> {
             && owned.partitions.len() == all_partitions(&counts).len();
         let hop = if exchange && owns_everything {
             match channel_extents(&consumer, &names.repartition_topic, &channels, timeout) {
-                Ok(extents) => hop_at_start(&engine.channel_offsets(), &extents),
+                Ok(extents) => {
+                    let hop = hop_at_start(&engine.channel_offsets(), &extents);
+                    // A partition never read starts at its first retained record, as the
+                    // consumer does; recorded, its checkpoints commit where it is (in
+                    // process, at its end), which lag tools and a later run read.
+                    engine.assign_channels(
+                        &extents
+                            .iter()
+                            .map(|(channel, (first, _))| (*channel, *first))
+                            .collect(),
+                    );
+                    hop
+                }
                 Err(error) => {
                     tracing::warn!(
                         error = format!("{error:#}"),
