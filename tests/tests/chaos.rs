@@ -17,23 +17,18 @@ use sluice_e2e::kafka::TestTopic;
 use sluice_e2e::worker::{WorkerProcess, WorkerSpec};
 use sluice_e2e::{Environment, repo_root};
 
-/// The workers of a scenario: 2 (each reads half the source partitions and sends keyed
-/// events through the repartition topic), or `SLUICE_CHAOS_PARALLELISM` (1: the worker
-/// keeps its keyed events in process).
-fn parallelism() -> u32 {
-    std::env::var("SLUICE_CHAOS_PARALLELISM")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .filter(|workers| *workers > 0)
-        .unwrap_or(2)
-}
-
-fn worker_spec(directory: &Path, job: &Path, ordinal: u32, crash: Option<String>) -> WorkerSpec {
+fn worker_spec(
+    directory: &Path,
+    job: &Path,
+    ordinal: u32,
+    parallelism: u32,
+    crash: Option<String>,
+) -> WorkerSpec {
     WorkerSpec {
         job: job.to_path_buf(),
         namespace: "chaos".into(),
         ordinal,
-        parallelism: parallelism(),
+        parallelism,
         state_dir: directory.join(format!("state-{ordinal}")),
         log: directory.join(format!("worker-{ordinal}.log")),
         extra: crash
@@ -44,7 +39,8 @@ fn worker_spec(directory: &Path, job: &Path, ordinal: u32, crash: Option<String>
 }
 
 /// A running chaos scenario: `events` generated events already in the source topic, and
-/// its workers ([`parallelism`]) started on them.
+/// `parallelism` workers started on them (two each read half the source partitions and
+/// send keyed events through the repartition topic; one keeps them in process).
 struct Scenario {
     environment: Environment,
     sink: TestTopic,
@@ -53,11 +49,12 @@ struct Scenario {
     expected: Expected,
     directory: std::path::PathBuf,
     job: std::path::PathBuf,
+    parallelism: u32,
     workers: Vec<WorkerProcess>,
 }
 
 impl Scenario {
-    fn start(name: &str, events: usize, keys: u64) -> Result<Self> {
+    fn start(name: &str, events: usize, keys: u64, parallelism: u32) -> Result<Self> {
         let environment = Environment::load()?;
         let source = TestTopic::create(&environment, "chaos-in", 4)?;
         let sink = TestTopic::create(&environment, "chaos-out", 4)?;
@@ -76,9 +73,9 @@ impl Scenario {
             serde_json::to_string_pretty(&manifest(&environment, &source.name, &sink.name))?,
         )?;
         let mut workers = Vec::new();
-        for ordinal in 0..parallelism() {
-            let mut worker =
-                WorkerProcess::start(&environment, &worker_spec(&directory, &job, ordinal, None))?;
+        for ordinal in 0..parallelism {
+            let spec = worker_spec(&directory, &job, ordinal, parallelism, None);
+            let mut worker = WorkerProcess::start(&environment, &spec)?;
             worker.wait_ready(Duration::from_secs(60))?;
             workers.push(worker);
         }
@@ -89,6 +86,7 @@ impl Scenario {
             expected,
             directory,
             job,
+            parallelism,
             workers,
         })
     }
@@ -110,12 +108,24 @@ impl Scenario {
 /// state directory: every window's result is committed exactly once, and right.
 #[test]
 fn a_million_events_through_kills_and_crashes_give_each_result_exactly_once() -> Result<()> {
+    through_kills_and_crashes("chaos", 2)
+}
+
+/// As [`a_million_events_through_kills_and_crashes_give_each_result_exactly_once`] with
+/// one worker, which keeps its keyed events in process (asserted from its log).
+#[test]
+fn a_million_events_in_process_through_kills_and_crashes_give_each_result_exactly_once()
+-> Result<()> {
+    through_kills_and_crashes("chaos-in-process", 1)
+}
+
+fn through_kills_and_crashes(name: &str, parallelism: u32) -> Result<()> {
     let events = std::env::var("SLUICE_CHAOS_EVENTS")
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(1_000_000);
     let started = Instant::now();
-    let mut scenario = Scenario::start("chaos", events, 2_000)?;
+    let mut scenario = Scenario::start(name, events, 2_000, parallelism)?;
     let mut state: u64 = 7;
     let mut random = move |bound: u64| {
         state = state
@@ -137,7 +147,7 @@ fn a_million_events_through_kills_and_crashes_give_each_result_exactly_once() ->
     let mut resume_times = Vec::new();
     for step in plan {
         std::thread::sleep(Duration::from_millis(300 + random(2_200)));
-        let ordinal = usize::try_from(random(u64::from(parallelism())))?;
+        let ordinal = usize::try_from(random(u64::from(scenario.parallelism)))?;
         let crash = step.clone();
         match &step {
             None => scenario.workers[ordinal].kill()?,
@@ -150,6 +160,7 @@ fn a_million_events_through_kills_and_crashes_give_each_result_exactly_once() ->
                         &scenario.directory,
                         &scenario.job,
                         u32::try_from(ordinal)?,
+                        scenario.parallelism,
                         crash,
                     ),
                 )?;
@@ -166,13 +177,14 @@ fn a_million_events_through_kills_and_crashes_give_each_result_exactly_once() ->
                 &scenario.directory,
                 &scenario.job,
                 u32::try_from(ordinal)?,
+                scenario.parallelism,
                 None,
             ),
         )?;
         let resumed = restarted.wait_ready(Duration::from_secs(60))?;
         resume_times.push(resumed);
         eprintln!(
-            "chaos: worker {ordinal} {} then restarted; ready again in {resumed:?}",
+            "{name}: worker {ordinal} {} then restarted; ready again in {resumed:?}",
             step.as_deref().unwrap_or("killed (SIGKILL)")
         );
         scenario.workers[ordinal] = restarted;
@@ -180,10 +192,25 @@ fn a_million_events_through_kills_and_crashes_give_each_result_exactly_once() ->
     let summary = scenario.verify_output()?;
     let slowest = resume_times.iter().max().copied().unwrap_or_default();
     eprintln!(
-        "chaos: {events} events, {} kills and crashes, slowest resume {slowest:?}, total {:?}: {summary}",
+        "{name}: {events} events, {} kills and crashes, slowest resume {slowest:?}, total {:?}: {summary}",
         resume_times.len(),
         started.elapsed()
     );
+    // The path each start took: one worker in process every time, two through the topic.
+    let in_process = parallelism == 1;
+    for ordinal in 0..parallelism {
+        let log =
+            std::fs::read_to_string(scenario.directory.join(format!("worker-{ordinal}.log")))?;
+        let starts: Vec<&str> = log
+            .lines()
+            .filter(|line| line.contains("\"worker ready\""))
+            .collect();
+        let wanted = format!("\"in_process\":{in_process}");
+        ensure!(
+            !starts.is_empty() && starts.iter().all(|line| line.contains(&wanted)),
+            "every start of worker {ordinal} says {wanted}: {starts:#?}"
+        );
+    }
     for worker in &mut scenario.workers {
         let status = worker.terminate(Duration::from_secs(60))?;
         ensure!(status.success(), "SIGTERM stops a worker cleanly: {status}");
@@ -195,7 +222,7 @@ fn a_million_events_through_kills_and_crashes_give_each_result_exactly_once() ->
 /// the output is still exactly once.
 #[test]
 fn exactly_once_holds_across_a_broker_restart() -> Result<()> {
-    let mut scenario = Scenario::start("broker-restart", 200_000, 500)?;
+    let mut scenario = Scenario::start("broker-restart", 200_000, 500, 2)?;
     // Killed once both workers have committed work.
     let deadline = Instant::now() + Duration::from_secs(60);
     while scenario.workers.iter().any(|worker| {

@@ -190,15 +190,21 @@ fn stop_with_savepoint(workers: &[WorkerProcess], id: &str) -> Result<String> {
 /// The input (records per partition) in three consecutive parts, each with a third of
 /// every partition's records.
 fn thirds(input: &[Vec<String>]) -> Vec<Vec<Vec<String>>> {
-    (0..3)
-        .map(|third| {
+    parts(input, 3)
+}
+
+/// The input (records per partition) in `count` consecutive parts, each with that share
+/// of every partition's records.
+fn parts(input: &[Vec<String>], count: usize) -> Vec<Vec<Vec<String>>> {
+    (0..count)
+        .map(|part| {
             input
                 .iter()
                 .map(|records| {
-                    let size = records.len().div_ceil(3);
+                    let size = records.len().div_ceil(count);
                     records
                         .iter()
-                        .skip(third * size)
+                        .skip(part * size)
                         .take(size)
                         .cloned()
                         .collect()
@@ -297,11 +303,15 @@ fn incompatible_manifest(job: &Job) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Parallelism 2, stop-with-savepoint after the first third of the input; 3 workers
-/// restored from it, stop-with-savepoint after the second third; 1 worker restored from
-/// that to the end. The committed output holds each window's result exactly once.
-/// Returns the job and its two savepoints' locations.
-fn rescale_through_savepoints(partitioning: &str, store: &Store) -> Result<(Job, String, String)> {
+/// Parallelism 2, stop-with-savepoint after the first quarter of the input; 3 workers
+/// restored from it, stop-with-savepoint after the second quarter; 1 worker restored from
+/// that, stop-with-savepoint after the third; 2 workers restored from that to the end.
+/// The committed output holds each window's result exactly once. Returns the job and its
+/// three savepoints' locations.
+fn rescale_through_savepoints(
+    partitioning: &str,
+    store: &Store,
+) -> Result<(Job, String, String, String)> {
     // The generated keys are on every partition, so only `Any` partitioning (the
     // repartition topic) gives one result per key and window.
     let environment = Environment::load()?;
@@ -309,9 +319,9 @@ fn rescale_through_savepoints(partitioning: &str, store: &Store) -> Result<(Job,
     let sink = TestTopic::create(&environment, "savepoint-out", 4)?;
     let (input, expected) = generate(60_000, 4, 300);
     let job = job(&environment, &source.name, &sink.name, partitioning, store)?;
-    let thirds = thirds(&input);
+    let parts = parts(&input, 4);
 
-    produce(&environment, &source.name, &thirds[0])?;
+    produce(&environment, &source.name, &parts[0])?;
     let two = job.start(&environment, "two", 2, &[])?;
     // The admin API refuses a savepoint request without the token, and changes nothing.
     let (status, _) = http_request(two[0].admin, "POST", "/v1/savepoints", None, "")?;
@@ -320,21 +330,49 @@ fn rescale_through_savepoints(partitioning: &str, store: &Store) -> Result<(Job,
     ensure!(status == 401, "a wrong token: {status}");
     let (status, body) = request(&two[0], "GET", "/v1/savepoints", "")?;
     ensure!(status == 200 && body == Value::Array(Vec::new()), "{body}");
-    wait_for_events(&two, count_of(&thirds[0]) / 2)?;
+    wait_for_events(&two, count_of(&parts[0]) / 2)?;
     let first = stop_with_savepoint(&two, "sp-two")?;
-    produce(&environment, &source.name, &thirds[1])?;
+    produce(&environment, &source.name, &parts[1])?;
     terminate(two)?;
 
     let restore = |location: &str| vec!["--restore-from".to_string(), location.to_string()];
     let three = job.start(&environment, "three", 3, &restore(&first))?;
-    wait_for_events(&three, count_of(&thirds[1]) / 2)?;
+    wait_for_events(&three, count_of(&parts[1]) / 2)?;
     let second = stop_with_savepoint(&three, "sp-three")?;
-    produce(&environment, &source.name, &thirds[2])?;
+    produce(&environment, &source.name, &parts[2])?;
     terminate(three)?;
 
     let mut extra = restore(&second);
     extra.extend(["--previous-parallelism".to_string(), "3".to_string()]);
     let one = job.start(&environment, "one", 1, &extra)?;
+    wait_for_events(&one, count_of(&parts[2]) / 2)?;
+    if partitioning == "Any" {
+        // The one worker owns every key group. The three stopped right after committing
+        // the watermark records of their last checkpoint, which no keyed side read: it
+        // reads them (and whatever else they left) before it keeps its keyed events in
+        // process.
+        let log = std::fs::read_to_string(&one[0].spec.log)?;
+        let drained = log
+            .lines()
+            .find(|line| line.contains("read what earlier runs left in the repartition topic"));
+        ensure!(
+            drained.is_some_and(|line| line.contains("\"in_process\":true")),
+            "the one worker read what the three left in the repartition topic, then kept \
+             its keyed events in process; log: {}",
+            log_tail(&one[0].spec.log)
+        );
+        eprintln!(
+            "savepoint ({partitioning}): {}",
+            drained.unwrap_or_default()
+        );
+    }
+    let third = stop_with_savepoint(&one, "sp-one")?;
+    produce(&environment, &source.name, &parts[3])?;
+    terminate(one)?;
+
+    // Two workers again, from a savepoint of the one in process: the repartition topic
+    // is read from the offsets and clocks its checkpoints kept.
+    let two_again = job.start(&environment, "two-again", 2, &restore(&third))?;
     produce_flush(&environment, &source.name, input.len())?;
     let output = read_output(
         &environment,
@@ -344,29 +382,11 @@ fn rescale_through_savepoints(partitioning: &str, store: &Store) -> Result<(Job,
     )?;
     let summary = verify(&expected, &output)?;
     eprintln!(
-        "savepoint ({partitioning}, {}): rescaled 2 → 3 → 1: {summary}",
+        "savepoint ({partitioning}, {}): rescaled 2 → 3 → 1 → 2: {summary}",
         job.location
     );
-    if partitioning == "Any" {
-        // The one worker owns every key group: once it has read what the three left in
-        // the repartition topic, it keeps its keyed events in process.
-        let log = std::fs::read_to_string(&one[0].spec.log)?;
-        ensure!(
-            log.contains("\"in_process\":true"),
-            "the one worker keeps its keyed events in process; log: {}",
-            log_tail(&one[0].spec.log)
-        );
-        eprintln!(
-            "savepoint ({partitioning}): the one worker {}",
-            if log.contains("read what earlier runs left in the repartition topic") {
-                "read what the three left in the repartition topic first"
-            } else {
-                "found nothing left in the repartition topic"
-            }
-        );
-    }
-    terminate(one)?;
-    Ok((job, first, second))
+    terminate(two_again)?;
+    Ok((job, first, second, third))
 }
 
 #[test]
@@ -374,14 +394,14 @@ fn a_job_rescaled_through_savepoints_commits_each_result_exactly_once() -> Resul
     rescale_through_savepoints("Any", &Store::File).map(|_| ())
 }
 
-/// The same through S3, then the command line against S3: both savepoints listed
+/// The same through S3, then the command line against S3: the three savepoints listed
 /// complete, the job's manifest can restore them and a 2 s window cannot, and deleting the
-/// first keeps the second (which shares its table files) whole and restorable.
+/// first keeps the later ones (which share its table files) whole and restorable.
 #[test]
 fn a_job_rescaled_through_s3_savepoints_commits_each_result_exactly_once() -> Result<()> {
     let settings = S3Settings::load()?;
     let endpoint = settings.endpoint.clone();
-    let (job, first, second) =
+    let (job, first, second, third) =
         rescale_through_savepoints("Any", &Store::S3 { settings, endpoint })?;
     ensure!(
         first.starts_with(&format!("{}/", job.savepoints())),
@@ -391,6 +411,7 @@ fn a_job_rescaled_through_s3_savepoints_commits_each_result_exactly_once() -> Re
 
     let listed = job.list()?;
     let expected = vec![
+        ("sp-one".to_string(), "complete".to_string()),
         ("sp-three".to_string(), "complete".to_string()),
         ("sp-two".to_string(), "complete".to_string()),
     ];
@@ -415,7 +436,7 @@ fn a_job_rescaled_through_s3_savepoints_commits_each_result_exactly_once() -> Re
     eprintln!("savepoint delete {first}: {}", text.trim());
     let listed = job.list()?;
     ensure!(
-        listed == expected[..1],
+        listed == expected[..2],
         "savepoint list after deleting sp-two: {listed:?}"
     );
     // The child is still whole: check fetches every file and its checksum.
@@ -426,6 +447,14 @@ fn a_job_rescaled_through_s3_savepoints_commits_each_result_exactly_once() -> Re
     );
     let (code, text) = job.savepoint_command(&["delete", &second])?;
     ensure!(code == 0, "delete {second}: {code} {text}");
+    // The last, taken in process, is whole too.
+    let (code, text) = job.check(&job.manifest, &third)?;
+    ensure!(
+        code == 0 && text.contains("can restore"),
+        "check {third} after deleting its ancestors: {code} {text}"
+    );
+    let (code, text) = job.savepoint_command(&["delete", &third])?;
+    ensure!(code == 0, "delete {third}: {code} {text}");
     ensure!(
         job.list()?.is_empty(),
         "savepoints left in {}",

@@ -654,6 +654,12 @@ impl Engine {
         self.watermarks.assign(partitions, now);
     }
 
+    /// Reading the source partitions resumes at processing time `now` after a pause:
+    /// their silence meanwhile does not make them idle.
+    pub fn resume_reading(&mut self, now: Millis) {
+        self.watermarks.resume(now);
+    }
+
     /// Partitions moved away from this engine no longer hold its watermark back.
     pub fn revoke_partitions(
         &mut self,

@@ -294,13 +294,18 @@ impl FiringCheckpoints {
 /// (docs/architecture.md, "Data distribution").
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Hop {
-    /// Through the repartition topic: the job has more than one worker.
+    /// Through the repartition topic: the job has more than one worker (or a keyed
+    /// event of this run already went there, see [`Worker::finish_draining`]).
     Topic,
     /// The worker owns every key group and source partition, but earlier runs left
     /// records in the repartition topic: it reads them up to `ends` (each partition's
     /// last stable offset when this run began) with its source partitions paused, then
     /// goes [`Hop::InProcess`].
-    Draining { ends: BTreeMap<i32, i64> },
+    Draining {
+        ends: BTreeMap<i32, i64>,
+        /// When it began.
+        started: Instant,
+    },
     /// Its keyed events and its source clocks go straight to its windows, as they
     /// would arrive through the repartition topic, without the broker round trip.
     InProcess,
@@ -313,22 +318,40 @@ enum Hop {
 /// to the ends. The topic's records come from earlier runs (this worker's, or of
 /// workers before a rescale): read after this worker's own clocks applied in process,
 /// their events would meet a watermark their own source clocks had already moved.
-fn hop_at_start(starts: &BTreeMap<i32, i64>, extents: &BTreeMap<i32, (i64, i64)>) -> Hop {
+/// A partition whose records below its end were deleted (`start` below `first`) is read
+/// from `first`, as the consumer does.
+fn hop_at_start(
+    starts: &BTreeMap<i32, i64>,
+    extents: &BTreeMap<i32, (i64, i64)>,
+    now: Instant,
+) -> Hop {
     let ends: BTreeMap<i32, i64> = extents
         .iter()
-        .filter(|(channel, (first, end))| starts.get(channel).copied().unwrap_or(*first) < *end)
+        .filter(|(channel, (first, end))| {
+            starts.get(channel).copied().unwrap_or(*first).max(*first) < *end
+        })
         .map(|(channel, (_, end))| (*channel, *end))
         .collect();
     if ends.is_empty() {
         Hop::InProcess
     } else {
-        Hop::Draining { ends }
+        Hop::Draining { ends, started: now }
     }
 }
 
+/// How far a partition was read ([`Worker::read_so_far`]).
+#[derive(Debug)]
+struct ReadSoFar {
+    topic: String,
+    partition: i32,
+    /// The offset read next.
+    next: i64,
+    /// The end (last stable offset) librdkafka's statistics last reported.
+    end: Option<i64>,
+}
+
 /// Whether each repartition partition was read up to its end in `ends`: `read` is how
-/// far (the furthest of the engine's next offset and the consumer's position, which
-/// passes transaction markers).
+/// far ([`Worker::read_so_far`]).
 fn drained(ends: &BTreeMap<i32, i64>, read: &BTreeMap<i32, i64>) -> bool {
     ends.iter()
         .all(|(channel, end)| read.get(channel).is_some_and(|read| read >= end))
@@ -676,8 +699,6 @@ struct Worker<'a> {
     hop: Hop,
     /// Whether this instance wrote a keyed event to the repartition topic.
     sent_keyed_events_to_topic: bool,
-    /// When this run began reading what earlier runs left ([`Hop::Draining`]).
-    drain_started: Instant,
 }
 
 impl<'a> Worker<'a> {
@@ -1009,7 +1030,7 @@ impl<'a> Worker<'a> {
         let hop = if exchange && owns_everything {
             match channel_extents(&consumer, &names.repartition_topic, &channels, timeout) {
                 Ok(extents) => {
-                    let hop = hop_at_start(&engine.channel_offsets(), &extents);
+                    let hop = hop_at_start(&engine.channel_offsets(), &extents, Instant::now());
                     // A partition never read starts at its first retained record, as the
                     // consumer does; recorded, its checkpoints commit where it is (in
                     // process, at its end), which lag tools and a later run read.
@@ -1021,13 +1042,7 @@ impl<'a> Worker<'a> {
                     );
                     hop
                 }
-                Err(error) => {
-                    tracing::warn!(
-                        error = format!("{error:#}"),
-                        "keyed events go through the repartition topic this run"
-                    );
-                    Hop::Topic
-                }
+                Err(error) => return Err(restart(format!("{error:#}"))),
             }
         } else {
             Hop::Topic
@@ -1074,7 +1089,7 @@ impl<'a> Worker<'a> {
             exchange,
             in_process = hop == Hop::InProcess,
             repartition_partitions_to_drain = match &hop {
-                Hop::Draining { ends } => ends.len(),
+                Hop::Draining { ends, .. } => ends.len(),
                 _ => 0,
             },
             "worker ready"
@@ -1115,7 +1130,6 @@ impl<'a> Worker<'a> {
             topic_buffer: String::new(),
             hop,
             sent_keyed_events_to_topic: false,
-            drain_started: Instant::now(),
         };
         if matches!(worker.hop, Hop::Draining { .. }) {
             worker.pause_sources()?;
@@ -1143,40 +1157,40 @@ impl<'a> Worker<'a> {
     }
 
     /// While draining: once the repartition topic is read up to its ends, keyed events
-    /// stay in process and the source partitions are read again. A source record read
-    /// meanwhile went through the topic (a pause after a stop-with-savepoint's resume
-    /// came too late): then the topic stays the hop for this run, since its own events
-    /// there must not meet clocks applied in process.
+    /// stay in process and the source partitions are read again (their silence while
+    /// paused makes none idle). A source record read meanwhile would have gone through the
+    /// topic, where its events must not meet clocks applied in process: then the topic
+    /// stays the hop for this run. (librdkafka pauses before the next poll, so this is a
+    /// guard, not a path taken.)
     fn finish_draining(&mut self) -> Result<(), Stop> {
-        let Hop::Draining { ends } = &self.hop else {
+        let Hop::Draining { ends, started } = &self.hop else {
             return Ok(());
         };
-        let mut read = self.engine.channel_offsets();
-        if let Ok(positions) = self.consumer.position() {
-            for element in positions.elements() {
-                if element.topic() == self.names.repartition_topic
-                    && let Offset::Offset(position) = element.offset()
-                {
-                    let next = read.entry(element.partition()).or_insert(position);
-                    *next = (*next).max(position);
-                }
-            }
-        }
+        let Some(read) = self.read_so_far() else {
+            return Ok(());
+        };
+        let read: BTreeMap<i32, i64> = read
+            .into_iter()
+            .filter(|partition| partition.topic == self.names.repartition_topic)
+            .map(|partition| (partition.partition, partition.next))
+            .collect();
         if !drained(ends, &read) {
             return Ok(());
         }
-        let partitions = ends.len();
+        let (partitions, seconds) = (ends.len(), started.elapsed().as_secs_f64());
         self.hop = if self.sent_keyed_events_to_topic {
             Hop::Topic
         } else {
             Hop::InProcess
         };
+        let now = self.now();
+        self.engine.resume_reading(now);
         self.consumer
             .resume(&self.source_partitions())
             .map_err(|error| restart(format!("failed to resume the source partitions: {error}")))?;
         tracing::info!(
             repartition_partitions = partitions,
-            seconds = self.drain_started.elapsed().as_secs_f64(),
+            seconds,
             in_process = self.hop == Hop::InProcess,
             "read what earlier runs left in the repartition topic"
         );
@@ -1278,6 +1292,8 @@ impl<'a> Worker<'a> {
                 if matches!(self.hop, Hop::Draining { .. }) {
                     self.pause_sources()?;
                 }
+                let now = self.now();
+                self.engine.resume_reading(now);
                 tracing::info!("consuming again after a stop-with-savepoint");
                 next_checkpoint = Instant::now() + interval;
             }
@@ -1780,32 +1796,51 @@ impl<'a> Worker<'a> {
     /// retention deleted, is not behind for good). Asked only with the consumer's queue
     /// empty, so what the fetcher had fetched was handed over.
     fn read_to_reported_ends(&self) -> bool {
+        self.read_so_far().is_some_and(|read| {
+            read_to_reported_ends(read.iter().map(|partition| (partition.next, partition.end)))
+        })
+    }
+
+    /// How far each partition the consumer is assigned was read: the furthest of the
+    /// engine's next offset, the consumer's position (past transaction markers and
+    /// aborted records) and the fetcher's position in librdkafka's statistics, with the
+    /// end those last reported. `None` when the consumer cannot say.
+    fn read_so_far(&self) -> Option<Vec<ReadSoFar>> {
         let (Ok(positions), Ok(ends)) =
             (self.consumer.position(), self.consumer.context().0.lock())
         else {
-            return false;
+            return None;
         };
         let next_offsets = self.engine.next_offsets();
         let channel_offsets = self.engine.channel_offsets();
-        read_to_reported_ends(positions.elements().iter().map(|element| {
-            let (topic, partition) = (element.topic(), element.partition());
-            let engine_next = if self.exchange && topic == self.names.repartition_topic {
-                channel_offsets.get(&partition).copied()
-            } else {
-                self.positions
-                    .get(topic)
-                    .and_then(|partitions| partitions.get(&partition))
-                    .and_then(|(id, _, _)| next_offsets.get(id).copied())
-            };
-            let position = match element.offset() {
-                Offset::Offset(position) => Some(position),
-                _ => None,
-            };
-            let reported = ends.get(&(topic.to_string(), partition)).copied();
-            let fetched = reported.and_then(|reported| reported.fetch_position);
-            let next = position.max(engine_next).max(fetched).unwrap_or_default();
-            (next, reported.map(|reported| reported.end))
-        }))
+        let read = positions
+            .elements()
+            .iter()
+            .map(|element| {
+                let (topic, partition) = (element.topic(), element.partition());
+                let engine_next = if self.exchange && topic == self.names.repartition_topic {
+                    channel_offsets.get(&partition).copied()
+                } else {
+                    self.positions
+                        .get(topic)
+                        .and_then(|partitions| partitions.get(&partition))
+                        .and_then(|(id, _, _)| next_offsets.get(id).copied())
+                };
+                let position = match element.offset() {
+                    Offset::Offset(position) => Some(position),
+                    _ => None,
+                };
+                let reported = ends.get(&(topic.to_string(), partition)).copied();
+                let fetched = reported.and_then(|reported| reported.fetch_position);
+                ReadSoFar {
+                    topic: topic.to_string(),
+                    partition,
+                    next: position.max(engine_next).max(fetched).unwrap_or_default(),
+                    end: reported.map(|reported| reported.end),
+                }
+            })
+            .collect();
+        Some(read)
     }
 
     /// Updates the per-partition position, end offset and lag.
@@ -1897,7 +1932,10 @@ fn channel_extents(
 ) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
     let deadline = Instant::now() + timeout;
     loop {
-        match ask_channel_extents(consumer, topic, channels, timeout) {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        match ask_channel_extents(consumer, topic, channels, left) {
             Err(error) if Instant::now() < deadline => {
                 tracing::debug!(error = format!("{error:#}"), "asking again");
                 std::thread::sleep(Duration::from_millis(200));
@@ -1916,7 +1954,10 @@ fn ask_channel_extents(
     let ask = |at: Offset, what: &str| -> anyhow::Result<BTreeMap<i32, i64>> {
         let mut list = TopicPartitionList::new();
         for channel in channels {
-            list.add_partition_offset(topic, *channel, at)?;
+            list.add_partition_offset(topic, *channel, at)
+                .with_context(|| {
+                    format!("failed to ask for the {what} offset of {topic}/{channel}")
+                })?;
         }
         let found = consumer
             .offsets_for_times(list, timeout)
@@ -2299,60 +2340,69 @@ mod tests {
 
     #[test]
     fn a_worker_owning_every_key_group_goes_in_process_once_nothing_is_left_in_the_topic() {
-        // (name, next offset per partition, (first, last stable) per partition, the hop)
-        type Case<'a> = (&'a str, &'a [(i32, i64)], &'a [(i32, (i64, i64))], Hop);
-        let draining = |ends: &[(i32, i64)]| Hop::Draining {
-            ends: ends.iter().copied().collect(),
-        };
-        let cases: [Case; 8] = [
-            ("no partitions", &[], &[], Hop::InProcess),
+        // (name, next offset per partition, (first, last stable) per partition, the ends
+        // to drain: none means in process)
+        type Case<'a> = (
+            &'a str,
+            &'a [(i32, i64)],
+            &'a [(i32, (i64, i64))],
+            &'a [(i32, i64)],
+        );
+        let cases: [Case; 10] = [
+            ("no partitions", &[], &[], &[]),
             (
                 "read to the end",
                 &[(0, 40), (1, 7)],
                 &[(0, (0, 40)), (1, (7, 7))],
-                Hop::InProcess,
-            ),
-            (
-                "empty, never read",
                 &[],
-                &[(0, (0, 0)), (1, (12, 12))],
-                Hop::InProcess,
             ),
-            (
-                "read past a stale end",
-                &[(0, 41)],
-                &[(0, (0, 40))],
-                Hop::InProcess,
-            ),
+            ("empty, never read", &[], &[(0, (0, 0)), (1, (12, 12))], &[]),
+            ("read past a stale end", &[(0, 41)], &[(0, (0, 40))], &[]),
             (
                 "one record left",
                 &[(0, 39), (1, 7)],
                 &[(0, (0, 40)), (1, (7, 7))],
-                draining(&[(0, 40)]),
+                &[(0, 40)],
             ),
             (
                 "never read, records retained",
                 &[],
                 &[(0, (3, 9))],
-                draining(&[(0, 9)]),
+                &[(0, 9)],
+            ),
+            ("never read, all purged", &[], &[(0, (9, 9))], &[]),
+            (
+                "records below the end deleted",
+                &[(0, 4)],
+                &[(0, (9, 9))],
+                &[],
             ),
             (
-                "never read, all purged",
-                &[],
-                &[(0, (9, 9))],
-                Hop::InProcess,
+                "some deleted, some left",
+                &[(0, 4)],
+                &[(0, (6, 9))],
+                &[(0, 9)],
             ),
             (
                 "two partitions with records left",
                 &[(0, 1), (1, 2), (2, 5)],
                 &[(0, (0, 4)), (1, (0, 2)), (2, (0, 8))],
-                draining(&[(0, 4), (2, 8)]),
+                &[(0, 4), (2, 8)],
             ),
         ];
-        for (name, starts, extents, expect) in cases {
+        let now = Instant::now();
+        for (name, starts, extents, ends) in cases {
             let starts: BTreeMap<i32, i64> = starts.iter().copied().collect();
             let extents: BTreeMap<i32, (i64, i64)> = extents.iter().copied().collect();
-            assert_eq!(hop_at_start(&starts, &extents), expect, "{name}");
+            let expect = if ends.is_empty() {
+                Hop::InProcess
+            } else {
+                Hop::Draining {
+                    ends: ends.iter().copied().collect(),
+                    started: now,
+                }
+            };
+            assert_eq!(hop_at_start(&starts, &extents, now), expect, "{name}");
         }
     }
 

@@ -125,6 +125,16 @@ impl WatermarkTracker {
             .collect();
     }
 
+    /// Reading resumes at processing time `now` after a pause (a stop-with-savepoint,
+    /// or a worker reading the repartition topic before its sources): the partitions
+    /// were not read, so their silence says nothing, and their idleness starts again
+    /// from `now`.
+    pub fn resume(&mut self, now: Millis) {
+        for clock in self.partitions.values_mut() {
+            clock.last_activity = clock.last_activity.max(now);
+        }
+    }
+
     /// Partitions revoked (moved to another worker): they no longer hold the watermark.
     pub fn revoke(&mut self, partitions: &[PartitionId]) {
         for partition in partitions {
@@ -255,6 +265,26 @@ mod tests {
         // Revoked, partition 1 no longer holds it back.
         tracker.revoke(&[p(1)]);
         assert_eq!(tracker.advance(3), Some(95));
+    }
+
+    #[test]
+    fn a_pause_longer_than_the_idle_timeout_makes_no_partition_idle() {
+        let mut tracker = WatermarkTracker::new(5, Some(100));
+        tracker.assign(&[p(0), p(1)], 0);
+        tracker.observe(p(0), Some(1_000), 10);
+        tracker.observe(p(1), Some(500), 10);
+        tracker.advance(10);
+        assert_eq!(tracker.current(), 495);
+        // Paused from 10 to 1_000: without the resume both would be idle, and the first
+        // partition read again would move the watermark alone.
+        tracker.resume(1_000);
+        tracker.observe(p(0), Some(2_000), 1_001);
+        assert_eq!(tracker.advance(1_001), None);
+        assert_eq!(tracker.current(), 495);
+        assert!(tracker.clocks_at(1_001).all(|(_, _, idle)| !idle));
+        // Silent for longer than the timeout after the resume: idle, as before.
+        tracker.observe(p(0), Some(2_000), 1_100);
+        assert_eq!(tracker.advance(1_101), Some(1_995));
     }
 
     #[test]
