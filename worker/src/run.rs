@@ -1156,12 +1156,12 @@ impl<'a> Worker<'a> {
             .map_err(|error| restart(format!("failed to pause the source partitions: {error}")))
     }
 
-    /// While draining: once the repartition topic is read up to its ends, keyed events
-    /// stay in process and the source partitions are read again (their silence while
-    /// paused makes none idle). A source record read meanwhile would have gone through the
-    /// topic, where its events must not meet clocks applied in process: then the topic
-    /// stays the hop for this run. (librdkafka pauses before the next poll, so this is a
-    /// guard, not a path taken.)
+    /// While draining, with the consumer's queue empty: once the repartition topic is
+    /// read up to its ends, keyed events stay in process and the source partitions are
+    /// read again (their silence while paused makes none idle). A source record read
+    /// meanwhile would have gone through the topic, where its events must not meet
+    /// clocks applied in process: then the topic stays the hop for this run. (librdkafka
+    /// pauses before the next poll, so this is a guard, not a path taken.)
     fn finish_draining(&mut self) -> Result<(), Stop> {
         let Hop::Draining { ends, started } = &self.hop else {
             return Ok(());
@@ -1339,7 +1339,11 @@ impl<'a> Worker<'a> {
                 wait = Duration::ZERO;
                 budget -= 1;
             }
-            self.finish_draining()?;
+            if caught_up {
+                // The queue ran dry: what the fetcher had fetched was handed over, so its
+                // position counts as read.
+                self.finish_draining()?;
+            }
             let now = Instant::now();
             if self.exchange && now >= next_broadcast {
                 self.advance_and_broadcast()?;
