@@ -1015,37 +1015,44 @@ impl<'a> Worker<'a> {
                 .collect();
             engine.group_by_partition(groups);
         }
-        if from_savepoint {
-            check_repartition_retained(&consumer, names, &channel_starts, timeout)?;
-        }
-        engine.assign_channels(&channel_starts);
         let channels: Vec<i32> = if exchange {
             owned.key_groups.clone().map(group_partition).collect()
         } else {
             Vec::new()
         };
-        engine.read_channels(&channels);
         let owns_everything = owned.key_groups == (0..key_groups)
             && owned.partitions.len() == all_partitions(&counts).len();
-        let hop = if exchange && owns_everything {
-            match channel_extents(&consumer, &names.repartition_topic, &channels, timeout) {
-                Ok(extents) => {
-                    let hop = hop_at_start(&engine.channel_offsets(), &extents, Instant::now());
-                    // A partition never read starts at its first retained record, as the
-                    // consumer does; recorded, its checkpoints commit where it is (in
-                    // process, at its end), which lag tools and a later run read.
-                    engine.assign_channels(
-                        &extents
-                            .iter()
-                            .map(|(channel, (first, _))| (*channel, *first))
-                            .collect(),
-                    );
-                    hop
-                }
-                Err(error) => return Err(restart(format!("{error:#}"))),
-            }
+        // The repartition partitions' first and last stable offsets, asked once: a
+        // savepoint's offsets there must still be retained, and a worker that owns every
+        // key group takes its hop from them.
+        let extents = if exchange && (from_savepoint || owns_everything) {
+            Some(
+                channel_extents(&consumer, &names.repartition_topic, &channels, timeout)
+                    .map_err(|error| restart(format!("{error:#}")))?,
+            )
         } else {
-            Hop::Topic
+            None
+        };
+        if from_savepoint && let Some(extents) = &extents {
+            check_repartition_retained(names, &channel_starts, extents)?;
+        }
+        engine.assign_channels(&channel_starts);
+        engine.read_channels(&channels);
+        let hop = match &extents {
+            Some(extents) if owns_everything => {
+                let hop = hop_at_start(&engine.channel_offsets(), extents, Instant::now());
+                // A partition never read starts at its first retained record, as the
+                // consumer does; recorded, its checkpoints commit where it is (in
+                // process, at its end), which lag tools and a later run read.
+                engine.assign_channels(
+                    &extents
+                        .iter()
+                        .map(|(channel, (first, _))| (*channel, *first))
+                        .collect(),
+                );
+                hop
+            }
+            _ => Hop::Topic,
         };
         let channel_counters = channels
             .iter()
@@ -1900,23 +1907,16 @@ fn wall_clock_millis() -> Millis {
 /// must still be there (they are purged once committed; restoring a savepoint older than
 /// the purge would skip events).
 fn check_repartition_retained(
-    consumer: &WorkerConsumer,
     names: &JobNames,
     channel_starts: &BTreeMap<i32, i64>,
-    timeout: Duration,
+    extents: &BTreeMap<i32, (i64, i64)>,
 ) -> Result<(), Stop> {
     for (channel, start) in channel_starts {
-        let (low, _) = consumer
-            .fetch_watermarks(&names.repartition_topic, *channel, timeout)
-            .map_err(|error| {
-                restart(format!(
-                    "failed to read the offsets of {}/{channel}: {error}",
-                    names.repartition_topic
-                ))
-            })?;
-        if low > *start {
+        if let Some((first, _)) = extents.get(channel)
+            && first > start
+        {
             return Err(Stop::Invalid(anyhow::anyhow!(
-                "failed to restore the savepoint: it continues {}/{channel} from offset {start}, but records up to {low} were purged since it was taken (the job ran on after it); restore a newer savepoint",
+                "failed to restore the savepoint: it continues {}/{channel} from offset {start}, but records up to {first} were purged since it was taken (the job ran on after it); restore a newer savepoint",
                 names.repartition_topic
             )));
         }
@@ -2407,6 +2407,32 @@ mod tests {
                 }
             };
             assert_eq!(hop_at_start(&starts, &extents, now), expect, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_savepoint_whose_repartition_records_were_purged_is_refused() {
+        let names = JobNames::new("ns", "job");
+        let extents: BTreeMap<i32, (i64, i64)> = [(0, (10, 40)), (1, (0, 0))].into();
+        // (name, where the savepoint continues each partition, refused)
+        type Case<'a> = (&'a str, &'a [(i32, i64)], bool);
+        let cases: [Case; 5] = [
+            ("at the first retained record", &[(0, 10), (1, 0)], false),
+            ("past it", &[(0, 40)], false),
+            ("one record purged", &[(0, 9)], true),
+            ("a partition not asked about", &[(7, 0)], false),
+            ("nothing to continue", &[], false),
+        ];
+        for (name, starts, refused) in cases {
+            let starts: BTreeMap<i32, i64> = starts.iter().copied().collect();
+            let outcome = check_repartition_retained(&names, &starts, &extents);
+            assert_eq!(outcome.is_err(), refused, "{name}");
+            if let Err(Stop::Invalid(error)) = outcome {
+                assert!(
+                    error.to_string().contains("restore a newer savepoint"),
+                    "{name}"
+                );
+            }
         }
     }
 
