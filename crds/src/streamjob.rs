@@ -270,10 +270,11 @@ pub struct Source {
 
     /// How the topics are partitioned with respect to the pipeline's `keyBy`. `Any`
     /// (default): events of one key may be on any partition, so workers send each keyed
-    /// event to the owner of its key group through an internal topic of the job. `ByKey`:
-    /// the producers already put every event of a key on one partition, so each worker
-    /// keeps the state of the partitions it reads and the extra hop is skipped; if the
-    /// claim is wrong, a key's events are aggregated separately per partition.
+    /// event to the owner of its key group through an internal topic of the job (one
+    /// worker, owning every key group, keeps them in process). `ByKey`: the producers
+    /// already put every event of a key on one partition, so each worker keeps the state
+    /// of the partitions it reads and the extra hop is skipped; if the claim is wrong, a
+    /// key's events are aggregated separately per partition.
     #[serde(default)]
     pub partitioning: Partitioning,
 
@@ -307,7 +308,8 @@ pub enum StartPosition {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum Partitioning {
     /// Events of one key may be on any partition: keyed events go to the owner of their
-    /// key group through the job's internal repartition topic.
+    /// key group through the job's internal repartition topic (with one worker, which
+    /// owns every key group, in process).
     #[default]
     Any,
     /// Every event of a key is on one partition (the producers partition by the job's
