@@ -417,6 +417,26 @@ fn a_fired_result_commits_without_waiting_for_the_interval(
         logs()
     );
     let worker = &workers[0];
+    // The hop metric says the same: with `Any`, 1 for the hop taken; with `ByKey`, none.
+    worker.metric("sluice_worker_events_in_total")?;
+    let hop = |hop: &str| worker.metric(&format!("sluice_worker_hop{{hop=\"{hop}\"}}"));
+    if partitioning == "Any" {
+        let hops = (hop("topic")?, hop("draining")?, hop("in-process")?);
+        let expected = if in_process {
+            (0.0, 0.0, 1.0)
+        } else {
+            (1.0, 0.0, 0.0)
+        };
+        ensure!(
+            hops == expected,
+            "sluice_worker_hop (topic, draining, in-process) is {hops:?}, expected {expected:?}"
+        );
+    } else {
+        ensure!(
+            hop("in-process").is_err(),
+            "a ByKey worker has no hop metric"
+        );
+    }
     let event = |time: &str, status: u16, url: &str| {
         serde_json::to_vec(
             &json!({"timestamp": time, "status": status, "url": url, "latencyMs": 10}),

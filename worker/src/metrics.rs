@@ -19,6 +19,16 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// The label of the hop metric: how keyed events reach their windows.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HopLabels {
+    /// `topic`, `draining` or `in-process`.
+    pub hop: &'static str,
+}
+
+/// The values of [`HopLabels::hop`], each a series of `sluice_worker_hop`.
+pub const HOPS: [&str; 3] = ["topic", "draining", "in-process"];
+
 /// The labels of a per-partition metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
@@ -51,6 +61,11 @@ pub struct Metrics {
     pub watermark: Gauge,
     /// How far the watermark is behind the wall clock, in milliseconds (Kafka mode).
     pub watermark_lag: Gauge,
+    /// With `partitioning: Any`, how keyed events reach their windows: 1 for the hop
+    /// taken (through the repartition topic, draining it, or in process), 0 for the
+    /// others (Kafka mode; no series with `ByKey` or without a window, which have no
+    /// hop, nor while a run restarts).
+    pub hop: Family<HopLabels, Gauge>,
     /// Records read, per source or repartition partition (Kafka mode).
     pub partition_records_in: Family<PartitionLabels, Counter>,
     /// The next offset to read, per partition (Kafka mode).
@@ -92,6 +107,7 @@ impl Default for Metrics {
             open_windows: Gauge::default(),
             watermark: Gauge::default(),
             watermark_lag: Gauge::default(),
+            hop: Family::default(),
             partition_records_in: Family::default(),
             consumer_position: Family::default(),
             end_offset: Family::default(),
@@ -160,6 +176,11 @@ impl Metrics {
             self.watermark_lag.clone(),
         );
         registry.register(
+            "hop",
+            "With partitioning Any, how keyed events reach their windows: 1 for the hop taken (topic: through the repartition topic; draining: reading what earlier runs left there first; in-process: one worker owns every key group), 0 for the others; no series with ByKey or without a window",
+            self.hop.clone(),
+        );
+        registry.register(
             "partition_records_in",
             "Records read, per source or repartition partition",
             self.partition_records_in.clone(),
@@ -226,6 +247,15 @@ impl Metrics {
         );
     }
 
+    /// Sets the hop taken (one of [`HOPS`]) to 1 and the others to 0.
+    pub fn set_hop(&self, taken: &'static str) {
+        for hop in HOPS {
+            self.hop
+                .get_or_create(&HopLabels { hop })
+                .set(i64::from(hop == taken));
+        }
+    }
+
     /// Counts a dead letter; returns how many of `reason` there are now.
     pub fn dead_letter(&self, reason: DeadLetterReason) -> u64 {
         self.dead_letters
@@ -265,5 +295,30 @@ mod tests {
             "{text}"
         );
         assert_eq!(metrics.dead_letters_for(DeadLetterReason::KeyError), 1);
+    }
+
+    #[test]
+    fn the_hop_taken_is_the_only_one_set() {
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let encoded = || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        assert!(
+            !encoded().contains("sluice_worker_hop{"),
+            "no hop before one is set"
+        );
+        metrics.set_hop("draining");
+        metrics.set_hop("in-process");
+        let text = encoded();
+        for (hop, value) in [("topic", 0), ("draining", 0), ("in-process", 1)] {
+            assert!(
+                text.contains(&format!("sluice_worker_hop{{hop=\"{hop}\"}} {value}\n")),
+                "{hop} {value}: {text}"
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! broker that goes away, makes the loop start over from the last complete checkpoint; a
 //! fenced worker (another one took its ordinal) stops and says why.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,7 +40,7 @@ use crate::ownership::{all_partitions, key_group_of_partition, ownership};
 use crate::savepoint::format::{KeyGroupRange, Part, SAVEPOINT_FORMAT_VERSION};
 use crate::savepoint::restore::{self as savepoint_restore, Owned};
 use crate::savepoint::{JobIdentity, SavepointState, Savepoints, StateDescription, Url};
-use crate::state::format::CheckpointRecord;
+use crate::state::format::{ChannelCheckpoint, CheckpointRecord};
 use crate::state::rocksdb::RocksDbStore;
 use crate::state::{CheckpointTimers, key_group};
 use crate::time::Millis;
@@ -311,6 +311,34 @@ enum Hop {
     InProcess,
 }
 
+impl Hop {
+    /// Its label in `sluice_worker_hop` (one of [`crate::metrics::HOPS`]).
+    fn label(&self) -> &'static str {
+        match self {
+            Hop::Topic => "topic",
+            Hop::Draining { .. } => "draining",
+            Hop::InProcess => "in-process",
+        }
+    }
+}
+
+/// The repartition partitions to purge below their committed offsets (`channels`):
+/// those this run has not yet purged up to there (`purged`).
+fn offsets_to_purge(
+    channels: &[ChannelCheckpoint],
+    purged: &BTreeMap<i32, i64>,
+) -> Vec<(i32, i64)> {
+    channels
+        .iter()
+        .filter(|channel| {
+            purged
+                .get(&channel.partition)
+                .is_none_or(|done| *done < channel.next_offset)
+        })
+        .map(|channel| (channel.partition, channel.next_offset))
+        .collect()
+}
+
 /// The hop of a run of a worker that owns every key group and source partition, from
 /// where it reads each repartition partition next (`starts`; a partition without one
 /// from its first retained record) and each partition's first and last stable offsets
@@ -500,6 +528,8 @@ pub fn run(
         let outcome = Worker::start(options, job, &names, &identity, &base, status, metrics)
             .and_then(|mut worker| worker.run());
         status.ready.store(false, Ordering::SeqCst);
+        // The next run decides its hop afresh; until then there is none.
+        metrics.hop.clear();
         match outcome {
             Err(Stop::Requested) => return Ok(Ok(())),
             Err(Stop::Fenced(reason)) => return Ok(Err(reason)),
@@ -699,6 +729,8 @@ struct Worker<'a> {
     hop: Hop,
     /// Whether this instance wrote a keyed event to the repartition topic.
     sent_keyed_events_to_topic: bool,
+    /// Where this run purged each repartition partition up to.
+    purged: BTreeMap<i32, i64>,
 }
 
 impl<'a> Worker<'a> {
@@ -1101,6 +1133,9 @@ impl<'a> Worker<'a> {
             },
             "worker ready"
         );
+        if exchange {
+            metrics.set_hop(hop.label());
+        }
         status.ready.store(true, Ordering::SeqCst);
         let source_watermark_checked = engine.source_watermark();
         let worker = Self {
@@ -1137,6 +1172,7 @@ impl<'a> Worker<'a> {
             topic_buffer: String::new(),
             hop,
             sent_keyed_events_to_topic: false,
+            purged: BTreeMap::new(),
         };
         if matches!(worker.hop, Hop::Draining { .. }) {
             worker.pause_sources()?;
@@ -1190,6 +1226,7 @@ impl<'a> Worker<'a> {
         } else {
             Hop::InProcess
         };
+        self.metrics.set_hop(self.hop.label());
         let now = self.now();
         self.engine.resume_reading(now);
         self.consumer
@@ -1778,22 +1815,42 @@ impl<'a> Worker<'a> {
     }
 
     /// Deletes repartition records below the committed offsets (as Kafka Streams purges
-    /// its repartition topics): the topic keeps only what is in flight.
-    fn purge_repartition(&self, record: &CheckpointRecord) {
-        let mut offsets = TopicPartitionList::new();
-        for channel in &record.channels {
-            let _ = offsets.add_partition_offset(
-                &self.names.repartition_topic,
-                channel.partition,
-                Offset::Offset(channel.next_offset),
-            );
-        }
-        if offsets.count() == 0 {
+    /// its repartition topics): the topic keeps only what is in flight. Partitions this
+    /// run already purged up to their committed offset are not asked again (in process
+    /// the offsets move at most past a last transaction marker, then stay).
+    fn purge_repartition(&mut self, record: &CheckpointRecord) {
+        let purge = offsets_to_purge(&record.channels, &self.purged);
+        if purge.is_empty() {
             return;
         }
+        let mut offsets = TopicPartitionList::new();
+        for (partition, offset) in &purge {
+            let _ = offsets.add_partition_offset(
+                &self.names.repartition_topic,
+                *partition,
+                Offset::Offset(*offset),
+            );
+        }
         let options = AdminOptions::new().operation_timeout(Some(self.options.kafka_timeout));
-        if let Err(error) = futures_lite_block_on(self.admin.delete_records(&offsets, &options)) {
-            tracing::warn!(%error, "failed to purge consumed repartition records; retrying at a later checkpoint");
+        match futures_lite_block_on(self.admin.delete_records(&offsets, &options)) {
+            Ok(deleted) => {
+                // A partition's own error (its leader moving, say) leaves it to be
+                // asked again at the next purge.
+                let done: BTreeSet<i32> = deleted
+                    .elements()
+                    .iter()
+                    .filter(|partition| partition.error().is_ok())
+                    .map(|partition| partition.partition())
+                    .collect();
+                self.purged.extend(
+                    purge
+                        .into_iter()
+                        .filter(|(partition, _)| done.contains(partition)),
+                );
+            }
+            Err(error) => {
+                tracing::warn!(%error, "failed to purge consumed repartition records; retrying at a later checkpoint");
+            }
         }
     }
 
@@ -2340,6 +2397,51 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn only_partitions_committed_past_where_this_run_purged_are_purged() {
+        // (partition, offset): committed in the checkpoint, purged by this run so far,
+        // and to purge now.
+        type Offsets = &'static [(i32, i64)];
+        let cases: [(&str, Offsets, Offsets, Offsets); 5] = [
+            ("first purge", &[(0, 5), (1, 0)], &[], &[(0, 5), (1, 0)]),
+            (
+                "nothing moved (in process)",
+                &[(0, 5), (1, 0)],
+                &[(0, 5), (1, 0)],
+                &[],
+            ),
+            ("one moved", &[(0, 9), (1, 0)], &[(0, 5), (1, 0)], &[(0, 9)]),
+            ("one never purged", &[(0, 5), (1, 3)], &[(0, 5)], &[(1, 3)]),
+            ("no partitions", &[], &[(0, 5)], &[]),
+        ];
+        for (name, committed, purged, expected) in cases {
+            let channels: Vec<ChannelCheckpoint> = committed
+                .iter()
+                .map(|(partition, next_offset)| ChannelCheckpoint {
+                    partition: *partition,
+                    next_offset: *next_offset,
+                    clocks: Vec::new(),
+                })
+                .collect();
+            let purged = purged.iter().copied().collect();
+            assert_eq!(offsets_to_purge(&channels, &purged), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn each_hop_has_its_own_series() {
+        let hops = [
+            Hop::Topic,
+            Hop::Draining {
+                ends: BTreeMap::new(),
+                started: Instant::now(),
+            },
+            Hop::InProcess,
+        ];
+        let labels: Vec<&str> = hops.iter().map(Hop::label).collect();
+        assert_eq!(labels, crate::metrics::HOPS);
     }
 
     #[test]
