@@ -492,8 +492,8 @@ impl Engine {
             .collect()
     }
 
-    /// Takes in a record of repartition partition `channel` at `offset`: a keyed event
-    /// goes to its windows; a watermark record may fire windows.
+    /// Takes in a record of repartition partition `channel` at `offset`: keyed events go
+    /// to their windows; a watermark record may fire windows.
     pub fn receive(
         &mut self,
         channel: i32,
@@ -513,27 +513,31 @@ impl Engine {
         };
         next_offsets.insert(channel, offset + 1);
         match record {
-            ExchangeRecord::Event { event, origin } => {
+            ExchangeRecord::Events(events) => {
+                // No watermark moves within a record.
                 let watermark = channels.current();
-                let (position, original) = match origin {
-                    Some(origin) => (
-                        Position::Kafka {
-                            topic: origin.source.topic,
-                            partition: origin.source.partition,
-                            offset: origin.offset,
-                        },
-                        origin.original,
-                    ),
-                    None => (
-                        Position::Kafka {
-                            topic: repartition_topic.to_string(),
-                            partition: channel,
-                            offset,
-                        },
-                        Vec::new(),
-                    ),
-                };
-                self.add_keyed(&event, &position, &original, watermark, sink)
+                for (event, origin) in events {
+                    let (position, original) = match origin {
+                        Some(origin) => (
+                            Position::Kafka {
+                                topic: origin.source.topic,
+                                partition: origin.source.partition,
+                                offset: origin.offset,
+                            },
+                            origin.original,
+                        ),
+                        None => (
+                            Position::Kafka {
+                                topic: repartition_topic.to_string(),
+                                partition: channel,
+                                offset,
+                            },
+                            Vec::new(),
+                        ),
+                    };
+                    self.add_keyed(&event, &position, &original, watermark, sink)?;
+                }
+                Ok(())
             }
             ExchangeRecord::Watermark(clocks) => {
                 channels.observe(channel, &clocks);

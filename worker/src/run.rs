@@ -29,7 +29,7 @@ use sluice_crds::{CheckedJob, StreamJob};
 
 use crate::commit;
 use crate::engine::{Engine, EngineOptions, Routed};
-use crate::exchange::{ExchangeRecord, Origin, SourceClock, SourcePartition};
+use crate::exchange::{ExchangeBatches, ExchangeRecord, OriginRef, SourceClock, SourcePartition};
 use crate::io::kafka::{
     CONSUMER_DEFAULTS, JobNames, PRODUCER_DEFAULTS, SinkTopics, TransactionalSink, client_config,
     with_defaults,
@@ -702,7 +702,11 @@ struct Worker<'a> {
     next_checkpoint_id: u64,
     started: Instant,
     transactional_id: String,
+    /// A watermark record's bytes, reused.
     exchange_buffer: Vec<u8>,
+    /// Keyed events routed to the repartition topic and not sent yet (dropped with the
+    /// run when it starts over: its transaction aborts).
+    exchange_batches: ExchangeBatches,
     /// Checkpoints this process made (for crash points).
     checkpoints_made: u64,
     /// Consumption paused by a stop-with-savepoint.
@@ -1159,6 +1163,7 @@ impl<'a> Worker<'a> {
             started: Instant::now(),
             transactional_id,
             exchange_buffer: Vec::new(),
+            exchange_batches: ExchangeBatches::default(),
             checkpoints_made: 0,
             paused: false,
             read_since_commit: false,
@@ -1519,18 +1524,33 @@ impl<'a> Worker<'a> {
             }
             self.sent_keyed_events_to_topic = true;
             let group = u32::from(key_group(&event.key, self.key_groups));
-            let origin = self.keep_origin.then(|| Origin {
-                source: SourcePartition {
-                    topic: topic.to_string(),
-                    partition,
-                },
+            let origin = self.keep_origin.then_some(OriginRef {
+                topic,
+                partition,
                 offset,
-                original: payload.to_vec(),
+                original: payload,
             });
-            ExchangeRecord::Event { event, origin }.encode(&mut self.exchange_buffer);
-            self.sink
-                .exchange(group_partition(group), &self.exchange_buffer)
-                .map_err(restart)?;
+            if self
+                .exchange_batches
+                .push(group_partition(group), &event, origin)
+            {
+                let ready = self.exchange_batches.take_ready();
+                self.send_exchange_records(ready)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every batch of keyed events to the repartition topic: before a watermark
+    /// record, which must follow the events it covers, and before a commit.
+    fn send_exchange_batches(&mut self) -> Result<(), Stop> {
+        let records = self.exchange_batches.take_all();
+        self.send_exchange_records(records)
+    }
+
+    fn send_exchange_records(&mut self, records: Vec<(i32, Vec<u8>)>) -> Result<(), Stop> {
+        for (partition, record) in records {
+            self.sink.exchange(partition, &record).map_err(restart)?;
         }
         Ok(())
     }
@@ -1666,6 +1686,7 @@ impl<'a> Worker<'a> {
         }
         match self.hop {
             Hop::Topic => {
+                self.send_exchange_batches()?;
                 ExchangeRecord::Watermark(clocks.clone()).encode(&mut self.exchange_buffer);
                 for group in 0..self.key_groups {
                     self.sink
@@ -1716,6 +1737,8 @@ impl<'a> Worker<'a> {
         if clocks == Clocks::Send {
             self.advance_and_broadcast()?;
         }
+        // The transaction holds every keyed event routed before it commits.
+        self.send_exchange_batches()?;
         self.pass_skipped_records();
         let id = self.next_checkpoint_id;
         let started = Instant::now();
