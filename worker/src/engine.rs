@@ -516,26 +516,24 @@ impl Engine {
             ExchangeRecord::Events(events) => {
                 // No watermark moves within a record.
                 let watermark = channels.current();
+                // Where an event without its origin came from: this record.
+                let record_position = Position::Kafka {
+                    topic: repartition_topic.to_string(),
+                    partition: channel,
+                    offset,
+                };
                 for (event, origin) in events {
-                    let (position, original) = match origin {
-                        Some(origin) => (
-                            Position::Kafka {
+                    match origin {
+                        Some(origin) => {
+                            let position = Position::Kafka {
                                 topic: origin.source.topic,
                                 partition: origin.source.partition,
                                 offset: origin.offset,
-                            },
-                            origin.original,
-                        ),
-                        None => (
-                            Position::Kafka {
-                                topic: repartition_topic.to_string(),
-                                partition: channel,
-                                offset,
-                            },
-                            Vec::new(),
-                        ),
-                    };
-                    self.add_keyed(&event, &position, &original, watermark, sink)?;
+                            };
+                            self.add_keyed(&event, &position, &origin.original, watermark, sink)?;
+                        }
+                        None => self.add_keyed(&event, &record_position, &[], watermark, sink)?,
+                    }
                 }
                 Ok(())
             }
