@@ -7,7 +7,7 @@
 //! checkpoint with the same watermark and channel clocks (which a later run reading the
 //! topic again starts from).
 
-mod common;
+use crate::common;
 
 use common::job::{Generated, JobBuilder, generate_events};
 use sluice_worker::engine::{Engine, EngineOptions, Routed};

@@ -2,7 +2,7 @@
 //! input gives the same results, late events and dead letters with a cache that holds every
 //! open window and with one that keeps spilling to RocksDB.
 
-mod common;
+use crate::common;
 
 fn input() -> String {
     // 60,000 page views over 3,000 pages, 10 minutes of event time, up to 4s out of order,

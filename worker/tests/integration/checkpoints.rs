@@ -3,7 +3,7 @@
 //! aggregates by name (or refuses what cannot be reused); and a key group's state and
 //! timers move to another engine as a rescale moves them.
 
-mod common;
+use crate::common;
 
 use common::job::{Generated, JobBuilder, generate_events};
 use sluice_worker::engine::{Engine, EngineOptions, Routed};

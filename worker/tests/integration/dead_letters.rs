@@ -1,7 +1,7 @@
 //! Every kind of bad event lands on the dead-letter output with its reason, its original
 //! bytes and its line, is counted, and processing goes on.
 
-mod common;
+use crate::common;
 
 use common::job::JobBuilder;
 use common::run_text;

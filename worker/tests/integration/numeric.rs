@@ -12,7 +12,7 @@
 //!
 //! Each event gets its own key where a test needs to see where one event went.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

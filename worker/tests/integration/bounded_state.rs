@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-mod common;
+use crate::common;
 
 use common::job::JobBuilder;
 

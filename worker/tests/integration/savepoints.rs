@@ -5,7 +5,7 @@
 //! survive their parent's deletion.
 //! (The same with Kafka and real workers: tests/tests/savepoint.rs.)
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

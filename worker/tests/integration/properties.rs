@@ -6,7 +6,7 @@
 //! result over all events; with longer delays, exactly the events the watermark rule
 //! calls late go to the late output, and the rest are counted once.
 
-mod common;
+use crate::common;
 
 use common::job::JobBuilder;
 

@@ -2,7 +2,7 @@
 //! windows back until it has been idle longer than the idle timeout, measured in the
 //! processing time the caller passes (no clock is read, so this is deterministic).
 
-mod common;
+use crate::common;
 
 use common::job::JobBuilder;
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! Every example under `examples/` produces exactly its expected results, dead letters
 //! and late events: through the library, and through the `sluice-worker local` binary.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
