@@ -2,7 +2,8 @@
 # What savepoints cost (bench/README.md, "Savepoints"): for each number of keys given,
 # sluice-bench-savepoint fills a RocksDB state of one window per key, takes a savepoint to
 # file:// and to the local cluster's S3 server (SeaweedFS on loopback), updates 1% of the
-# keys, takes an incremental one, and restores it.
+# keys, takes an incremental one, and restores it. After filling, it also times a start
+# from the last periodic checkpoint on the same state directory (a crash's restart).
 #
 #   bench/savepoint.sh [KEYS...]        default: 1000000 (about 100 MiB of state)
 #

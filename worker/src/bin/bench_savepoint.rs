@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
+use sluice_crds::CheckedJob;
 use sluice_worker::engine::{Engine, EngineOptions};
 use sluice_worker::io::{OutputRecord, Position, Rejected, Sink, SourceRecord};
 use sluice_worker::metrics::Metrics;
 use sluice_worker::savepoint::format::{KeyGroupRange, Part, SAVEPOINT_FORMAT_VERSION};
 use sluice_worker::savepoint::restore::{self, Owned};
 use sluice_worker::savepoint::{Directory, JobIdentity, StateDescription, Url, manage, take};
-use sluice_worker::state::CheckpointTimers;
 use sluice_worker::state::rocksdb::{RocksDbStore, link_checkpoint};
+use sluice_worker::state::{CheckpointTimers, MemoryStore};
 use sluice_worker::time::watermark::PartitionId;
 
 /// Measure savepoints of a large state.
@@ -140,6 +141,32 @@ impl Bench {
         Ok(record)
     }
 
+    /// A crash, and the start that follows on the same volume (a pod restart): the
+    /// engine is dropped and another restored from the state directory, back to the last
+    /// complete checkpoint with its timers rebuilt (those of keys cached at a periodic
+    /// checkpoint were in memory only). Returns the seconds the restore took.
+    fn restart(&mut self, job: &CheckedJob) -> anyhow::Result<f64> {
+        let placeholder = Engine::new(
+            job,
+            Box::new(MemoryStore::default()),
+            EngineOptions::default(),
+            Metrics::default(),
+        )?;
+        drop(std::mem::replace(&mut self.engine, placeholder));
+        let started = Instant::now();
+        let (engine, _) = Engine::restore(
+            job,
+            Box::new(RocksDbStore::open(&self.state_dir)?),
+            EngineOptions::default(),
+            Metrics::default(),
+            0,
+        )?;
+        let seconds = started.elapsed().as_secs_f64();
+        self.engine = engine;
+        self.engine.assign_partitions(&self.partitions, 0);
+        Ok(seconds)
+    }
+
     /// What the worker's loop does for a savepoint: checkpoint, then hard links. Returns
     /// the part to upload, its snapshot directory and the pause.
     fn snapshot(
@@ -253,6 +280,12 @@ fn main() -> anyhow::Result<()> {
         arguments.key_bytes,
         started.elapsed().as_secs_f64(),
         bench.engine.metrics().state_size.get()
+    );
+
+    bench.checkpoint(CheckpointTimers::InMemory)?;
+    println!(
+        "restart from a periodic checkpoint: seconds={:.2}",
+        bench.restart(&job)?
     );
 
     let job_urls: Vec<Url> = locations
