@@ -19,7 +19,8 @@ use rocksdb::{
 };
 
 use super::store::{
-    Column, Entries, StateBatch, StateError, StateStore, StoredCheckpoint, prefix_successor,
+    BulkLoad, Column, Entries, LoadedRun, StateBatch, StateError, StateStore, StoredCheckpoint,
+    prefix_successor,
 };
 
 /// A RocksDB database with one column family per [`Column`], and its checkpoints.
@@ -112,6 +113,18 @@ fn database_options() -> (Options, [(Column, Options); 3]) {
             (Column::Meta, meta),
         ],
     )
+}
+
+/// The options of one column family (for a table file written to be ingested into it).
+fn column_options(column: Column) -> Result<Options, StateError> {
+    let (_, columns) = database_options();
+    columns
+        .into_iter()
+        .find_map(|(candidate, options)| (candidate == column).then_some(options))
+        .ok_or_else(|| StateError {
+            action: "ingest table files",
+            message: format!("no options for column family {}", column.name()),
+        })
 }
 
 fn open_database(directory: &Path) -> Result<DB, StateError> {
@@ -264,14 +277,7 @@ impl RocksDbStore {
     ) -> Result<u64, StateError> {
         /// Table files written at most this large (RocksDB's own are 64 MiB).
         const FILE_BYTES: u64 = 256 << 20;
-        let (_, columns) = database_options();
-        let options = columns
-            .into_iter()
-            .find_map(|(candidate, options)| (candidate == column).then_some(options))
-            .ok_or_else(|| StateError {
-                action: "ingest table files",
-                message: format!("no options for column family {}", column.name()),
-            })?;
+        let options = column_options(column)?;
         fs::create_dir_all(scratch).map_err(failed_io("create a directory", scratch))?;
         let mut read_options = ReadOptions::default();
         read_options.set_total_order_seek(true);
@@ -499,6 +505,70 @@ impl StateStore for RocksDbStore {
         self.db()?
             .write_opt(write_batch, &self.write_options)
             .map_err(failed("delete a range"))
+    }
+
+    fn clear(&mut self, column: Column) -> Result<(), StateError> {
+        // The table files go at once (their keys are all in the range); the deletion
+        // hides what the write buffers hold.
+        let (from, to) = (&[][..], &[0xff; 32][..]);
+        self.db()?
+            .delete_file_in_range_cf(self.column(column)?, from, to)
+            .map_err(failed("drop table files"))?;
+        self.delete_range(column, from, to)
+    }
+
+    fn bulk_load(&self, column: Column) -> Result<BulkLoad, StateError> {
+        let options = column_options(column)?;
+        let scratch = self.directory.join("ingest");
+        fs::create_dir_all(&scratch).map_err(failed_io("create a directory", &scratch))?;
+        let mut written = 0usize;
+        BulkLoad::new(
+            column,
+            Box::new(move |keys| {
+                let path = scratch.join(format!("{}-{written}.sst", column.name()));
+                written += 1;
+                let mut writer = SstFileWriter::create(&options);
+                writer
+                    .open(&path)
+                    .map_err(failed("write a table file to ingest"))?;
+                for key in &keys {
+                    writer
+                        .put(key, [])
+                        .map_err(failed("write a table file to ingest"))?;
+                }
+                writer
+                    .finish()
+                    .map_err(failed("write a table file to ingest"))?;
+                Ok(LoadedRun::TableFile(path))
+            }),
+        )
+    }
+
+    fn finish_bulk_load(&mut self, load: BulkLoad) -> Result<(), StateError> {
+        let (column, runs) = load.finish()?;
+        let handle = self.column(column)?;
+        let mut ingest = IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        // One file at a time, in order: their ranges overlap, and each is newer than the
+        // one before.
+        for run in runs {
+            match run {
+                LoadedRun::TableFile(path) => self
+                    .db()?
+                    .ingest_external_file_cf_opts(handle, &ingest, vec![path])
+                    .map_err(failed("ingest table files"))?,
+                LoadedRun::Keys(keys) => {
+                    let mut write_batch = WriteBatch::default();
+                    for key in keys {
+                        write_batch.put_cf(handle, key, []);
+                    }
+                    self.db()?
+                        .write_opt(write_batch, &self.write_options)
+                        .map_err(failed("write a batch"))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn count(&self, column: Column) -> Result<u64, StateError> {
@@ -933,5 +1003,50 @@ mod tests {
             }],
             "completing a checkpoint discards the older ones"
         );
+    }
+
+    #[test]
+    fn keys_loaded_in_bulk_replace_a_cleared_column_and_survive_a_checkpoint() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut store = RocksDbStore::open(directory.path()).unwrap();
+        let keys = |store: &RocksDbStore| store.scan_keys(Column::Timers, b"", None, 100).unwrap();
+        // Old entries in a table file and in the write buffer.
+        let mut batch = StateBatch::default();
+        batch.put(Column::Timers, b"old-flushed".to_vec(), Vec::new());
+        batch.put(Column::Timers, b"b".to_vec(), Vec::new());
+        store.write(batch).unwrap();
+        store.flush().unwrap();
+        let mut batch = StateBatch::default();
+        batch.put(Column::Timers, b"old-buffered".to_vec(), Vec::new());
+        store.write(batch).unwrap();
+        store.clear(Column::Timers).unwrap();
+        assert!(keys(&store).is_empty());
+        // Out of order, with a repeat, in runs whose ranges overlap; "b" was deleted by the
+        // clear and comes back newer than that deletion.
+        let mut load = store.bulk_load(Column::Timers).unwrap();
+        load.add(vec![b"d".to_vec(), b"b".to_vec(), b"d".to_vec()])
+            .unwrap();
+        load.add(Vec::new()).unwrap();
+        load.add(vec![b"c".to_vec(), b"a".to_vec(), b"e".to_vec()])
+            .unwrap();
+        store.finish_bulk_load(load).unwrap();
+        let expected: Vec<Vec<u8>> = [b"a", b"b", b"c", b"d", b"e"]
+            .iter()
+            .map(|key| key.to_vec())
+            .collect();
+        assert_eq!(keys(&store), expected);
+        let left: Vec<_> = fs::read_dir(directory.path().join("ingest"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "the table files are moved in: {left:?}");
+        // A later delete hides a loaded key; a checkpoint holds what was loaded.
+        let mut batch = StateBatch::default();
+        batch.delete(Column::Timers, b"a".to_vec());
+        store.write(batch).unwrap();
+        store.create_checkpoint(1).unwrap();
+        store.complete_checkpoint(1).unwrap();
+        store.clear(Column::Timers).unwrap();
+        store.restore_checkpoint(1).unwrap();
+        assert_eq!(keys(&store), expected[1..].to_vec());
     }
 }

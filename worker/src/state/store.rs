@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, SyncSender};
+use std::thread::JoinHandle;
 
 /// A family of keys (see `state::format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -148,6 +151,44 @@ pub trait StateStore {
     /// Deletes every entry of `column` with a key in `[from, to)`.
     fn delete_range(&mut self, column: Column, from: &[u8], to: &[u8]) -> Result<(), StateError>;
 
+    /// Deletes every entry of `column`.
+    fn clear(&mut self, column: Column) -> Result<(), StateError> {
+        self.delete_range(column, &[], &[0xff; 32])
+    }
+
+    /// Starts adding keys with empty values to `column` in bulk (a worker's start
+    /// rebuilding its timers): [`BulkLoad::add`] hands over runs of keys, which are sorted
+    /// (and, by a store with table files, written as one each) on a thread of their own
+    /// while the caller goes on; [`Self::finish_bulk_load`] puts them in the store.
+    fn bulk_load(&self, column: Column) -> Result<BulkLoad, StateError> {
+        BulkLoad::new(column, Box::new(|keys| Ok(LoadedRun::Keys(keys))))
+    }
+
+    /// Ends a bulk load: its keys are in the store, newer than anything written before.
+    fn finish_bulk_load(&mut self, load: BulkLoad) -> Result<(), StateError> {
+        let (column, runs) = load.finish()?;
+        let mut batch = StateBatch::default();
+        for run in runs {
+            match run {
+                LoadedRun::Keys(keys) => {
+                    for key in keys {
+                        batch.put(column, key, Vec::new());
+                    }
+                }
+                LoadedRun::TableFile(path) => {
+                    return Err(StateError {
+                        action: "finish a bulk load",
+                        message: format!(
+                            "this store cannot ingest the table file {}",
+                            path.display()
+                        ),
+                    });
+                }
+            }
+        }
+        self.write(batch)
+    }
+
     /// Number of entries in `column` (a full scan: for tests and diagnostics).
     fn count(&self, column: Column) -> Result<u64, StateError>;
 
@@ -170,6 +211,99 @@ pub trait StateStore {
 
     /// Replaces everything in the store by the content of checkpoint `id`.
     fn restore_checkpoint(&mut self, id: u64) -> Result<(), StateError>;
+}
+
+/// A sorted run of keys of a [`BulkLoad`], as the store's writer left it.
+#[derive(Debug)]
+pub enum LoadedRun {
+    /// In memory: keys in order, without repeats.
+    Keys(Vec<Vec<u8>>),
+    /// A table file, to be ingested.
+    TableFile(PathBuf),
+}
+
+/// What writes one sorted run (keys in order, without repeats) of a [`BulkLoad`].
+pub type RunWriter = Box<dyn FnMut(Vec<Vec<u8>>) -> Result<LoadedRun, StateError> + Send>;
+
+/// Keys being added to one column in bulk ([`StateStore::bulk_load`]). Each run handed
+/// over is sorted and written on the load's own thread while the caller prepares the
+/// next; [`Self::add`] waits while that thread is busy, so at most two runs are in memory.
+pub struct BulkLoad {
+    column: Column,
+    runs: Option<SyncSender<Vec<Vec<u8>>>>,
+    writer: Option<JoinHandle<Result<Vec<LoadedRun>, StateError>>>,
+}
+
+impl BulkLoad {
+    /// A load into `column` whose runs `write_run` writes.
+    pub fn new(column: Column, mut write_run: RunWriter) -> Result<Self, StateError> {
+        let (runs, received) = mpsc::sync_channel::<Vec<Vec<u8>>>(0);
+        let writer = std::thread::Builder::new()
+            .name("sluice-bulk-load".into())
+            .spawn(move || {
+                let mut loaded = Vec::new();
+                for mut keys in received {
+                    keys.sort_unstable();
+                    keys.dedup();
+                    if !keys.is_empty() {
+                        loaded.push(write_run(keys)?);
+                    }
+                }
+                Ok(loaded)
+            })
+            .map_err(|error| StateError {
+                action: "start a bulk load",
+                message: error.to_string(),
+            })?;
+        Ok(Self {
+            column,
+            runs: Some(runs),
+            writer: Some(writer),
+        })
+    }
+
+    /// Hands over a run of keys, in any order (repeats allowed).
+    pub fn add(&mut self, keys: Vec<Vec<u8>>) -> Result<(), StateError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let sent = self
+            .runs
+            .as_ref()
+            .is_some_and(|runs| runs.send(keys).is_ok());
+        if sent {
+            return Ok(());
+        }
+        // The thread stopped: its error says why.
+        self.join().and_then(|_| {
+            Err(StateError {
+                action: "add to a bulk load",
+                message: "its writer stopped".into(),
+            })
+        })
+    }
+
+    fn join(&mut self) -> Result<Vec<LoadedRun>, StateError> {
+        self.runs = None;
+        match self.writer.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(StateError {
+                action: "write a bulk load",
+                message: "its thread panicked".into(),
+            }),
+            None => Err(StateError {
+                action: "write a bulk load",
+                message: "it was finished already".into(),
+            }),
+        }
+    }
+
+    /// The column and the runs written, in the order they were handed over, once the
+    /// last is written.
+    pub fn finish(mut self) -> Result<(Column, Vec<LoadedRun>), StateError> {
+        let runs = self.join()?;
+        Ok((self.column, runs))
+    }
 }
 
 /// The least key greater than every key starting with `prefix`, if any.
@@ -332,5 +466,52 @@ impl StateStore for MemoryStore {
             .columns
             .get(&column)
             .map_or(0, |entries| entries.len() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bulk_load_puts_its_keys_once_each_in_order() {
+        let mut store = MemoryStore::default();
+        let mut batch = StateBatch::default();
+        batch.put(Column::Timers, b"b".to_vec(), b"old".to_vec());
+        store.write(batch).unwrap();
+        let mut load = store.bulk_load(Column::Timers).unwrap();
+        load.add(vec![b"c".to_vec(), b"b".to_vec(), b"c".to_vec()])
+            .unwrap();
+        load.add(vec![b"a".to_vec()]).unwrap();
+        store.finish_bulk_load(load).unwrap();
+        assert_eq!(
+            store.scan_range(Column::Timers, b"", None, 10).unwrap(),
+            vec![
+                (b"a".to_vec(), Vec::new()),
+                (b"b".to_vec(), Vec::new()),
+                (b"c".to_vec(), Vec::new()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_writer_that_fails_fails_the_load_with_its_error() {
+        let failing: RunWriter = Box::new(|_| {
+            Err(StateError {
+                action: "write a table file to ingest",
+                message: "no space left on device".into(),
+            })
+        });
+        let mut load = BulkLoad::new(Column::Timers, failing).unwrap();
+        // The first run is taken, and fails; a later add or the finish says so.
+        load.add(vec![b"a".to_vec()]).unwrap();
+        let error = match load.add(vec![b"b".to_vec()]) {
+            Err(error) => error,
+            Ok(()) => load.finish().unwrap_err(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "failed to write a table file to ingest in the state store: no space left on device"
+        );
     }
 }

@@ -1343,7 +1343,7 @@ impl KeyedWindowState {
             mark.as_deref().and_then(format::timers_complete_of) == Some((allowed_lateness, id))
         });
         if !keep_timers {
-            self.store.delete_range(Column::Timers, &[], &[0xff; 32])?;
+            self.store.clear(Column::Timers)?;
         }
         // Nothing to write (no timer, no flag): one pass over the keys alone counts the
         // windows.
@@ -1362,9 +1362,19 @@ impl KeyedWindowState {
             })?;
         } else {
             let mut from = Vec::new();
+            // The timers go to the store as a bulk load of runs of about this many bytes
+            // of keys, each sorted and written beside the scan: written through the
+            // write buffers, millions of them waited on flushes and compactions
+            // (bench/README.md, "Savepoints").
+            const TIMER_RUN_BYTES: usize = 64 << 20;
+            let mut load = (!keep_timers)
+                .then(|| self.store.bulk_load(Column::Timers))
+                .transpose()?;
+            let mut timer_run: Vec<Vec<u8>> = Vec::new();
+            let mut timer_run_bytes = 0;
             loop {
                 let entries = self.store.scan_range(Column::Windows, &from, None, PAGE)?;
-                let mut timers = StateBatch::default();
+                let mut flags = StateBatch::default();
                 for (state_key, value) in &entries {
                     let malformed = || StateError {
                         action: "rebuild timers",
@@ -1385,22 +1395,26 @@ impl KeyedWindowState {
                         // Fired by its part's watermark only: the flag says it from now on.
                         let mut value = value.clone();
                         value[0] = format::WINDOW_FIRED;
-                        timers.put(Column::Windows, state_key.clone(), value);
+                        flags.put(Column::Windows, state_key.clone(), value);
                     }
                     if keep_timers {
                         continue;
                     }
                     let (time, kind) = format::timer_of_window(range, end_passed, allowed_lateness);
-                    timers.put(
-                        Column::Timers,
-                        format::timer_key(time, kind, range, key_group, key),
-                        Vec::new(),
-                    );
+                    let timer_key = format::timer_key(time, kind, range, key_group, key);
+                    timer_run_bytes += timer_key.len();
+                    timer_run.push(timer_key);
                     self.next_store_timer =
                         Some(self.next_store_timer.map_or(time, |next| next.min(time)));
                 }
-                if !timers.is_empty() {
-                    self.store.write(timers)?;
+                if !flags.is_empty() {
+                    self.store.write(flags)?;
+                }
+                if timer_run_bytes >= TIMER_RUN_BYTES
+                    && let Some(load) = &mut load
+                {
+                    load.add(std::mem::take(&mut timer_run))?;
+                    timer_run_bytes = 0;
                 }
                 match entries.last() {
                     Some((last, _)) if entries.len() == PAGE => {
@@ -1409,6 +1423,10 @@ impl KeyedWindowState {
                     }
                     _ => break,
                 }
+            }
+            if let Some(mut load) = load {
+                load.add(timer_run)?;
+                self.store.finish_bulk_load(load)?;
             }
         }
         if keep_timers {
