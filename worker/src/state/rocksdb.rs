@@ -520,6 +520,10 @@ impl StateStore for RocksDbStore {
     fn bulk_load(&self, column: Column) -> Result<BulkLoad, StateError> {
         let options = column_options(column)?;
         let scratch = self.directory.join("ingest");
+        // Files a crash left behind in a load that never finished.
+        if scratch.exists() {
+            fs::remove_dir_all(&scratch).map_err(failed_io("remove a directory", &scratch))?;
+        }
         fs::create_dir_all(&scratch).map_err(failed_io("create a directory", &scratch))?;
         let mut written = 0usize;
         BulkLoad::new(
@@ -1023,6 +1027,10 @@ mod tests {
         assert!(keys(&store).is_empty());
         // Out of order, with a repeat, in runs whose ranges overlap; "b" was deleted by the
         // clear and comes back newer than that deletion.
+        // A file of a load a crash interrupted is not ingested, and goes.
+        let scratch = directory.path().join("ingest");
+        fs::create_dir_all(&scratch).unwrap();
+        fs::write(scratch.join("timers-7.sst"), b"left by a crash").unwrap();
         let mut load = store.bulk_load(Column::Timers).unwrap();
         load.add(vec![b"d".to_vec(), b"b".to_vec(), b"d".to_vec()])
             .unwrap();
@@ -1035,9 +1043,7 @@ mod tests {
             .map(|key| key.to_vec())
             .collect();
         assert_eq!(keys(&store), expected);
-        let left: Vec<_> = fs::read_dir(directory.path().join("ingest"))
-            .unwrap()
-            .collect();
+        let left: Vec<_> = fs::read_dir(&scratch).unwrap().collect();
         assert!(left.is_empty(), "the table files are moved in: {left:?}");
         // A later delete hides a loaded key; a checkpoint holds what was loaded.
         let mut batch = StateBatch::default();

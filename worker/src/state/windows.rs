@@ -1365,7 +1365,7 @@ impl KeyedWindowState {
             // The timers go to the store as a bulk load of runs of about this many bytes
             // of keys, each sorted and written beside the scan: written through the
             // write buffers, millions of them waited on flushes and compactions
-            // (bench/README.md, "Savepoints").
+            // (bench/README.md, "A start from a periodic checkpoint").
             const TIMER_RUN_BYTES: usize = 64 << 20;
             let mut load = (!keep_timers)
                 .then(|| self.store.bulk_load(Column::Timers))
